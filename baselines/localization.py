@@ -1,0 +1,19 @@
+r"""Gaspari–Cohn localisation (Gaspari & Cohn 1999, eq. 4.10).
+
+Compactly supported 5th-order piecewise rational function of r = d / c, with c the
+localisation ``radius`` (half-width): 1 at r = 0, zero for r ≥ 2.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def gaspari_cohn(distance: jax.Array, radius: float) -> jax.Array:
+    """Gaspari–Cohn taper of ``distance`` with half-width ``radius`` (zero beyond 2·radius)."""
+    r = jnp.abs(distance) / radius
+    inner = ((-0.25 * r + 0.5) * r + 0.625) * r**3 - (5.0 / 3.0) * r**2 + 1.0
+    rs = jnp.maximum(r, 1e-12)
+    outer = ((((1.0 / 12.0) * r - 0.5) * r + 0.625) * r + 5.0 / 3.0) * r**2 - 5.0 * r + 4.0 - 2.0 / (3.0 * rs)
+    return jnp.where(r <= 1.0, inner, jnp.where(r < 2.0, outer, 0.0))

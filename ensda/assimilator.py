@@ -1,0 +1,135 @@
+"""The Assimilator protocol, the method registry and the set-up context.
+
+An assimilator is a frozen pytree dataclass: its settings are static fields, the arrays
+it needs (a static B, climatological samples, ...) are data fields. It has one method,
+
+    analyse(background (N, n), obs: Observations, key) -> analysis (N, n),
+
+pure and jit-able. Deterministic methods (3D-Var, OI) work on an ensemble of one.
+
+Methods register themselves by name; ``build(method, settings, context)`` validates the
+settings (unknown keys, wrong types and impossible values are named in the error) and
+returns the assimilator, wrapped in multiplicative inflation and RTPS when asked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from typing import Any, ClassVar, Protocol
+
+import jax
+import pydantic
+
+from ensda.observe import ObsNetwork, Observations
+
+
+class Assimilator(Protocol):
+    name: ClassVar[str]
+    #: False for deterministic methods: the cycler runs them with one member.
+    ensemble: ClassVar[bool]
+
+    def analyse(self, background: jax.Array, obs: Observations, key: jax.Array) -> jax.Array: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class SetupContext:
+    """What a method may need to build itself: testbed, network, climatological samples."""
+
+    testbed: Any
+    network: ObsNetwork
+    climatology: jax.Array  # (S, n) attractor samples, independent of the truth run
+    key: jax.Array
+
+
+REGISTRY: dict[str, type] = {}
+
+#: Settings every ensemble method accepts; they become wrappers (see ensda.inflation).
+WRAPPER_SETTINGS = {"inflation": (float, 1.0), "rtps": (float, 0.0)}
+
+
+class UnknownMethodError(ValueError):
+    pass
+
+
+def register(cls):
+    """Class decorator: add an assimilator class to the registry under ``cls.name``."""
+    if cls.name in REGISTRY:
+        raise ValueError(f"method {cls.name!r} registered twice")
+    REGISTRY[cls.name] = cls
+    return cls
+
+
+def get(method: str) -> type:
+    _load_builtin_methods()
+    if method not in REGISTRY:
+        raise UnknownMethodError(
+            f"unknown method {method!r}; known methods: {', '.join(sorted(REGISTRY))}"
+        )
+    return REGISTRY[method]
+
+
+def methods() -> list[str]:
+    _load_builtin_methods()
+    return sorted(REGISTRY)
+
+
+def _load_builtin_methods():
+    import baselines  # noqa: F401  (registers the classic methods)
+
+
+def settings_fields(cls) -> dict[str, tuple[Any, Any]]:
+    """The user-facing settings of a method: its static fields (+ wrappers for ensembles)."""
+    hints = typing.get_type_hints(cls)
+    fields = {
+        f.name: (hints[f.name], f.default)
+        for f in dataclasses.fields(cls)
+        if f.metadata.get("static", False) and f.metadata.get("setting", False)
+    }
+    if cls.ensemble:
+        fields.update(WRAPPER_SETTINGS)
+    return fields
+
+
+def settings_model(cls) -> type[pydantic.BaseModel]:
+    """A strict pydantic model of a method's settings (extra keys forbidden)."""
+    fields = {
+        name: (typ, pydantic.Field() if default is dataclasses.MISSING else default)
+        for name, (typ, default) in settings_fields(cls).items()
+    }
+    return pydantic.create_model(
+        f"{cls.__name__}Settings",
+        __config__=pydantic.ConfigDict(extra="forbid", strict=False),
+        **fields,
+    )
+
+
+def validate_settings(method: str, settings: dict) -> dict:
+    """Validated settings of ``method`` as a plain dict (defaults filled in)."""
+    cls = get(method)
+    try:
+        return settings_model(cls)(**settings).model_dump()
+    except pydantic.ValidationError as err:
+        raise ValueError(_format_validation(f"assimilator settings for {method!r}", err)) from None
+
+
+def build(method: str, settings: dict, ctx: SetupContext) -> Assimilator:
+    """Validate ``settings`` and build the method, wrapped in inflation / RTPS if asked."""
+    from ensda.inflation import wrap
+
+    cls = get(method)
+    values = validate_settings(method, settings)
+    wrappers = {k: values.pop(k) for k in WRAPPER_SETTINGS if k in values}
+    try:
+        core = cls.build(ctx, **values) if hasattr(cls, "build") else cls(**values)
+    except ValueError as err:
+        raise ValueError(f"assimilator settings for {method!r}: {err}") from None
+    return wrap(core, **wrappers) if wrappers else core
+
+
+def _format_validation(what: str, err: pydantic.ValidationError) -> str:
+    lines = [f"invalid {what}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        lines.append(f"  {loc}: {e['msg']}")
+    return "\n".join(lines)

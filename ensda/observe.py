@@ -1,0 +1,130 @@
+r"""Observation networks, operators and draws.
+
+An observation network says *where* (which sites) and *how* (operator, error std) the
+truth is observed each cycle. The number of observations ``p`` is the same every cycle,
+so a whole run of observations stacks into arrays and scans.
+
+Networks (``ObsNetwork``):
+  - every ``every``-th site (``every=1``: all sites);
+  - a random fraction ``density`` of the sites, ``round(density * n)`` of them, drawn once
+    (``redraw=False``) or anew each cycle (``redraw=True``);
+  - an explicit ``sites`` list.
+
+Operators: ``identity`` (linear, H = index selection), ``square`` (y = x²) and ``abs``
+(y = |x|), applied site-wise after selection. Errors are Gaussian with diagonal
+R = diag(r_std²):  y = h(x[idx]) + r_std · ε,  ε ~ N(0, I).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from ensda.pytree import pytree_dataclass, static
+
+OPERATORS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "identity": lambda x: x,
+    "square": jnp.square,
+    "abs": jnp.abs,
+}
+
+
+@pytree_dataclass
+class Observations:
+    """Observations of one cycle (or, with a leading axis, of many).
+
+    y: values ``(p,)``; idx: observed site indices ``(p,)``; r_std: error std ``(p,)``;
+    operator: name in ``OPERATORS`` (static).
+    """
+
+    y: jax.Array
+    idx: jax.Array
+    r_std: jax.Array
+    operator: str = static("identity")
+
+    @property
+    def linear(self) -> bool:
+        return self.operator == "identity"
+
+    def h(self, x: jax.Array) -> jax.Array:
+        """Observation operator H(x) on the last axis: ``(..., n) -> (..., p)``."""
+        return OPERATORS[self.operator](jnp.take(x, self.idx, axis=-1))
+
+    def at(self, k) -> "Observations":
+        """Observations of cycle ``k`` from a stacked run."""
+        return jax.tree_util.tree_map(lambda a: a[k], self)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObsNetwork:
+    """Where and how a state of ``n_state`` sites is observed. See the module docstring."""
+
+    n_state: int
+    every: int = 1
+    density: float | None = None
+    sites: tuple[int, ...] | None = None
+    redraw: bool = False
+    r_std: float = 1.0
+    operator: str = "identity"
+
+    def __post_init__(self):
+        chosen = [self.every != 1, self.density is not None, self.sites is not None]
+        if sum(chosen) > 1:
+            raise ValueError("obs: give only one of 'every', 'density' or 'sites'")
+        if self.every < 1:
+            raise ValueError(f"obs.every must be >= 1, got {self.every}")
+        if self.density is not None and not (0.0 < self.density <= 1.0):
+            raise ValueError(f"obs.density must be in (0, 1], got {self.density}")
+        if self.sites is not None:
+            if len(self.sites) == 0:
+                raise ValueError("obs.sites must not be empty")
+            bad = [s for s in self.sites if not 0 <= s < self.n_state]
+            if bad:
+                raise ValueError(f"obs.sites out of range [0, {self.n_state}): {bad}")
+        if not self.r_std > 0:
+            raise ValueError(f"obs.r_std must be > 0, got {self.r_std}")
+        if self.operator not in OPERATORS:
+            raise ValueError(f"obs.operator must be one of {sorted(OPERATORS)}, got {self.operator!r}")
+        if self.redraw and self.density is None:
+            raise ValueError("obs.redraw needs obs.density (only random networks are redrawn)")
+
+    @property
+    def n_obs(self) -> int:
+        """Number of observations per cycle, p."""
+        if self.sites is not None:
+            return len(self.sites)
+        if self.density is not None:
+            return max(1, round(self.density * self.n_state))
+        return len(range(0, self.n_state, self.every))
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of sites observed per cycle."""
+        return self.n_obs / self.n_state
+
+    def site_indices(self, key: jax.Array, cycle: jax.Array | int) -> jax.Array:
+        """Observed sites at ``cycle`` (sorted), shape ``(p,)``."""
+        if self.sites is not None:
+            return jnp.asarray(self.sites, jnp.int32)
+        if self.density is None:
+            return jnp.arange(0, self.n_state, self.every, dtype=jnp.int32)
+        k = jax.random.fold_in(key, cycle) if self.redraw else key
+        perm = jax.random.permutation(k, self.n_state)
+        return jnp.sort(perm[: self.n_obs]).astype(jnp.int32)
+
+    def observe(self, truth: jax.Array, key: jax.Array, cycle: jax.Array | int) -> Observations:
+        """Draw the observations of one truth state ``(n,)`` at ``cycle``."""
+        site_key, noise_key = jax.random.split(jax.random.fold_in(key, 0x0B5))
+        idx = self.site_indices(site_key, cycle)
+        r_std = jnp.full((self.n_obs,), self.r_std, jnp.float32)
+        clean = OPERATORS[self.operator](truth[idx])
+        eps = jax.random.normal(jax.random.fold_in(noise_key, cycle), clean.shape, clean.dtype)
+        return Observations(y=clean + r_std * eps, idx=idx, r_std=r_std, operator=self.operator)
+
+    def observe_run(self, truths: jax.Array, key: jax.Array) -> Observations:
+        """Observations of every cycle of a run: ``truths (K, n)`` -> stacked ``Observations``."""
+        cycles = jnp.arange(truths.shape[0])
+        return jax.vmap(lambda t, c: self.observe(t, key, c))(truths, cycles)
