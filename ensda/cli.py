@@ -1,0 +1,217 @@
+"""The ``ensda`` command.
+
+    ensda run CONFIG [--method NAME] [--set key=value ...] [--json] [--no-track]
+    ensda compare CONFIG --methods letkf,etkf,enkf,3dvar [--set ...] [--json]
+    ensda methods
+    ensda ui [--port 5000]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Ensemble data assimilation with diffusion models and classic baselines.")
+
+SUMMARY_KEYS = ("rmse_a", "spread_a", "crps_a", "ssr_a", "rmse_f", "crps_f", "energy_a", "rank_flatness_a")
+TABLE_KEYS = ("rmse_a", "spread_a", "ssr_a", "crps_a", "rmse_f")
+
+SetOpt = typer.Option([], "--set", help="Override a config value, e.g. --set obs.density=0.25 (repeatable).")
+JsonOpt = typer.Option(False, "--json", help="Print the results as one JSON object on the last stdout line.")
+TrackOpt = typer.Option(True, "--track/--no-track", help="Log to MLflow (default store: sqlite:///mlflow.db).")
+
+
+def _fail(message: str, code: int = 2) -> None:
+    Console(stderr=True).print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _console(as_json: bool) -> Console:
+    """Human output; on stderr when stdout carries JSON. Wide enough for the tables."""
+    console = Console(stderr=as_json)
+    if not console.is_terminal:
+        console = Console(stderr=as_json, width=120)
+    return console
+
+
+def _load(config: Path, sets: list[str], extra: list[str] = ()):
+    from ensda.config import ConfigError, load
+
+    try:
+        return load(config, list(sets) + list(extra))
+    except ConfigError as err:
+        _fail(str(err))
+
+
+def _run_methods(cfg, methods: list[str], console: Console):
+    """Run each method on the same OSSE; returns (osse, [MethodRun])."""
+    from ensda.cycle import NonFiniteStateError
+    from ensda.experiment import make_osse, run_method
+
+    with console.status(f"nature run and observations ({cfg.cycles} cycles)..."):
+        osse = make_osse(cfg)
+    runs = []
+    for i, method in enumerate(methods, 1):
+        with console.status(f"[{i}/{len(methods)}] {method}: compiling and cycling {cfg.cycles} cycles..."):
+            try:
+                runs.append(run_method(cfg, osse, method))
+            except NonFiniteStateError as err:
+                _fail(str(err), code=3)
+            except ValueError as err:
+                _fail(str(err))
+        r = runs[-1]
+        console.print(f"  {method}: rmse_a {r.summary['rmse_a']:.4f}  (compile {r.compile_s:.1f} s, run {r.run_s:.1f} s)", highlight=False)
+    return osse, runs
+
+
+def _record(run) -> dict:
+    rec = {"method": run.method}
+    rec.update({k: run.summary[k] for k in SUMMARY_KEYS})
+    rec.update(n_cycles=run.summary["n_cycles"], n_members=run.n_members, compile_s=round(run.compile_s, 3),
+               run_s=round(run.run_s, 3), wall_s=round(run.compile_s + run.run_s, 3), settings=run.settings)
+    return rec
+
+
+def _table(records: list[dict], title: str) -> Table:
+    table = Table(title=title)
+    table.add_column("method")
+    for key in TABLE_KEYS:
+        table.add_column(key, justify="right")
+    table.add_column("N", justify="right")
+    table.add_column("wall s", justify="right")
+    best = min(r["rmse_a"] for r in records)
+    for r in records:
+        cells = [f"{r[k]:.4f}" for k in TABLE_KEYS]
+        if r["rmse_a"] == best and len(records) > 1:
+            cells[0] = f"[bold green]{cells[0]}[/]"
+        table.add_row(r["method"], *cells, str(r["n_members"]), f"{r['wall_s']:.1f}")
+    return table
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="Experiment YAML, e.g. experiments/configs/l96.yaml"),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Assimilation method (see `ensda methods`)."),
+    sets: list[str] = SetOpt,
+    as_json: bool = JsonOpt,
+    track: bool = TrackOpt,
+):
+    """Run one cycled experiment (OSSE) and print its time-mean scores."""
+    from ensda import tracking
+    from ensda.config import flatten
+
+    cfg = _load(config, sets, [f"method={method}"] if method else [])
+    if not track:
+        cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": False})})
+    console = _console(as_json)
+    _, (result,) = _run_methods(cfg, [cfg.method], console)
+    record = _record(result)
+    with tracked_or_null(cfg, tracking, f"{cfg.name}:{cfg.method}", flatten(cfg) | {"n_members": result.n_members}) as mlrun:
+        tracking.log_method_run(mlrun, result, cfg.burn_in, cfg.tracking.figures)
+    console.print(_table([record], f"{cfg.name} — {cfg.cycles} cycles, burn-in {cfg.burn_in}"))
+    if mlrun.run_id:
+        console.print(f"MLflow run {mlrun.run_id} in {tracking.tracking_uri(cfg.tracking.uri)} (see `ensda ui`)", highlight=False)
+    if as_json:
+        print(json.dumps(record | {"mlflow_run_id": mlrun.run_id}))
+
+
+def tracked_or_null(cfg, tracking, run_name, params, parent=None):
+    tags = {"ensda.config": cfg.name, "ensda.method": cfg.method}
+    return tracking.tracked_run(cfg.tracking, run_name, params=params, tags=tags, parent=parent)
+
+
+@app.command()
+def compare(
+    config: Path = typer.Argument(..., help="Experiment YAML"),
+    methods: str = typer.Option("letkf,etkf,enkf,3dvar,oi,climatology", "--methods", help="Comma-separated methods."),
+    sets: list[str] = SetOpt,
+    as_json: bool = JsonOpt,
+    track: bool = TrackOpt,
+):
+    """Run several methods on the same truth and observations; print a table."""
+    from ensda import assimilator as registry
+    from ensda import tracking
+    from ensda.config import flatten
+
+    names = [m.strip() for m in methods.split(",") if m.strip()]
+    if not names:
+        _fail("--methods is empty")
+    for name in names:
+        if name not in registry.methods():
+            _fail(f"unknown method {name!r}; known methods: {', '.join(registry.methods())}")
+    cfg = _load(config, sets)
+    if not track:
+        cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": False})})
+    for name in names:
+        try:
+            cfg.method_settings(name)
+        except ValueError as err:
+            _fail(str(err))
+    console = _console(as_json)
+    t0 = time.perf_counter()
+    _, runs = _run_methods(cfg, names, console)
+    records = [_record(r) for r in runs]
+    params = flatten(cfg)
+    params.pop("method", None)
+    with tracked_or_null(cfg, tracking, f"{cfg.name}:compare", params | {"methods": ",".join(names)}) as parent:
+        for r in runs:
+            child_cfg = cfg.model_copy(update={"method": r.method})
+            child_params = flatten(child_cfg) | {"n_members": r.n_members}
+            with tracked_or_null(child_cfg, tracking, f"{cfg.name}:{r.method}", child_params, parent=parent) as child:
+                tracking.log_method_run(child, r, cfg.burn_in, cfg.tracking.figures)
+        parent.log_dict({"results": records}, "comparison.json")
+        parent.log_metrics({"wall_s": time.perf_counter() - t0})
+    console.print(_table(records, f"{cfg.name} — {cfg.cycles} cycles, burn-in {cfg.burn_in}, same truth and observations"))
+    if parent.run_id:
+        console.print(f"MLflow parent run {parent.run_id} in {tracking.tracking_uri(cfg.tracking.uri)}", highlight=False)
+    if as_json:
+        print(json.dumps({"results": records, "mlflow_run_id": parent.run_id}))
+
+
+@app.command("methods")
+def list_methods():
+    """List the assimilation methods and their settings (with defaults)."""
+    from ensda import assimilator as registry
+
+    table = Table(title="methods")
+    table.add_column("name")
+    table.add_column("kind")
+    table.add_column("settings (default)")
+    for name in registry.methods():
+        cls = registry.get(name)
+        fields = registry.settings_fields(cls)
+        text = ", ".join(f"{k}={d!r}" for k, (_, d) in fields.items()) or "-"
+        table.add_row(name, "ensemble" if cls.ensemble else "deterministic", text)
+    Console().print(table)
+
+
+@app.command()
+def ui(
+    port: int = typer.Option(5000, "--port", help="Port on 127.0.0.1."),
+    uri: Optional[str] = typer.Option(None, "--uri", help="Tracking store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
+):
+    """Start the MLflow UI on 127.0.0.1 for the tracking store."""
+    from ensda.tracking import tracking_uri
+
+    store = tracking_uri(uri)
+    Console().print(f"MLflow UI for {store} on http://127.0.0.1:{port} (Ctrl-C to stop)", highlight=False)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host", "127.0.0.1", "--port", str(port)]
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    try:
+        raise typer.Exit(proc.wait())
+    except KeyboardInterrupt:
+        os.killpg(proc.pid, 15)
+        proc.wait()
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,163 @@
+"""MLflow tracking — the only module that imports mlflow (lazily: it costs ~2 s).
+
+    with tracked_run(cfg.tracking, run_name="letkf", params=flatten(cfg)) as run:
+        run.log_metrics(summary)                 # summary metrics
+        run.log_cycle_metrics(result)            # per-cycle metrics with step = cycle
+        run.log_figure(fig, "error_spread.png")
+
+Store: ``tracking.uri`` from the config, else ``$MLFLOW_TRACKING_URI``, else
+``sqlite:///mlflow.db`` in the working directory (MLflow's own default); artifacts go to
+``./mlruns``. ``tracked_run(..., parent=run)`` opens a nested child run (``ensda compare``).
+With tracking disabled every call is a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from typing import Any, Iterator
+
+import numpy as np
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+#: per-cycle metrics logged by ``log_cycle_metrics`` (name -> CycleResult field, sqrt?)
+CYCLE_METRICS = {
+    "rmse_f": ("mse_f", True),
+    "rmse_a": ("mse_a", True),
+    "spread_f": ("spread2_f", True),
+    "spread_a": ("spread2_a", True),
+    "crps_f": ("crps_f", False),
+    "crps_a": ("crps_a", False),
+}
+_BATCH = 1000  # MLflow's limit of metrics per log_batch call
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+class Run:
+    """An open MLflow run."""
+
+    def __init__(self, client, run_id: str, experiment_id: str):
+        self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(self.run_id, params=items[i : i + 100])
+
+    def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
+        self._log_series({k: ([step], [v]) for k, v in values.items()})
+
+    def log_cycle_metrics(self, result, n_members: int | None = None) -> None:
+        """Every cycle's RMSE, spread and CRPS of forecast and analysis, step = cycle number."""
+        steps = np.arange(1, result.n_cycles + 1)
+        n = result.n_members if n_members is None else n_members
+        series = {}
+        for name, (field, root) in CYCLE_METRICS.items():
+            if name.startswith("spread") and n < 2:
+                continue
+            values = np.asarray(getattr(result, field), np.float64)
+            series[name] = (steps, np.sqrt(values) if root else values)
+        self._log_series(series)
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        for k, v in tags.items():
+            self.client.set_tag(self.run_id, k, str(v))
+
+    def log_figure(self, fig, name: str) -> None:
+        self.client.log_figure(self.run_id, fig, name)
+
+    def log_dict(self, data: dict, name: str) -> None:
+        self.client.log_dict(self.run_id, data, name)
+
+    def _log_series(self, series: dict[str, tuple]) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        batch = []
+        for name, (steps, values) in series.items():
+            for s, v in zip(steps, values):
+                v = float(v)
+                if math.isfinite(v):
+                    batch.append(Metric(name, v, ts, int(s)))
+        for i in range(0, len(batch), _BATCH):
+            self.client.log_batch(self.run_id, metrics=batch[i : i + _BATCH])
+
+
+class NullRun:
+    """Tracking disabled: accepts every call, records nothing."""
+
+    run_id = None
+    experiment_id = None
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+@contextlib.contextmanager
+def tracked_run(
+    tracking,
+    run_name: str,
+    params: dict[str, Any] | None = None,
+    tags: dict[str, Any] | None = None,
+    parent: Run | None = None,
+) -> Iterator[Run | NullRun]:
+    """Open an MLflow run (a child of ``parent`` if given); FAILED if the body raises."""
+    if not tracking.enabled:
+        yield NullRun()
+        return
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri(tracking.uri))
+    experiment = client.get_experiment_by_name(tracking.experiment)
+    exp_id = experiment.experiment_id if experiment else client.create_experiment(tracking.experiment)
+    all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
+    if parent is not None and parent.run_id is not None:
+        all_tags["mlflow.parentRunId"] = parent.run_id
+    mlrun = client.create_run(exp_id, run_name=run_name, tags=all_tags)
+    run = Run(client, mlrun.info.run_id, exp_id)
+    if params:
+        run.log_params(params)
+    try:
+        yield run
+    except BaseException:
+        client.set_terminated(run.run_id, status="FAILED")
+        raise
+    client.set_terminated(run.run_id, status="FINISHED")
+
+
+def _param_value(value: Any) -> str:
+    text = str(value)
+    return text if len(text) <= 6000 else text[:5997] + "..."
+
+
+def log_method_run(run: Run | NullRun, method_run, burn_in: int, figures: bool = True) -> None:
+    """Log one method's cycled run: summary metrics, per-cycle metrics, timings, figures."""
+    if isinstance(run, NullRun):
+        return
+    from ensda import figures as figs
+
+    summary = {k: v for k, v in method_run.summary.items() if isinstance(v, (int, float))}
+    summary.update(compile_s=method_run.compile_s, run_s=method_run.run_s, wall_s=method_run.compile_s + method_run.run_s)
+    run.log_metrics(summary)
+    run.log_cycle_metrics(method_run.result, method_run.n_members)
+    run.log_dict({"method": method_run.method, "settings": method_run.settings}, "settings.json")
+    if figures:
+        title = f"{method_run.method}"
+        fig = figs.error_spread_figure(method_run.result, burn_in, title)
+        run.log_figure(fig, "error_spread.png")
+        figs.close(fig)
+        if method_run.n_members > 1:
+            fig = figs.rank_histogram_figure(method_run.result, burn_in, title)
+            run.log_figure(fig, "rank_histogram.png")
+            figs.close(fig)
