@@ -58,7 +58,10 @@ def _run_methods(cfg, methods: list[str], console: Console):
     from ensda.experiment import make_osse, run_method
 
     with console.status(f"nature run and observations ({cfg.cycles} cycles)..."):
-        osse = make_osse(cfg)
+        try:
+            osse = make_osse(cfg)
+        except NonFiniteStateError as err:
+            _fail(str(err), code=3)
     runs = []
     for i, method in enumerate(methods, 1):
         with console.status(f"[{i}/{len(methods)}] {method}: compiling and cycling {cfg.cycles} cycles..."):

@@ -32,9 +32,10 @@ class NonFiniteStateError(FloatingPointError):
 
     def __init__(self, cycle: int, stage: str, method: str):
         self.cycle, self.stage, self.method = cycle, stage, method
+        hint = "check the testbed's dt and spin-up" if stage == "nature run" else "check inflation, observation errors and dt"
         super().__init__(
             f"non-finite state (NaN/Inf) produced by the {stage} at cycle {cycle} "
-            f"(method {method!r}); the run diverged — check inflation, observation errors and dt"
+            f"(method {method!r}); the run diverged — {hint}"
         )
 
 

@@ -13,10 +13,11 @@ import time
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ensda import assimilator as registry
 from ensda.config import ExperimentConfig
-from ensda.cycle import CycleResult, check_finite, run_cycles, summarize
+from ensda.cycle import CycleResult, NonFiniteStateError, check_finite, run_cycles, summarize
 from ensda.observe import ObsNetwork, Observations
 from ensda.testbeds import Lorenz96
 
@@ -63,6 +64,9 @@ def make_osse(cfg: ExperimentConfig) -> OSSE:
     network = make_network(cfg)
     truth_key = jax.random.key(cfg.seeds.truth)
     truth = testbed.nature_run(truth_key, cfg.cycles)
+    bad = np.flatnonzero(~np.isfinite(np.asarray(truth)).all(axis=-1))
+    if bad.size:
+        raise NonFiniteStateError(int(bad[0]), "nature run", "truth")
     clim = testbed.climatology_samples(jax.random.fold_in(truth_key, 1), cfg.testbed.climatology_samples)
     obs = network.observe_run(truth[1:], jax.random.key(cfg.seeds.obs))
     return OSSE(testbed, network, truth, obs, clim)

@@ -114,9 +114,10 @@ def tracked_run(
     if not tracking.enabled:
         yield NullRun()
         return
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
+
+    for name in ("mlflow", "alembic"):  # after import: mlflow sets its own levels on import
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     client = MlflowClient(tracking_uri=tracking_uri(tracking.uri))
     experiment = client.get_experiment_by_name(tracking.experiment)
