@@ -1,8 +1,8 @@
 """MLflow tracking — the only module that imports mlflow (lazily: it costs ~2 s).
 
     with tracked_run(cfg.tracking, run_name="letkf", params=flatten(cfg)) as run:
-        run.log_metrics(summary)                 # summary metrics
-        run.log_cycle_metrics(result)            # per-cycle metrics with step = cycle
+        run.log_metrics(summary)                 # time means: rmse_a, crps_a, ssr_a, ...
+        run.log_cycle_metrics(result)            # cycle/rmse_a, ... with step = cycle
         run.log_figure(fig, "error_spread.png")
 
 Store: ``tracking.uri`` from the config, else ``$MLFLOW_TRACKING_URI``, else
@@ -22,7 +22,9 @@ from typing import Any, Iterator
 import numpy as np
 
 DEFAULT_URI = "sqlite:///mlflow.db"
-#: per-cycle metrics logged by ``log_cycle_metrics`` (name -> CycleResult field, sqrt?)
+#: per-cycle metrics logged by ``log_cycle_metrics`` as ``cycle/<name>`` with step = cycle
+#: (name -> CycleResult field, take sqrt?); the plain names hold the time means.
+CYCLE_PREFIX = "cycle/"
 CYCLE_METRICS = {
     "rmse_f": ("mse_f", True),
     "rmse_a": ("mse_a", True),
@@ -55,7 +57,7 @@ class Run:
         self._log_series({k: ([step], [v]) for k, v in values.items()})
 
     def log_cycle_metrics(self, result, n_members: int | None = None) -> None:
-        """Every cycle's RMSE, spread and CRPS of forecast and analysis, step = cycle number."""
+        """Every cycle's RMSE, spread and CRPS of forecast and analysis as ``cycle/<name>``, step = cycle."""
         steps = np.arange(1, result.n_cycles + 1)
         n = result.n_members if n_members is None else n_members
         series = {}
@@ -63,7 +65,7 @@ class Run:
             if name.startswith("spread") and n < 2:
                 continue
             values = np.asarray(getattr(result, field), np.float64)
-            series[name] = (steps, np.sqrt(values) if root else values)
+            series[CYCLE_PREFIX + name] = (steps, np.sqrt(values) if root else values)
         self._log_series(series)
 
     def set_tags(self, tags: dict[str, Any]) -> None:

@@ -1,0 +1,115 @@
+"""The `ensda` command end to end: JSON output, MLflow runs, clear errors.
+
+MLflow writes to a temporary sqlite store; the numbers printed are checked against a
+direct library call on the same config (an independent path through the code).
+"""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from ensda import config
+from ensda.cli import app
+from ensda.experiment import make_osse, run_method
+
+CONFIG = "experiments/configs/l96.yaml"
+SHORT = ["--set", "cycles=200", "--set", "burn_in=20"]
+runner = CliRunner()
+
+
+@pytest.fixture()
+def store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)  # artifacts land in tmp_path/mlruns
+    return uri
+
+
+def _last_json(output: str) -> dict:
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def test_run_json_matches_library_and_is_tracked(store, request):
+    cfg_path = str(request.config.rootpath / CONFIG)
+    result = runner.invoke(app, ["run", cfg_path, "--method", "etkf", *SHORT, "--json"])
+    assert result.exit_code == 0, result.output
+    rec = _last_json(result.stdout)
+    for key in ("method", "rmse_a", "spread_a", "crps_a", "ssr_a", "rmse_f", "n_cycles", "wall_s"):
+        assert key in rec
+    assert rec["method"] == "etkf" and rec["n_cycles"] == 200
+
+    cfg = config.load(cfg_path, ["cycles=200", "burn_in=20", "method=etkf"])
+    direct = run_method(cfg, make_osse(cfg), "etkf")
+    assert rec["rmse_a"] == pytest.approx(direct.summary["rmse_a"], rel=1e-5)
+    assert rec["crps_a"] == pytest.approx(direct.summary["crps_a"], rel=1e-5)
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    run = client.get_run(rec["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["obs.every"] == "1"
+    assert run.data.params["method"] == "etkf"
+    assert run.data.metrics["rmse_a"] == pytest.approx(rec["rmse_a"], rel=1e-6)
+    history = client.get_metric_history(run.info.run_id, "cycle/rmse_a")
+    assert sorted(m.step for m in history) == list(range(1, 201))
+    burned = [m.value for m in sorted(history, key=lambda m: m.step)][20:]
+    assert sum(burned) / len(burned) == pytest.approx(rec["rmse_a"], rel=1e-5)  # time mean of per-cycle RMSE
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"error_spread.png", "rank_histogram.png", "settings.json"} <= artifacts
+
+
+def test_compare_parent_and_children(store, request):
+    cfg_path = str(request.config.rootpath / CONFIG)
+    result = runner.invoke(app, ["compare", cfg_path, "--methods", "etkf,3dvar,none", *SHORT, "--json"])
+    assert result.exit_code == 0, result.output
+    out = _last_json(result.stdout)
+    by_method = {r["method"]: r for r in out["results"]}
+    assert set(by_method) == {"etkf", "3dvar", "none"}
+    # assimilation beats the free run by far on the same truth
+    assert by_method["etkf"]["rmse_a"] < 0.1 * by_method["none"]["rmse_a"]
+    assert by_method["3dvar"]["n_members"] == 1
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    parent = client.get_run(out["mlflow_run_id"])
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert sorted(c.data.params["method"] for c in children) == ["3dvar", "etkf", "none"]
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--set", "obs.densty=0.3"], "obs.densty"),
+        (["--set", "obs.density=1.5"], "obs.density"),
+        (["--set", "ensemble.size=1", "--method", "letkf"], "ensemble.size"),
+        (["--method", "kalman"], "unknown method 'kalman'"),
+        (["--set", "cycles=ten"], "cycles"),
+        (["--set", "assimilator.inflation=0.5", "--method", "etkf"], "inflation"),
+        (["--set", "assimilator.radius=4", "--method", "etkf"], "radius"),
+    ],
+)
+def test_bad_input_names_the_field(args, needle, request):
+    cfg_path = str(request.config.rootpath / CONFIG)
+    result = runner.invoke(app, ["run", cfg_path, *args, "--no-track"])
+    assert result.exit_code == 2
+    assert needle in result.output
+
+
+def test_divergence_reports_cycle_and_stage(request):
+    """A free run inflated 50x per cycle blows up; the message names the cycle and the stage."""
+    cfg_path = str(request.config.rootpath / CONFIG)
+    args = ["--method", "none", "--set", "assimilator.inflation=50", "--set", "cycles=200", "--set", "burn_in=10"]
+    result = runner.invoke(app, ["run", cfg_path, *args, "--no-track"])
+    assert result.exit_code == 3, result.output
+    assert "non-finite state" in result.output and "by the forecast at cycle" in result.output
+
+
+def test_missing_config_file():
+    result = runner.invoke(app, ["run", "no/such/config.yaml", "--no-track"])
+    assert result.exit_code == 2
+    assert "not found" in result.output
