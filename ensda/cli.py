@@ -18,6 +18,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Ensemble data assimilation with diffusion models and classic baselines.")
@@ -63,10 +64,16 @@ def _run_methods(cfg, methods: list[str], console: Console):
         except NonFiniteStateError as err:
             _fail(str(err), code=3)
     runs = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     for i, method in enumerate(methods, 1):
-        with console.status(f"[{i}/{len(methods)}] {method}: compiling and cycling {cfg.cycles} cycles..."):
+        with Progress(*columns, console=console, transient=True) as bar:
+            task = bar.add_task(f"[{i}/{len(methods)}] {method} (compiling)", total=cfg.cycles)
+
+            def advance(done, task=task, bar=bar, label=f"[{i}/{len(methods)}] {method}"):
+                bar.update(task, completed=done, description=label)
+
             try:
-                runs.append(run_method(cfg, osse, method))
+                runs.append(run_method(cfg, osse, method, progress=advance))
             except NonFiniteStateError as err:
                 _fail(str(err), code=3)
             except ValueError as err:

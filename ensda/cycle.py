@@ -78,8 +78,14 @@ def _cycle_metrics(ens: jax.Array, truth: jax.Array, weights: jax.Array) -> dict
 
 
 @partial(jax.jit, static_argnames=("testbed",))
-def run_cycles(testbed, assimilator, truth: jax.Array, obs: Observations, x0: jax.Array, key: jax.Array) -> CycleResult:
-    """Cycle ``assimilator`` over ``obs`` (cycles 1..K) from the initial ensemble ``x0``."""
+def run_cycles(
+    testbed, assimilator, truth: jax.Array, obs: Observations, x0: jax.Array, key: jax.Array, first_cycle=1
+) -> CycleResult:
+    """Cycle ``assimilator`` over ``obs`` from the initial ensemble ``x0``.
+
+    ``truth`` has one more entry than ``obs`` (its first is the initial time); the cycles
+    are numbered from ``first_cycle``, which sets the analysis keys ``fold_in(key, k)``.
+    """
     weights = testbed.grid.weights
 
     def body(xa, inputs):
@@ -100,9 +106,55 @@ def run_cycles(testbed, assimilator, truth: jax.Array, obs: Observations, x0: ja
         return xa_new, out
 
     n_cycles = truth.shape[0] - 1
-    ks = jnp.arange(1, n_cycles + 1)
+    ks = first_cycle + jnp.arange(n_cycles)
     final, out = jax.lax.scan(body, x0, (ks, truth[1:], obs))
     return CycleResult(final_ensemble=final, **out)
+
+
+def n_chunks(n_cycles: int, most: int = 20) -> int:
+    """The largest number of equal chunks (≤ ``most``) that divides ``n_cycles``."""
+    return max(c for c in range(1, min(most, n_cycles) + 1) if n_cycles % c == 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timed:
+    """A result with its compile and run wall times (seconds)."""
+
+    result: CycleResult
+    compile_s: float
+    run_s: float
+
+
+def run_chunked(testbed, assimilator, truth, obs, x0, key, chunks: int | None = None, progress=None) -> Timed:
+    """``run_cycles`` in equal chunks (one compiled program), for progress and early NaN stops.
+
+    The result equals one scan over all cycles (same keys, same order). ``progress(done)``
+    is called after each chunk with the number of cycles done. Stops at the first chunk
+    that produced a non-finite state (``check_finite`` then names the cycle).
+    """
+    n_cycles = truth.shape[0] - 1
+    chunks = n_chunks(n_cycles) if chunks is None else chunks
+    if n_cycles % chunks:
+        raise ValueError(f"{chunks} chunks do not divide {n_cycles} cycles")
+    size = n_cycles // chunks
+    t0 = time.perf_counter()
+    compiled = run_cycles.lower(testbed, assimilator, truth[: size + 1], obs.at(slice(0, size)), x0, key, 1).compile()
+    compile_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    parts, x = [], x0
+    for c in range(chunks):
+        s = c * size
+        part = compiled(assimilator, truth[s : s + size + 1], obs.at(slice(s, s + size)), x, key, s + 1)
+        parts.append(part)
+        x = part.final_ensemble
+        if not bool(part.finite_a.all() & part.finite_f.all()):
+            break
+        if progress is not None:
+            progress(s + size)
+    merged = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a, axis=0), *parts)
+    result = dataclasses.replace(merged, final_ensemble=x)
+    jax.block_until_ready(result)
+    return Timed(result, compile_s, time.perf_counter() - t1)
 
 
 def check_finite(result: CycleResult, method: str) -> None:
@@ -148,22 +200,3 @@ def summarize(result: CycleResult, burn_in: int) -> dict[str, float]:
 def rank_histogram_counts(result: CycleResult, burn_in: int) -> np.ndarray:
     """Rank histogram of the analysis over the cycles after burn-in, shape ``(N + 1,)``."""
     return np.asarray(result.rank_hist_a[burn_in:]).sum(0)
-
-
-@dataclasses.dataclass(frozen=True)
-class Timed:
-    """A result with its compile and run wall times (seconds)."""
-
-    result: CycleResult
-    compile_s: float
-    run_s: float
-
-
-def run_timed(testbed, assimilator, truth, obs, x0, key) -> Timed:
-    """``run_cycles`` with compile time measured apart from run time."""
-    t0 = time.perf_counter()
-    compiled = run_cycles.lower(testbed, assimilator, truth, obs, x0, key).compile()
-    t1 = time.perf_counter()
-    result = jax.block_until_ready(compiled(assimilator, truth, obs, x0, key))
-    t2 = time.perf_counter()
-    return Timed(result, t1 - t0, t2 - t1)

@@ -9,7 +9,6 @@ Keys: every stream derives from ``config.seeds``; the analysis of cycle k uses
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +16,7 @@ import numpy as np
 
 from ensda import assimilator as registry
 from ensda.config import ExperimentConfig
-from ensda.cycle import CycleResult, NonFiniteStateError, check_finite, run_cycles, summarize
+from ensda.cycle import CycleResult, NonFiniteStateError, check_finite, run_chunked, summarize
 from ensda.observe import ObsNetwork, Observations
 from ensda.testbeds import Lorenz96
 
@@ -90,19 +89,18 @@ def build_assimilator(cfg: ExperimentConfig, osse: OSSE, method: str, settings: 
     return registry.build(method, cfg.method_settings(method) if settings is None else settings, ctx)
 
 
-def run_method(cfg: ExperimentConfig, osse: OSSE, method: str, settings: dict | None = None) -> MethodRun:
-    """Cycle ``method`` over the OSSE; raises ``NonFiniteStateError`` if the state blows up."""
+def run_method(cfg: ExperimentConfig, osse: OSSE, method: str, settings: dict | None = None, progress=None) -> MethodRun:
+    """Cycle ``method`` over the OSSE; raises ``NonFiniteStateError`` if the state blows up.
+
+    ``progress(cycles_done)`` is called as the run advances (see ``cycle.run_chunked``).
+    """
     settings = cfg.method_settings(method) if settings is None else registry.validate_settings(method, settings)
     assim = build_assimilator(cfg, osse, method, settings)
     n_members = cfg.members_for(method)
     x0 = initial_ensemble(cfg, osse, n_members)
     key = jax.random.key(cfg.seeds.assimilator)
-    t0 = time.perf_counter()
-    compiled = run_cycles.lower(osse.testbed, assim, osse.truth, osse.obs, x0, key).compile()
-    t1 = time.perf_counter()
-    result = jax.block_until_ready(compiled(assim, osse.truth, osse.obs, x0, key))
-    t2 = time.perf_counter()
-    check_finite(result, method)
-    summary = summarize(result, cfg.burn_in)
+    timed = run_chunked(osse.testbed, assim, osse.truth, osse.obs, x0, key, progress=progress)
+    check_finite(timed.result, method)
+    summary = summarize(timed.result, cfg.burn_in)
     summary.update(n_cycles=cfg.cycles, n_members=n_members)
-    return MethodRun(method, settings, n_members, result, summary, t1 - t0, t2 - t1)
+    return MethodRun(method, settings, n_members, timed.result, summary, timed.compile_s, timed.run_s)
