@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -215,12 +214,8 @@ def ui(
     store = tracking_uri(uri)
     Console().print(f"MLflow UI for {store} on http://127.0.0.1:{port} (Ctrl-C to stop)", highlight=False)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen(cmd, start_new_session=True)
-    try:
-        raise typer.Exit(proc.wait())
-    except KeyboardInterrupt:
-        os.killpg(proc.pid, 15)
-        proc.wait()
+    sys.stdout.flush()
+    os.execv(sys.executable, cmd)  # become the MLflow server: signals reach it (and its workers) directly
 
 
 if __name__ == "__main__":
