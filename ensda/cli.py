@@ -52,8 +52,11 @@ def _load(config: Path, sets: list[str], extra: list[str] = ()):
         _fail(str(err))
 
 
-def _run_methods(cfg, methods: list[str], console: Console):
-    """Run each method on the same OSSE; returns (osse, [MethodRun])."""
+def _run_methods(cfg, methods: list[str], console: Console, keep_going: bool = False):
+    """Run each method on the same OSSE; returns (osse, [MethodRun | NonFiniteStateError]).
+
+    A diverged method stops the command, or with ``keep_going`` is reported and skipped.
+    """
     from ensda.cycle import NonFiniteStateError
     from ensda.experiment import make_osse, run_method
 
@@ -74,7 +77,11 @@ def _run_methods(cfg, methods: list[str], console: Console):
             try:
                 runs.append(run_method(cfg, osse, method, progress=advance))
             except NonFiniteStateError as err:
-                _fail(str(err), code=3)
+                if not keep_going:
+                    _fail(str(err), code=3)
+                runs.append(err)
+                console.print(f"  {method}: [red]diverged[/] at cycle {err.cycle} ({err.stage})")
+                continue
             except ValueError as err:
                 _fail(str(err))
         r = runs[-1]
@@ -83,6 +90,8 @@ def _run_methods(cfg, methods: list[str], console: Console):
 
 
 def _record(run) -> dict:
+    if isinstance(run, Exception):  # diverged
+        return {"method": run.method, "diverged": str(run), "diverged_at_cycle": run.cycle}
     rec = {"method": run.method}
     rec.update({k: run.summary[k] for k in SUMMARY_KEYS})
     rec.update(n_cycles=run.summary["n_cycles"], n_members=run.n_members, compile_s=round(run.compile_s, 3),
@@ -97,8 +106,12 @@ def _table(records: list[dict], title: str) -> Table:
         table.add_column(key, justify="right")
     table.add_column("N", justify="right")
     table.add_column("wall s", justify="right")
-    best = min(r["rmse_a"] for r in records)
+    finished = [r for r in records if "diverged" not in r]
+    best = min((r["rmse_a"] for r in finished), default=None)
     for r in records:
+        if "diverged" in r:
+            table.add_row(r["method"], f"[red]diverged at cycle {r['diverged_at_cycle']}[/]", *[""] * (len(TABLE_KEYS) + 1))
+            continue
         cells = [f"{r[k]:.4f}" for k in TABLE_KEYS]
         if r["rmse_a"] == best and len(records) > 1:
             cells[0] = f"[bold green]{cells[0]}[/]"
@@ -167,16 +180,19 @@ def compare(
             _fail(str(err))
     console = _console(as_json)
     t0 = time.perf_counter()
-    _, runs = _run_methods(cfg, names, console)
+    _, runs = _run_methods(cfg, names, console, keep_going=True)
     records = [_record(r) for r in runs]
     params = flatten(cfg)
     params.pop("method", None)
     with tracked_or_null(cfg, tracking, f"{cfg.name}:compare", params | {"methods": ",".join(names)}) as parent:
         for r in runs:
             child_cfg = cfg.model_copy(update={"method": r.method})
-            child_params = flatten(child_cfg) | {"n_members": r.n_members}
+            child_params = flatten(child_cfg) | {"n_members": cfg.members_for(r.method)}
             with tracked_or_null(child_cfg, tracking, f"{cfg.name}:{r.method}", child_params, parent=parent) as child:
-                tracking.log_method_run(child, r, cfg.burn_in, cfg.tracking.figures)
+                if isinstance(r, Exception):
+                    child.fail(str(r))
+                else:
+                    tracking.log_method_run(child, r, cfg.burn_in, cfg.tracking.figures)
         parent.log_dict({"results": records}, "comparison.json")
         parent.log_metrics({"wall_s": time.perf_counter() - t0})
     console.print(_table(records, f"{cfg.name} — {cfg.cycles} cycles, burn-in {cfg.burn_in}, same truth and observations"))

@@ -45,6 +45,12 @@ class Run:
 
     def __init__(self, client, run_id: str, experiment_id: str):
         self.client, self.run_id, self.experiment_id = client, run_id, experiment_id
+        self.failed = False
+
+    def fail(self, reason: str) -> None:
+        """Mark the run FAILED when it closes, with the reason as tag ``ensda.failure``."""
+        self.failed = True
+        self.client.set_tag(self.run_id, "ensda.failure", reason[:5000])
 
     def log_params(self, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
@@ -136,7 +142,7 @@ def tracked_run(
     except BaseException:
         client.set_terminated(run.run_id, status="FAILED")
         raise
-    client.set_terminated(run.run_id, status="FINISHED")
+    client.set_terminated(run.run_id, status="FAILED" if run.failed else "FINISHED")
 
 
 def _param_value(value: Any) -> str:
@@ -154,6 +160,7 @@ def log_method_run(run: Run | NullRun, method_run, burn_in: int, figures: bool =
     summary.update(compile_s=method_run.compile_s, run_s=method_run.run_s, wall_s=method_run.compile_s + method_run.run_s)
     run.log_metrics(summary)
     run.log_cycle_metrics(method_run.result, method_run.n_members)
+    run.log_params({f"settings.{k}": v for k, v in method_run.settings.items()})
     run.log_dict({"method": method_run.method, "settings": method_run.settings}, "settings.json")
     if figures:
         title = f"{method_run.method}"

@@ -113,3 +113,24 @@ def test_missing_config_file():
     result = runner.invoke(app, ["run", "no/such/config.yaml", "--no-track"])
     assert result.exit_code == 2
     assert "not found" in result.output
+
+
+def test_compare_reports_a_diverged_method_and_goes_on(store, request):
+    cfg_path = str(request.config.rootpath / CONFIG)
+    args = ["compare", cfg_path, "--methods", "none,etkf", *SHORT, "--set", "methods.none.inflation=50", "--json"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    out = _last_json(result.stdout)
+    none, etkf = out["results"]
+    assert none["diverged_at_cycle"] >= 1 and "forecast" in none["diverged"]
+    assert etkf["rmse_a"] < 0.5
+
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=store)
+    parent = client.get_run(out["mlflow_run_id"])
+    children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    status = {c.data.params["method"]: c.info.status for c in children}
+    assert status == {"none": "FAILED", "etkf": "FINISHED"}
+    failed = next(c for c in children if c.data.params["method"] == "none")
+    assert "non-finite" in failed.data.tags["ensda.failure"]
