@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
-from typing import Any, ClassVar, Protocol
+from typing import Annotated, Any, ClassVar, Protocol
 
 import jax
 import pydantic
@@ -45,7 +45,11 @@ class SetupContext:
 REGISTRY: dict[str, type] = {}
 
 #: Settings every ensemble method accepts; they become wrappers (see ensda.inflation).
-WRAPPER_SETTINGS = {"inflation": (float, 1.0), "rtps": (float, 0.0)}
+#: Their ranges are part of the type, so a config with e.g. inflation < 1 fails on load.
+WRAPPER_SETTINGS = {
+    "inflation": (Annotated[float, pydantic.Field(ge=1.0)], 1.0),
+    "rtps": (Annotated[float, pydantic.Field(ge=0.0, le=1.0)], 0.0),
+}
 
 
 class UnknownMethodError(ValueError):
