@@ -9,10 +9,11 @@ climatological B (Gandin 1963; Lorenc 1981).
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import jax
 import jax.numpy as jnp
+from pydantic import Field
 
 from baselines.localization import gaspari_cohn
 from baselines.threedvar import climatological_covariance, exact_increment
@@ -25,7 +26,7 @@ from ensda.pytree import pytree_dataclass, static
 @pytree_dataclass
 class OptimalInterpolation:
     b: jax.Array | None = None
-    radius: float | None = static(None)
+    radius: Annotated[float, Field(gt=0)] | None = static(None)
 
     name: ClassVar[str] = "oi"
     ensemble: ClassVar[bool] = False
@@ -34,8 +35,6 @@ class OptimalInterpolation:
     def build(cls, ctx, radius=None):
         b = climatological_covariance(ctx.climatology)
         if radius is not None:
-            if not radius > 0:
-                raise ValueError(f"radius must be > 0, got {radius}")
             sites = jnp.arange(b.shape[0])
             b = b * gaspari_cohn(ctx.testbed.grid.distance(sites[:, None], sites[None, :]), radius)
         return cls(b=b, radius=radius)

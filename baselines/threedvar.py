@@ -15,10 +15,11 @@ same time (Parrish & Derber 1992). Deterministic: one member (or all members mov
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Annotated, ClassVar, Literal
 
 import jax
 import jax.numpy as jnp
+from pydantic import Field
 
 from ensda.assimilator import register
 from ensda.observe import Observations
@@ -82,19 +83,17 @@ class ThreeDVar:
     b: jax.Array | None = None  # scaled B
     b_sqrt: jax.Array | None = None  # L with B = L Lᵀ (for CG)
     b_source: Literal["climatology", "nmc"] = static("climatology")
-    scale: float = static(0.05)
+    scale: Annotated[float, Field(gt=0)] = static(0.05)
     solver: Literal["auto", "exact", "cg"] = static("auto")
-    nmc_init_std: float = static(0.3)
-    cg_tol: float = static(1e-5)
-    cg_maxiter: int = static(200)
+    nmc_init_std: Annotated[float, Field(ge=0)] = static(0.3)
+    cg_tol: Annotated[float, Field(gt=0)] = static(1e-5)
+    cg_maxiter: Annotated[int, Field(ge=1)] = static(200)
 
     name: ClassVar[str] = "3dvar"
     ensemble: ClassVar[bool] = False
 
     @classmethod
     def build(cls, ctx, b_source="climatology", scale=0.05, solver="auto", nmc_init_std=0.3, cg_tol=1e-5, cg_maxiter=200):
-        if not scale > 0:
-            raise ValueError(f"scale must be > 0, got {scale}")
         if b_source == "climatology":
             b0 = climatological_covariance(ctx.climatology)
         else:

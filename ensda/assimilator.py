@@ -84,7 +84,7 @@ def _load_builtin_methods():
 
 def settings_fields(cls) -> dict[str, tuple[Any, Any]]:
     """The user-facing settings of a method: its static fields (+ wrappers for ensembles)."""
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {
         f.name: (hints[f.name], f.default)
         for f in dataclasses.fields(cls)

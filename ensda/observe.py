@@ -106,7 +106,7 @@ class ObsNetwork:
         return self.n_obs / self.n_state
 
     def site_indices(self, key: jax.Array, cycle: jax.Array | int) -> jax.Array:
-        """Observed sites at ``cycle`` (sorted), shape ``(p,)``."""
+        """Observed sites at ``cycle``, shape ``(p,)``: sorted, or as listed in ``sites``."""
         if self.sites is not None:
             return jnp.asarray(self.sites, jnp.int32)
         if self.density is None:

@@ -144,10 +144,14 @@ def test_built_3dvar_uses_scaled_climatological_covariance(solver):
     np.testing.assert_allclose(got[0], blue(b, xb, y, h, h @ xb, r), rtol=1e-4, atol=2e-4)
 
 
-def test_3dvar_build_refuses_bad_scale():
-    ctx, _ = context()
-    with pytest.raises(ValueError, match="scale"):
-        ThreeDVar.build(ctx, scale=0.0)
+@pytest.mark.parametrize("method, settings, field", [
+    ("3dvar", {"scale": 0.0}, "scale"), ("3dvar", {"cg_maxiter": 0}, "cg_maxiter"), ("oi", {"radius": -1.0}, "radius"),
+])
+def test_bad_settings_are_named_on_validation(method, settings, field):
+    from ensda.assimilator import validate_settings
+
+    with pytest.raises(ValueError, match=field):
+        validate_settings(method, settings)
 
 
 def gc_ref(r):
