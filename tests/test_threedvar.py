@@ -186,8 +186,3 @@ def test_oi_is_blue_with_climatological_b_and_optional_gc_schur_product(radius):
         far = [6, 7, 8, 9]  # distance ≥ 4 from sites 1 and 2
         np.testing.assert_allclose(got[0, far], xb[far], atol=1e-5)
 
-
-def test_oi_build_refuses_bad_radius():
-    ctx, _ = context()
-    with pytest.raises(ValueError, match="radius"):
-        OptimalInterpolation.build(ctx, radius=-1.0)
