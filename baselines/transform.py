@@ -43,3 +43,38 @@ def anomalies(ensemble: jax.Array) -> tuple[jax.Array, jax.Array]:
 def observed_anomalies(background: jax.Array, obs) -> tuple[jax.Array, jax.Array]:
     """Mean and anomalies of H(X_b) — ensemble-based, so nonlinear H works too."""
     return anomalies(obs.h(background))
+
+
+def local_update(b: jax.Array, s: jax.Array, v: jax.Array) -> jax.Array:
+    r"""``(w̄ + W)ᵀ v`` of one (local) ETKF problem, without forming the N × N weights.
+
+    ``b = Y diag(√r⁻¹)`` (N × k) and ``s = √r⁻¹ ∘ d`` (k): the observed anomalies and the
+    innovation scaled by the square roots of the (tapered) inverse error variances, so
+    ``M = (N−1)I + b bᵀ`` and ``Y diag(r⁻¹) d = b s``. ``v`` (N,) is the vector the weights
+    act on (an LETKF site's own anomaly column); the result is ``(w̄·v) 1 + W v``, W the
+    symmetric square root, so the site's members are ``x̄ + (w̄·v) + W v``.
+
+    The algebra is the same as ``etkf_weights``; only the eigen-decomposition moves to
+    the smaller of the two spaces:
+
+    - k ≥ N: M = V Λ Vᵀ (N × N) as in ``etkf_weights``, W v = V √((N−1)/Λ) Vᵀ v.
+    - k < N: bᵀb = U Γ Uᵀ (k × k). By the push-through identity M⁻¹ b = b (aI + bᵀb)⁻¹
+      (a = N−1), so w̄ = bU (a + Γ)⁻¹ Uᵀ s; M has eigenvalues a + γ on span(bU) and a on
+      its complement, so W = I + bU diag(h(Γ)) (bU)ᵀ with
+      h(γ) = (√(a/(a+γ)) − 1)/γ = −1 / (√(a+γ) (√a + √(a+γ))), smooth at γ = 0.
+    """
+    n, k = b.shape
+    a = n - 1.0
+    if k >= n:
+        lam, vec = ensemble_space_eigh(b, jnp.ones((k,), b.dtype))
+        lam = jnp.maximum(lam, a * 1e-6)  # M ≥ (N−1)I in exact arithmetic
+        w_mean = vec @ ((vec.T @ (b @ s)) / lam)
+        w_v = vec @ (jnp.sqrt(a / lam) * (vec.T @ v))
+        return w_mean @ v + w_v
+    gam, u = jnp.linalg.eigh(b.T @ b)
+    gam = jnp.maximum(gam, 0.0)  # bᵀb ≥ 0 in exact arithmetic
+    bu = b @ u  # (N, k)
+    w_mean = bu @ ((u.T @ s) / (a + gam))
+    root = jnp.sqrt(a + gam)
+    h = -1.0 / (root * (jnp.sqrt(a) + root))
+    return w_mean @ v + v + bu @ (h * (bu.T @ v))
