@@ -23,11 +23,12 @@ How it is computed (the mathematics above is unchanged; see docs in the helpers)
 from __future__ import annotations
 
 from functools import partial
-from typing import ClassVar
+from typing import Annotated, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from pydantic import Field
 
 from baselines.localization import gaspari_cohn
 from baselines.transform import anomalies, local_update, observed_anomalies
@@ -75,7 +76,7 @@ def local_neighbourhoods(grid, n_sites: int, radius: float) -> tuple[jax.Array, 
 @pytree_dataclass
 class LETKF:
     grid: object = static(None, setting=False)  # testbed grid: distance(), max_sites_within()
-    radius: float = static(4.0)
+    radius: Annotated[float, Field(gt=0)] = static(4.0)
     #: per site, the sites within reach (n, k) and their Gaspari–Cohn taper (n, k);
     #: filled by ``build``, computed at trace time when left None
     neighbours: jax.Array | None = None
@@ -86,8 +87,6 @@ class LETKF:
 
     @classmethod
     def build(cls, ctx, radius: float = 4.0):
-        if not radius > 0:
-            raise ValueError(f"radius must be > 0, got {radius}")
         near, taper = local_neighbourhoods(ctx.testbed.grid, ctx.network.n_state, radius)
         return cls(grid=ctx.testbed.grid, radius=radius, neighbours=near, taper=taper)
 

@@ -143,5 +143,7 @@ def test_built_letkf_equals_brute_force_and_checks_radius():
     assert assim.radius == 3.0
     bg, obs = problem(5, n, 9, list(range(0, n, 2)))
     np.testing.assert_allclose(analyse(assim, bg, obs), letkf_ref(bg, obs, 3.0), rtol=1e-4, atol=2e-4)
+    from ensda.assimilator import validate_settings
+
     with pytest.raises(ValueError, match="radius"):
-        LETKF.build(ctx, radius=0.0)
+        validate_settings("letkf", {"radius": 0.0})
