@@ -17,6 +17,7 @@ from baselines.threedvar import matrix_sqrt
 from ensda.assimilator import SetupContext
 from ensda.observe import ObsNetwork, Observations
 from ensda.testbeds import Lorenz96
+from reference import gc_ref
 
 
 @jax.jit
@@ -152,15 +153,6 @@ def test_bad_settings_are_named_on_validation(method, settings, field):
 
     with pytest.raises(ValueError, match=field):
         validate_settings(method, settings)
-
-
-def gc_ref(r):
-    r = abs(r)
-    if r <= 1.0:
-        return -0.25 * r**5 + 0.5 * r**4 + 0.625 * r**3 - 5.0 / 3.0 * r**2 + 1.0
-    if r < 2.0:
-        return r**5 / 12.0 - 0.5 * r**4 + 0.625 * r**3 + 5.0 / 3.0 * r**2 - 5.0 * r + 4.0 - 2.0 / (3.0 * r)
-    return 0.0
 
 
 @pytest.mark.parametrize("radius", [None, 2.0])
