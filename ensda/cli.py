@@ -68,7 +68,7 @@ def _run_methods(cfg, methods: list[str], console: Console, keep_going: bool = F
     runs = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     for i, method in enumerate(methods, 1):
-        with Progress(*columns, console=console, transient=True) as bar:
+        with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
             task = bar.add_task(f"[{i}/{len(methods)}] {method} (compiling)", total=cfg.cycles)
 
             def advance(done, task=task, bar=bar, label=f"[{i}/{len(methods)}] {method}"):
