@@ -2,6 +2,7 @@
 
     ensda run CONFIG [--method NAME] [--set key=value ...] [--json] [--no-track]
     ensda compare CONFIG --methods letkf,etkf,enkf,3dvar [--set ...] [--json]
+    ensda sweep CONFIG [--trials N] [--workers K] [--storage URL] [--study NAME] [--set ...]
     ensda methods
     ensda ui [--port 5000]
 """
@@ -200,6 +201,108 @@ def compare(
         console.print(f"MLflow parent run {parent.run_id} in {tracking.tracking_uri(cfg.tracking.uri)}", highlight=False)
     if as_json:
         print(json.dumps({"results": records, "mlflow_run_id": parent.run_id}))
+
+
+@app.command()
+def sweep(
+    config: Path = typer.Argument(..., help="Experiment YAML with a sweep: section, e.g. experiments/configs/l96_sweep.yaml"),
+    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trials to finish (tpe/random; default sweep.trials). The grid sampler runs its whole grid."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes, each pinned to one GPU, or to one CPU device and a share of the cores."),
+    storage: str = typer.Option("sqlite:///optuna.db", "--storage", help="Optuna storage (SQLAlchemy URL; PostgreSQL for several machines)."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the config's name)."),
+    sets: list[str] = SetOpt,
+):
+    """Run an Optuna sweep over config values; the same command again resumes it."""
+    from ensda import sweep as sw
+
+    cfg = _load(config, sets)
+    if cfg.sweep is None:
+        _fail(f"{config}: no sweep: section (objective, sampler, params; see README)")
+    name = study or cfg.name
+    console = _console(False)
+    if cfg.sweep.sampler == "grid" and trials is not None and trials != cfg.sweep.grid_size():
+        console.print(f"note: the grid sampler runs the whole grid of {cfg.sweep.grid_size()} points (--trials {trials} ignored)", highlight=False)
+    try:
+        study_obj, budget = sw.prepare(cfg, storage, name, trials)
+    except sw.SweepError as err:
+        _fail(str(err))
+    before = sw.study_tally(study_obj)
+    console.print(f"sweep {name!r} in {storage}: {before.done} of {budget} trials done, "
+                  f"{workers} worker{'s' if workers > 1 else ''}", highlight=False)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
+        task = bar.add_task("trials", total=budget, completed=before.done)
+
+        def report(t):
+            bar.update(task, completed=min(t.done, budget), description=f"trials ({t.running} running, {t.failed} failed)")
+
+        try:
+            if workers == 1:
+                sw.run_worker(storage, name, 0, "in-process", report=report)
+            else:
+                _supervise(sw, sw.start_workers(storage, name, workers), study_obj, report, console)
+        except sw.SweepError as err:
+            _fail(str(err))
+    t = sw.finish(study_obj, cfg, budget)
+    console.print(_best_table(study_obj, cfg, sw))
+    parent = study_obj.user_attrs.get(sw.STUDY_PARENT)
+    if parent:
+        console.print(f"MLflow parent run {parent} in {_tracking_uri(cfg)} (see `ensda ui`)", highlight=False)
+    if t.done < budget:
+        _fail(f"sweep incomplete: {t.done} of {budget} trials done; run the same command to resume", code=1)
+
+
+def _tracking_uri(cfg) -> str:
+    from ensda.tracking import tracking_uri
+
+    return tracking_uri(cfg.tracking.uri)
+
+
+def _supervise(sw, procs, study, report, console) -> None:
+    """Poll the study while the worker processes run; on Ctrl-C stop them (their trials are
+    retried by the next launch)."""
+    try:
+        while any(p.poll() is None for p in procs):
+            report(sw.study_tally(study))
+            time.sleep(sw.POLL_S)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+        _fail("interrupted: run the same command to resume the sweep", code=130)
+    report(sw.study_tally(study))
+    for i, p in enumerate(procs):
+        if p.returncode:
+            console.print(f"[red]worker {i} exited with code {p.returncode}[/]")
+
+
+def _best_table(study, cfg, sw, top: int = 10) -> Table:
+    """The best COMPLETE trials (by the objective), then the failed ones with their reasons."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    live = sw.live_trials(trials)
+    complete = sorted((t for t in live if t.state == TrialState.COMPLETE), key=lambda t: t.value,
+                      reverse=cfg.sweep.direction == "maximize")
+    failed = [t for t in live if t.state == TrialState.FAIL]
+    objective = cfg.sweep.objective + (" |ssr-1|" if cfg.sweep.objective.startswith("ssr") else "")
+    table = Table(title=f"{study.study_name}: best of {len(complete)} complete trials ({len(failed)} failed)")
+    table.add_column("trial", justify="right")
+    for key in cfg.sweep.params:
+        table.add_column(key)
+    table.add_column(objective, justify="right")
+    shown = [k for k in ("rmse_a", "crps_a", "ssr_a") if k != cfg.sweep.objective]
+    for key in shown:
+        table.add_column(key, justify="right")
+    for t in complete[:top]:
+        summary = t.user_attrs.get(sw.SUMMARY, {})
+        cells = [f"{summary[k]:.4f}" if k in summary else "-" for k in shown]
+        table.add_row(str(t.number), *[str(t.params.get(k)) for k in cfg.sweep.params], f"{t.value:.4f}", *cells)
+    for t in failed[:top]:
+        reason = t.user_attrs.get(sw.FAILURE, "worker lost (no heartbeat)")
+        table.add_row(str(t.number), *[str(t.params.get(k)) for k in cfg.sweep.params], "[red]failed[/]", f"[red]{reason[:80]}[/]", *[""] * (len(shown) - 1))
+    return table
 
 
 @app.command("methods")

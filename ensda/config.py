@@ -7,16 +7,21 @@ ranges, so a bad config fails on load with the offending field named, e.g.
 Method settings: ``methods.<name>`` holds tuned defaults per method for this experiment;
 ``assimilator`` holds overrides for the method being run (``method``), e.g.
 ``--set assimilator.inflation=1.05``. Both are validated against the method's settings.
+
+``sweep`` (optional) describes an Optuna sweep over config values (``ensda sweep``); every
+swept key is checked on load by applying its values to the config as overrides.
 """
 
 from __future__ import annotations
 
+import copy
+import math
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from ensda import assimilator as registry
 
@@ -75,6 +80,87 @@ class TrackingConfig(_Strict):
     figures: bool = True
 
 
+#: summary metrics a sweep can optimise; ``ssr_*`` objectives are |SSR − 1| (1 = reliable)
+OBJECTIVES = ("crps_a", "rmse_a", "ssr_a", "spread_a", "crps_f", "rmse_f", "ssr_f", "energy_a", "rank_flatness_a")
+#: values a categorical sweep parameter may take (what Optuna stores)
+SWEEP_VALUE_TYPES = (bool, int, float, str, type(None))
+
+
+def _space_kind(value: Any) -> str | None:
+    if isinstance(value, list):
+        return "values"
+    return "range" if isinstance(value, (dict, SweepRange)) else None
+
+
+class SweepRange(_Strict):
+    """A numeric search range for the ``tpe`` and ``random`` samplers."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, serialize_by_alias=True)
+
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+    #: integers (``int: true`` in YAML)
+    integer: bool = Field(False, alias="int")
+
+    @pydantic.model_validator(mode="after")
+    def _check(self):
+        if not self.low < self.high:
+            raise ValueError(f"empty range: low ({self.low}) must be smaller than high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log range needs low > 0, got {self.low}")
+        if self.log and self.step is not None:
+            raise ValueError("give either log or step, not both")
+        if self.integer and (self.low != round(self.low) or self.high != round(self.high) or (self.step or 1) != round(self.step or 1)):
+            raise ValueError("an int range needs whole low, high and step")
+        return self
+
+    def candidates(self) -> list:
+        """The values checked against the config on load: both ends."""
+        return [int(self.low), int(self.high)] if self.integer else [self.low, self.high]
+
+
+class SweepConfig(_Strict):
+    """``ensda sweep``: what to optimise, how to sample, over which config keys."""
+
+    objective: Literal[OBJECTIVES] = "crps_a"
+    direction: Literal["minimize", "maximize"] = "minimize"
+    sampler: Literal["grid", "tpe", "random"] = "grid"
+    seed: int = 0
+    #: number of trials when ``--trials`` is not given (the grid sampler runs its whole grid)
+    trials: int | None = Field(None, ge=1)
+    #: dotted config key -> list of values (categorical) or a range (tpe, random)
+    params: dict[str, Annotated[
+        Annotated[list[Any], Tag("values")] | Annotated[SweepRange, Tag("range")],
+        Discriminator(_space_kind, custom_error_type="sweep_space",
+                      custom_error_message="expected a list of values or a range {low, high, log, step, int}"),
+    ]] = Field(min_length=1)
+    #: Optuna heartbeats: a RUNNING trial silent for ``grace_period`` s is failed and retried
+    heartbeat_interval: int = Field(10, ge=1)
+    grace_period: int = Field(60, ge=2)
+
+    @pydantic.model_validator(mode="after")
+    def _check(self):
+        for key, space in self.params.items():
+            if isinstance(space, list) and not space:
+                raise ValueError(f"sweep.params.{key}: empty list of values")
+            if isinstance(space, list) and not all(isinstance(v, SWEEP_VALUE_TYPES) for v in space):
+                raise ValueError(f"sweep.params.{key}: values must be numbers, strings, booleans or null, got {space}")
+            if self.sampler == "grid" and not isinstance(space, list):
+                raise ValueError(f"sweep.params.{key}: the grid sampler needs a list of values, not a range")
+            if key.split(".")[0] == "sweep":
+                raise ValueError(f"sweep.params.{key}: the sweep section itself cannot be swept")
+        if self.objective.startswith("ssr") and self.direction != "minimize":
+            raise ValueError(f"sweep.objective {self.objective} is |SSR - 1|: use direction minimize")
+        if self.grace_period <= self.heartbeat_interval:
+            raise ValueError("sweep.grace_period must be longer than sweep.heartbeat_interval")
+        return self
+
+    def grid_size(self) -> int:
+        return math.prod(len(v) for v in self.params.values())
+
+
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     testbed: TestbedConfig = TestbedConfig()
@@ -87,6 +173,7 @@ class ExperimentConfig(_Strict):
     methods: dict[str, dict[str, Any]] = Field(default_factory=dict)
     seeds: SeedConfig = SeedConfig()
     tracking: TrackingConfig = TrackingConfig()
+    sweep: SweepConfig | None = None
 
     @pydantic.model_validator(mode="after")
     def _check(self):
@@ -95,7 +182,38 @@ class ExperimentConfig(_Strict):
         for name in self.methods:
             registry.validate_settings(name, self.methods[name])
         self.method_settings(self.method)  # validates method name and overrides
+        if self.sweep is not None:
+            self._check_sweep_keys()
         return self
+
+    def _check_sweep_keys(self) -> None:
+        """Apply every swept value to the config as an override and validate it.
+
+        A value that needs another method (``assimilator.radius`` with ``method: [letkf,
+        3dvar]``) is accepted if it is valid with one of the swept methods.
+        """
+        base = self.model_dump(exclude={"sweep"})
+        swept_methods = self.sweep.params.get("method")
+        methods = swept_methods if isinstance(swept_methods, list) else [self.method]
+        for key, space in self.sweep.params.items():
+            values = space if isinstance(space, list) else space.candidates()
+            for value in values:
+                errors = []
+                for method in [self.method] if key == "method" else methods:
+                    try:
+                        validate(set_value(set_value(base, "method", method), key, value))
+                        break
+                    except ConfigError as err:
+                        errors.append(str(err).removeprefix("invalid config:").strip())
+                else:
+                    raise ValueError(f"sweep.params.{key}: value {value!r} does not make a valid config: {errors[0]}")
+
+    def trial_config(self, values: dict[str, Any]) -> ExperimentConfig:
+        """This config without its sweep section, with ``values`` (dotted key -> value) set."""
+        data = self.model_dump(exclude={"sweep"})
+        for key, value in values.items():
+            data = set_value(data, key, value)
+        return validate(data)
 
     def method_settings(self, method: str) -> dict:
         """Validated settings for ``method``: tuned defaults, then overrides if it is ``method``."""
@@ -127,22 +245,33 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     return path, yaml.safe_load(raw) if raw.strip() else None
 
 
+def set_value(data: dict, key: str, value: Any) -> dict:
+    """A copy of the nested dict ``data`` with the dotted ``key`` set (sub-dicts created)."""
+    out = copy.deepcopy(data)
+    path = key.split(".")
+    if not all(path):
+        raise ConfigError(f"empty key part in {key!r}")
+    node = out
+    for i, part in enumerate(path[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        elif not isinstance(child, dict):
+            raise ConfigError(f"{key}: {'.'.join(path[: i + 1])} is not a section")
+        node = child
+    node[path[-1]] = value
+    return out
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Set dotted keys in a nested dict (creating sub-dicts); returns a new dict."""
-    import copy
-
-    out = copy.deepcopy(data)
+    out = data
     for item in overrides:
         path, value = parse_override(item)
-        node = out
-        for part in path[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: {'.'.join(path[:-1])} is not a section")
-            node = child
-        node[path[-1]] = value
+        try:
+            out = set_value(out, ".".join(path), value)
+        except ConfigError as err:
+            raise ConfigError(f"--set {item!r}: {err}") from None
     return out
 
 
@@ -155,7 +284,8 @@ def validate(data: dict) -> ExperimentConfig:
         for e in err.errors():
             loc = ".".join(str(p) for p in e["loc"])
             msg = e["msg"].removeprefix("Value error, ")
-            lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")
+            named = not loc or msg.startswith(loc + ".")  # the message names its own field
+            lines.append(f"  {msg}" if named else f"  {loc}: {msg}")
         raise ConfigError("\n".join(lines)) from None
     except ValueError as err:  # raised by method-settings validation outside pydantic
         raise ConfigError(str(err)) from None

@@ -7,7 +7,8 @@
 
 Store: ``tracking.uri`` from the config, else ``$MLFLOW_TRACKING_URI``, else
 ``sqlite:///mlflow.db`` in the working directory (MLflow's own default); artifacts go to
-``./mlruns``. ``tracked_run(..., parent=run)`` opens a nested child run (``ensda compare``).
+``./mlruns``. ``tracked_run(..., parent=run)`` opens a nested child run (``ensda compare``);
+a sweep's parent run lives across processes: ``start_run``, ``attach_run``, ``set_status``.
 With tracking disabled every call is a no-op.
 """
 
@@ -122,12 +123,33 @@ def tracked_run(
     if not tracking.enabled:
         yield NullRun()
         return
+    run = start_run(tracking, run_name, params, tags, parent)
+    try:
+        yield run
+    except BaseException:
+        run.client.set_terminated(run.run_id, status="FAILED")
+        raise
+    run.client.set_terminated(run.run_id, status="FAILED" if run.failed else "FINISHED")
+
+
+def _client(tracking):
     from mlflow.tracking import MlflowClient
 
     for name in ("mlflow", "alembic"):  # after import: mlflow sets its own levels on import
         logging.getLogger(name).setLevel(logging.WARNING)
+    return MlflowClient(tracking_uri=tracking_uri(tracking.uri))
 
-    client = MlflowClient(tracking_uri=tracking_uri(tracking.uri))
+
+def start_run(
+    tracking,
+    run_name: str,
+    params: dict[str, Any] | None = None,
+    tags: dict[str, Any] | None = None,
+    parent: Run | None = None,
+) -> Run:
+    """Create an MLflow run and leave it RUNNING (``tracked_run`` closes it; a sweep's parent
+    run stays open across worker processes and launches, see ``attach_run``/``end_run``)."""
+    client = _client(tracking)
     experiment = client.get_experiment_by_name(tracking.experiment)
     exp_id = experiment.experiment_id if experiment else client.create_experiment(tracking.experiment)
     all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
@@ -137,12 +159,28 @@ def tracked_run(
     run = Run(client, mlrun.info.run_id, exp_id)
     if params:
         run.log_params(params)
-    try:
-        yield run
-    except BaseException:
-        client.set_terminated(run.run_id, status="FAILED")
-        raise
-    client.set_terminated(run.run_id, status="FAILED" if run.failed else "FINISHED")
+    return run
+
+
+def attach_run(tracking, run_id: str | None) -> Run | NullRun:
+    """An existing run (e.g. a parent created by another process); NullRun if tracking is off."""
+    if not tracking.enabled or run_id is None:
+        return NullRun()
+    client = _client(tracking)
+    return Run(client, run_id, client.get_run(run_id).info.experiment_id)
+
+
+def set_status(tracking, run_id: str | None, status: str, reason: str | None = None) -> None:
+    """Set a run's status: RUNNING (reopened), FINISHED or FAILED (with ``reason`` as tag)."""
+    if not tracking.enabled or run_id is None:
+        return
+    client = _client(tracking)
+    if reason is not None:
+        client.set_tag(run_id, "ensda.failure", reason[:5000])
+    if status == "RUNNING":
+        client.update_run(run_id, status="RUNNING")
+    else:
+        client.set_terminated(run_id, status=status)
 
 
 def _param_value(value: Any) -> str:

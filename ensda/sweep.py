@@ -1,0 +1,462 @@
+"""Optuna sweeps over config values: studies, trials, workers (``ensda sweep``).
+
+A sweep is an Optuna study in an RDB storage (default ``sqlite:///optuna.db``, any
+SQLAlchemy URL, e.g. PostgreSQL for workers on several machines). The study's user attrs
+hold what every worker needs: the base config (``ensda.config``, the YAML plus ``--set``
+overrides), the trial budget and the id of the sweep's MLflow parent run. One trial is the
+base config with the trial's values set → ``make_osse`` → ``run_method`` → summary; its
+value is the objective (``ssr_*`` objectives are |SSR − 1|). Seeds come from the config, so
+the same values give the same result.
+
+Bookkeeping (all state lives in the storage, so any number of workers and launches share it):
+
+- *grid*: the launcher enqueues every grid point that has no live trial; a worker takes a
+  waiting trial by the storage's atomic WAITING → RUNNING claim, so no point runs twice.
+  A trial the sampler makes outside the queue (a worker asked just as another emptied it)
+  is pruned without running, and so is a queued duplicate of a point another trial holds.
+- *tpe / random*: a trial whose number ranks beyond the budget among the live trials is
+  pruned without running.
+- *done* = COMPLETE + FAIL trials that no retry replaced. A diverged run
+  (``NonFiniteStateError``) or values that make no valid config give a FAIL trial with the
+  reason in user attr ``ensda.failure``; it is not retried (same seeds, same failure).
+- *heartbeats*: a RUNNING trial whose worker died (kill -9, lost machine) has no heartbeat
+  for ``sweep.grace_period`` s; the next worker or launch fails it, marks its MLflow run
+  FAILED and queues a retry with the same values (``RetryFailedTrialCallback``).
+
+Trials are MLflow child runs of the parent run (tags ``optuna.study`` and
+``optuna.trial_number``; the trial's user attr ``ensda.mlflow_run_id`` points back).
+
+Workers: ``python -m ensda.sweep worker --storage URL --study NAME`` (``start_workers``
+pins each to one GPU with ``CUDA_VISIBLE_DEVICES``, or to one CPU device and a share of
+the cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+import warnings
+from typing import Callable
+
+import optuna
+from optuna.trial import TrialState
+
+from ensda import tracking
+from ensda.config import ConfigError, ExperimentConfig, SweepConfig, flatten, validate
+from ensda.cycle import NonFiniteStateError
+
+DEFAULT_STORAGE = "sqlite:///optuna.db"
+STUDY_CONFIG = "ensda.config"
+STUDY_TRIALS = "ensda.trials"
+STUDY_PARENT = "ensda.mlflow_parent_run_id"
+FAILURE = "ensda.failure"
+RUN_ID = "ensda.mlflow_run_id"
+SUMMARY = "ensda.summary"
+DEVICE = "ensda.device"
+#: a trial whose worker died is retried at most this many times
+MAX_RETRY = 3
+POLL_S = 1.0
+
+
+class SweepError(RuntimeError):
+    """A sweep that cannot start or go on; the message says why and what to do."""
+
+
+class TrialFailure(Exception):
+    """A trial that ran to a failure (diverged, invalid values, non-finite objective)."""
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Optuna's heartbeat and retry helpers are marked experimental; say so once, here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def objective_value(summary: dict, objective: str) -> float:
+    """The trial's value: the summary metric, or |SSR − 1| for ``ssr_*``."""
+    value = summary[objective]
+    return abs(value - 1.0) if objective.startswith("ssr") else value
+
+
+def budget_of(sweep: SweepConfig, trials: int | None) -> int:
+    """Trials to finish: the whole grid for the grid sampler, else ``trials`` or ``sweep.trials``."""
+    if sweep.sampler == "grid":
+        return sweep.grid_size()
+    n = trials if trials is not None else sweep.trials
+    if n is None:
+        raise SweepError(f"the {sweep.sampler} sampler needs a number of trials: --trials N or sweep.trials")
+    return n
+
+
+# ----------------------------------------------------------------------------- storage, study
+
+
+def open_storage(url: str, sweep: SweepConfig | None = None):
+    """RDB storage; with ``sweep``, heartbeats and the stale-trial retry are on."""
+    import sqlalchemy.exc
+
+    try:
+        with _quiet():
+            if sweep is None:
+                return optuna.storages.RDBStorage(url)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=sweep.heartbeat_interval, grace_period=sweep.grace_period,
+                heartbeat_stale_trial_callback=_retry_stale,
+            )
+    except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
+        raise SweepError(f"cannot open the Optuna storage {url!r}: {err}") from None
+
+
+def stored_config(study) -> ExperimentConfig:
+    return validate(study.user_attrs[STUDY_CONFIG])
+
+
+def _retry_stale(study, trial) -> None:
+    """A stale trial (its worker died): fail its MLflow run, queue a retry with its values."""
+    run_id = trial.user_attrs.get(RUN_ID)
+    if run_id is not None:
+        cfg = stored_config(study)
+        reason = f"worker lost: no heartbeat for {cfg.sweep.grace_period} s (trial {trial.number} retried)"
+        tracking.set_status(cfg.tracking, run_id, "FAILED", reason)
+    with _quiet():
+        optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)(study, trial)
+
+
+def _sampler(sweep: SweepConfig, worker: int):
+    """The study's sampler; worker ``i`` seeds it with ``sweep.seed + i`` (distinct streams)."""
+    seed = sweep.seed + worker
+    if sweep.sampler == "grid":
+        return optuna.samplers.GridSampler({k: list(v) for k, v in sweep.params.items()}, seed=seed)
+    if sweep.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _config_record(cfg: ExperimentConfig) -> dict:
+    return cfg.model_dump(mode="json")
+
+
+def _config_differences(stored: dict, current: dict) -> list[str]:
+    a, b = flatten(stored), flatten(current)
+    a.pop("sweep.trials", None)
+    b.pop("sweep.trials", None)
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def prepare(cfg: ExperimentConfig, storage_url: str, study_name: str, trials: int | None = None):
+    """Create or resume the study: check the config, set the budget, open the MLflow parent
+    run, fail stale trials and enqueue the grid points without a live trial.
+
+    Returns ``(study, budget)``. Raises ``SweepError`` before any trial starts if the
+    storage cannot be opened or the study was started with another config.
+    """
+    if cfg.sweep is None:
+        raise SweepError("the config has no sweep: section (objective, sampler, params)")
+    budget = budget_of(cfg.sweep, trials)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(storage_url, cfg.sweep)
+    try:
+        study = optuna.create_study(
+            study_name=study_name, storage=storage, sampler=_sampler(cfg.sweep, 0),
+            direction=cfg.sweep.direction, load_if_exists=True,
+        )
+    except Exception as err:  # the storage is opened lazily: an unreachable server fails here
+        raise SweepError(f"cannot open study {study_name!r} in {storage_url!r}: {err}") from None
+    record = _config_record(cfg)
+    stored = study.user_attrs.get(STUDY_CONFIG)
+    if stored is None:
+        study.set_user_attr(STUDY_CONFIG, record)
+    elif diff := _config_differences(stored, record):
+        raise SweepError(
+            f"study {study_name!r} in {storage_url} was started with another config "
+            f"(differs in {', '.join(diff[:8])}{', ...' if len(diff) > 8 else ''}); "
+            "run the same config to resume it, or pass --study NEW for a new sweep"
+        )
+    study.set_user_attr(STUDY_TRIALS, budget)
+    parent_id = study.user_attrs.get(STUDY_PARENT)
+    if parent_id is None and cfg.tracking.enabled:
+        tags = {"optuna.study": study_name, "ensda.config": cfg.name, "ensda.sweep": cfg.sweep.sampler}
+        parent = tracking.start_run(cfg.tracking, f"{cfg.name}:sweep:{study_name}", params=flatten(cfg), tags=tags)
+        study.set_user_attr(STUDY_PARENT, parent.run_id)
+    else:
+        tracking.set_status(cfg.tracking, parent_id, "RUNNING")
+    with _quiet():
+        optuna.storages.fail_stale_trials(study)
+    if cfg.sweep.sampler == "grid":
+        trials_now = study.get_trials(deepcopy=False)
+        held = {_point(_params_of(t)) for t in live_trials(trials_now)}
+        for point in grid_points(cfg.sweep):
+            if _point(point) not in held:
+                study.enqueue_trial(point)
+    return study, budget
+
+
+def finish(study, cfg: ExperimentConfig, budget: int) -> Tally:
+    """Close the launch: the MLflow parent run is FINISHED (with the best value) when the
+    budget is done, KILLED otherwise (the next launch reopens it)."""
+    t = tally(study.get_trials(deepcopy=False), cfg.sweep.sampler == "grid")
+    parent = tracking.attach_run(cfg.tracking, study.user_attrs.get(STUDY_PARENT))
+    complete = t.done >= budget
+    if parent.run_id is not None:
+        parent.log_metrics({"trials_complete": t.complete, "trials_failed": t.failed})
+        if t.complete:
+            parent.log_metrics({"best_" + cfg.sweep.objective: study.best_value})
+            parent.set_tags({"optuna.best_trial": study.best_trial.number})
+    reason = None if complete else f"incomplete: {t.done} of {budget} trials done; run the same command to resume"
+    tracking.set_status(cfg.tracking, parent.run_id, "FINISHED" if complete else "KILLED", reason)
+    return t
+
+
+def grid_points(sweep: SweepConfig) -> list[dict]:
+    import itertools
+
+    keys = list(sweep.params)
+    return [dict(zip(keys, values)) for values in itertools.product(*(sweep.params[k] for k in keys))]
+
+
+# ----------------------------------------------------------------------------- counting
+
+
+@dataclasses.dataclass(frozen=True)
+class Tally:
+    done: int  # grid: distinct points with a COMPLETE or FAIL trial
+    complete: int
+    failed: int
+    running: int
+    waiting: int
+
+    @property
+    def live(self) -> int:
+        return self.done + self.running + self.waiting
+
+
+def _params_of(trial) -> dict:
+    return trial.params or trial.system_attrs.get("fixed_params", {})
+
+
+def _point(params: dict) -> str:
+    return json.dumps(params, sort_keys=True)
+
+
+def _superseded(trials) -> set[int]:
+    """Numbers of failed trials that a retry replaced."""
+    return {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+
+
+def live_trials(trials) -> list:
+    """Trials that count: not pruned, not a failure that a retry replaced."""
+    gone = _superseded(trials)
+    return [t for t in trials if t.state != TrialState.PRUNED and not (t.state == TrialState.FAIL and t.number in gone)]
+
+
+def tally(trials, grid: bool) -> Tally:
+    live = live_trials(trials)
+    finished = [t for t in live if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
+    done = len({_point(t.params) for t in finished}) if grid else len(finished)
+    count = lambda state: sum(t.state == state for t in live)  # noqa: E731
+    return Tally(done, count(TrialState.COMPLETE), count(TrialState.FAIL), count(TrialState.RUNNING), count(TrialState.WAITING))
+
+
+def study_tally(study) -> Tally:
+    return tally(study.get_trials(deepcopy=False), stored_config(study).sweep.sampler == "grid")
+
+
+# ----------------------------------------------------------------------------- one trial
+
+
+def suggest(trial, sweep: SweepConfig) -> dict:
+    """The trial's values for every swept key."""
+    values = {}
+    for key, space in sweep.params.items():
+        if isinstance(space, list):
+            values[key] = trial.suggest_categorical(key, space)
+        elif space.integer:
+            values[key] = trial.suggest_int(key, int(space.low), int(space.high), step=int(space.step or 1), log=space.log)
+        else:
+            values[key] = trial.suggest_float(key, space.low, space.high, step=space.step, log=space.log)
+    return values
+
+
+def run_trial(base: ExperimentConfig, values: dict, trial, study_name: str, parent_id: str | None) -> float:
+    """Run the base config with ``values`` set; log an MLflow child run; return the objective.
+
+    Raises ``TrialFailure`` (reason in the trial's user attr ``ensda.failure``) if the values
+    make no valid config, the run diverges or the objective is not finite.
+    """
+    from ensda.experiment import make_osse, run_method
+
+    def failed(reason: str):
+        trial.set_user_attr(FAILURE, reason)
+        return TrialFailure(reason)
+
+    try:
+        cfg = base.trial_config(values)
+    except ConfigError as err:
+        raise failed(str(err)) from None
+    objective = base.sweep.objective
+    parent = tracking.attach_run(cfg.tracking, parent_id)
+    tags = {"optuna.study": study_name, "optuna.trial_number": trial.number, "ensda.config": cfg.name, "ensda.method": cfg.method}
+    params = flatten(cfg) | {"n_members": cfg.members_for(cfg.method)}
+    with tracking.tracked_run(cfg.tracking, f"{study_name}:{trial.number}", params, tags, parent=parent) as run:
+        trial.set_user_attr(RUN_ID, run.run_id)
+        try:
+            result = run_method(cfg, make_osse(cfg), cfg.method)
+        except NonFiniteStateError as err:
+            run.fail(str(err))
+            raise failed(str(err)) from None
+        value = objective_value(result.summary, objective)
+        trial.set_user_attr(SUMMARY, {k: v for k, v in result.summary.items() if math.isfinite(v)})
+        tracking.log_method_run(run, result, cfg.burn_in, cfg.tracking.figures)
+        if not math.isfinite(value):
+            run.fail(f"objective {objective} is {value} for method {cfg.method}")
+            raise failed(f"objective {objective} is {value} for method {cfg.method}")
+        run.log_metrics({"objective": value})
+    return value
+
+
+# ----------------------------------------------------------------------------- worker
+
+
+def _objective(study, base: ExperimentConfig, budget: int, device: str):
+    grid = base.sweep.sampler == "grid"
+
+    def objective(trial):
+        trials = study.get_trials(deepcopy=False)
+        me = next(t for t in trials if t.number == trial.number)
+        if grid:
+            if "fixed_params" not in me.system_attrs:
+                raise optuna.TrialPruned("not a queued grid point: another worker emptied the queue")
+            point = _point(_params_of(me))
+            for t in live_trials(trials):
+                held = t.state in (TrialState.COMPLETE, TrialState.FAIL) or t.number < me.number
+                if t.number != me.number and held and _point(_params_of(t)) == point:
+                    raise optuna.TrialPruned(f"grid point held by trial {t.number}")
+        elif sum(t.number < me.number for t in live_trials(trials)) >= budget:
+            raise optuna.TrialPruned("the trial budget is taken")
+        values = suggest(trial, base.sweep)
+        trial.set_user_attr(DEVICE, device)
+        return run_trial(base, values, trial, study.study_name, study.user_attrs.get(STUDY_PARENT))
+
+    return objective
+
+
+def run_worker(storage_url: str, study_name: str, worker: int = 0, device: str = "", report: Callable | None = None) -> int:
+    """Take trials from the study until its budget is done; returns the number of trials run.
+
+    While the remaining trials run elsewhere it waits (a dead worker's trial turns stale
+    after the grace period and comes back as a waiting retry). ``report(tally)`` is called
+    on every round.
+    """
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
+        base = stored_config(study)
+    except KeyError:
+        raise SweepError(f"no sweep {study_name!r} in {storage_url}: start it with `ensda sweep`") from None
+    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url, base.sweep), sampler=_sampler(base.sweep, worker))
+    budget = study.user_attrs[STUDY_TRIALS]
+    grid = base.sweep.sampler == "grid"
+    objective = _objective(study, base, budget, device)
+    n_run = 0
+    while True:
+        with _quiet():
+            optuna.storages.fail_stale_trials(study)
+        t = tally(study.get_trials(deepcopy=False), grid)
+        if report is not None:
+            report(t)
+        if t.done >= budget:
+            return n_run
+        if t.waiting or (not grid and t.live < budget):
+            with _quiet():
+                study.optimize(objective, n_trials=1, catch=(TrialFailure,))
+            n_run += 1
+        elif t.running == 0:
+            raise SweepError(f"grid incomplete ({t.done} of {budget} points) with no trial queued: run `ensda sweep` to queue the rest")
+        else:
+            time.sleep(POLL_S)
+
+
+# ----------------------------------------------------------------------------- launching workers
+
+
+def gpu_count() -> int:
+    """GPUs visible to ``nvidia-smi -L`` (0 without it, or when JAX_PLATFORMS excludes GPUs)."""
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if platforms and not any(p in platforms for p in ("cuda", "gpu")):
+        return 0
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return 0
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.splitlines())
+
+
+def worker_setups(k: int, gpus: int, cores: list[int]) -> list[tuple[dict, str, list[int] | None]]:
+    """(environment changes, device label, CPU cores or None) for each of ``k`` workers.
+
+    GPUs: worker i sees GPU i mod G only (no memory preallocation when workers share one).
+    CPU: one CPU device each (``xla_force_host_platform_device_count`` dropped) and an equal
+    share of the cores (round robin when there are more workers than cores).
+    """
+    setups = []
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f)
+    for i in range(k):
+        if gpus:
+            env = {"CUDA_VISIBLE_DEVICES": str(i % gpus)}
+            if k > gpus:
+                env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+            setups.append((env, f"gpu {i % gpus}", None))
+        else:
+            share = cores[i * len(cores) // k : (i + 1) * len(cores) // k] if k <= len(cores) else [cores[i % len(cores)]]
+            setups.append(({"JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}, f"cpu (cores {','.join(map(str, share))})", share))
+    return setups
+
+
+def start_workers(storage_url: str, study_name: str, k: int) -> list[subprocess.Popen]:
+    """Start ``k`` worker processes on this machine, each pinned to one device."""
+    cores = sorted(os.sched_getaffinity(0))
+    procs = []
+    for i, (env, label, cpus) in enumerate(worker_setups(k, gpu_count(), cores)):
+        cmd = [sys.executable, "-m", "ensda.sweep", "worker", "--storage", storage_url, "--study", study_name,
+               "--index", str(i), "--device", label]
+        if cpus is not None:
+            cmd += ["--cpus", ",".join(map(str, cpus))]
+        procs.append(subprocess.Popen(cmd, env=os.environ | env, stdout=subprocess.DEVNULL))
+    return procs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ensda.sweep", description="Sweep worker: take trials from a study until its budget is done.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    w = sub.add_parser("worker")
+    w.add_argument("--storage", default=DEFAULT_STORAGE)
+    w.add_argument("--study", required=True)
+    w.add_argument("--index", type=int, default=0, help="worker number (seeds the sampler with sweep.seed + index)")
+    w.add_argument("--device", default="", help="label stored with each trial")
+    w.add_argument("--cpus", default=None, help="comma-separated CPU cores to run on")
+    args = parser.parse_args(argv)
+    if args.cpus:
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+    try:
+        run_worker(args.storage, args.study, args.index, args.device)
+    except SweepError as err:
+        print(f"ensda sweep worker {args.index}: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
