@@ -21,7 +21,7 @@ Bookkeeping (all state lives in the storage, so any number of workers and launch
   reason in user attr ``ensda.failure``; it is not retried (same seeds, same failure).
 - *heartbeats*: a RUNNING trial whose worker died (kill -9, lost machine) has no heartbeat
   for ``sweep.grace_period`` s; the next worker or launch fails it, marks its MLflow run
-  FAILED and queues a retry with the same values (``RetryFailedTrialCallback``).
+  FAILED and queues a retry with the same values (``RetryHeartbeatStaleTrialCallback``).
 
 Trials are MLflow child runs of the parent run (tags ``optuna.study`` and
 ``optuna.trial_number``; the trial's user attr ``ensda.mlflow_run_id`` points back).
@@ -114,7 +114,12 @@ def open_storage(url: str, sweep: SweepConfig | None = None):
                 heartbeat_stale_trial_callback=_retry_stale,
             )
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
-        raise SweepError(f"cannot open the Optuna storage {url!r}: {err}") from None
+        raise SweepError(f"cannot open the Optuna storage {url!r}: {_first_line(err)}") from None
+
+
+def _first_line(err: Exception) -> str:
+    """An error without SQLAlchemy's trailing "(Background on this error ...)" lines."""
+    return str(err).strip().splitlines()[0]
 
 
 def stored_config(study) -> ExperimentConfig:
@@ -129,14 +134,17 @@ def _retry_stale(study, trial) -> None:
         reason = f"worker lost: no heartbeat for {cfg.sweep.grace_period} s (trial {trial.number} retried)"
         tracking.set_status(cfg.tracking, run_id, "FAILED", reason)
     with _quiet():
-        optuna.storages.RetryFailedTrialCallback(max_retry=MAX_RETRY)(study, trial)
+        optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trial)
 
 
 def _sampler(sweep: SweepConfig, worker: int):
-    """The study's sampler; worker ``i`` seeds it with ``sweep.seed + i`` (distinct streams)."""
+    """The study's sampler; worker ``i`` seeds it with ``sweep.seed + i`` (distinct streams).
+
+    A grid is the queue of its points (``prepare``), so no sampler picks grid values: every
+    trial that runs was enqueued with its values. (Optuna's GridSampler is not used: it does
+    not count enqueued trials as visited and fails on them when one point is left.)
+    """
     seed = sweep.seed + worker
-    if sweep.sampler == "grid":
-        return optuna.samplers.GridSampler({k: list(v) for k, v in sweep.params.items()}, seed=seed)
     if sweep.sampler == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     return optuna.samplers.RandomSampler(seed=seed)
@@ -171,7 +179,7 @@ def prepare(cfg: ExperimentConfig, storage_url: str, study_name: str, trials: in
             direction=cfg.sweep.direction, load_if_exists=True,
         )
     except Exception as err:  # the storage is opened lazily: an unreachable server fails here
-        raise SweepError(f"cannot open study {study_name!r} in {storage_url!r}: {err}") from None
+        raise SweepError(f"cannot open study {study_name!r} in {storage_url!r}: {_first_line(err)}") from None
     record = _config_record(cfg)
     stored = study.user_attrs.get(STUDY_CONFIG)
     if stored is None:
@@ -331,6 +339,7 @@ def _objective(study, base: ExperimentConfig, budget: int, device: str):
     grid = base.sweep.sampler == "grid"
 
     def objective(trial):
+        objective.current = trial.number
         trials = study.get_trials(deepcopy=False)
         me = next(t for t in trials if t.number == trial.number)
         if grid:
@@ -347,7 +356,17 @@ def _objective(study, base: ExperimentConfig, budget: int, device: str):
         trial.set_user_attr(DEVICE, device)
         return run_trial(base, values, trial, study.study_name, study.user_attrs.get(STUDY_PARENT))
 
+    objective.current = None
     return objective
+
+
+def _taken_over(study, number: int | None) -> bool:
+    """Was trial ``number`` failed as stale by another process while this one ran it?
+    (Its heartbeat was late, e.g. on an overloaded machine; the retry runs it again.)"""
+    if number is None:
+        return False
+    trial = study.get_trials(deepcopy=False)[number]
+    return trial.state == TrialState.FAIL and FAILURE not in trial.user_attrs
 
 
 def run_worker(storage_url: str, study_name: str, worker: int = 0, device: str = "", report: Callable | None = None) -> int:
@@ -377,8 +396,13 @@ def run_worker(storage_url: str, study_name: str, worker: int = 0, device: str =
         if t.done >= budget:
             return n_run
         if t.waiting or (not grid and t.live < budget):
-            with _quiet():
-                study.optimize(objective, n_trials=1, catch=(TrialFailure,))
+            try:
+                with _quiet():
+                    study.optimize(objective, n_trials=1, catch=(TrialFailure,))
+            except Exception:
+                if not _taken_over(study, objective.current):
+                    raise
+                print(f"ensda sweep: trial {objective.current} lost its heartbeat and was retried elsewhere", file=sys.stderr)
             n_run += 1
         elif t.running == 0:
             raise SweepError(f"grid incomplete ({t.done} of {budget} points) with no trial queued: run `ensda sweep` to queue the rest")

@@ -1,0 +1,268 @@
+"""`ensda sweep`: config validation, multi-worker grids, resume after kill -9, failed trials.
+
+Stores: a temporary sqlite file for Optuna per test and one temporary MLflow store for the
+module (its first use runs migrations, ~7 s). References: a trial's value against
+``run_method`` on the same overridden config (an independent path), the grid points
+written in the test, and the MLflow runs read back from the store.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+from typer.testing import CliRunner
+
+from ensda import config, sweep
+from ensda.cli import app
+from ensda.experiment import make_osse, run_method
+
+CONFIG = "experiments/configs/l96_sweep.yaml"
+#: short, cheap trials; heartbeats fast enough that a dead worker is noticed in seconds
+SHORT = [
+    "cycles=150", "burn_in=20", "ensemble.size=10", "testbed.climatology_samples=300",
+    "testbed.spinup_steps=300", "tracking.figures=false",
+    "sweep.heartbeat_interval=1", "sweep.grace_period=5",
+]
+GRID = "sweep.params={obs.density: [0.5, 1.0], method: [etkf, 3dvar]}"
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def mlflow_uri(tmp_path_factory):
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture()
+def env(tmp_path, monkeypatch, mlflow_uri, request):
+    """Working directory, stores and config path for one test (its own MLflow experiment)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_uri)
+    monkeypatch.chdir(tmp_path)  # MLflow artifacts land in tmp_path/mlruns
+    return {
+        "config": str(request.config.rootpath / CONFIG),
+        "storage": f"sqlite:///{tmp_path / 'optuna.db'}",
+        "experiment": request.node.name,
+    }
+
+
+def sets(env, *extra) -> list[str]:
+    out = []
+    for item in [*SHORT, f"tracking.experiment={env['experiment']}", *extra]:
+        out += ["--set", item]
+    return out
+
+
+def load_study(env, name):
+    return optuna.load_study(study_name=name, storage=env["storage"])
+
+
+def children(parent_id):
+    client = MlflowClient()
+    parent = client.get_run(parent_id)
+    runs = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    return parent, runs
+
+
+def completed_points(study) -> list[tuple]:
+    return sorted((t.params["obs.density"], t.params["method"]) for t in study.get_trials() if t.state == TrialState.COMPLETE)
+
+
+GRID_POINTS = sorted((d, m) for d in (0.5, 1.0) for m in ("etkf", "3dvar"))
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def error_of(data) -> str:
+    with pytest.raises(config.ConfigError) as info:
+        config.validate(data)
+    return str(info.value)
+
+
+@pytest.mark.parametrize(
+    "params, named",
+    [
+        ({"obs.densty": [0.5]}, "sweep.params.obs.densty"),  # no such field
+        ({"obs.density": [0.5, 1.5]}, "sweep.params.obs.density"),  # a value out of range
+        ({"methods.letkf.radus": [2, 4]}, "sweep.params.methods.letkf.radus"),  # no such method setting
+        ({"cycles.x": [1]}, "sweep.params.cycles.x"),  # cycles is not a section
+        ({"obs.density": []}, "sweep.params.obs.density: empty list"),
+        ({"obs.density": 0.5}, "sweep.params.obs.density"),  # neither a list nor a range
+    ],
+)
+def test_bad_sweep_params_are_named(params, named):
+    assert named in error_of({"sweep": {"params": params}})
+
+
+def test_sweep_ranges_and_samplers_are_checked():
+    tpe = lambda space: {"sweep": {"sampler": "tpe", "params": {"assimilator.inflation": space}}}  # noqa: E731
+    assert "empty range" in error_of(tpe({"low": 1.1, "high": 1.0}))
+    assert "log range needs low > 0" in error_of({"sweep": {"sampler": "tpe", "params": {"seeds.obs": {"low": 0, "high": 4, "log": True}}}})
+    assert "sweep.params.assimilator.inflation.range.lg" in error_of(tpe({"low": 1.0, "high": 1.1, "lg": True}))
+    assert "grid sampler needs a list" in error_of({"sweep": {"params": {"assimilator.inflation": {"low": 1.0, "high": 1.1}}}})
+    assert "sweep.objective" in error_of({"sweep": {"objective": "rmse", "params": {"method": ["etkf"]}}})
+    assert "|SSR - 1|" in error_of({"sweep": {"objective": "ssr_a", "direction": "maximize", "params": {"method": ["etkf"]}}})
+    # a setting only some swept methods have is valid if one of them accepts it
+    ok = config.validate({"sweep": {"params": {"assimilator.radius": [2.0, 4.0], "method": ["letkf", "3dvar"]}}})
+    assert ok.sweep.grid_size() == 4
+    assert "assimilator.radius" in error_of({"sweep": {"params": {"assimilator.radius": [2.0], "method": ["etkf", "3dvar"]}}})
+    # a range: both ends applied to the config, int ranges take whole numbers
+    assert "sweep.params.ensemble.size" in error_of({"sweep": {"sampler": "random", "params": {"ensemble.size": {"low": 1, "high": 8, "int": True}}}})
+    rng = config.validate({"sweep": {"sampler": "random", "params": {"ensemble.size": {"low": 4, "high": 8, "int": True}}}})
+    assert rng.sweep.params["ensemble.size"].integer
+
+
+def test_shipped_sweep_config():
+    cfg = config.load(CONFIG)
+    assert cfg.sweep.sampler == "grid" and cfg.sweep.objective == "crps_a" and cfg.sweep.grid_size() == 9
+    assert cfg.obs.density == 1.0 and cfg.cycles == 1000 and cfg.burn_in == 200
+
+
+def test_sweep_command_errors_before_any_trial(env, tmp_path):
+    result = runner.invoke(app, ["sweep", env["config"], *sets(env, "sweep.params={obs.densty: [0.5]}")])
+    assert result.exit_code == 2 and "sweep.params.obs.densty" in result.output
+    unreachable = f"sqlite:///{tmp_path / 'missing' / 'dir' / 'optuna.db'}"
+    result = runner.invoke(app, ["sweep", env["config"], *sets(env), "--storage", unreachable])
+    assert result.exit_code == 2 and "cannot open the Optuna storage" in result.output
+    assert "unable to open database file" in result.output
+    result = runner.invoke(app, ["sweep", env["config"], *sets(env, "sweep.sampler=random", "sweep.params={obs.density: [0.5]}"),
+                                 "--storage", env["storage"]])
+    assert result.exit_code == 2 and "--trials" in result.output
+
+
+# ----------------------------------------------------------------------------- sweeps
+
+
+def test_two_worker_grid_runs_each_point_once_with_child_runs(env):
+    cmd = ["sweep", env["config"], *sets(env, GRID), "--workers", "2", "--storage", env["storage"], "--study", "grid2"]
+    result = runner.invoke(app, cmd)
+    assert result.exit_code == 0, result.output
+    study = load_study(env, "grid2")
+    assert completed_points(study) == GRID_POINTS
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials())
+    # two worker processes, one CPU core each
+    assert {t.user_attrs[sweep.DEVICE] for t in study.get_trials() if t.state == TrialState.COMPLETE} == {"cpu (cores 0)", "cpu (cores 1)"}
+
+    parent, runs = children(study.user_attrs[sweep.STUDY_PARENT])
+    assert parent.info.status == "FINISHED" and parent.data.tags["optuna.study"] == "grid2"
+    by_number = {int(r.data.tags["optuna.trial_number"]): r for r in runs}
+    complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert sorted(by_number) == sorted(t.number for t in complete)
+    for t in complete:
+        run = by_number[t.number]
+        assert run.info.run_id == t.user_attrs[sweep.RUN_ID] and run.info.status == "FINISHED"
+        assert run.data.tags["optuna.study"] == "grid2"
+        assert run.data.params["method"] == t.params["method"]
+        assert float(run.data.params["obs.density"]) == t.params["obs.density"]
+        assert run.data.metrics["crps_a"] == pytest.approx(t.value, rel=1e-12)
+    assert parent.data.metrics["best_crps_a"] == pytest.approx(min(t.value for t in complete), rel=1e-12)
+
+    # the same command again: nothing left, nothing run twice
+    assert runner.invoke(app, cmd).exit_code == 0
+    assert len(load_study(env, "grid2").get_trials()) == len(study.get_trials())
+
+
+def test_trial_value_equals_run_method_on_the_same_config(env):
+    """One trial in-process; the value is recomputed by the library on the config the user
+    would write by hand (YAML + the same --set values + the trial's values)."""
+    cmd = ["sweep", env["config"], *sets(env, "sweep.params={obs.density: [0.5], method: [letkf]}"),
+           "--storage", env["storage"], "--study", "one"]
+    result = runner.invoke(app, cmd)
+    assert result.exit_code == 0, result.output
+    (trial,) = load_study(env, "one").get_trials()
+    cfg = config.load(env["config"], [*SHORT, f"tracking.experiment={env['experiment']}", "obs.density=0.5", "method=letkf"])
+    direct = run_method(cfg, make_osse(cfg), "letkf")
+    assert trial.value == pytest.approx(direct.summary["crps_a"], rel=1e-5)
+    assert trial.user_attrs[sweep.SUMMARY]["rmse_a"] == pytest.approx(direct.summary["rmse_a"], rel=1e-5)
+    # ssr objective: |ssr - 1|
+    assert sweep.objective_value({"ssr_a": 0.8}, "ssr_a") == pytest.approx(0.2)
+    assert sweep.objective_value({"ssr_a": 1.3}, "ssr_a") == pytest.approx(0.3)
+
+
+def test_resume_after_kill_9_mid_trial(env):
+    """A worker is killed (SIGKILL) while it runs a trial; the same command again notices the
+    stale trial (no heartbeat for the grace period), retries it and completes the grid with
+    every point COMPLETE exactly once."""
+    name = "killed"
+    cfg = config.load(env["config"], [*SHORT, f"tracking.experiment={env['experiment']}", GRID])
+    study, budget = sweep.prepare(cfg, env["storage"], name)
+    assert budget == 4 and sweep.study_tally(study).waiting == 4
+    worker = subprocess.Popen([sys.executable, "-m", "ensda.sweep", "worker", "--storage", env["storage"], "--study", name])
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # a trial with its MLflow run open: the worker is inside run_method
+            running = [t for t in load_study(env, name).get_trials() if t.state == TrialState.RUNNING and sweep.RUN_ID in t.user_attrs]
+            if running or time.monotonic() > deadline or worker.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert running, "the worker never started a trial"
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    killed = running[0]
+
+    cmd = ["sweep", env["config"], *sets(env, GRID), "--storage", env["storage"], "--study", name]
+    result = runner.invoke(app, cmd)
+    assert result.exit_code == 0, result.output
+    study = load_study(env, name)
+    assert completed_points(study) == GRID_POINTS
+    lost = study.get_trials()[killed.number]
+    assert lost.state == TrialState.FAIL and sweep.FAILURE not in lost.user_attrs
+    retries = [t for t in study.get_trials() if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == lost.params
+    # MLflow: the killed attempt FAILED with the reason, the retry FINISHED; 4 finished children
+    client = MlflowClient()
+    dead = client.get_run(killed.user_attrs[sweep.RUN_ID])
+    assert dead.info.status == "FAILED" and "worker lost" in dead.data.tags["ensda.failure"]
+    parent, runs = children(study.user_attrs[sweep.STUDY_PARENT])
+    assert sorted(r.info.status for r in runs) == ["FAILED"] + ["FINISHED"] * 4
+    assert parent.info.status == "FINISHED"
+
+
+def test_diverging_trial_fails_and_the_sweep_goes_on(env):
+    grid = "sweep.params={methods.none.inflation: [50], method: [none, etkf]}"
+    cmd = ["sweep", env["config"], *sets(env, grid), "--storage", env["storage"], "--study", "diverge"]
+    result = runner.invoke(app, cmd)
+    assert result.exit_code == 0, result.output
+    trials = {t.params["method"]: t for t in load_study(env, "diverge").get_trials()}
+    assert trials["none"].state == TrialState.FAIL
+    assert "non-finite" in trials["none"].user_attrs[sweep.FAILURE]
+    assert trials["etkf"].state == TrialState.COMPLETE and trials["etkf"].value > 0
+    run = MlflowClient().get_run(trials["none"].user_attrs[sweep.RUN_ID])
+    assert run.info.status == "FAILED" and "non-finite" in run.data.tags["ensda.failure"]
+    assert "failed" in result.output
+    # a diverged point counts as done: the same command runs nothing again
+    assert runner.invoke(app, cmd).exit_code == 0
+    assert len(load_study(env, "diverge").get_trials()) == 2
+
+
+def test_random_sampler_runs_the_trial_budget_and_resumes_to_a_larger_one(env):
+    space = "sweep.params={assimilator.inflation: {low: 1.0, high: 1.1}}"
+    cmd = ["sweep", env["config"], *sets(env, space, "sweep.sampler=random", "method=etkf", "cycles=60"),
+           "--storage", env["storage"], "--study", "rnd"]
+    assert runner.invoke(app, [*cmd, "--trials", "2"]).exit_code == 0
+    assert runner.invoke(app, [*cmd, "--trials", "3"]).exit_code == 0
+    trials = load_study(env, "rnd").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+    assert all(1.0 <= t.params["assimilator.inflation"] <= 1.1 for t in trials)
+    # another config under the same study name is refused
+    other = runner.invoke(app, [*cmd[:-4], "--set", "obs.r_std=0.5", "--storage", env["storage"], "--study", "rnd", "--trials", "3"])
+    assert other.exit_code == 2 and "obs.r_std" in other.output
+
+
+def test_worker_setups_pin_devices():
+    two_gpus = sweep.worker_setups(3, gpus=2, cores=[0, 1])
+    assert [env["CUDA_VISIBLE_DEVICES"] for env, _, _ in two_gpus] == ["0", "1", "0"]
+    assert all(env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false" for env, _, _ in two_gpus)  # shared GPU
+    cpu = sweep.worker_setups(2, gpus=0, cores=[0, 1, 2, 3])
+    assert [cores for _, _, cores in cpu] == [[0, 1], [2, 3]]
+    assert all(env["JAX_PLATFORMS"] == "cpu" and "device_count" not in env["XLA_FLAGS"] for env, _, _ in cpu)
+    assert [cores for _, _, cores in sweep.worker_setups(3, gpus=0, cores=[0, 1])] == [[0], [1], [0]]
