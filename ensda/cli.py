@@ -226,7 +226,7 @@ def sweep(
         study_obj, budget = sw.prepare(cfg, storage, name, trials)
     except sw.SweepError as err:
         _fail(str(err))
-    before = sw.study_tally(study_obj)
+    before = sw.study_tally(study_obj, cfg.sweep)
     console.print(f"sweep {name!r} in {storage}: {before.done} of {budget} trials done, "
                   f"{workers} worker{'s' if workers > 1 else ''}", highlight=False)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -240,9 +240,11 @@ def sweep(
             if workers == 1:
                 sw.run_worker(storage, name, 0, "in-process", report=report)
             else:
-                _supervise(sw, sw.start_workers(storage, name, workers), study_obj, report, console)
+                _supervise(sw, sw.start_workers(storage, name, workers), lambda: sw.study_tally(study_obj, cfg.sweep), report, console)
         except sw.SweepError as err:
             _fail(str(err))
+        except KeyboardInterrupt:
+            _fail("interrupted: run the same command to resume the sweep", code=130)
     t = sw.finish(study_obj, cfg, budget)
     console.print(_best_table(study_obj, cfg, sw))
     parent = study_obj.user_attrs.get(sw.STUDY_PARENT)
@@ -258,20 +260,20 @@ def _tracking_uri(cfg) -> str:
     return tracking_uri(cfg.tracking.uri)
 
 
-def _supervise(sw, procs, study, report, console) -> None:
-    """Poll the study while the worker processes run; on Ctrl-C stop them (their trials are
-    retried by the next launch)."""
+def _supervise(sw, procs, poll, report, console) -> None:
+    """Report ``poll()`` while the worker processes run; on Ctrl-C stop them (their trials
+    are retried by the next launch)."""
     try:
         while any(p.poll() is None for p in procs):
-            report(sw.study_tally(study))
+            report(poll())
             time.sleep(sw.POLL_S)
     except KeyboardInterrupt:
         for p in procs:
             p.terminate()
         for p in procs:
             p.wait()
-        _fail("interrupted: run the same command to resume the sweep", code=130)
-    report(sw.study_tally(study))
+        raise
+    report(poll())
     for i, p in enumerate(procs):
         if p.returncode:
             console.print(f"[red]worker {i} exited with code {p.returncode}[/]")

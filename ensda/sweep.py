@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -212,7 +213,7 @@ def prepare(cfg: ExperimentConfig, storage_url: str, study_name: str, trials: in
 def finish(study, cfg: ExperimentConfig, budget: int) -> Tally:
     """Close the launch: the MLflow parent run is FINISHED (with the best value) when the
     budget is done, KILLED otherwise (the next launch reopens it)."""
-    t = tally(study.get_trials(deepcopy=False), cfg.sweep.sampler == "grid")
+    t = study_tally(study, cfg.sweep)
     parent = tracking.attach_run(cfg.tracking, study.user_attrs.get(STUDY_PARENT))
     complete = t.done >= budget
     if parent.run_id is not None:
@@ -226,8 +227,6 @@ def finish(study, cfg: ExperimentConfig, budget: int) -> Tally:
 
 
 def grid_points(sweep: SweepConfig) -> list[dict]:
-    import itertools
-
     keys = list(sweep.params)
     return [dict(zip(keys, values)) for values in itertools.product(*(sweep.params[k] for k in keys))]
 
@@ -275,8 +274,8 @@ def tally(trials, grid: bool) -> Tally:
     return Tally(done, count(TrialState.COMPLETE), count(TrialState.FAIL), count(TrialState.RUNNING), count(TrialState.WAITING))
 
 
-def study_tally(study) -> Tally:
-    return tally(study.get_trials(deepcopy=False), stored_config(study).sweep.sampler == "grid")
+def study_tally(study, sweep: SweepConfig) -> Tally:
+    return tally(study.get_trials(deepcopy=False), sweep.sampler == "grid")
 
 
 # ----------------------------------------------------------------------------- one trial

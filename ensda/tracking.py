@@ -171,13 +171,16 @@ def attach_run(tracking, run_id: str | None) -> Run | NullRun:
 
 
 def set_status(tracking, run_id: str | None, status: str, reason: str | None = None) -> None:
-    """Set a run's status: RUNNING (reopened), FINISHED or FAILED (with ``reason`` as tag)."""
+    """Set a run's status: RUNNING (reopened: an earlier failure reason is dropped), FINISHED,
+    FAILED or KILLED (with ``reason`` as tag ``ensda.failure``)."""
     if not tracking.enabled or run_id is None:
         return
     client = _client(tracking)
     if reason is not None:
         client.set_tag(run_id, "ensda.failure", reason[:5000])
     if status == "RUNNING":
+        if "ensda.failure" in client.get_run(run_id).data.tags:
+            client.delete_tag(run_id, "ensda.failure")
         client.update_run(run_id, status="RUNNING")
     else:
         client.set_terminated(run_id, status=status)

@@ -191,7 +191,7 @@ def test_resume_after_kill_9_mid_trial(env):
     name = "killed"
     cfg = config.load(env["config"], [*SHORT, f"tracking.experiment={env['experiment']}", GRID])
     study, budget = sweep.prepare(cfg, env["storage"], name)
-    assert budget == 4 and sweep.study_tally(study).waiting == 4
+    assert budget == 4 and sweep.study_tally(study, cfg.sweep).waiting == 4
     worker = subprocess.Popen([sys.executable, "-m", "ensda.sweep", "worker", "--storage", env["storage"], "--study", name])
     try:
         deadline = time.monotonic() + 120
