@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import ClassVar
 
 import jax
-import jax.numpy as jnp
 
 from baselines.transform import anomalies, ensemble_space_eigh, observed_anomalies
 from ensda.assimilator import register

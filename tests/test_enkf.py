@@ -10,7 +10,6 @@ error O(N^-1/2)); perturbations ε_j ~ N(0, 1) recovered from the increments.
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from baselines import StochasticEnKF
 from ensda.observe import Observations
