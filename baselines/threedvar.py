@@ -56,7 +56,7 @@ def matrix_sqrt(b: jax.Array) -> jax.Array:
 
 def exact_increment(b: jax.Array, xb: jax.Array, obs: Observations) -> jax.Array:
     """δx = B Hᵀ (H B Hᵀ + R)⁻¹ (y − H(x_b)), H the Jacobian at x_b."""
-    hx, = (obs.h(xb),)
+    hx = obs.h(xb)
     hjac = jax.jacfwd(obs.h)(xb)  # (p, n)
     bht = b @ hjac.T
     s = hjac @ bht + jnp.diag(obs.r_std**2)
