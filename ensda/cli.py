@@ -132,13 +132,11 @@ def run(
     from ensda import tracking
     from ensda.config import flatten
 
-    cfg = _load(config, sets, [f"method={method}"] if method else [])
-    if not track:
-        cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": False})})
+    cfg = _load(config, sets, ([f"method={method}"] if method else []) + ([] if track else ["tracking.enabled=false"]))
     console = _console(as_json)
     _, (result,) = _run_methods(cfg, [cfg.method], console)
     record = _record(result)
-    with tracked_or_null(cfg, tracking, f"{cfg.name}:{cfg.method}", flatten(cfg) | {"n_members": result.n_members}) as mlrun:
+    with _tracked(cfg, tracking, f"{cfg.name}:{cfg.method}", flatten(cfg) | {"n_members": result.n_members}) as mlrun:
         tracking.log_method_run(mlrun, result, cfg.burn_in, cfg.tracking.figures)
     console.print(_table([record], f"{cfg.name} — {cfg.cycles} cycles, burn-in {cfg.burn_in}"))
     if mlrun.run_id:
@@ -147,7 +145,8 @@ def run(
         print(json.dumps(record | {"mlflow_run_id": mlrun.run_id}))
 
 
-def tracked_or_null(cfg, tracking, run_name, params, parent=None):
+def _tracked(cfg, tracking, run_name, params, parent=None):
+    """``tracking.tracked_run`` with the config and method as tags."""
     tags = {"ensda.config": cfg.name, "ensda.method": cfg.method}
     return tracking.tracked_run(cfg.tracking, run_name, params=params, tags=tags, parent=parent)
 
@@ -171,9 +170,7 @@ def compare(
     for name in names:
         if name not in registry.methods():
             _fail(f"unknown method {name!r}; known methods: {', '.join(registry.methods())}")
-    cfg = _load(config, sets)
-    if not track:
-        cfg = cfg.model_copy(update={"tracking": cfg.tracking.model_copy(update={"enabled": False})})
+    cfg = _load(config, sets, [] if track else ["tracking.enabled=false"])
     for name in names:
         try:
             cfg.method_settings(name)
@@ -185,11 +182,11 @@ def compare(
     records = [_record(r) for r in runs]
     params = flatten(cfg)
     params.pop("method", None)
-    with tracked_or_null(cfg, tracking, f"{cfg.name}:compare", params | {"methods": ",".join(names)}) as parent:
+    with _tracked(cfg, tracking, f"{cfg.name}:compare", params | {"methods": ",".join(names)}) as parent:
         for r in runs:
             child_cfg = cfg.model_copy(update={"method": r.method})
             child_params = flatten(child_cfg) | {"n_members": cfg.members_for(r.method)}
-            with tracked_or_null(child_cfg, tracking, f"{cfg.name}:{r.method}", child_params, parent=parent) as child:
+            with _tracked(child_cfg, tracking, f"{cfg.name}:{r.method}", child_params, parent=parent) as child:
                 if isinstance(r, Exception):
                     child.fail(str(r))
                 else:
