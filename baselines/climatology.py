@@ -21,18 +21,19 @@ from ensda.pytree import pytree_dataclass
 @pytree_dataclass
 class Climatology:
     samples: jax.Array | None = None  # (S, n) attractor states
+    mean: jax.Array | None = None  # (n,) their mean, the climatological mean
 
     name: ClassVar[str] = "climatology"
     ensemble: ClassVar[bool] = True
 
     @classmethod
     def build(cls, ctx):
-        return cls(samples=ctx.climatology)
+        return cls(samples=ctx.climatology, mean=ctx.climatology.mean(0))
 
     def analyse(self, background: jax.Array, obs: Observations, key: jax.Array) -> jax.Array:
         pick = jax.random.randint(key, (background.shape[0],), 0, self.samples.shape[0])
         draw = self.samples[pick]
-        return self.samples.mean(0) + draw - draw.mean(0)
+        return self.mean + draw - draw.mean(0)
 
 
 @register
