@@ -161,6 +161,79 @@ class SweepConfig(_Strict):
         return math.prod(len(v) for v in self.params.values())
 
 
+class TrainSource(_Strict):
+    """A cycled classic method whose forecast ensembles become training backgrounds."""
+
+    obs: ObsConfig
+    method: str = "letkf"
+    #: the method's settings for this network (validated); empty: the method's defaults
+    settings: dict[str, Any] = Field(default_factory=dict)
+    cycles: int = Field(5000, ge=10)
+
+    @pydantic.model_validator(mode="after")
+    def _check(self):
+        registry.validate_settings(self.method, self.settings)
+        return self
+
+
+class TrainConfig(_Strict):
+    """``ensda train``: training data, network, EDM noise and optimisation (DESIGN §4)."""
+
+    #: output directory of the checkpoint (weights, normalisation, this config)
+    checkpoint: str = "checkpoints/l96"
+    #: seed of the training truth runs, observation draws and initialisation; it must
+    #: differ from the evaluation seeds so the model never sees the evaluation truth
+    seed: int = 100
+    #: members of the background ensembles made for training
+    members: int = Field(20, ge=2)
+    #: examples from one-cycle forecasts of perturbed truths (0: none)
+    perturbed_samples: int = Field(20000, ge=0)
+    error_min: float = Field(0.05, gt=0)
+    error_max: float = Field(2.0, gt=0)
+    #: cycled classic methods whose forecast ensembles are training backgrounds
+    sources: list[TrainSource] = Field(default_factory=list)
+    validation: int = Field(2000, ge=1)
+    # network (ensda.nn.GNNConfig)
+    latent: int = Field(64, ge=4)
+    message_steps: int = Field(4, ge=1)
+    hidden_layers: int = Field(1, ge=0)
+    frequencies: int = Field(16, ge=1)
+    # EDM noise levels (Karras et al. 2022)
+    sigma_min: float = Field(0.002, gt=0)
+    sigma_max: float = Field(80.0, gt=0)
+    p_mean: float = -1.2
+    p_std: float = Field(1.2, gt=0)
+    # random observation networks for the observation channels (amortised conditioning)
+    density_min: float = Field(0.05, gt=0, le=1)
+    density_max: float = Field(1.0, gt=0, le=1)
+    every_choices: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 2, 4, 5, 8], min_length=1)
+    #: probability of a regular every-k network (else a random density)
+    p_regular: float = Field(0.5, ge=0, le=1)
+    #: probability of no observation channels (the model then also serves as prior for guidance)
+    p_uncond: float = Field(0.2, ge=0, le=1)
+    # optimisation: AdamW, linear warm-up then cosine decay, EMA of weights
+    steps: int = Field(20000, ge=1)
+    batch: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    warmup: int = Field(500, ge=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    ema: float = Field(0.999, ge=0, lt=1)
+    clip: float = Field(1.0, gt=0)
+    log_every: int = Field(200, ge=1)
+
+    @pydantic.model_validator(mode="after")
+    def _check(self):
+        if self.error_min > self.error_max:
+            raise ValueError(f"train.error_min ({self.error_min}) must not exceed train.error_max ({self.error_max})")
+        if self.sigma_min >= self.sigma_max:
+            raise ValueError(f"train.sigma_min ({self.sigma_min}) must be below train.sigma_max ({self.sigma_max})")
+        if self.density_min > self.density_max:
+            raise ValueError(f"train.density_min ({self.density_min}) must not exceed train.density_max ({self.density_max})")
+        if self.perturbed_samples == 0 and not self.sources:
+            raise ValueError("train: no training data (perturbed_samples is 0 and no sources)")
+        return self
+
+
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     testbed: TestbedConfig = TestbedConfig()
@@ -174,6 +247,7 @@ class ExperimentConfig(_Strict):
     seeds: SeedConfig = SeedConfig()
     tracking: TrackingConfig = TrackingConfig()
     sweep: SweepConfig | None = None
+    train: TrainConfig | None = None
 
     @pydantic.model_validator(mode="after")
     def _check(self):
@@ -182,6 +256,11 @@ class ExperimentConfig(_Strict):
         for name in self.methods:
             registry.validate_settings(name, self.methods[name])
         self.method_settings(self.method)  # validates method name and overrides
+        if self.train is not None:
+            if self.train.seed in (self.seeds.truth, self.seeds.obs):
+                raise ValueError(f"train.seed ({self.train.seed}) must differ from seeds.truth and seeds.obs: the model must not see the evaluation truth")
+            if any(src.obs.sites and max(src.obs.sites) >= self.testbed.n for src in self.train.sources):
+                raise ValueError(f"train.sources: obs.sites out of range for testbed.n = {self.testbed.n}")
         if self.sweep is not None:
             self._check_sweep_keys()
         return self
