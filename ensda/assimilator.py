@@ -79,7 +79,10 @@ def methods() -> list[str]:
 
 
 def _load_builtin_methods():
+    if "diffusion" in REGISTRY:
+        return
     import baselines  # noqa: F401  (registers the classic methods)
+    import ensda.diffusion.assimilator  # noqa: F401  (registers ``diffusion``)
 
 
 def settings_fields(cls) -> dict[str, tuple[Any, Any]]:
@@ -129,6 +132,14 @@ def build(method: str, settings: dict, ctx: SetupContext) -> Assimilator:
     except ValueError as err:
         raise ValueError(f"assimilator settings for {method!r}: {err}") from None
     return wrap(core, **wrappers) if wrappers else core
+
+
+def network_calls(assim) -> int:
+    """Network calls (NFE) per member and analysis of a method (0 for methods without a
+    network), looking through wrappers such as inflation."""
+    while not hasattr(assim, "nfe") and hasattr(assim, "inner"):
+        assim = assim.inner
+    return int(getattr(assim, "nfe", 0))
 
 
 def _format_validation(what: str, err: pydantic.ValidationError) -> str:

@@ -1,0 +1,161 @@
+r"""``DiffusionDA``: the diffusion analysis ensemble (method ``diffusion``; DESIGN §4).
+
+Given the background ensemble (mean x̄_b, spread σ_b) and the observations y of a cycle,
+each of the N members is an independent sample z ~ p(z | x̄_b, σ_b, y) of the normalised
+increment, drawn with an EDM sampler (Heun or DPM-Solver++(2S)), and mapped back to the
+state x = x̄_b + s z. Observations enter by any combination of
+
+* ``obs_channels``: the observed increment and mask as network inputs (amortised);
+* ``guidance_strength`` λ > 0: likelihood guidance ∇ log N(y | H(x̂₀), R + γ v(σ) I)
+  through the denoiser (works with nonlinear H; ``ensda.diffusion.guidance``);
+* ``repaint_jumps`` > 0: RePaint inpainting of the observed increment with a soft
+  Gaussian mask of ``mask_width`` sites and that many resampling jumps (the DiffDA
+  method; identity H only).
+
+Member j uses the key ``fold_in(key, j)``; members are ``vmap``-ped and, with several
+devices, sharded along a mesh axis ``ens`` (the result equals the unsharded one).
+NFE (denoiser forward calls per member and analysis) is ``nfe``; guidance adds one
+backward pass through the network per call.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from pydantic import Field
+
+from ensda.assimilator import register
+from ensda.diffusion.checkpoint import load_checkpoint, testbed_record
+from ensda.diffusion.data import Normalisation
+from ensda.diffusion.edm import EDM
+from ensda.diffusion.guidance import likelihood_guided
+from ensda.diffusion.model import condition_features, network_fn, observation_channels, to_state
+from ensda.diffusion.repaint import repaint_nfe, repaint_sample, soft_mask
+from ensda.diffusion.samplers import SamplerConfig, nfe, sample
+from ensda.nn import Graph, ring_graph
+from ensda.observe import Observations
+from ensda.pytree import pytree_dataclass, static
+
+ENS_AXIS = "ens"
+
+
+def ensemble_sharding(n_members: int) -> jax.sharding.NamedSharding | None:
+    """Members split over all devices along ``ens``; None with one device or N not divisible."""
+    devices = jax.devices()
+    if len(devices) < 2 or n_members % len(devices):
+        return None
+    mesh = jax.sharding.Mesh(np.asarray(devices), (ENS_AXIS,))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ENS_AXIS))
+
+
+@register
+@pytree_dataclass
+class DiffusionDA:
+    name: ClassVar[str] = "diffusion"
+    ensemble: ClassVar[bool] = True
+
+    params: Any  # network weights (pytree)
+    graph: Graph
+    norm: Normalisation
+    distance: jax.Array  # (n, n) grid distances, for the RePaint soft mask
+    graphdef: Any = static(None, setting=False)
+    edm: EDM = static(EDM(), setting=False)
+    #: checkpoint directory written by ``ensda train``
+    checkpoint: str = static("checkpoints/l96")
+    sampler: Literal["heun", "dpm2s"] = static("heun")
+    steps: Annotated[int, Field(ge=1)] = static(20)
+    churn: Annotated[float, Field(ge=0)] = static(0.0)
+    obs_channels: bool = static(True)
+    guidance_strength: Annotated[float, Field(ge=0)] = static(0.0)
+    guidance_gamma: Annotated[float, Field(ge=0)] = static(1.0)
+    guidance_cov: Literal["scalar", "jacobian"] = static("scalar")
+    repaint_jumps: Annotated[int, Field(ge=0)] = static(0)
+    mask_width: Annotated[float, Field(ge=0)] = static(0.0)
+    #: shard members over all visible devices (when N divides evenly)
+    shard: bool = static(True)
+
+    @classmethod
+    def build(cls, ctx, **settings) -> DiffusionDA:
+        if not (settings.get("obs_channels", True) or settings.get("guidance_strength", 0.0) > 0 or settings.get("repaint_jumps", 0) > 0):
+            raise ValueError("no observation conditioning selected: set obs_channels, guidance_strength > 0 or repaint_jumps > 0")
+        network = ctx.network
+        if network.n_obs < 1:
+            raise ValueError("the observation network observes nothing")
+        if network.operator != "identity" and (settings.get("obs_channels", True) or settings.get("repaint_jumps", 0) > 0):
+            raise ValueError(
+                f"obs_channels and RePaint need the identity observation operator, got {network.operator!r}; "
+                "use obs_channels: false with guidance_strength > 0"
+            )
+        ck = load_checkpoint(settings.get("checkpoint", "checkpoints/l96"), testbed_record(ctx.testbed))
+        if settings.get("obs_channels", True) and not np.isclose(network.r_std, ck.spec.obs_r_std):
+            raise ValueError(
+                f"the model's observation channels were trained with r_std {ck.spec.obs_r_std}, "
+                f"the network has r_std {network.r_std}; retrain or use guidance (obs_channels: false)"
+            )
+        graphdef, params = nnx.split(ck.model)
+        sites = jnp.arange(ctx.testbed.n)
+        distance = ctx.testbed.grid.distance(sites[:, None], sites[None, :])
+        return cls(params=params, graph=ring_graph(ck.spec.n), norm=ck.norm, distance=distance,
+                   graphdef=graphdef, edm=ck.spec.edm, **settings)
+
+    @property
+    def sampler_config(self) -> SamplerConfig:
+        return SamplerConfig(kind=self.sampler, steps=self.steps, churn=self.churn)
+
+    @property
+    def nfe(self) -> int:
+        """Denoiser forward calls per member and analysis."""
+        if self.repaint_jumps:
+            return repaint_nfe(self.sampler_config, self.repaint_jumps)
+        return nfe(self.sampler_config)
+
+    def denoiser(self, mean: jax.Array, spread: jax.Array, obs: Observations):
+        """The (guided) denoiser D(z, σ) of this background and these observations."""
+        n = mean.shape[-1]
+        if self.obs_channels:
+            innovation, mask = observation_channels(self.norm, mean, obs)
+        else:
+            innovation = mask = jnp.zeros((n,), mean.dtype)
+        cond = condition_features(self.norm, mean, spread, innovation, mask)
+        model = nnx.merge(self.graphdef, self.params)
+        denoise = self.edm.denoiser(network_fn(model, self.graph, cond))
+        if self.guidance_strength > 0:
+            denoise = likelihood_guided(
+                denoise, lambda z: obs.h(to_state(self.norm, mean, z)), obs.y, obs.r_std**2,
+                self.guidance_strength, self.guidance_gamma, self.edm.sigma_data, self.guidance_cov,
+            )
+        return denoise
+
+    def repaint_known(self, mean: jax.Array, obs: Observations) -> tuple[jax.Array, jax.Array]:
+        """Known increment (nearest observation's) and soft mask on the grid."""
+        observed = (obs.y - mean[obs.idx]) / self.norm.increment_std[obs.idx]
+        d = self.distance[:, obs.idx]  # (n, p)
+        nearest = jnp.argmin(d, axis=1)
+        return observed[nearest], soft_mask(d.min(axis=1), self.mask_width)
+
+    def sample_increments(self, background: jax.Array, obs: Observations, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Normalised increments ``(N, n)`` and the runtime denoiser-call counts ``(N,)``."""
+        n_members, n = background.shape
+        mean, spread = background.mean(0), background.std(0, ddof=1)
+        denoise = self.denoiser(mean, spread, obs)
+        keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(n_members))
+        sharding = ensemble_sharding(n_members) if self.shard else None
+        if sharding is not None:
+            keys = jax.lax.with_sharding_constraint(keys, sharding)
+        if self.repaint_jumps:
+            known, mask = self.repaint_known(mean, obs)
+            draw = lambda k: repaint_sample(denoise, k, known, mask, self.edm, self.sampler_config, self.repaint_jumps)  # noqa: E731
+        else:
+            draw = lambda k: sample(denoise, k, (n,), self.edm, self.sampler_config)  # noqa: E731
+        z, count = jax.vmap(draw)(keys)
+        if sharding is not None:
+            z = jax.lax.with_sharding_constraint(z, sharding)
+        return z, count
+
+    def analyse(self, background: jax.Array, obs: Observations, key: jax.Array) -> jax.Array:
+        z, _ = self.sample_increments(background, obs, key)
+        return to_state(self.norm, background.mean(0), z)

@@ -1,0 +1,102 @@
+"""Diffusion-model checkpoints: a directory with the EMA weights and what they need.
+
+``params.npz``: the network parameters keyed by their pytree path; ``meta.json``: format
+version, the testbed the model was trained for, the network spec (``ModelSpec``), the
+normalisation statistics, the training config and a training summary. Both files are
+written to temporary names and renamed, so a killed ``ensda train`` never leaves a
+half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ensda.diffusion.data import Normalisation
+from ensda.diffusion.model import ModelSpec, build_network
+from ensda.nn import ring_graph
+
+FORMAT = 1
+#: testbed fields a checkpoint must match
+TESTBED_FIELDS = ("kind", "n", "forcing", "dt", "steps_per_cycle")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable or made for another testbed or network."""
+
+
+def testbed_record(testbed) -> dict:
+    """The fields of a testbed (config or object) that a checkpoint is specific to."""
+    get = (lambda k: getattr(testbed, k, "lorenz96" if k == "kind" else None))
+    return {k: get(k) for k in TESTBED_FIELDS}
+
+
+def save_checkpoint(path: Path, params, spec: ModelSpec, norm: Normalisation, testbed: dict, config: dict, summary: dict) -> None:
+    """Write ``params.npz`` and ``meta.json`` into ``path`` (atomically: temp files, then rename)."""
+    path.mkdir(parents=True, exist_ok=True)
+    flat = {jax.tree_util.keystr(p): np.asarray(leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    meta = {
+        "format": FORMAT,
+        "testbed": testbed,
+        "spec": spec.to_dict(),
+        "normalisation": norm.to_dict(),
+        "training": summary,
+        "config": config,
+    }
+    tmp_params, tmp_meta = path / "params.tmp.npz", path / "meta.json.tmp"
+    np.savez(tmp_params, **flat)
+    tmp_meta.write_text(json.dumps(meta, indent=1))
+    tmp_params.replace(path / "params.npz")
+    tmp_meta.replace(path / "meta.json")
+
+
+@dataclasses.dataclass(frozen=True)
+class Checkpoint:
+    spec: ModelSpec
+    norm: Normalisation
+    model: nnx.Module
+    meta: dict
+
+
+def load_checkpoint(path: str | Path, testbed: dict | None = None) -> Checkpoint:
+    """Load a checkpoint; with ``testbed`` (as ``testbed_record``), check it was made for it."""
+    path = Path(path)
+    if not (path / "meta.json").exists() or not (path / "params.npz").exists():
+        raise CheckpointError(
+            f"no diffusion checkpoint at {path} (expected meta.json and params.npz); "
+            "train one with `ensda train CONFIG` (the config's train.checkpoint sets where it goes)"
+        )
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path / 'meta.json'} is not valid JSON: {err}") from None
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: checkpoint format {meta.get('format')!r}, this ensda reads format {FORMAT}")
+    if testbed is not None:
+        made = meta["testbed"]
+        diff = [f"{k}: checkpoint {made.get(k)!r}, run {v!r}" for k, v in testbed.items() if made.get(k) != v]
+        if diff:
+            raise CheckpointError(f"checkpoint {path} was made for another testbed ({'; '.join(diff)}); retrain with `ensda train`")
+    spec = ModelSpec.from_dict(meta["spec"])
+    norm = Normalisation.from_dict(meta["normalisation"])
+    abstract = nnx.eval_shape(lambda: build_network(spec, ring_graph(spec.n)))
+    graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+    stored = np.load(path / "params.npz")
+    leaves = []
+    for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        name = jax.tree_util.keystr(p)
+        if name not in stored:
+            raise CheckpointError(f"{path}: parameter {name} missing from params.npz (a different network?)")
+        if stored[name].shape != leaf.shape:
+            raise CheckpointError(f"{path}: parameter {name} has shape {stored[name].shape}, the network expects {leaf.shape}")
+        leaves.append(jnp.asarray(stored[name]))
+    params = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), leaves)
+    if jax.tree.leaves(rest):
+        raise CheckpointError(f"{path}: the network has non-parameter state, which checkpoints do not store")
+    return Checkpoint(spec, norm, nnx.merge(graphdef, params, rest), meta)

@@ -1,0 +1,149 @@
+r"""Training data for the diffusion analysis model (DESIGN §4).
+
+A training example is a background ensemble summary and the truth it should be moved to:
+
+    background mean  x̄_b (n,),   background spread  σ_b (n,) (member std, ddof 1),   truth  t (n,).
+
+The model learns p(t | x̄_b, σ_b, y) in the normalised increment z = (t − x̄_b)/s, so its
+samples form an analysis ensemble. Two sources make the errors the model will meet:
+
+* **perturbed truths** (``perturbed_truth_pairs``): an "analysis" ensemble around the truth
+  one cycle earlier, mean error and member spread of the same size e (e log-uniform in a
+  range), forecast over one cycle;
+* **cycled baselines** (``cycled_pairs``): the forecast ensembles of a cycled classic method
+  (e.g. LETKF on a sparse network), so backgrounds have the flow-dependent errors and
+  spreads of a cycled system.
+
+All sources use truth runs whose seeds differ from the evaluation seeds. ``Normalisation``
+holds the statistics that map states to network inputs and back; it is saved with the
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ensda.pytree import pytree_dataclass
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairs:
+    """Training examples: background mean, background spread and truth, each ``(M, n)``."""
+
+    mean: np.ndarray
+    spread: np.ndarray
+    truth: np.ndarray
+
+    def __post_init__(self):
+        shapes = {self.mean.shape, self.spread.shape, self.truth.shape}
+        if len(shapes) != 1 or self.mean.ndim != 2:
+            raise ValueError(f"Pairs: mean, spread and truth must share one (M, n) shape, got {sorted(shapes)}")
+
+    def __len__(self) -> int:
+        return self.mean.shape[0]
+
+    @staticmethod
+    def concat(parts: list[Pairs]) -> Pairs:
+        return Pairs(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("mean", "spread", "truth")))
+
+    def split(self, n_valid: int, key: jax.Array) -> tuple[Pairs, Pairs]:
+        """A random (train, validation) split with ``n_valid`` validation examples."""
+        if not 0 < n_valid < len(self):
+            raise ValueError(f"validation size must be in (0, {len(self)}), got {n_valid}")
+        perm = np.asarray(jax.random.permutation(key, len(self)))
+        pick = lambda idx: Pairs(self.mean[idx], self.spread[idx], self.truth[idx])
+        return pick(perm[n_valid:]), pick(perm[:n_valid])
+
+
+def ensemble_summary(ensemble: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Mean and member std (ddof 1) over the member axis 0."""
+    return ensemble.mean(0), ensemble.std(0, ddof=1)
+
+
+def perturbed_truth_pairs(
+    testbed, truth: jax.Array, key: jax.Array, n_members: int, error_min: float, error_max: float
+) -> Pairs:
+    """Backgrounds from one-cycle forecasts of perturbed truths.
+
+    For each start t_{k-1} (``truth[:-1]``): e ~ logU(error_min, error_max), an analysis
+    mean m = t_{k-1} + e ε₀ and members m + e εⱼ; the forecast ensemble over one cycle gives
+    (x̄_b, σ_b), paired with t_k.
+    """
+    if not 0 < error_min <= error_max:
+        raise ValueError(f"need 0 < error_min <= error_max, got {error_min}, {error_max}")
+    if n_members < 2:
+        raise ValueError(f"n_members must be >= 2, got {n_members}")
+    starts, targets = truth[:-1], truth[1:]
+    m = starts.shape[0]
+    k_e, k_m, k_x = jax.random.split(key, 3)
+    log_e = jax.random.uniform(k_e, (m, 1), minval=np.log(error_min), maxval=np.log(error_max))
+    e = jnp.exp(log_e)
+    centre = starts + e * jax.random.normal(k_m, starts.shape)
+    members = centre[:, None, :] + e[:, None, :] * jax.random.normal(k_x, (m, n_members, starts.shape[-1]))
+    forecast = jax.jit(testbed.cycle_forecast)(members)
+    mean, spread = jax.vmap(ensemble_summary)(forecast)
+    return Pairs(np.asarray(mean), np.asarray(spread), np.asarray(targets))
+
+
+def cycled_pairs(testbed, assimilator, truth: jax.Array, obs, x0: jax.Array, key: jax.Array) -> Pairs:
+    """The forecast ensembles of ``assimilator`` cycled over ``obs`` (one ``lax.scan``).
+
+    ``truth`` is ``(K+1, n)`` with cycle 0 the initial time; returns K pairs.
+    """
+
+    @jax.jit
+    def run(assim, truth, obs, x0):
+        def body(xa, inputs):
+            k, y = inputs
+            xf = testbed.cycle_forecast(xa)
+            mean, spread = ensemble_summary(xf)
+            return assim.analyse(xf, y, jax.random.fold_in(key, k)), (mean, spread)
+
+        ks = 1 + jnp.arange(truth.shape[0] - 1)
+        _, (mean, spread) = jax.lax.scan(body, x0, (ks, obs))
+        return mean, spread
+
+    mean, spread = run(assimilator, truth, obs, x0)
+    mean, spread = np.asarray(mean), np.asarray(spread)
+    bad = ~np.isfinite(mean).all(-1)
+    if bad.any():
+        raise FloatingPointError(
+            f"cycled training source {assimilator.name!r} diverged at cycle {int(np.flatnonzero(bad)[0]) + 1}; "
+            "check its settings (inflation, localisation) for this network"
+        )
+    return Pairs(mean, spread, np.asarray(truth[1:]))
+
+
+@pytree_dataclass
+class Normalisation:
+    r"""Statistics that map states to network inputs and back (saved with the model; a pytree).
+
+    background input  (x̄_b − μ)/σ_clim,   spread input  σ_b / s,   target  z = (t − x̄_b)/s,
+
+    with μ, σ_clim the climatological mean and std of the truth and s the std of the
+    increments t − x̄_b over the training set, per variable (pooled over sites for a
+    homogeneous testbed such as Lorenz-96).
+    """
+
+    clim_mean: np.ndarray  # (n,)
+    clim_std: np.ndarray  # (n,)
+    increment_std: np.ndarray  # (n,)
+
+    @staticmethod
+    def fit(pairs: Pairs, homogeneous: bool) -> Normalisation:
+        inc = pairs.truth - pairs.mean
+        stats = [pairs.truth.mean(0), pairs.truth.std(0), np.sqrt((inc**2).mean(0))]
+        if homogeneous:
+            stats = [np.full_like(s, s.mean()) for s in stats]
+        return Normalisation(*(np.asarray(s, np.float32) for s in stats))
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name).tolist() for f in dataclasses.fields(self)}
+
+    @staticmethod
+    def from_dict(data: dict) -> Normalisation:
+        return Normalisation(*(np.asarray(data[f.name], np.float32) for f in dataclasses.fields(Normalisation)))

@@ -1,0 +1,236 @@
+r"""``ensda train``: make training data, train the denoiser with EDM, save a checkpoint.
+
+Data (``ensda.diffusion.data``): backgrounds from one-cycle forecasts of perturbed truths
+and from cycled classic methods, on truth runs seeded by ``train.seed`` (never the
+evaluation seeds). Each step draws a batch of examples and, per example, a random
+observation network (every k-th site with a random phase, or a random density), the
+observations y = t + r ε of it, and with probability ``p_uncond`` no observation
+channels at all (so one network is both the amortised conditional model and the prior
+for guidance).
+
+Optimisation: AdamW (Loshchilov & Hutter 2019) with global-norm clipping, a linear
+warm-up then cosine decay of the learning rate, and an exponential moving average of the
+weights (decay min(ema, (1 + t)/(10 + t))) that is what the checkpoint stores. The EDM
+loss (Karras et al. 2022, eq. 2 with λ(σ) = (σ² + σ_d²)/(σ σ_d)²) is minimised; the
+validation loss uses the EMA weights, fixed noise and fixed networks.
+
+The checkpoint (``ensda.diffusion.checkpoint``) holds the EMA weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from ensda.config import ExperimentConfig, TrainConfig
+from ensda.diffusion.checkpoint import save_checkpoint, testbed_record
+from ensda.diffusion.data import (
+    Normalisation,
+    Pairs,
+    cycled_pairs,
+    perturbed_truth_pairs,
+)
+from ensda.diffusion.edm import EDM
+from ensda.diffusion.model import (
+    ModelSpec,
+    build_network,
+    condition_features,
+    network_fn,
+)
+from ensda.nn import GNNConfig, ring_graph
+
+
+def model_spec(cfg: ExperimentConfig) -> ModelSpec:
+    t = cfg.train
+    gnn = GNNConfig(latent=t.latent, steps=t.message_steps, hidden_layers=t.hidden_layers, n_frequencies=t.frequencies)
+    edm = EDM(sigma_data=1.0, sigma_min=t.sigma_min, sigma_max=t.sigma_max, p_mean=t.p_mean, p_std=t.p_std)
+    return ModelSpec(n=cfg.testbed.n, gnn=gnn, edm=edm, obs_r_std=cfg.obs.r_std)
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def make_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: None) -> Pairs:
+    """All training examples of ``cfg.train`` (perturbed truths, then each cycled source)."""
+    from ensda import experiment
+    from ensda.config import set_value, validate
+
+    t = cfg.train
+    testbed = experiment.make_testbed(cfg)
+    parts = []
+    if t.perturbed_samples:
+        report(f"perturbed truths: {t.perturbed_samples} examples")
+        truth = testbed.nature_run(jax.random.key(t.seed), t.perturbed_samples)
+        parts.append(perturbed_truth_pairs(testbed, truth, jax.random.key(t.seed + 1), t.members, t.error_min, t.error_max))
+    base = cfg.model_dump(exclude={"sweep", "train"})
+    for i, src in enumerate(t.sources):
+        report(f"cycled {src.method} on {_describe(src.obs.model_dump())}: {src.cycles} cycles")
+        data = set_value(base, "obs", src.obs.model_dump())
+        data = set_value(data, "cycles", src.cycles)
+        data = set_value(data, "burn_in", 0)
+        data = set_value(data, "ensemble.size", t.members)
+        seed = t.seed + 10 * (i + 1)
+        data = set_value(data, "seeds", {"truth": seed, "obs": seed + 1, "ensemble": seed + 2, "assimilator": seed + 3})
+        data = set_value(data, "method", src.method)
+        data = set_value(data, "assimilator", {})
+        data = set_value(data, "methods", {src.method: src.settings})
+        sub = validate(data)
+        osse = experiment.make_osse(sub)
+        assim = experiment.build_assimilator(sub, osse, src.method)
+        x0 = experiment.initial_ensemble(sub, osse, t.members)
+        pairs = cycled_pairs(osse.testbed, assim, osse.truth, osse.obs, x0, jax.random.key(seed + 3))
+        skip = min(100, len(pairs) // 10)  # the spin-up of the cycled filter
+        parts.append(Pairs(pairs.mean[skip:], pairs.spread[skip:], pairs.truth[skip:]))
+    return Pairs.concat(parts)
+
+
+def _describe(obs: dict) -> str:
+    if obs.get("density") is not None:
+        return f"density {obs['density']}" + (" (redrawn)" if obs.get("redraw") else "")
+    if obs.get("sites") is not None:
+        return f"{len(obs['sites'])} fixed sites"
+    return f"every {obs.get('every', 1)}"
+
+
+def random_networks(key: jax.Array, batch: int, n: int, t: TrainConfig) -> jax.Array:
+    """Observation masks ``(batch, n)`` of random networks (see the module docstring)."""
+    k_kind, k_every, k_phase, k_density, k_sites, k_drop = jax.random.split(key, 6)
+    every = jnp.asarray(t.every_choices)[jax.random.randint(k_every, (batch,), 0, len(t.every_choices))]
+    phase = jax.random.randint(k_phase, (batch,), 0, 1 << 20) % every
+    sites = jnp.arange(n)
+    regular = ((sites[None, :] - phase[:, None]) % every[:, None]) == 0
+    density = jax.random.uniform(k_density, (batch, 1), minval=t.density_min, maxval=t.density_max)
+    scattered = jax.random.uniform(k_sites, (batch, n)) < density
+    use_regular = jax.random.uniform(k_kind, (batch, 1)) < t.p_regular
+    keep = jax.random.uniform(k_drop, (batch, 1)) >= t.p_uncond
+    return (jnp.where(use_regular, regular, scattered) & keep).astype(jnp.float32)
+
+
+def batch_condition(key, norm: Normalisation, mean, spread, z, t: TrainConfig, r_std: float):
+    """Conditioning channels of a batch with random networks and observation noise."""
+    k_net, k_obs = jax.random.split(key)
+    mask = random_networks(k_net, mean.shape[0], mean.shape[-1], t)
+    innovation = z + r_std * jax.random.normal(k_obs, z.shape) / norm.increment_std
+    return condition_features(norm, mean, spread, innovation, mask)
+
+
+# ---------------------------------------------------------------------------- training
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainResult:
+    checkpoint: Path
+    steps: np.ndarray
+    loss: np.ndarray  # training loss, mean over each logging interval
+    val_loss: np.ndarray  # validation loss (EMA weights) at the same steps
+    n_train: int
+    n_params: int
+    data_s: float
+    train_s: float
+
+
+def train(
+    cfg: ExperimentConfig,
+    progress: Callable[[int, float, float], None] | None = None,
+    report: Callable[[str], None] = lambda _: None,
+    log: Callable[[int, dict], None] | None = None,
+) -> TrainResult:
+    """Train the denoiser of ``cfg.train`` and save its checkpoint.
+
+    ``progress(step, loss, val_loss)`` and ``log(step, metrics)`` are called every
+    ``train.log_every`` steps.
+    """
+    if cfg.train is None:
+        raise ValueError("the config has no 'train' section: nothing to train")
+    t = cfg.train
+    t0 = time.perf_counter()
+    pairs = make_pairs(cfg, report)
+    data_s = time.perf_counter() - t0
+    if not np.isfinite(pairs.mean).all():
+        raise FloatingPointError("non-finite training backgrounds")
+    train_pairs, valid_pairs = pairs.split(min(t.validation, len(pairs) // 5), jax.random.key(t.seed + 2))
+    norm = Normalisation.fit(train_pairs, homogeneous=cfg.testbed.kind == "lorenz96")
+    report(f"{len(train_pairs)} training and {len(valid_pairs)} validation examples; increment std {float(norm.increment_std.mean()):.3f}")
+
+    spec = model_spec(cfg)
+    graph = ring_graph(spec.n)
+    model = build_network(spec, graph, t.seed)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
+
+    schedule = optax.warmup_cosine_decay_schedule(0.0, t.lr, min(t.warmup, t.steps - 1), t.steps, end_value=0.01 * t.lr)
+    tx = optax.chain(optax.clip_by_global_norm(t.clip), optax.adamw(schedule, weight_decay=t.weight_decay))
+    opt_state = tx.init(params)
+    ema = params
+    r_std = cfg.obs.r_std
+
+    def as_device(p: Pairs):
+        z = (p.truth - p.mean) / norm.increment_std
+        return jnp.asarray(p.mean), jnp.asarray(p.spread), jnp.asarray(z, jnp.float32)
+
+    data = as_device(train_pairs)
+    valid = as_device(valid_pairs)
+
+    def loss_of(params, key, mean, spread, z):
+        k_cond, k_loss = jax.random.split(key)
+        cond = batch_condition(k_cond, norm, mean, spread, z, t, r_std)
+        net = network_fn(nnx.merge(graphdef, params, rest), graph, cond)
+        return spec.edm.loss(net, k_loss, z)
+
+    @jax.jit
+    def chunk(params, opt_state, ema, start, key):
+        def one(carry, step):
+            params, opt_state, ema = carry
+            k = jax.random.fold_in(key, step)
+            idx = jax.random.randint(jax.random.fold_in(k, 1), (t.batch,), 0, data[0].shape[0])
+            loss, grads = jax.value_and_grad(loss_of)(params, k, *(a[idx] for a in data))
+            updates, opt_state = tx.update(grads, opt_state, params)
+            params = optax.apply_updates(params, updates)
+            decay = jnp.minimum(t.ema, (1.0 + step) / (10.0 + step))
+            ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+            return (params, opt_state, ema), loss
+
+        steps = start + jnp.arange(t.log_every)
+        (params, opt_state, ema), losses = jax.lax.scan(one, (params, opt_state, ema), steps)
+        return params, opt_state, ema, losses.mean()
+
+    val_key = jax.random.key(t.seed + 3)
+    validation = jax.jit(lambda ema: loss_of(ema, val_key, *valid))
+
+    key = jax.random.key(t.seed + 4)
+    steps, losses, val_losses = [], [], []
+    t1 = time.perf_counter()
+    done = 0
+    while done < t.steps:
+        params, opt_state, ema, loss = chunk(params, opt_state, ema, done, key)
+        done += t.log_every
+        loss, val = float(loss), float(validation(ema))
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"training loss became non-finite near step {done}; lower train.lr or raise train.clip")
+        steps.append(min(done, t.steps))
+        losses.append(loss)
+        val_losses.append(val)
+        if progress is not None:
+            progress(steps[-1], loss, val)
+        if log is not None:
+            log(steps[-1], {"train/loss": loss, "train/val_loss": val, "train/lr": float(schedule(done))})
+    train_s = time.perf_counter() - t1
+
+    result = TrainResult(
+        Path(t.checkpoint), np.asarray(steps), np.asarray(losses), np.asarray(val_losses),
+        len(train_pairs), n_params, data_s, train_s,
+    )
+    summary = {
+        "steps": int(steps[-1]), "final_loss": losses[-1], "final_val_loss": val_losses[-1],
+        "n_train": len(train_pairs), "n_params": n_params, "data_s": data_s, "train_s": train_s,
+    }
+    save_checkpoint(Path(t.checkpoint), ema, spec, norm, testbed_record(cfg.testbed), cfg.model_dump(mode="json"), summary)
+    return result
