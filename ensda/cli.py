@@ -21,7 +21,10 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ensda.data_cli import app as data_app
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Ensemble data assimilation with diffusion models and classic baselines.")
+app.add_typer(data_app, name="data")
 
 SUMMARY_KEYS = ("rmse_a", "spread_a", "crps_a", "ssr_a", "rmse_f", "crps_f", "energy_a", "rank_flatness_a")
 TABLE_KEYS = ("rmse_a", "spread_a", "ssr_a", "crps_a", "rmse_f")

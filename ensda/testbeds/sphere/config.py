@@ -1,0 +1,129 @@
+"""Config models of the sphere testbed (the ``testbed:`` section with ``kind: sphere``).
+
+Pydantic only (no JAX, no dinosaur), so loading a config stays cheap. Like every config
+model these forbid unknown keys and check ranges on load, naming the field.
+
+Example (``experiments/configs/sphere.yaml``)::
+
+    testbed:
+      kind: sphere
+      model: held_suarez        # or shallow_water (barotropic instability, cheap)
+      resolution: T42           # dycore truncation (T42 = 128x64 Gaussian grid)
+      layers: 8                 # sigma levels
+      dt_minutes: 20
+      spinup_days: 200
+      grid: {n_lon: 64, n_lat: 32}
+      levels: [50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000]
+      nature: {store: data/sphere/nature.zarr, days: 365, output_hours: 6}
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+from typing import Literal
+
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field
+
+#: dycore truncations known to dinosaur's ``spherical_harmonic.Grid`` constructors
+RESOLUTIONS = ("T21", "T31", "T42", "T63", "T85")
+#: the 13 pressure levels (hPa) of WeatherBench 2's ERA5 stores
+WB2_LEVELS = (50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SphereGridConfig(_Strict):
+    """The equiangular analysis grid (WeatherBench 2 convention, no poles)."""
+
+    n_lon: int = Field(64, ge=8)
+    n_lat: int = Field(32, ge=4)
+
+    @pydantic.model_validator(mode="after")
+    def _check(self):
+        if self.n_lon != 2 * self.n_lat:
+            raise ValueError(f"grid: n_lon must be 2 * n_lat (equal spacing), got {self.n_lon}x{self.n_lat}")
+        return self
+
+
+class NatureConfig(_Strict):
+    """The nature run written by ``ensda data nature``."""
+
+    store: str = "data/sphere/nature.zarr"
+    #: model days written after the spin-up
+    days: float = Field(365.0, gt=0)
+    output_hours: int = Field(6, ge=1)
+    #: date of the first output (the model has no calendar: a label for the time axis)
+    start: dt.datetime = dt.datetime(2000, 1, 1)
+    #: seed of the initial perturbation of the rest state
+    seed: int = 0
+    #: output times per zarr chunk and per jitted call
+    time_chunk: int = Field(4, ge=1)
+
+
+class SphereTestbedConfig(_Strict):
+    kind: Literal["sphere"] = "sphere"
+    model: Literal["held_suarez", "shallow_water"] = "held_suarez"
+    resolution: Literal[RESOLUTIONS] = "T42"
+    #: sigma levels (Held–Suarez only; the shallow-water model has one layer)
+    layers: int = Field(8, ge=2, le=64)
+    dt_minutes: float = Field(20.0, gt=0)
+    spinup_days: float = Field(200.0, ge=0)
+    grid: SphereGridConfig = SphereGridConfig()
+    #: pressure levels (hPa) written for the 3-D variables (Held–Suarez)
+    levels: tuple[int, ...] = WB2_LEVELS
+    #: nominal level (hPa) of the shallow-water layer in the store
+    shallow_water_level: int = Field(500, gt=0, lt=1100)
+    nature: NatureConfig = NatureConfig()
+
+    @pydantic.model_validator(mode="after")
+    def _check(self):
+        lv = list(self.levels)
+        if not lv:
+            raise ValueError("levels must not be empty")
+        if any(b <= a for a, b in itertools.pairwise(lv)):
+            raise ValueError(f"levels must be strictly increasing (hPa, top first), got {lv}")
+        if lv[0] <= 0 or lv[-1] >= 1100:
+            raise ValueError(f"levels must lie in (0, 1100) hPa, got {lv}")
+        steps = self.nature.output_hours * 60 / self.dt_minutes
+        if abs(steps - round(steps)) > 1e-9:
+            raise ValueError(f"nature.output_hours ({self.nature.output_hours} h) must be a whole number "
+                             f"of model steps (dt_minutes = {self.dt_minutes})")
+        return self
+
+
+def load_testbed(path, overrides: list[str] | None = None) -> SphereTestbedConfig:
+    """The ``testbed:`` section of an experiment YAML as a sphere testbed config.
+
+    ``overrides`` are ``--set`` items on the whole file (e.g. ``testbed.nature.days=30``).
+    Raises ``ensda.config.ConfigError`` naming the offending fields.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    from ensda.config import ConfigError, apply_overrides
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    section = apply_overrides(data, overrides or []).get("testbed") or {}
+    if not isinstance(section, dict) or section.get("kind") != "sphere":
+        raise ConfigError(f"{path}: testbed.kind must be 'sphere' for a sphere nature run, got {section.get('kind') if isinstance(section, dict) else section!r}")
+    try:
+        return SphereTestbedConfig.model_validate(section)
+    except pydantic.ValidationError as err:
+        lines = ["invalid config:"]
+        for e in err.errors():
+            loc = ".".join(["testbed", *(str(p) for p in e["loc"])])
+            lines.append(f"  {loc}: {e['msg'].removeprefix('Value error, ')}")
+        raise ConfigError("\n".join(lines)) from None
