@@ -3,12 +3,14 @@
     ensda run CONFIG [--method NAME] [--set key=value ...] [--json] [--no-track]
     ensda compare CONFIG --methods letkf,etkf,enkf,3dvar [--set ...] [--json]
     ensda sweep CONFIG [--trials N] [--workers K] [--storage URL] [--study NAME] [--set ...]
+    ensda tune CONFIG --method letkf [--trials 30] [--seeds 300,400] [--workers K] [--storage URL]
     ensda methods
-    ensda ui [--port 5000]
+    ensda ui [--port 5000] [--optuna [--optuna-port 8080] [--storage URL]]
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -32,6 +34,9 @@ TABLE_KEYS = ("rmse_a", "spread_a", "ssr_a", "crps_a", "rmse_f")
 SetOpt = typer.Option([], "--set", help="Override a config value, e.g. --set obs.density=0.25 (repeatable).")
 JsonOpt = typer.Option(False, "--json", help="Print the results as one JSON object on the last stdout line.")
 TrackOpt = typer.Option(True, "--track/--no-track", help="Log to MLflow (default store: sqlite:///mlflow.db).")
+StorageOpt = typer.Option("sqlite:///optuna.db", "--storage", help="Optuna storage (SQLAlchemy URL; PostgreSQL for several machines).")
+WorkersOpt = typer.Option(1, "--workers", min=1, help="Worker processes, each pinned to one GPU, or to one CPU device and a share of the cores.")
+TunedOpt = typer.Option("tuned", "--tuned", help="Directory of tuned settings (one YAML per set-up, written by `ensda tune`).")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -47,11 +52,11 @@ def _console(as_json: bool) -> Console:
     return console
 
 
-def _load(config: Path, sets: list[str], extra: list[str] = ()):
+def _load(config: Path, sets: list[str], extra: list[str] = (), presets: dict | None = None):
     from ensda.config import ConfigError, load
 
     try:
-        return load(config, list(sets) + list(extra))
+        return load(config, list(sets) + list(extra), presets=presets)
     except ConfigError as err:
         _fail(str(err))
 
@@ -98,6 +103,10 @@ def _record(run) -> dict:
         return {"method": run.method, "diverged": str(run), "diverged_at_cycle": run.cycle}
     rec = {"method": run.method}
     rec.update({k: run.summary[k] for k in SUMMARY_KEYS})
+    if run.lead_time is not None:  # JSON has no inf: null when off the curve, the text says "> max lead"
+        loss = run.lead_time.loss
+        rec.update(lead_time_loss_h=float(loss.loss_h) if not bool(loss.off_curve) else None,
+                   lead_time_loss=loss.text, lead_time_rmse=float(loss.rmse), lead_h=float(loss.lead_h))
     rec.update(n_cycles=run.summary["n_cycles"], n_members=run.n_members, compile_s=round(run.compile_s, 3),
                run_s=round(run.run_s, 3), wall_s=round(run.compile_s + run.run_s, 3), settings=run.settings)
     return rec
@@ -108,15 +117,18 @@ def _table(records: list[dict], title: str) -> Table:
     table.add_column("method")
     for key in TABLE_KEYS:
         table.add_column(key, justify="right")
+    lead = any("lead_time_loss" in r for r in records)
+    if lead:
+        table.add_column(f"lead-time loss at {next(r['lead_h'] for r in records if 'lead_h' in r):g} h", justify="right")
     table.add_column("N", justify="right")
     table.add_column("wall s", justify="right")
     finished = [r for r in records if "diverged" not in r]
     best = min((r["rmse_a"] for r in finished), default=None)
     for r in records:
         if "diverged" in r:
-            table.add_row(r["method"], f"[red]diverged at cycle {r['diverged_at_cycle']}[/]", *[""] * (len(TABLE_KEYS) + 1))
+            table.add_row(r["method"], f"[red]diverged at cycle {r['diverged_at_cycle']}[/]", *[""] * (len(TABLE_KEYS) + lead + 1))
             continue
-        cells = [f"{r[k]:.4f}" for k in TABLE_KEYS]
+        cells = [f"{r[k]:.4f}" for k in TABLE_KEYS] + ([r.get("lead_time_loss", "-")] if lead else [])
         if r["rmse_a"] == best and len(records) > 1:
             cells[0] = f"[bold green]{cells[0]}[/]"
         table.add_row(r["method"], *cells, str(r["n_members"]), f"{r['wall_s']:.1f}")
@@ -161,11 +173,15 @@ def compare(
     sets: list[str] = SetOpt,
     as_json: bool = JsonOpt,
     track: bool = TrackOpt,
+    tuned_dir: Path = TunedOpt,
+    use_tuned: bool = typer.Option(True, "--tuned-settings/--config-settings", help="Use the settings `ensda tune` stored for this set-up (over methods.<name>; --set still wins)."),
 ):
     """Run several methods on the same truth and observations; print a table."""
     from ensda import assimilator as registry
     from ensda import tracking
     from ensda.config import flatten
+
+    from ensda import tune as tn
 
     names = [m.strip() for m in methods.split(",") if m.strip()]
     if not names:
@@ -173,18 +189,24 @@ def compare(
     for name in names:
         if name not in registry.methods():
             _fail(f"unknown method {name!r}; known methods: {', '.join(registry.methods())}")
-    cfg = _load(config, sets, [] if track else ["tracking.enabled=false"])
+    extra = [] if track else ["tracking.enabled=false"]
+    cfg = _load(config, sets, extra)
+    console = _console(as_json)
+    tuned = None if not use_tuned else _tuned_settings(cfg, names, tuned_dir, console)
+    if tuned:
+        cfg = _load(config, sets, extra, presets=tn.tuned_overrides(tuned[1], names))
     for name in names:
         try:
             cfg.method_settings(name)
         except ValueError as err:
             _fail(str(err))
-    console = _console(as_json)
     t0 = time.perf_counter()
     _, runs = _run_methods(cfg, names, console, keep_going=True)
     records = [_record(r) for r in runs]
     params = flatten(cfg)
     params.pop("method", None)
+    if tuned:
+        params["tuned_file"] = str(tuned[0])
     with _tracked(cfg, tracking, f"{cfg.name}:compare", params | {"methods": ",".join(names)}) as parent:
         for r in runs:
             child_cfg = cfg.model_copy(update={"method": r.method})
@@ -200,28 +222,51 @@ def compare(
     if parent.run_id:
         console.print(f"MLflow parent run {parent.run_id} in {tracking.tracking_uri(cfg.tracking.uri)}", highlight=False)
     if as_json:
-        print(json.dumps({"results": records, "mlflow_run_id": parent.run_id}))
+        used = {"file": str(tuned[0]), "methods": {m: tuned[1][m] for m in names if m in tuned[1]}} if tuned else None
+        print(json.dumps({"results": records, "mlflow_run_id": parent.run_id, "tuned": used}, default=str))
+
+
+def _tuned_settings(cfg, names: list[str], directory: Path, console: Console):
+    """(path, {method: entry}) of the tuned settings for ``cfg``'s set-up, printed; or None."""
+    from ensda import tune as tn
+
+    found = tn.find_tuned(cfg, directory)
+    if found is None or not any(m in found[1] for m in names):
+        console.print(f"tuned settings: none in {directory}/ for this set-up (id {tn.setup_id(cfg)}); using the config's", highlight=False)
+        return None
+    path, entries = found
+    for m in names:
+        if m in entries:
+            e = entries[m]
+            console.print(f"tuned settings ({path}): {m} {_settings_text(e['settings'])} "
+                          f"({e['objective']} {e['value']:.4f} over truth seeds {e['seeds']}, study {e['study']})", highlight=False)
+    return path, entries
 
 
 @app.command()
 def sweep(
     config: Path = typer.Argument(..., help="Experiment YAML with a sweep: section, e.g. experiments/configs/l96_sweep.yaml"),
     trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trials to finish (tpe/random; default sweep.trials). The grid sampler runs its whole grid."),
-    workers: int = typer.Option(1, "--workers", min=1, help="Worker processes, each pinned to one GPU, or to one CPU device and a share of the cores."),
-    storage: str = typer.Option("sqlite:///optuna.db", "--storage", help="Optuna storage (SQLAlchemy URL; PostgreSQL for several machines)."),
+    workers: int = WorkersOpt,
+    storage: str = StorageOpt,
     study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the config's name)."),
     sets: list[str] = SetOpt,
 ):
     """Run an Optuna sweep over config values; the same command again resumes it."""
-    from ensda import sweep as sw
-
     cfg = _load(config, sets)
     if cfg.sweep is None:
         _fail(f"{config}: no sweep: section (objective, sampler, params; see README)")
-    name = study or cfg.name
     console = _console(False)
     if cfg.sweep.sampler == "grid" and trials is not None and trials != cfg.sweep.grid_size():
         console.print(f"note: the grid sampler runs the whole grid of {cfg.sweep.grid_size()} points (--trials {trials} ignored)", highlight=False)
+    _run_study(cfg, study or cfg.name, storage, trials, workers, console)
+
+
+def _run_study(cfg, name: str, storage: str, trials: int | None, workers: int, console: Console):
+    """Create or resume the study of ``cfg.sweep``, run its workers with a progress bar, close
+    it and print the best trials; exits 1 when the budget is not done. Returns the study."""
+    from ensda import sweep as sw
+
     try:
         study_obj, budget = sw.prepare(cfg, storage, name, trials)
     except sw.SweepError as err:
@@ -252,6 +297,51 @@ def sweep(
         console.print(f"MLflow parent run {parent} in {_tracking_uri(cfg)} (see `ensda ui`)", highlight=False)
     if t.done < budget:
         _fail(f"sweep incomplete: {t.done} of {budget} trials done; run the same command to resume", code=1)
+    return study_obj
+
+
+@app.command()
+def tune(
+    config: Path = typer.Argument(..., help="Experiment YAML, e.g. experiments/configs/l96_every4.yaml"),
+    method: str = typer.Option(..., "--method", "-m", help="Method to tune (its search space: ensda.tune.SEARCH_SPACES)."),
+    trials: int = typer.Option(30, "--trials", min=1, help="TPE trials to finish (the same command with more resumes)."),
+    objective: str = typer.Option("rmse_a", "--objective", help="Summary metric to minimise (mean over the tuning seeds)."),
+    seeds: str = typer.Option("300,400", "--seeds", help="Tuning truth seeds (comma list), not the config's own."),
+    workers: int = WorkersOpt,
+    storage: str = StorageOpt,
+    study: Optional[str] = typer.Option(None, "--study", help="Study name (default: tune:<config name>:<method>:<set-up id>)."),
+    tuned_dir: Path = TunedOpt,
+    sets: list[str] = SetOpt,
+):
+    """Tune a method's settings with TPE on other seeds; store the best for `ensda compare`."""
+    from ensda import tune as tn
+    from ensda.config import ConfigError
+
+    cfg = _load(config, sets)
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        _fail(f"--seeds expects comma-separated integers, got {seeds!r}")
+    try:
+        tcfg = tn.tune_config(cfg, method, objective, seed_list, trials)
+    except (tn.TuneError, ConfigError) as err:
+        _fail(str(err))
+    console = _console(False)
+    name = study or f"tune:{cfg.name}:{method}:{tn.setup_id(cfg)}"
+    space = ", ".join(f"{k.split('.')[-1]} {v if isinstance(v, list) else f'[{v.low:g}, {v.high:g}]' + (' log' if v.log else '')}"
+                      for k, v in tcfg.sweep.params.items())
+    console.print(f"tuning {method} on {cfg.name} ({space}) by {objective} over truth seeds {seed_list}", highlight=False)
+    study_obj = _run_study(tcfg, name, storage, trials, workers, console)
+    best = tn.best_settings(study_obj, method)
+    record = {"objective": objective, "value": float(study_obj.best_value), "trials": trials, "seeds": seed_list,
+              "study": name, "storage": storage, "trial": study_obj.best_trial.number}
+    path = tn.write_tuned(cfg, method, best, record, tuned_dir)
+    console.print(f"best {method} settings: {_settings_text(best)} ({objective} {study_obj.best_value:.4f}); "
+                  f"written to {path}, used by `ensda compare` for this set-up", highlight=False)
+
+
+def _settings_text(settings: dict) -> str:
+    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items())
 
 
 def _tracking_uri(cfg) -> str:
@@ -326,17 +416,62 @@ def list_methods():
 
 @app.command()
 def ui(
-    port: int = typer.Option(5000, "--port", help="Port on 127.0.0.1."),
+    port: int = typer.Option(5000, "--port", help="Port of the MLflow UI on 127.0.0.1."),
     uri: Optional[str] = typer.Option(None, "--uri", help="Tracking store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
+    optuna: bool = typer.Option(False, "--optuna", help="Also start optuna-dashboard on the Optuna storage."),
+    optuna_port: int = typer.Option(8080, "--optuna-port", help="Port of optuna-dashboard on 127.0.0.1."),
+    storage: str = StorageOpt,
 ):
-    """Start the MLflow UI on 127.0.0.1 for the tracking store."""
+    """Start the MLflow UI (and with --optuna optuna-dashboard) on 127.0.0.1; Ctrl-C stops them."""
     from ensda.tracking import tracking_uri
 
     store = tracking_uri(uri)
-    Console().print(f"MLflow UI for {store} on http://127.0.0.1:{port} (Ctrl-C to stop)", highlight=False)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host", "127.0.0.1", "--port", str(port)]
+    mlflow_cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host", "127.0.0.1", "--port", str(port)]
+    console = Console()
+    console.print(f"MLflow UI for {store} on http://127.0.0.1:{port} (Ctrl-C to stop)", highlight=False)
     sys.stdout.flush()
-    os.execv(sys.executable, cmd)  # become the MLflow server: signals reach it (and its workers) directly
+    if not optuna:
+        os.execv(sys.executable, mlflow_cmd)  # become the MLflow server: signals reach it (and its workers) directly
+    dashboard_cmd = [sys.executable, "-c", "import sys; from optuna_dashboard._cli import main; sys.argv[0] = 'optuna-dashboard'; main()",
+                     storage, "--host", "127.0.0.1", "--port", str(optuna_port)]
+    console.print(f"optuna-dashboard for {storage} on http://127.0.0.1:{optuna_port}", highlight=False)
+    raise typer.Exit(_serve_together([mlflow_cmd, dashboard_cmd], console))
+
+
+def _serve_together(cmds: list[list[str]], console: Console) -> int:
+    """Run servers, each in its own process group (MLflow's workers included), until one
+    exits or Ctrl-C/SIGTERM; then stop every group (SIGTERM, SIGKILL after 10 s)."""
+    import signal
+    import subprocess
+
+    def to_interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, to_interrupt)
+    procs = []
+    code = 0
+    try:
+        for cmd in cmds:
+            procs.append(subprocess.Popen(cmd, start_new_session=True))
+        console.print("process groups: " + ", ".join(str(p.pid) for p in procs), highlight=False)
+        sys.stdout.flush()
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        code = next(p.returncode for p in procs if p.returncode is not None) or 1
+        console.print(f"[red]a server exited with code {code}: stopping the other[/]")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+            for p in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(p.pid, sig)
+            deadline = time.monotonic() + wait_s
+            while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if all(p.poll() is not None for p in procs):
+                break
+    return code
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from ensda import assimilator as registry
+from ensda.testbeds.lorenz96 import HOURS_PER_TIME_UNIT
 
 
 class _Strict(BaseModel):
@@ -59,6 +60,68 @@ class ObsConfig(_Strict):
         return self
 
 
+class ForecastModelConfig(_Strict):
+    """The forecast model: it makes the cycle's backgrounds, the lead-time forecasts and the
+    3D-Var NMC statistics. ``null`` fields take the testbed's value (a perfect model); e.g.
+    ``forcing: 8.5`` on an F = 8 nature run makes an imperfect-model experiment. The nature
+    run (truth) and the climatology always use ``testbed``."""
+
+    forcing: float | None = None
+
+
+class LeadTimeConfig(_Strict):
+    """Lead-time loss (DiffDA; DESIGN §5, ``ensda.metrics.lead_time``) of every run.
+
+    Forecasts with the forecast model from the analysis means at cycles burn_in+1,
+    burn_in+1+stride, ... reach RMSE r at ``lead_h``; the same forecasts from the reference
+    states give RMSE_ref(ℓ) for ℓ = 0..``max_lead_h``; the loss is ℓ* − L with
+    RMSE_ref(ℓ*) = r, in hours ("> max lead" when r is above the whole curve).
+    Reference states: ``truth_noise`` = truth + N(0, ``noise_std``²) (key ``seeds.lead_time``);
+    ``dense_reference`` = the analysis means of ``dense_method`` (settings ``dense_settings``)
+    cycled on the same truth with every site observed (``obs.r_std``, ``obs.operator``, obs seed).
+    """
+
+    enabled: bool = True
+    #: the lead L (hours; a whole number of cycles, 6 h each on Lorenz-96 with one step per cycle)
+    lead_h: float = Field(48.0, ge=0)
+    #: the reference curve's last lead; null: the longest the run allows after burn-in, at
+    #: most max(240 h, 2 lead_h)
+    max_lead_h: float | None = Field(None, gt=0)
+    reference: Literal["truth_noise", "dense_reference"] = "truth_noise"
+    noise_std: float = Field(0.05, ge=0)
+    dense_method: str = "etkf"
+    dense_settings: dict[str, Any] = Field(default_factory=lambda: {"inflation": 1.01})
+    #: cycles between forecast starts
+    stride: int = Field(1, ge=1)
+
+    def cycles_of(self, hours: float, hours_per_cycle: float, key: str) -> int:
+        """``hours`` as a whole number of cycles; a clear error naming ``key`` otherwise."""
+        n = round(hours / hours_per_cycle)
+        if abs(n * hours_per_cycle - hours) > 1e-6 * max(1.0, hours):
+            raise ValueError(f"lead_time.{key} ({hours:g} h) is not a whole number of cycles of {hours_per_cycle:g} h")
+        return n
+
+    def leads(self, hours_per_cycle: float, cycles: int, burn_in: int) -> tuple[int, int]:
+        """(lead, max lead) in cycles for a run of ``cycles`` cycles after ``burn_in``;
+        raises ``ValueError`` naming the key when they do not fit."""
+        lead = self.cycles_of(self.lead_h, hours_per_cycle, "lead_h")
+        room = cycles - burn_in - 1  # the first start is cycle burn_in + 1
+        if lead > room:
+            raise ValueError(
+                f"lead_time.lead_h ({self.lead_h:g} h = {lead} cycles) is longer than the run after burn-in allows "
+                f"({room} cycles: cycles {cycles} - burn_in {burn_in} - 1); shorten it, run longer, or set lead_time.enabled=false")
+        if self.max_lead_h is None:
+            return lead, min(room, max(round(240.0 / hours_per_cycle), 2 * lead))
+        top = self.cycles_of(self.max_lead_h, hours_per_cycle, "max_lead_h")
+        if top < lead:
+            raise ValueError(f"lead_time.max_lead_h ({self.max_lead_h:g} h) is shorter than lead_time.lead_h ({self.lead_h:g} h)")
+        if top > room:
+            raise ValueError(
+                f"lead_time.max_lead_h ({self.max_lead_h:g} h = {top} cycles) is longer than the run after burn-in allows "
+                f"({room} cycles: cycles {cycles} - burn_in {burn_in} - 1)")
+        return lead, top
+
+
 class EnsembleConfig(_Strict):
     size: int = Field(40, ge=1)
     init: Literal["perturbed_truth", "climatology"] = "perturbed_truth"
@@ -70,6 +133,8 @@ class SeedConfig(_Strict):
     obs: int = 1
     ensemble: int = 2
     assimilator: int = 3
+    #: noise of the ``truth_noise`` lead-time reference states
+    lead_time: int = 4
 
 
 class TrackingConfig(_Strict):
@@ -81,7 +146,7 @@ class TrackingConfig(_Strict):
 
 
 #: summary metrics a sweep can optimise; ``ssr_*`` objectives are |SSR − 1| (1 = reliable)
-OBJECTIVES = ("crps_a", "rmse_a", "ssr_a", "spread_a", "crps_f", "rmse_f", "ssr_f", "energy_a", "rank_flatness_a")
+OBJECTIVES = ("crps_a", "rmse_a", "ssr_a", "spread_a", "crps_f", "rmse_f", "ssr_f", "energy_a", "rank_flatness_a", "lead_time_loss_h")
 #: values a categorical sweep parameter may take (what Optuna stores)
 SWEEP_VALUE_TYPES = (bool, int, float, str, type(None))
 
@@ -136,6 +201,10 @@ class SweepConfig(_Strict):
         Discriminator(_space_kind, custom_error_type="sweep_space",
                       custom_error_message="expected a list of values or a range {low, high, log, step, int}"),
     ]] = Field(min_length=1)
+    #: run every trial once per replicate (dotted key -> value overrides set after the
+    #: trial's values, e.g. ``{seeds.truth: 100}``) and score it by the mean objective;
+    #: empty: one run per trial (``ensda tune`` uses this for its tuning seeds)
+    replicates: list[dict[str, Any]] = Field(default_factory=list)
     #: Optuna heartbeats: a RUNNING trial silent for ``grace_period`` s is failed and retried
     heartbeat_interval: int = Field(10, ge=1)
     grace_period: int = Field(60, ge=2)
@@ -151,6 +220,10 @@ class SweepConfig(_Strict):
                 raise ValueError(f"sweep.params.{key}: the grid sampler needs a list of values, not a range")
             if key.split(".")[0] == "sweep":
                 raise ValueError(f"sweep.params.{key}: the sweep section itself cannot be swept")
+        for i, replicate in enumerate(self.replicates):
+            clash = sorted(set(replicate) & set(self.params))
+            if clash or not replicate:
+                raise ValueError(f"sweep.replicates[{i}]: " + (f"{', '.join(clash)} is swept" if clash else "empty"))
         if self.objective.startswith("ssr") and self.direction != "minimize":
             raise ValueError(f"sweep.objective {self.objective} is |SSR - 1|: use direction minimize")
         if self.grace_period <= self.heartbeat_interval:
@@ -247,6 +320,8 @@ class ExperimentConfig(_Strict):
     seeds: SeedConfig = SeedConfig()
     tracking: TrackingConfig = TrackingConfig()
     sweep: SweepConfig | None = None
+    forecast_model: ForecastModelConfig = ForecastModelConfig()
+    lead_time: LeadTimeConfig = LeadTimeConfig()
     train: TrainConfig | None = None
 
     @pydantic.model_validator(mode="after")
@@ -261,9 +336,37 @@ class ExperimentConfig(_Strict):
                 raise ValueError(f"train.seed ({self.train.seed}) must differ from seeds.truth and seeds.obs: the model must not see the evaluation truth")
             if any(src.obs.sites and max(src.obs.sites) >= self.testbed.n for src in self.train.sources):
                 raise ValueError(f"train.sources: obs.sites out of range for testbed.n = {self.testbed.n}")
+        if self.lead_time.enabled:
+            self._check_lead_time()
         if self.sweep is not None:
+            if self.sweep.objective == "lead_time_loss_h" and not self.lead_time.enabled:
+                raise ValueError("sweep.objective lead_time_loss_h needs lead_time.enabled: true")
             self._check_sweep_keys()
         return self
+
+    @property
+    def hours_per_cycle(self) -> float:
+        """Length of one cycle in hours (0.05 model time units = 6 h on Lorenz-96)."""
+        return self.testbed.steps_per_cycle * self.testbed.dt * HOURS_PER_TIME_UNIT
+
+    def lead_cycles(self) -> tuple[int, int]:
+        """(lead, max lead) of the lead-time loss in cycles (``LeadTimeConfig.leads``)."""
+        return self.lead_time.leads(self.hours_per_cycle, self.cycles, self.burn_in)
+
+    def _check_lead_time(self) -> None:
+        lt = self.lead_time
+        self.lead_cycles()
+        perfect = self.forecast_model.forcing in (None, self.testbed.forcing)
+        if lt.reference == "truth_noise" and lt.noise_std == 0 and perfect:
+            raise ValueError("lead_time.noise_std must be > 0 with a perfect forecast model: the truth_noise reference "
+                             "curve would be 0 at every lead (or set forecast_model.forcing for an imperfect model)")
+        if lt.reference == "dense_reference":
+            try:
+                registry.validate_settings(lt.dense_method, lt.dense_settings)
+            except ValueError as err:
+                raise ValueError(f"lead_time.dense_method/dense_settings: {err}") from None
+            if registry.get(lt.dense_method).ensemble and self.ensemble.size < 2:
+                raise ValueError(f"lead_time.dense_method {lt.dense_method!r} is an ensemble method: ensemble.size must be >= 2")
 
     def _check_sweep_keys(self) -> None:
         """Apply every swept value to the config as an override and validate it.
@@ -286,13 +389,20 @@ class ExperimentConfig(_Strict):
                         errors.append(str(err).removeprefix("invalid config:").strip())
                 else:
                     raise ValueError(f"sweep.params.{key}: value {value!r} does not make a valid config: {errors[0]}")
+        for i, replicate in enumerate(self.sweep.replicates):
+            try:
+                validate(set_values(base, replicate))
+            except ConfigError as err:
+                raise ValueError(f"sweep.replicates[{i}]: {str(err).removeprefix('invalid config:').strip()}") from None
 
     def trial_config(self, values: dict[str, Any]) -> ExperimentConfig:
         """This config without its sweep section, with ``values`` (dotted key -> value) set."""
-        data = self.model_dump(exclude={"sweep"})
-        for key, value in values.items():
-            data = set_value(data, key, value)
-        return validate(data)
+        return validate(set_values(self.model_dump(exclude={"sweep"}), values))
+
+    def trial_configs(self, values: dict[str, Any]) -> list[ExperimentConfig]:
+        """The configs a trial runs: ``trial_config`` once per ``sweep.replicates`` entry
+        (its values set after the trial's), or once without replicates."""
+        return [self.trial_config(values | replicate) for replicate in self.sweep.replicates or [{}]]
 
     def method_settings(self, method: str) -> dict:
         """Validated settings for ``method``: tuned defaults, then overrides if it is ``method``."""
@@ -342,6 +452,13 @@ def set_value(data: dict, key: str, value: Any) -> dict:
     return out
 
 
+def set_values(data: dict, values: dict[str, Any]) -> dict:
+    """``set_value`` for every dotted key of ``values``, in order."""
+    for key, value in values.items():
+        data = set_value(data, key, value)
+    return data
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Set dotted keys in a nested dict (creating sub-dicts); returns a new dict."""
     out = data
@@ -370,8 +487,9 @@ def validate(data: dict) -> ExperimentConfig:
         raise ConfigError(str(err)) from None
 
 
-def load(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Load a YAML config, apply ``--set`` overrides, validate."""
+def load(path: str | Path, overrides: list[str] | None = None, presets: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Load a YAML config, set ``presets`` (dotted key -> value, e.g. tuned method settings),
+    apply ``--set`` overrides (they win), validate."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
@@ -381,7 +499,7 @@ def load(path: str | Path, overrides: list[str] | None = None) -> ExperimentConf
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    return validate(apply_overrides(data, overrides or []))
+    return validate(apply_overrides(set_values(data, presets or {}), overrides or []))
 
 
 def flatten(cfg: ExperimentConfig | dict, prefix: str = "") -> dict[str, Any]:

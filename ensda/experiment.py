@@ -1,7 +1,12 @@
 """From a config to results: the OSSE (truth, observations, climatology) and method runs.
 
 ``make_osse`` builds what all methods share, so a comparison is on the same truth and
-the same observations; ``run_method`` cycles one method over it and summarises.
+the same observations (and the same lead-time reference curve); ``run_method`` cycles one
+method over it, summarises, and scores its lead-time loss.
+
+Models: the nature run uses ``testbed``; the cycle's backgrounds, the lead-time forecasts
+and what methods build from forecasts (3D-Var's NMC B) use the forecast model
+(``forecast_model``: the testbed with e.g. another forcing; the testbed itself by default).
 Keys: every stream derives from ``config.seeds``; the analysis of cycle k uses
 ``fold_in(key, k)``, member j of a stochastic method ``fold_in(..., j)`` inside it.
 """
@@ -14,6 +19,7 @@ import jax
 import numpy as np
 
 from ensda import assimilator as registry
+from ensda import metrics
 from ensda.config import ExperimentConfig
 from ensda.cycle import CycleResult, NonFiniteStateError, check_finite, run_chunked, summarize
 from ensda.observe import ObsNetwork, Observations
@@ -29,6 +35,12 @@ class OSSE:
     truth: jax.Array  # (K+1, n), cycle 0 = initial time
     obs: Observations  # stacked over cycles 1..K
     climatology: jax.Array  # (S, n) attractor samples independent of the truth
+    model: Lorenz96 | None = None  # the forecast model; None: the testbed (perfect model)
+    lead_time: metrics.LeadTimeReference | None = None  # None: lead-time loss off
+
+    @property
+    def forecast_model(self) -> Lorenz96:
+        return self.testbed if self.model is None else self.model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,11 +52,18 @@ class MethodRun:
     summary: dict
     compile_s: float
     run_s: float
+    lead_time: metrics.LeadTimeCurves | None = None
 
 
 def make_testbed(cfg: ExperimentConfig) -> Lorenz96:
     t = cfg.testbed
     return Lorenz96(n=t.n, forcing=t.forcing, dt=t.dt, steps_per_cycle=t.steps_per_cycle, spinup_steps=t.spinup_steps)
+
+
+def make_forecast_model(cfg: ExperimentConfig) -> Lorenz96:
+    """The testbed with the ``forecast_model`` values that are set."""
+    changes = {k: v for k, v in cfg.forecast_model.model_dump().items() if v is not None}
+    return dataclasses.replace(make_testbed(cfg), **changes)
 
 
 def make_network(cfg: ExperimentConfig) -> ObsNetwork:
@@ -67,7 +86,35 @@ def make_osse(cfg: ExperimentConfig) -> OSSE:
         raise NonFiniteStateError(int(bad[0]), "nature run", "truth")
     clim = testbed.climatology_samples(jax.random.fold_in(truth_key, 1), cfg.testbed.climatology_samples)
     obs = network.observe_run(truth[1:], jax.random.key(cfg.seeds.obs))
-    return OSSE(testbed, network, truth, obs, clim)
+    osse = OSSE(testbed, network, truth, obs, clim, model=make_forecast_model(cfg))
+    if cfg.lead_time.enabled:
+        osse = dataclasses.replace(osse, lead_time=make_lead_time_reference(cfg, osse))
+    return osse
+
+
+def make_lead_time_reference(cfg: ExperimentConfig, osse: OSSE) -> metrics.LeadTimeReference:
+    """The reference RMSE-vs-lead curve of ``cfg.lead_time`` (shared by every method)."""
+    lt = cfg.lead_time
+    lead, max_lead = cfg.lead_cycles()
+    if lt.reference == "dense_reference":
+        kw = {"reference_states": dense_reference_run(cfg, osse).result.mean_a}
+    else:
+        kw = {"reference_std": lt.noise_std, "key": jax.random.key(cfg.seeds.lead_time)} if lt.noise_std > 0 else {}
+    model = osse.forecast_model
+    return metrics.lead_time_reference(
+        osse.truth, model.cycle_forecast, lead, hours_per_cycle=model.hours_per_cycle, burn_in=cfg.burn_in,
+        stride=lt.stride, max_lead_cycles=max_lead, weights=model.grid.weights, **kw,
+    )
+
+
+def dense_reference_run(cfg: ExperimentConfig, osse: OSSE) -> MethodRun:
+    """``lead_time.dense_method`` cycled on the same truth with every site observed (same
+    error std, operator and obs seed), as the reference analyses of the lead-time loss."""
+    o = cfg.obs
+    network = ObsNetwork(n_state=cfg.testbed.n, every=1, r_std=o.r_std, operator=o.operator)
+    obs = network.observe_run(osse.truth[1:], jax.random.key(cfg.seeds.obs))
+    dense = dataclasses.replace(osse, network=network, obs=obs, lead_time=None)
+    return run_method(cfg, dense, cfg.lead_time.dense_method, cfg.lead_time.dense_settings)
 
 
 def initial_ensemble(cfg: ExperimentConfig, osse: OSSE, n_members: int) -> jax.Array:
@@ -82,7 +129,7 @@ def initial_ensemble(cfg: ExperimentConfig, osse: OSSE, n_members: int) -> jax.A
 
 def build_assimilator(cfg: ExperimentConfig, osse: OSSE, method: str, settings: dict | None = None):
     ctx = registry.SetupContext(
-        testbed=osse.testbed, network=osse.network, climatology=osse.climatology,
+        testbed=osse.forecast_model, network=osse.network, climatology=osse.climatology,
         key=jax.random.key(cfg.seeds.assimilator),
     )
     return registry.build(method, cfg.method_settings(method) if settings is None else settings, ctx)
@@ -92,14 +139,22 @@ def run_method(cfg: ExperimentConfig, osse: OSSE, method: str, settings: dict | 
     """Cycle ``method`` over the OSSE; raises ``NonFiniteStateError`` if the state blows up.
 
     ``progress(cycles_done)`` is called as the run advances (see ``cycle.run_chunked``).
+    With the OSSE's lead-time reference the summary has ``lead_time_loss_h`` (``inf`` when
+    off the curve: "> max lead"), ``lead_time_rmse`` (r at the lead) and
+    ``lead_time_off_curve``; the curves are in ``MethodRun.lead_time``.
     """
     settings = cfg.method_settings(method) if settings is None else registry.validate_settings(method, settings)
     assim = build_assimilator(cfg, osse, method, settings)
     n_members = cfg.members_for(method)
     x0 = initial_ensemble(cfg, osse, n_members)
     key = jax.random.key(cfg.seeds.assimilator)
-    timed = run_chunked(osse.testbed, assim, osse.truth, osse.obs, x0, key, progress=progress)
+    timed = run_chunked(osse.forecast_model, assim, osse.truth, osse.obs, x0, key, progress=progress)
     check_finite(timed.result, method)
     summary = summarize(timed.result, cfg.burn_in)
-    summary.update(n_cycles=cfg.cycles, n_members=n_members)
-    return MethodRun(method, settings, n_members, timed.result, summary, timed.compile_s, timed.run_s)
+    summary.update(n_cycles=cfg.cycles, n_members=n_members, nfe=registry.network_calls(assim))
+    lead = None
+    if osse.lead_time is not None:
+        lead = metrics.score_analyses(osse.lead_time, timed.result)
+        summary.update(lead_time_loss_h=float(lead.loss.loss_h), lead_time_rmse=float(lead.loss.rmse),
+                       lead_time_off_curve=bool(lead.loss.off_curve))
+    return MethodRun(method, settings, n_members, timed.result, summary, timed.compile_s, timed.run_s, lead)

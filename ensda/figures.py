@@ -1,4 +1,5 @@
-"""Figures of one cycled run (matplotlib, headless): error and spread over cycles, rank histogram."""
+"""Figures of one cycled run (matplotlib, headless): error and spread over cycles, rank histogram,
+forecast RMSE against lead with the lead-time loss marked."""
 
 from __future__ import annotations
 
@@ -43,5 +44,28 @@ def rank_histogram_figure(result: CycleResult, burn_in: int, title: str = ""):
     return fig
 
 
+def lead_time_figure(curves, title: str = ""):
+    """Forecast RMSE against lead (hours) from the analyses and from the reference states
+    (``metrics.LeadTimeCurves``), with the lead-time loss marked: r at lead L, and the lead
+    ℓ* where the reference curve reaches r."""
+    loss = curves.loss
+    lead, r = float(loss.lead_h), float(loss.rmse)
+    fig, ax = plt.subplots(figsize=(6, 3.8), constrained_layout=True)
+    ax.plot(curves.leads_h, curves.reference_curve, color="k", lw=1.2, label="from the reference states")
+    ax.plot(curves.leads_h, curves.analysis_curve, color="tab:blue", lw=1.2, label="from the analyses")
+    ax.plot([lead], [r], "o", color="tab:blue")
+    ax.axhline(r, color="grey", lw=0.7, ls=":")
+    if not bool(loss.off_curve):
+        matched = float(loss.matched_lead_h)
+        ax.plot([matched], [r], "o", color="k")
+        ax.annotate("", xy=(matched, r), xytext=(lead, r), arrowprops={"arrowstyle": "<->", "color": "tab:red"})
+    ax.set_xlabel("lead (h)")
+    ax.set_ylabel("forecast RMSE")
+    ax.set_title(f"{title}  lead-time loss at {lead:g} h: {loss.text} ({curves.n_starts} starts)".strip())
+    ax.legend(fontsize=7, loc="upper left")
+    return fig
+
+
 def close(fig) -> None:
     plt.close(fig)
+

@@ -41,12 +41,14 @@ import json
 import math
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
 import warnings
 from typing import Callable
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -62,6 +64,12 @@ FAILURE = "ensda.failure"
 RUN_ID = "ensda.mlflow_run_id"
 SUMMARY = "ensda.summary"
 DEVICE = "ensda.device"
+#: the JAX device a trial ran on (``TFRT_CPU_0``, ``cuda:0``): trial user attr; MLflow tag ``ensda.device``
+JAX_DEVICE = "ensda.jax_device"
+#: study user attr ``ensda.worker.<index>``: {device, label, pid, host} of the last worker with that index
+WORKER = "ensda.worker"
+#: environment variable: index of the JAX device a worker computes on (set by ``worker_setups``)
+JAX_DEVICE_ENV = "ENSDA_JAX_DEVICE"
 #: a trial whose worker died is retried at most this many times
 MAX_RETRY = 3
 POLL_S = 1.0
@@ -307,20 +315,25 @@ def run_trial(base: ExperimentConfig, values: dict, trial, study_name: str, pare
         return TrialFailure(reason)
 
     try:
-        cfg = base.trial_config(values)
+        cfgs = base.trial_configs(values)
     except ConfigError as err:
         raise failed(str(err)) from None
+    cfg = cfgs[0]
     objective = base.sweep.objective
     parent = tracking.attach_run(cfg.tracking, parent_id)
-    tags = {"optuna.study": study_name, "optuna.trial_number": trial.number, "ensda.config": cfg.name, "ensda.method": cfg.method}
+    tags = {"optuna.study": study_name, "optuna.trial_number": trial.number, "ensda.config": cfg.name, "ensda.method": cfg.method,
+            "ensda.device": _jax_device()}
+    if base.sweep.replicates:
+        tags["ensda.replicates"] = json.dumps(base.sweep.replicates)
     params = flatten(cfg) | {"n_members": cfg.members_for(cfg.method)}
     with tracking.tracked_run(cfg.tracking, f"{study_name}:{trial.number}", params, tags, parent=parent) as run:
         trial.set_user_attr(RUN_ID, run.run_id)
         try:
-            result = run_method(cfg, make_osse(cfg), cfg.method)
+            results = [run_method(c, make_osse(c), c.method) for c in cfgs]
         except NonFiniteStateError as err:
             run.fail(str(err))
             raise failed(str(err)) from None
+        result = results[0] if len(results) == 1 else replicate_mean(results, run, objective)
         value = objective_value(result.summary, objective)
         trial.set_user_attr(SUMMARY, {k: v for k, v in result.summary.items() if math.isfinite(v)})
         tracking.log_method_run(run, result, cfg.burn_in, cfg.tracking.figures)
@@ -329,6 +342,22 @@ def run_trial(base: ExperimentConfig, values: dict, trial, study_name: str, pare
             raise failed(f"objective {objective} is {value} for method {cfg.method}")
         run.log_metrics({"objective": value})
     return value
+
+
+def replicate_mean(results: list, run, objective: str):
+    """The first replicate's run with the summary averaged over all replicates (each
+    replicate's objective and rmse_a are logged as ``replicate_<i>/<name>``); its cycle
+    metrics and figures are the first replicate's."""
+    summary = {k: float(np.mean([r.summary[k] for r in results])) for k in results[0].summary}
+    run.log_metrics({f"replicate_{i}/{k}": r.summary[k] for i, r in enumerate(results) for k in dict.fromkeys((objective, "rmse_a"))})
+    return dataclasses.replace(results[0], summary=summary)
+
+
+def _jax_device() -> str:
+    """The device this process computes on (JAX's default device), e.g. ``TFRT_CPU_2``, ``cuda:0``."""
+    import jax
+
+    return str(jax.config.jax_default_device or jax.devices()[0])
 
 
 # ----------------------------------------------------------------------------- worker
@@ -353,6 +382,7 @@ def _objective(study, base: ExperimentConfig, budget: int, device: str):
             raise optuna.TrialPruned("the trial budget is taken")
         values = suggest(trial, base.sweep)
         trial.set_user_attr(DEVICE, device)
+        trial.set_user_attr(JAX_DEVICE, _jax_device())
         return run_trial(base, values, trial, study.study_name, study.user_attrs.get(STUDY_PARENT))
 
     objective.current = None
@@ -383,6 +413,7 @@ def run_worker(storage_url: str, study_name: str, worker: int = 0, device: str =
         raise SweepError(f"no sweep {study_name!r} in {storage_url}: start it with `ensda sweep`") from None
     study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url, base.sweep), sampler=_sampler(base.sweep, worker))
     budget = study.user_attrs[STUDY_TRIALS]
+    study.set_user_attr(f"{WORKER}.{worker}", {"device": _jax_device(), "label": device, "pid": os.getpid(), "host": socket.gethostname()})
     grid = base.sweep.sampler == "grid"
     objective = _objective(study, base, budget, device)
     n_run = 0
@@ -427,24 +458,40 @@ def gpu_count() -> int:
     return sum(line.startswith("GPU ") for line in out.splitlines())
 
 
-def worker_setups(k: int, gpus: int, cores: list[int]) -> list[tuple[dict, str, list[int] | None]]:
+def host_device_count(xla_flags: str) -> int:
+    """N of ``--xla_force_host_platform_device_count=N`` in ``xla_flags`` (1 without it)."""
+    counts = [f.split("=", 1)[1] for f in xla_flags.split() if f.startswith("--xla_force_host_platform_device_count=")]
+    return int(counts[-1]) if counts else 1
+
+
+def worker_setups(k: int, gpus: int, cores: list[int], xla_flags: str | None = None) -> list[tuple[dict, str, list[int] | None]]:
     """(environment changes, device label, CPU cores or None) for each of ``k`` workers.
 
     GPUs: worker i sees GPU i mod G only (no memory preallocation when workers share one).
-    CPU: one CPU device each (``xla_force_host_platform_device_count`` dropped) and an equal
-    share of the cores (round robin when there are more workers than cores).
+    CPU: an equal share of the cores each (round robin when there are more workers than
+    cores) and one CPU device: with ``--xla_force_host_platform_device_count=N`` in
+    ``xla_flags`` (default ``$XLA_FLAGS``; N CPU devices, e.g. to try multi-device set-ups on
+    CPU) worker i computes on CPU device i mod N (``ENSDA_JAX_DEVICE``, read by the worker),
+    else the flag is dropped and each worker has the one default CPU device.
     """
+    xla_flags = os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags
+    n_host = host_device_count(xla_flags)
     setups = []
-    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f)
     for i in range(k):
         if gpus:
             env = {"CUDA_VISIBLE_DEVICES": str(i % gpus)}
             if k > gpus:
                 env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
             setups.append((env, f"gpu {i % gpus}", None))
+            continue
+        share = cores[i * len(cores) // k : (i + 1) * len(cores) // k] if k <= len(cores) else [cores[i % len(cores)]]
+        where = f"cores {','.join(map(str, share))}"
+        if n_host > 1:
+            env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags, JAX_DEVICE_ENV: str(i % n_host)}
+            setups.append((env, f"cpu device {i % n_host} ({where})", share))
         else:
-            share = cores[i * len(cores) // k : (i + 1) * len(cores) // k] if k <= len(cores) else [cores[i % len(cores)]]
-            setups.append(({"JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}, f"cpu (cores {','.join(map(str, share))})", share))
+            flags = " ".join(f for f in xla_flags.split() if "xla_force_host_platform_device_count" not in f)
+            setups.append(({"JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}, f"cpu ({where})", share))
     return setups
 
 
@@ -473,6 +520,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.cpus:
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+    if JAX_DEVICE_ENV in os.environ:
+        import jax
+
+        jax.config.update("jax_default_device", jax.devices()[int(os.environ[JAX_DEVICE_ENV])])
     try:
         run_worker(args.storage, args.study, args.index, args.device)
     except SweepError as err:

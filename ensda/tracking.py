@@ -192,7 +192,10 @@ def _param_value(value: Any) -> str:
 
 
 def log_method_run(run: Run | NullRun, method_run, burn_in: int, figures: bool = True) -> None:
-    """Log one method's cycled run: summary metrics, per-cycle metrics, timings, figures."""
+    """Log one method's cycled run: summary metrics (``lead_time_loss_h`` when on the curve,
+    the tag ``ensda.lead_time_loss`` always: "12.3 h" or "> 192 h"), per-cycle metrics,
+    timings, figures (error/spread, rank histogram, RMSE against lead) and
+    ``lead_time.json`` (the two RMSE-vs-lead curves)."""
     if isinstance(run, NullRun):
         return
     from ensda import figures as figs
@@ -211,4 +214,15 @@ def log_method_run(run: Run | NullRun, method_run, burn_in: int, figures: bool =
         if method_run.n_members > 1:
             fig = figs.rank_histogram_figure(method_run.result, burn_in, title)
             run.log_figure(fig, "rank_histogram.png")
+            figs.close(fig)
+    if method_run.lead_time is not None:
+        lt = method_run.lead_time
+        run.set_tags({"ensda.lead_time_loss": lt.loss.text})
+        run.log_dict({"leads_h": lt.leads_h.tolist(), "rmse_reference": lt.reference_curve.tolist(),
+                      "rmse_analysis": lt.analysis_curve.tolist(), "lead_h": float(lt.loss.lead_h),
+                      "lead_time_loss_h": float(lt.loss.loss_h), "lead_time_loss": lt.loss.text,
+                      "n_starts": lt.n_starts}, "lead_time.json")
+        if figures:
+            fig = figs.lead_time_figure(lt, method_run.method)
+            run.log_figure(fig, "lead_time.png")
             figs.close(fig)

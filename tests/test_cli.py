@@ -43,6 +43,10 @@ def test_run_json_matches_library_and_is_tracked(store, request):
     direct = run_method(cfg, make_osse(cfg), "etkf")
     assert rec["rmse_a"] == pytest.approx(direct.summary["rmse_a"], rel=1e-5)
     assert rec["crps_a"] == pytest.approx(direct.summary["crps_a"], rel=1e-5)
+    # lead-time loss (default: 48 h against truth + N(0, 0.05²) forecasts): ETKF's analysis
+    # error (~0.2) is ~4x the reference's, so it costs ~2 error doublings (~4 days)
+    assert rec["lead_time_loss_h"] == pytest.approx(direct.summary["lead_time_loss_h"], abs=1e-3)
+    assert 24.0 < rec["lead_time_loss_h"] < 150.0 and rec["lead_time_loss"] == f"{rec['lead_time_loss_h']:.1f} h"
 
     from mlflow.tracking import MlflowClient
 
@@ -57,7 +61,8 @@ def test_run_json_matches_library_and_is_tracked(store, request):
     burned = [m.value for m in sorted(history, key=lambda m: m.step)][20:]
     assert sum(burned) / len(burned) == pytest.approx(rec["rmse_a"], rel=1e-5)  # time mean of per-cycle RMSE
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"error_spread.png", "rank_histogram.png", "settings.json"} <= artifacts
+    assert {"error_spread.png", "rank_histogram.png", "settings.json", "lead_time.png", "lead_time.json"} <= artifacts
+    assert run.data.metrics["lead_time_loss_h"] == pytest.approx(rec["lead_time_loss_h"], abs=1e-3)
 
 
 def test_compare_parent_and_children(store, request):
@@ -70,6 +75,10 @@ def test_compare_parent_and_children(store, request):
     # assimilation beats the free run by far on the same truth
     assert by_method["etkf"]["rmse_a"] < 0.1 * by_method["none"]["rmse_a"]
     assert by_method["3dvar"]["n_members"] == 1
+    # lead-time loss in the table and the JSON: the free run is off the curve ("> 192 h")
+    assert "lead-time loss at 48 h" in result.stderr
+    assert by_method["none"]["lead_time_loss_h"] is None and by_method["none"]["lead_time_loss"] == "> 192 h"
+    assert 0 < by_method["etkf"]["lead_time_loss_h"] < by_method["3dvar"]["lead_time_loss_h"]
 
     from mlflow.tracking import MlflowClient
 

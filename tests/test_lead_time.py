@@ -272,3 +272,82 @@ def test_linear_model_analytic(kappa):
         assert abs(float(res.loss_h) / H - math.log(kappa) / math.log(A)) < 0.03
     if kappa == A**3:
         assert float(res.loss_h) == pytest.approx(3 * H, abs=2e-3)
+
+
+# --------------------------------------------------------------------------- wired into runs (config -> run_method)
+
+from ensda import config  # noqa: E402
+from ensda.experiment import make_osse, run_method  # noqa: E402
+
+RUN = ["cycles=150", "burn_in=20", "ensemble.size=10", "testbed.climatology_samples=300", "testbed.spinup_steps=300",
+       "tracking.enabled=false", "lead_time.max_lead_h=120", "lead_time.stride=2", "methods.etkf={inflation: 1.02}"]
+
+
+def load_run(*extra):
+    return config.load("experiments/configs/l96.yaml", [*RUN, *extra])
+
+
+@pytest.mark.parametrize(
+    "sets, named",
+    [
+        (["lead_time.lead_h=-6"], "lead_time.lead_h"),  # negative lead
+        (["lead_time.lead_h=804", "lead_time.max_lead_h=null"], "lead_time.lead_h (804 h = 134 cycles) is longer than the run after burn-in allows (129 cycles"),
+        (["lead_time.max_lead_h=900"], "lead_time.max_lead_h (900 h = 150 cycles) is longer than the run"),
+        (["lead_time.lead_h=50"], "lead_time.lead_h (50 h) is not a whole number of cycles of 6 h"),
+        (["lead_time.max_lead_h=24"], "lead_time.max_lead_h (24 h) is shorter than lead_time.lead_h"),
+        (["lead_time.noise_std=0"], "lead_time.noise_std must be > 0 with a perfect forecast model"),
+        (["lead_time.reference=dense_reference", "lead_time.dense_settings={radius: 4}"], "lead_time.dense_method/dense_settings"),
+        (["lead_time.reference=dense"], "lead_time.reference"),
+        (["lead_time.enabled=false", "sweep={objective: lead_time_loss_h, params: {method: [etkf]}}"], "needs lead_time.enabled"),
+    ],
+)
+def test_bad_lead_time_config_is_named(sets, named):
+    with pytest.raises(config.ConfigError) as info:
+        load_run(*sets)
+    assert named in str(info.value)
+
+
+def test_default_max_lead_fits_the_run():
+    assert load_run("lead_time.max_lead_h=null").lead_cycles() == (8, 40)  # 48 h, 240 h
+    assert load_run("lead_time.max_lead_h=null", "cycles=40", "burn_in=10").lead_cycles() == (8, 29)  # what the run allows
+    assert load_run("lead_time.lead_h=0", "lead_time.max_lead_h=6").lead_cycles() == (0, 1)
+
+
+def test_dense_reference_run_scores_itself_zero_and_a_worse_method_positive():
+    """Analyses that are the reference states (the dense run's own method and settings on the
+    dense network) lose 0 h; 3D-Var on the same truth loses lead time. The run's value is
+    checked against the one-shot ``analysis_lead_time_loss`` fed with the dense analyses."""
+    cfg = load_run("lead_time.reference=dense_reference", "lead_time.dense_method=letkf",
+                   "lead_time.dense_settings={inflation: 1.02, radius: 4}", "methods.letkf={inflation: 1.02, radius: 4}")
+    osse = make_osse(cfg)
+    same = run_method(cfg, osse, "letkf")
+    assert same.summary["lead_time_loss_h"] == pytest.approx(0.0, abs=1e-3)
+    assert same.lead_time.n_starts == len(range(21, 150 - 20 + 1, 2))
+    np.testing.assert_allclose(same.lead_time.analysis_curve, same.lead_time.reference_curve, rtol=1e-6)
+    worse = run_method(cfg, osse, "3dvar")
+    assert worse.summary["rmse_a"] > 1.5 * same.summary["rmse_a"]
+    assert 6.0 < worse.summary["lead_time_loss_h"] < 72.0 and not worse.summary["lead_time_off_curve"]
+    direct = metrics.analysis_lead_time_loss(
+        worse.result, osse.truth, osse.testbed.cycle_forecast, 8, hours_per_cycle=6.0, burn_in=20, stride=2,
+        max_lead_cycles=20, reference_states=same.result.mean_a,
+    )
+    assert worse.summary["lead_time_loss_h"] == pytest.approx(float(direct.loss_h), abs=1e-3)
+    assert worse.summary["lead_time_rmse"] == pytest.approx(worse.lead_time.analysis_curve[8], rel=1e-6)
+
+
+def test_imperfect_forecast_model_cycles_and_forecasts():
+    """forecast_model.forcing: the backgrounds are forecasts of the F = 8.5 model (checked on
+    the first cycle by hand), and the truth itself, forecast with that model, loses 0 h
+    against a noise-free truth reference (DiffDA-style reference with an imperfect model)."""
+    cfg = load_run("forecast_model.forcing=8.5", "lead_time.noise_std=0", "methods.letkf={inflation: 1.1, radius: 4}")
+    osse = make_osse(cfg)
+    assert osse.testbed.forcing == 8.0 and osse.forecast_model.forcing == 8.5
+    run = run_method(cfg, osse, "letkf")
+    from ensda.experiment import initial_ensemble
+
+    x0 = initial_ensemble(cfg, osse, 10)
+    np.testing.assert_allclose(np.asarray(run.result.mean_f[0]), np.asarray(Lorenz96(forcing=8.5).cycle_forecast(x0).mean(0)), rtol=1e-5)
+    assert float(osse.lead_time.curve[0]) == 0.0 and float(osse.lead_time.curve[8]) > 0.05  # model error alone
+    truth_scored = metrics.score_analyses(osse.lead_time, osse.truth[1:])
+    assert float(truth_scored.loss.loss_h) == pytest.approx(0.0, abs=1e-3)
+    assert run.summary["lead_time_loss_h"] > 0.0

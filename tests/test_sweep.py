@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 
 import optuna
 import pytest
@@ -138,33 +139,74 @@ def test_sweep_command_errors_before_any_trial(env, tmp_path):
 # ----------------------------------------------------------------------------- sweeps
 
 
-def test_two_worker_grid_runs_each_point_once_with_child_runs(env):
-    cmd = ["sweep", env["config"], *sets(env, GRID), "--workers", "2", "--storage", env["storage"], "--study", "grid2"]
+def postgres_url() -> str:
+    """The PostgreSQL storage of the CI (.ci/postgres.sh); skip without it, unless
+    ENSDA_REQUIRE_POSTGRES is set (CI), where a missing server is a failure."""
+    url = os.environ.get("ENSDA_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("ENSDA_REQUIRE_POSTGRES"):
+            pytest.fail("ENSDA_REQUIRE_POSTGRES is set but ENSDA_TEST_POSTGRES_URL is not")
+        pytest.skip("no PostgreSQL: set ENSDA_TEST_POSTGRES_URL (e.g. postgresql+psycopg://user@127.0.0.1:5432/db; .ci/run starts one)")
+    return url
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_two_worker_grid_runs_each_point_once_with_child_runs(env, backend):
+    """Two worker processes on one grid: every point COMPLETE exactly once (the other trials
+    PRUNED without running), each with its FINISHED MLflow child run; on SQLite and on a
+    real PostgreSQL server (CI)."""
+    storage = env["storage"] if backend == "sqlite" else postgres_url()
+    name = "grid2" if backend == "sqlite" else f"grid2-{uuid.uuid4().hex[:8]}"  # a server outlives the test
+    cmd = ["sweep", env["config"], *sets(env, GRID), "--workers", "2", "--storage", storage, "--study", name]
     result = runner.invoke(app, cmd)
     assert result.exit_code == 0, result.output
-    study = load_study(env, "grid2")
+    study = optuna.load_study(study_name=name, storage=storage)
     assert completed_points(study) == GRID_POINTS
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials())
     # two worker processes, one CPU core each
     assert {t.user_attrs[sweep.DEVICE] for t in study.get_trials() if t.state == TrialState.COMPLETE} == {"cpu (cores 0)", "cpu (cores 1)"}
 
     parent, runs = children(study.user_attrs[sweep.STUDY_PARENT])
-    assert parent.info.status == "FINISHED" and parent.data.tags["optuna.study"] == "grid2"
+    assert parent.info.status == "FINISHED" and parent.data.tags["optuna.study"] == name
     by_number = {int(r.data.tags["optuna.trial_number"]): r for r in runs}
     complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
     assert sorted(by_number) == sorted(t.number for t in complete)
     for t in complete:
         run = by_number[t.number]
         assert run.info.run_id == t.user_attrs[sweep.RUN_ID] and run.info.status == "FINISHED"
-        assert run.data.tags["optuna.study"] == "grid2"
+        assert run.data.tags["optuna.study"] == name
         assert run.data.params["method"] == t.params["method"]
         assert float(run.data.params["obs.density"]) == t.params["obs.density"]
         assert run.data.metrics["crps_a"] == pytest.approx(t.value, rel=1e-12)
+        assert run.data.metrics["lead_time_loss_h"] == pytest.approx(t.user_attrs[sweep.SUMMARY]["lead_time_loss_h"], rel=1e-12)
     assert parent.data.metrics["best_crps_a"] == pytest.approx(min(t.value for t in complete), rel=1e-12)
 
     # the same command again: nothing left, nothing run twice
     assert runner.invoke(app, cmd).exit_code == 0
-    assert len(load_study(env, "grid2").get_trials()) == len(study.get_trials())
+    assert len(optuna.load_study(study_name=name, storage=storage).get_trials()) == len(study.get_trials())
+
+
+def test_four_workers_each_on_its_own_host_device(env, monkeypatch):
+    """With 4 forced CPU devices, `--workers 4` starts 4 workers computing on devices 0..3:
+    each worker records the JAX device it computes on, and every trial ran on its worker's."""
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+    grid = "sweep.params={obs.density: [0.5, 1.0], method: [climatology, none]}"  # cheap to compile
+    cmd = ["sweep", env["config"], *sets(env, grid, "cycles=60", "lead_time.enabled=false"), "--workers", "4",
+           "--storage", env["storage"], "--study", "dev4"]
+    result = runner.invoke(app, cmd)
+    assert result.exit_code == 0, result.output
+    study = load_study(env, "dev4")
+    workers = {int(k.rsplit(".", 1)[1]): v for k, v in study.user_attrs.items() if k.startswith(sweep.WORKER + ".")}
+    assert sorted(workers) == [0, 1, 2, 3]
+    assert [workers[i]["device"] for i in range(4)] == ["cpu:0", "cpu:1", "cpu:2", "cpu:3"]
+    assert len({w["pid"] for w in workers.values()}) == 4
+    complete = [t for t in study.get_trials() if t.state == TrialState.COMPLETE]
+    assert len(complete) == 4
+    client = MlflowClient()
+    for t in complete:
+        index = int(t.user_attrs[sweep.DEVICE].split()[2])  # "cpu device i (cores ...)"
+        assert t.user_attrs[sweep.JAX_DEVICE] == workers[index]["device"] == f"cpu:{index}"
+        assert client.get_run(t.user_attrs[sweep.RUN_ID]).data.tags["ensda.device"] == f"cpu:{index}"
 
 
 def test_trial_value_equals_run_method_on_the_same_config(env):
@@ -266,3 +308,6 @@ def test_worker_setups_pin_devices():
     assert [cores for _, _, cores in cpu] == [[0, 1], [2, 3]]
     assert all(env["JAX_PLATFORMS"] == "cpu" and "device_count" not in env["XLA_FLAGS"] for env, _, _ in cpu)
     assert [cores for _, _, cores in sweep.worker_setups(3, gpus=0, cores=[0, 1])] == [[0], [1], [0]]
+    forced = sweep.worker_setups(3, gpus=0, cores=[0, 1], xla_flags="--xla_force_host_platform_device_count=2")
+    assert [env[sweep.JAX_DEVICE_ENV] for env, _, _ in forced] == ["0", "1", "0"]
+    assert [label for _, label, _ in forced] == ["cpu device 0 (cores 0)", "cpu device 1 (cores 1)", "cpu device 0 (cores 0)"]

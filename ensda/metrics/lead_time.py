@@ -44,6 +44,7 @@ the frozen testbeds and plain functions are).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from functools import partial
 from typing import Callable
@@ -282,6 +283,107 @@ def analysis_start_cycles(n_cycles: int, max_lead_cycles: int, burn_in: int = 0,
     return starts
 
 
+def _analysis_means(analyses, truth: jax.Array) -> jax.Array:
+    """The analysis means ``(K, ...)`` of a ``CycleResult`` or an array, checked against ``truth``."""
+    mean_a = jnp.asarray(getattr(analyses, "mean_a", analyses))
+    expected = (truth.shape[0] - 1, *truth.shape[1:])
+    if mean_a.shape != expected:
+        raise ValueError(f"analyses must be (K, ...) = {expected} for truth {truth.shape}, got {mean_a.shape}")
+    return mean_a
+
+
+@dataclasses.dataclass(frozen=True)
+class LeadTimeReference:
+    """The reference side of a run's lead-time loss, computed once and shared by methods.
+
+    ``curve[ℓ]`` = RMSE_ref at lead ℓ cycles (ℓ = 0..max_lead_cycles) of forecasts with
+    ``forecast_step`` from the reference states at ``start_cycles`` (cycles 1..K numbering);
+    ``lead_cycles`` is the lead L at which analyses are scored.
+    """
+
+    forecast_step: ForecastStep
+    truth: jax.Array
+    start_cycles: np.ndarray
+    lead_cycles: int
+    hours_per_cycle: float
+    curve: jax.Array
+    weights: jax.Array | None = None
+
+    @property
+    def max_lead_cycles(self) -> int:
+        return int(self.curve.shape[0]) - 1
+
+    @property
+    def leads_h(self) -> np.ndarray:
+        """The curve's leads in hours, ``hours_per_cycle * arange(max_lead_cycles + 1)``."""
+        return self.hours_per_cycle * np.arange(self.max_lead_cycles + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class LeadTimeCurves:
+    """A run's lead-time loss with both RMSE-vs-lead curves (for figures).
+
+    ``analysis_curve[ℓ]``: RMSE of forecasts from the analysis means at the reference's
+    start cycles (same model, same averaging), ℓ = 0..max lead; ``loss`` uses
+    ``analysis_curve[lead_cycles]`` as ``r``.
+    """
+
+    loss: LeadTimeLoss
+    analysis_curve: np.ndarray
+    reference_curve: np.ndarray
+    leads_h: np.ndarray
+    n_starts: int
+
+
+def lead_time_reference(
+    truth: jax.Array,
+    forecast_step: ForecastStep,
+    lead_cycles: int,
+    *,
+    hours_per_cycle: float,
+    burn_in: int = 0,
+    stride: int = 1,
+    max_lead_cycles: int | None = None,
+    reference_states: jax.Array | None = None,
+    reference_std: float | None = None,
+    key: jax.Array | None = None,
+    weights: jax.Array | None = None,
+) -> LeadTimeReference:
+    """The reference curve of ``analysis_lead_time_loss`` (same arguments, no analyses)."""
+    truth = jnp.asarray(truth)
+    n_cycles = truth.shape[0] - 1
+    lead_cycles = int(lead_cycles)
+    if lead_cycles < 0:
+        raise ValueError(f"lead_cycles must be >= 0, got {lead_cycles}")
+    if max_lead_cycles is None:
+        max_lead_cycles = max(40, 2 * lead_cycles)
+    if max_lead_cycles < lead_cycles:
+        raise ValueError(f"max_lead_cycles ({max_lead_cycles}) < lead_cycles ({lead_cycles})")
+    if not (isinstance(hours_per_cycle, (int, float)) and math.isfinite(hours_per_cycle) and hours_per_cycle > 0):
+        raise ValueError(f"hours_per_cycle must be a positive number, got {hours_per_cycle!r}")
+    starts = analysis_start_cycles(n_cycles, max_lead_cycles, burn_in, stride)
+    ref_states = None if reference_states is None else jnp.asarray(reference_states)[jnp.asarray(starts - 1)]
+    curve = reference_curve(
+        forecast_step, truth, starts, max_lead_cycles, weights,
+        initial_states=ref_states, noise_std=reference_std, key=key,
+    )
+    return LeadTimeReference(forecast_step, truth, starts, lead_cycles, float(hours_per_cycle), curve, weights)
+
+
+def score_analyses(reference: LeadTimeReference, analyses) -> LeadTimeCurves:
+    """Lead-time loss and RMSE-vs-lead curve of analyses ``(K, ...)`` (or a ``CycleResult``)
+    against ``reference`` (forecasts from the analysis means at the reference's starts)."""
+    mean_a = _analysis_means(analyses, reference.truth)
+    truth = reference.truth
+    starts = reference.start_cycles
+    curve = forecast_rmse_curve(
+        reference.forecast_step, mean_a[jnp.asarray(starts - 1)], truth, starts, reference.max_lead_cycles, reference.weights,
+    )
+    loss = lead_time_loss(curve[reference.lead_cycles], reference.lead_cycles * reference.hours_per_cycle,
+                          reference.leads_h, reference.curve)
+    return LeadTimeCurves(loss, np.asarray(curve), np.asarray(reference.curve), reference.leads_h, int(starts.size))
+
+
 def analysis_lead_time_loss(
     analyses,
     truth: jax.Array,
@@ -307,28 +409,13 @@ def analysis_lead_time_loss(
     6 h). Reference initial states: ``reference_states`` ``(K, ...)`` (cycles 1..K, e.g. the
     ``mean_a`` of a dense-network run) or the truth, plus noise of std ``reference_std``
     when given (``key`` required). Hours: ``hours_per_cycle`` (``testbed.hours_per_cycle``).
+    One call of ``lead_time_reference`` then ``score_analyses``.
     """
-    mean_a = jnp.asarray(getattr(analyses, "mean_a", analyses))
     truth = jnp.asarray(truth)
-    n_cycles = truth.shape[0] - 1
-    if mean_a.shape != (n_cycles, *truth.shape[1:]):
-        raise ValueError(f"analyses must be (K, ...) = {(n_cycles, *truth.shape[1:])} for truth {truth.shape}, got {mean_a.shape}")
-    lead_cycles = int(lead_cycles)
-    if lead_cycles < 0:
-        raise ValueError(f"lead_cycles must be >= 0, got {lead_cycles}")
-    if max_lead_cycles is None:
-        max_lead_cycles = max(40, 2 * lead_cycles)
-    if max_lead_cycles < lead_cycles:
-        raise ValueError(f"max_lead_cycles ({max_lead_cycles}) < lead_cycles ({lead_cycles})")
-    if not (isinstance(hours_per_cycle, (int, float)) and math.isfinite(hours_per_cycle) and hours_per_cycle > 0):
-        raise ValueError(f"hours_per_cycle must be a positive number, got {hours_per_cycle!r}")
-    starts = analysis_start_cycles(n_cycles, max_lead_cycles, burn_in, stride)
-    idx = jnp.asarray(starts - 1)
-    r = forecast_rmse_curve(forecast_step, mean_a[idx], truth, starts, lead_cycles, weights)[lead_cycles]
-    ref_states = None if reference_states is None else jnp.asarray(reference_states)[idx]
-    ref = reference_curve(
-        forecast_step, truth, starts, max_lead_cycles, weights,
-        initial_states=ref_states, noise_std=reference_std, key=key,
+    mean_a = _analysis_means(analyses, truth)
+    reference = lead_time_reference(
+        truth, forecast_step, lead_cycles, hours_per_cycle=hours_per_cycle, burn_in=burn_in, stride=stride,
+        max_lead_cycles=max_lead_cycles, reference_states=reference_states, reference_std=reference_std,
+        key=key, weights=weights,
     )
-    leads_h = hours_per_cycle * np.arange(max_lead_cycles + 1)
-    return lead_time_loss(r, lead_cycles * hours_per_cycle, leads_h, ref)
+    return score_analyses(reference, mean_a).loss
