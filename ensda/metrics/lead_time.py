@@ -384,21 +384,7 @@ def score_analyses(reference: LeadTimeReference, analyses) -> LeadTimeCurves:
     return LeadTimeCurves(loss, np.asarray(curve), np.asarray(reference.curve), reference.leads_h, int(starts.size))
 
 
-def analysis_lead_time_loss(
-    analyses,
-    truth: jax.Array,
-    forecast_step: ForecastStep,
-    lead_cycles: int,
-    *,
-    hours_per_cycle: float,
-    burn_in: int = 0,
-    stride: int = 1,
-    max_lead_cycles: int | None = None,
-    reference_states: jax.Array | None = None,
-    reference_std: float | None = None,
-    key: jax.Array | None = None,
-    weights: jax.Array | None = None,
-) -> LeadTimeLoss:
+def analysis_lead_time_loss(analyses, truth: jax.Array, forecast_step: ForecastStep, lead_cycles: int, **options) -> LeadTimeLoss:
     """Lead-time loss of the analyses of a cycled run (DESIGN §5).
 
     ``analyses``: a ``CycleResult`` (its ``mean_a``) or analysis means ``(K, ...)`` of cycles
@@ -409,13 +395,10 @@ def analysis_lead_time_loss(
     6 h). Reference initial states: ``reference_states`` ``(K, ...)`` (cycles 1..K, e.g. the
     ``mean_a`` of a dense-network run) or the truth, plus noise of std ``reference_std``
     when given (``key`` required). Hours: ``hours_per_cycle`` (``testbed.hours_per_cycle``).
-    One call of ``lead_time_reference`` then ``score_analyses``.
+    ``options`` are the keyword arguments of ``lead_time_reference`` (``hours_per_cycle``
+    required; ``burn_in``, ``stride``, ``max_lead_cycles``, ``reference_states``,
+    ``reference_std``, ``key``, ``weights``): one call of it, then ``score_analyses``.
     """
     truth = jnp.asarray(truth)
     mean_a = _analysis_means(analyses, truth)
-    reference = lead_time_reference(
-        truth, forecast_step, lead_cycles, hours_per_cycle=hours_per_cycle, burn_in=burn_in, stride=stride,
-        max_lead_cycles=max_lead_cycles, reference_states=reference_states, reference_std=reference_std,
-        key=key, weights=weights,
-    )
-    return score_analyses(reference, mean_a).loss
+    return score_analyses(lead_time_reference(truth, forecast_step, lead_cycles, **options), mean_a).loss
