@@ -384,7 +384,7 @@ def _best_table(study, cfg, sw, top: int = 10) -> Table:
     for key in cfg.sweep.params:
         table.add_column(key)
     table.add_column(objective, justify="right")
-    shown = [k for k in ("rmse_a", "crps_a", "ssr_a") if k != cfg.sweep.objective]
+    shown = [k for k in ("rmse_a", "crps_a", "ssr_a", "lead_time_loss_h") if k != cfg.sweep.objective]
     for key in shown:
         table.add_column(key, justify="right")
     for t in complete[:top]:
