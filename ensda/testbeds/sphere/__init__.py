@@ -4,7 +4,8 @@ dycore, written in the ERA5 / WeatherBench 2 layout on an equiangular lat–lon 
 Modules: ``grid`` (the lat–lon grid, area weights, great-circle distances), ``config``
 (the ``testbed: {kind: sphere}`` config section), ``spectral`` (truncation and evaluation
 on the grid), ``dycore`` (the models and their output variables), ``store`` (the zarr
-layout), ``nature`` (resumable generation). Only ``grid`` and ``config`` are imported here:
+layout), ``nature`` (resumable generation), ``testbed`` (states as ``(n_var, n_lat, n_lon)``
+arrays, their forecasts, truth and climatology from a store). Only ``grid`` and ``config`` are imported here:
 ``dinosaur`` takes seconds to import and is loaded where a model is built.
 """
 

@@ -64,6 +64,14 @@ class NatureConfig(_Strict):
     time_chunk: int = Field(4, ge=1)
 
 
+class SphereForecastConfig(_Strict):
+    """The forecast model of the experiments (backgrounds): the nature run's dycore at this
+    resolution and time step; unset values are the nature run's (a perfect model)."""
+
+    resolution: Literal[RESOLUTIONS] | None = None
+    dt_minutes: float | None = Field(None, gt=0)
+
+
 class SphereTestbedConfig(_Strict):
     kind: Literal["sphere"] = "sphere"
     model: Literal["held_suarez", "shallow_water"] = "held_suarez"
@@ -78,6 +86,9 @@ class SphereTestbedConfig(_Strict):
     #: nominal level (hPa) of the shallow-water layer in the store
     shallow_water_level: int = Field(500, gt=0, lt=1100)
     nature: NatureConfig = NatureConfig()
+    #: hours between analyses (a multiple of nature.output_hours)
+    cycle_hours: int = Field(6, ge=1)
+    forecast: SphereForecastConfig = SphereForecastConfig()
 
     @pydantic.model_validator(mode="after")
     def _check(self):
@@ -92,6 +103,11 @@ class SphereTestbedConfig(_Strict):
         if abs(steps - round(steps)) > 1e-9:
             raise ValueError(f"nature.output_hours ({self.nature.output_hours} h) must be a whole number "
                              f"of model steps (dt_minutes = {self.dt_minutes})")
+        if self.cycle_hours % self.nature.output_hours:
+            raise ValueError(f"cycle_hours ({self.cycle_hours}) must be a multiple of nature.output_hours ({self.nature.output_hours})")
+        for name, dt_min in (("dt_minutes", self.dt_minutes), ("forecast.dt_minutes", self.forecast.dt_minutes)):
+            if dt_min is not None and abs(self.cycle_hours * 60 / dt_min - round(self.cycle_hours * 60 / dt_min)) > 1e-9:
+                raise ValueError(f"cycle_hours ({self.cycle_hours} h) must be a whole number of {name} ({dt_min}) steps")
         return self
 
 

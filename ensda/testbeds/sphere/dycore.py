@@ -187,6 +187,35 @@ class HeldSuarez(_Dycore):
             "surface_pressure": ps,
         }
 
+    def from_fields(self, f: dict[str, jax.Array], out: Output):
+        """A dycore state from ERA5 variables on ``out`` (the inverse of ``fields``).
+
+        T, u, v on the σ levels of each column are the least-squares solution of the
+        σ → pressure interpolation of ``fields`` (``invert_columns``: exact when the pressure
+        levels resolve the σ levels, e.g. the 13 WeatherBench 2 levels and 8 σ levels), then
+        fitted with the degree-T series of the grid (``spectral.analyse``, ``analyse_winds``);
+        ln p_s likewise.
+        Geopotential is diagnostic (hydrostatic) and not used. Coefficients above the grid's
+        truncation are zero.
+        """
+        from dinosaur import primitive_equations
+
+        t, g = self.output_truncation(out.grid), out.grid
+        x = jnp.log(jnp.asarray(out.levels, jnp.float32)[:, None, None] * 100.0 / f["surface_pressure"])
+        log_sigma = np.log(self.coords.vertical.centers)
+        temp = invert_columns(x, log_sigma, f["temperature"]) / self._si("kelvin")
+        wind = self._si("m/s")
+        u = invert_columns(x, log_sigma, f["u_component_of_wind"]) / wind
+        v = invert_columns(x, log_sigma, f["v_component_of_wind"]) / wind
+        vort, div = spectral.analyse_winds(u, v, g, t)
+        lnps = jnp.log(f["surface_pressure"] / self._si("pascal"))[None]
+        pad = partial(spectral.truncate, truncation=self.truncation)
+        return primitive_equations.State(
+            vorticity=pad(vort), divergence=pad(div),
+            temperature_variation=pad(spectral.analyse(temp - self.reference_temperature[:, None, None], g, t)),
+            log_surface_pressure=pad(spectral.analyse(lnps, g, t)),
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class ShallowWater(_Dycore):
@@ -233,6 +262,17 @@ class ShallowWater(_Dycore):
         wind = self._si("m/s")
         return {"geopotential": phi * self._si("m**2/s**2"), "u_component_of_wind": u * wind, "v_component_of_wind": v * wind}
 
+    def from_fields(self, f: dict[str, jax.Array], out: Output):
+        """A dycore state from geopotential and winds on ``out`` (the inverse of ``fields``)."""
+        from dinosaur import shallow_water
+
+        t, g = self.output_truncation(out.grid), out.grid
+        wind = self._si("m/s")
+        vort, div = spectral.analyse_winds(f["u_component_of_wind"] / wind, f["v_component_of_wind"] / wind, g, t)
+        phi = f["geopotential"] / self._si("m**2/s**2") - self._setup[1][:, None, None]
+        pad = partial(spectral.truncate, truncation=self.truncation)
+        return shallow_water.State(vorticity=pad(vort), divergence=pad(div), potential=pad(spectral.analyse(phi, g, t)))
+
 
 def interp_columns(x: jax.Array, knots: np.ndarray, f: jax.Array) -> jax.Array:
     """Piecewise-linear interpolation along the first axis, column by column.
@@ -248,6 +288,27 @@ def interp_columns(x: jax.Array, knots: np.ndarray, f: jax.Array) -> jax.Array:
     f_lo = jnp.take_along_axis(f, lo, axis=0)
     f_hi = jnp.take_along_axis(f, hi, axis=0)
     return f_lo + w * (f_hi - f_lo)
+
+
+def interp_weights(x: jax.Array, knots: np.ndarray) -> jax.Array:
+    """The matrix ``W (P, K, lat, lon)`` of ``interp_columns``: interp_columns(x, knots, f) = Σ_k W[:, k] f[k]."""
+    knots = jnp.asarray(knots, x.dtype)
+    k = knots.shape[0]
+    hi = jnp.clip(jnp.searchsorted(knots, x), 1, k - 1)
+    lo = hi - 1
+    w = jnp.clip((x - knots[lo]) / (knots[hi] - knots[lo]), 0.0, 1.0)
+    return (1 - w)[:, None] * jax.nn.one_hot(lo, k, axis=1) + w[:, None] * jax.nn.one_hot(hi, k, axis=1)
+
+
+def invert_columns(x: jax.Array, knots: np.ndarray, y: jax.Array, ridge: float = 1e-5) -> jax.Array:
+    """Knot values ``f (K, lat, lon)`` whose interpolation (``interp_columns``) at ``x`` best
+    matches ``y (P, lat, lon)``: per column, f = (WᵀW + ridge·I)⁻¹ Wᵀ y. Exact for y in the
+    range of W when W has full column rank (every knot seen by some target); the small ridge
+    keeps a column solvable when a knot is not."""
+    w = jnp.moveaxis(interp_weights(x, knots), (0, 1), (-2, -1))  # (lat, lon, P, K)
+    wtw = jnp.einsum("...pk,...pq->...kq", w, w) + ridge * jnp.eye(w.shape[-1], dtype=w.dtype)
+    wty = jnp.einsum("...pk,...p->...k", w, jnp.moveaxis(y, 0, -1))
+    return jnp.moveaxis(jnp.linalg.solve(wtw, wty[..., None])[..., 0], -1, 0)
 
 
 def geopotential_to_pressure(x: jax.Array, log_sigma: np.ndarray, phi: jax.Array, temp: jax.Array, r_dry: float) -> jax.Array:

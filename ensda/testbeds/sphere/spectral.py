@@ -21,6 +21,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ensda.testbeds.sphere.grid import LatLonGrid
 
@@ -78,3 +79,108 @@ def evaluate_winds(vorticity: jax.Array, divergence: jax.Array, grid: LatLonGrid
         truncate(vorticity, truncation), truncate(divergence, truncation), h, clip=False
     )
     return to_latlon(h.to_nodal(u_cos) / h.cos_lat), to_latlon(h.to_nodal(v_cos) / h.cos_lat)
+
+
+# ---------------------------------------------------------------------------------------
+# Analysis: grid values -> coefficients, the inverse of the evaluation above for fields of
+# degree <= T. The grid has no quadrature that is exact for degree 2T on equiangular
+# latitudes, so the coefficients are a least-squares fit (area-weighted by cos φ) of the
+# degree-T series to the grid values: exact for a degree-T field, the area-weighted L²
+# projection otherwise. Longitude is exact (real DFT, n_lon > 2T); latitude is a small
+# least-squares problem per zonal wavenumber m, solved once (pseudo-inverses, float64).
+# ---------------------------------------------------------------------------------------
+
+
+def _lat_weights(grid: LatLonGrid) -> np.ndarray:
+    return np.sqrt(np.cos(np.deg2rad(grid.latitudes)))
+
+
+def _fourier_rows(h, field: jax.Array) -> jax.Array:
+    """Real-Fourier coefficients ``(..., rows, lat)`` of grid values ``(..., lat, lon)``."""
+    f = jnp.asarray(h.spherical_harmonics.basis.f, jnp.float32)  # (lon, rows), orthonormal for weights 2π / n_lon
+    return jnp.einsum("...jl,lr->...rj", field, f) * (2 * np.pi / f.shape[0])
+
+
+@functools.lru_cache(maxsize=16)
+def _scalar_inverse(grid: LatLonGrid, truncation: int) -> np.ndarray:
+    """Per row m: the weighted pseudo-inverse ``(rows, T + 2, lat)`` of the Legendre basis."""
+    h = harmonics(grid, truncation)
+    p = np.asarray(h.spherical_harmonics.basis.p, np.float64)  # (rows, lat, T + 2)
+    m = np.abs(h.spherical_harmonics.modal_axes[0])
+    l = np.arange(truncation + 2)
+    sw = _lat_weights(grid)
+    out = np.zeros((p.shape[0], truncation + 2, grid.n_lat))
+    for r in range(p.shape[0]):
+        cols = (l >= m[r]) & (l <= truncation)
+        out[r][cols] = np.linalg.pinv(sw[:, None] * p[r][:, cols]) * sw[None, :]
+    return out
+
+
+def analyse(values: jax.Array, grid: LatLonGrid, truncation: int) -> jax.Array:
+    """Coefficients ``(..., 2T + 1, T + 2)`` of grid values ``(..., n_lat, n_lon)``: the degree-T
+    least-squares fit (exact inverse of ``evaluate`` for fields of degree ≤ T)."""
+    h = harmonics(grid, truncation)
+    g = _fourier_rows(h, values)
+    return jnp.einsum("rlj,...rj->...rl", jnp.asarray(_scalar_inverse(grid, truncation), jnp.float32), g)
+
+
+@functools.lru_cache(maxsize=16)
+def _wind_inverse(grid: LatLonGrid, truncation: int):
+    """Per zonal wavenumber m: the weighted pseudo-inverse of (ζ, δ) -> Fourier rows of (u, v).
+
+    Unknowns per m: ζ and δ on the rows of m (cos, sin; one row for m = 0) for l = 0..T+1
+    (structural zeros included, they get zero weight); observations: the rows of m of u
+    and v at every latitude. Columns of the map are built by evaluating unit coefficients.
+    Returns (inverse ``(T + 1, 4 (T + 2), 4 n_lat)``, rows ``(T + 1, 2)``, row valid ``(T + 1, 2)``).
+    """
+    t, nl, n_lat = truncation, truncation + 2, grid.n_lat
+    h = harmonics(grid, t)
+    rows = np.array([[0, 0]] + [[2 * m - 1, 2 * m] for m in range(1, t + 1)])
+    valid = np.ones_like(rows, bool)
+    valid[0, 1] = False
+    shape = h.modal_shape  # (2T + 1, T + 2)
+
+    @jax.jit
+    def observed(units, m_rows):  # unit coefficients (4 nl, 2, rows, T + 2) -> (4 nl, 4 lat)
+        u, v = evaluate_winds(units[:, 0], units[:, 1], grid, t)
+        gu, gv = _fourier_rows(h, u), _fourier_rows(h, v)  # (4 nl, rows, lat)
+        return jnp.concatenate([gu[:, m_rows[0]], gu[:, m_rows[1]], gv[:, m_rows[0]], gv[:, m_rows[1]]], axis=-1)
+
+    def columns(m_rows):
+        units = np.zeros((4 * nl, 2) + shape, np.float32)
+        for k, (field, i) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+            units[k * nl + np.arange(nl), field, m_rows[i], np.arange(nl)] = 1.0
+        return np.asarray(observed(units, m_rows), np.float64).T  # (4 lat, 4 nl)
+
+    sw = np.tile(_lat_weights(grid), 4)
+    inverse = np.zeros((t + 1, 4 * nl, 4 * n_lat))
+    l = np.arange(nl)
+    for m in range(t + 1):
+        with jax.ensure_compile_time_eval():  # concrete even when first needed inside a trace
+            a = columns(rows[m])
+        known = np.zeros(4 * nl, bool)
+        for k, i in enumerate([0, 1, 0, 1]):  # ζ on row 0 and 1 of m, then δ
+            known[k * nl:(k + 1) * nl] = valid[m, i] & (l >= max(m, 1)) & (l <= t)
+        seen = np.repeat(np.array([True, valid[m, 1], True, valid[m, 1]]), n_lat)
+        w = sw * seen
+        inverse[m][np.ix_(known, seen)] = np.linalg.pinv(w[:, None] * a[:, known])[:, seen] * w[None, seen]
+    return inverse, rows, valid
+
+
+def analyse_winds(u: jax.Array, v: jax.Array, grid: LatLonGrid, truncation: int) -> tuple[jax.Array, jax.Array]:
+    """Vorticity and divergence coefficients ``(..., 2T + 1, T + 2)`` (nondimensional) from the
+    wind components ``(..., n_lat, n_lon)``: the degree-T least-squares fit, exact inverse of
+    ``evaluate_winds`` for a degree-T flow (the global means of ζ and δ are zero)."""
+    h = harmonics(grid, truncation)
+    inverse, rows, valid = _wind_inverse(grid, truncation)
+    nl = truncation + 2
+    gu, gv = _fourier_rows(h, u), _fourier_rows(h, v)  # (..., rows, lat)
+    obs = jnp.concatenate([gu[..., rows[:, 0], :], gu[..., rows[:, 1], :], gv[..., rows[:, 0], :], gv[..., rows[:, 1], :]], axis=-1)
+    c = jnp.einsum("mkn,...mn->...mk", jnp.asarray(inverse, jnp.float32), obs)  # (..., T + 1, 4 nl)
+    c = c.reshape(c.shape[:-1] + (2, 2, nl))  # (..., m, field, row of m, l)
+    out = jnp.zeros(c.shape[:-4] + (2,) + h.modal_shape, c.dtype)
+    for i in range(2):
+        ms = np.flatnonzero(valid[:, i])
+        part = jnp.take(c[..., i, :], ms, axis=-3)  # (..., len(ms), field, l)
+        out = out.at[..., :, rows[ms, i], :].set(jnp.moveaxis(part, -3, -2))
+    return out[..., 0, :, :], out[..., 1, :, :]

@@ -1,0 +1,220 @@
+r"""The sphere testbed: states on the lat–lon grid, their forecasts, truth and climatology.
+
+**State.** An array ``(..., n_var, n_lat, n_lon)`` (float32, SI units) on the analysis grid
+whose channels are the variables × levels of the nature run, in this order (``Channels``):
+each pressure-level variable present, in the order geopotential, temperature,
+u_component_of_wind, v_component_of_wind, at each level from the top (increasing hPa);
+then each surface variable (surface_pressure). With the 13 WeatherBench 2 levels:
+channels 0–12 geopotential at 50…1000 hPa, 13–25 temperature, 26–38 u, 39–51 v,
+52 surface pressure. Channel names are ``"<variable>_<level>"`` (``"temperature_850"``)
+and the bare name for surface variables. An ensemble adds a leading ``N`` axis.
+
+**Forecast.** ``cycle_forecast`` maps a state (any leading axes) to the state one cycle
+later with a dycore: ``from_fields`` (pressure → σ levels, least-squares spectral fit on the
+grid), the dycore's steps, ``fields`` (truncation and evaluation on the grid, σ → pressure
+levels). With the nature run's dycore and resolution this is the *perfect* model (its only
+errors are the scales the grid cannot hold and the σ ↔ p interpolation); a lower
+resolution (``resolution: T21`` under a T42 truth) is an imperfect model.
+
+**Grid.** ``LatLonGrid``: cos-latitude area weights normalised to mean 1, great-circle
+distances in km between columns (flat index ``lat · n_lon + lon``) for localisation.
+
+**Truth and climatology** come from a nature-run store (``ensda data nature``):
+``truth`` reads a window of states one cycle apart, ``climatology_samples`` draws states
+at random times, optionally outside a window (so that they are independent of the truth).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ensda.testbeds.sphere.dycore import (
+    PRESSURE_LEVEL_VARIABLES,
+    SURFACE_VARIABLES,
+    Output,
+    _Dycore,
+)
+from ensda.testbeds.sphere.grid import LatLonGrid
+
+
+@dataclasses.dataclass(frozen=True)
+class Channels:
+    """The variables × levels of a state, in channel order (module docstring)."""
+
+    variables: tuple[str, ...] = PRESSURE_LEVEL_VARIABLES
+    levels: tuple[int, ...] = (500,)
+    surface: tuple[str, ...] = SURFACE_VARIABLES
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(f"{v}_{lv}" for v in self.variables for lv in self.levels) + self.surface
+
+    @property
+    def n(self) -> int:
+        return len(self.variables) * len(self.levels) + len(self.surface)
+
+    def index(self, variable: str, level: int | None = None) -> int:
+        """Channel of ``variable`` at ``level`` (hPa; None for a surface variable)."""
+        if level is None:
+            if variable not in self.surface:
+                raise KeyError(f"{variable!r} is not a surface variable of this state ({self.surface})")
+            return len(self.variables) * len(self.levels) + self.surface.index(variable)
+        if variable not in self.variables or level not in self.levels:
+            raise KeyError(f"no channel {variable}_{level} (variables {self.variables}, levels {self.levels})")
+        return self.variables.index(variable) * len(self.levels) + self.levels.index(level)
+
+    def stack(self, fields: dict) -> jax.Array:
+        """``{name: (..., level, lat, lon) or (..., lat, lon)}`` → state ``(..., n, lat, lon)``."""
+        parts = [fields[v] for v in self.variables] + [fields[s][..., None, :, :] for s in self.surface]
+        return jnp.concatenate(parts, axis=-3)
+
+    def unstack(self, x: jax.Array) -> dict:
+        """State ``(..., n, lat, lon)`` → ``{name: (..., level, lat, lon) or (..., lat, lon)}``."""
+        nl = len(self.levels)
+        out = {v: x[..., i * nl:(i + 1) * nl, :, :] for i, v in enumerate(self.variables)}
+        base = len(self.variables) * nl
+        out.update({s: x[..., base + i, :, :] for i, s in enumerate(self.surface)})
+        return out
+
+    @classmethod
+    def of_dataset(cls, ds) -> Channels:
+        """The channels of a store opened with ``store.open_store``: its variables and levels."""
+        variables = tuple(v for v in PRESSURE_LEVEL_VARIABLES if v in ds.data_vars)
+        surface = tuple(v for v in SURFACE_VARIABLES if v in ds.data_vars)
+        levels = tuple(int(v) for v in ds["level"].values) if variables else ()
+        return cls(variables, levels, surface)
+
+    def states(self, ds) -> np.ndarray:
+        """The states ``(time, n, lat, lon)`` float32 of a dataset with these variables."""
+        parts = [np.asarray(ds[v].values, np.float32) for v in self.variables]
+        parts += [np.asarray(ds[s].values, np.float32)[:, None] for s in self.surface]
+        return np.concatenate(parts, axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SphereTestbed:
+    """Forecasts of lat–lon states with a dycore, the grid and the nature-run store."""
+
+    model: _Dycore
+    grid: LatLonGrid
+    channels: Channels
+    hours_per_cycle: int = 6
+    #: the nature-run store for ``truth`` and ``climatology_samples`` (None: forecasts only)
+    store: str | None = None
+
+    def __post_init__(self):
+        self.model.steps_per(self.hours_per_cycle)  # a whole number of model steps, or raise
+
+    @property
+    def steps_per_cycle(self) -> int:
+        return self.model.steps_per(self.hours_per_cycle)
+
+    @property
+    def output(self) -> Output:
+        return Output(self.grid, self.channels.levels)
+
+    @property
+    def n_state(self) -> int:
+        return self.channels.n * self.grid.n
+
+    def forecast(self, x: jax.Array, n_cycles: int) -> jax.Array:
+        """The states ``n_cycles`` cycles after ``x`` ``(..., n, lat, lon)`` (leading axes batched)."""
+        return _forecast(self, x, n_cycles)
+
+    def cycle_forecast(self, x: jax.Array) -> jax.Array:
+        """Forecast over one assimilation cycle."""
+        return self.forecast(x, 1)
+
+    # --- truth and climatology from the nature-run store ---------------------------------
+
+    @functools.cached_property
+    def _dataset(self):
+        from ensda.testbeds.sphere.store import open_store
+
+        if self.store is None:
+            raise ValueError("this sphere testbed has no nature-run store (store=None)")
+        ds = open_store(self.store)
+        have = Channels.of_dataset(ds)
+        missing = [n for n in self.channels.names if n not in have.names]
+        if missing:
+            raise ValueError(f"{self.store}: the store lacks channels {missing[:5]}{' ...' if len(missing) > 5 else ''}")
+        if (ds.sizes["latitude"], ds.sizes["longitude"]) != self.grid.shape:
+            raise ValueError(f"{self.store}: grid {ds.sizes['longitude']}x{ds.sizes['latitude']} is not {self.grid.name}")
+        return ds
+
+    @property
+    def _stride(self) -> int:
+        t = self._dataset["time"].values
+        out_h = (t[1] - t[0]) / np.timedelta64(1, "h") if t.size > 1 else self.hours_per_cycle
+        stride = self.hours_per_cycle / out_h
+        if abs(stride - round(stride)) > 1e-9:
+            raise ValueError(f"cycle of {self.hours_per_cycle} h is not a multiple of the store's {out_h} h output")
+        return round(stride)
+
+    def _read(self, index) -> np.ndarray:
+        ds = self._dataset.isel(time=index)
+        if self.channels.levels:
+            ds = ds.sel(level=list(self.channels.levels))
+        return self.channels.states(ds)
+
+    def truth(self, start: int, n_cycles: int) -> jax.Array:
+        """States at cycles 0..n_cycles, one cycle apart from store time index ``start``:
+        shape ``(n_cycles + 1, n, lat, lon)``."""
+        index = start + self._stride * np.arange(n_cycles + 1)
+        if index[-1] >= self._dataset.sizes["time"]:
+            raise ValueError(f"{self.store} holds {self._dataset.sizes['time']} times; "
+                             f"{n_cycles} cycles from index {start} need {index[-1] + 1}")
+        return jnp.asarray(self._read(index))
+
+    def climatology_samples(self, key: jax.Array, n_samples: int, exclude: tuple[int, int] | None = None) -> jax.Array:
+        """``n_samples`` states at distinct random store times, outside ``exclude = (first, last)``
+        time indices (inclusive) when given; sorted in time, shape ``(n_samples, n, lat, lon)``."""
+        times = np.arange(self._dataset.sizes["time"])
+        if exclude is not None:
+            times = times[(times < exclude[0]) | (times > exclude[1])]
+        if n_samples > times.size:
+            raise ValueError(f"{n_samples} climatology samples asked, {times.size} store times available")
+        pick = np.sort(np.asarray(jax.random.choice(key, times.size, (n_samples,), replace=False)))
+        return jnp.asarray(self._read(times[pick]))
+
+    def climatology(self, key: jax.Array, n_samples: int, exclude: tuple[int, int] | None = None):
+        """Climatological mean and standard deviation per channel and grid point."""
+        xs = self.climatology_samples(key, n_samples, exclude)
+        return xs.mean(0), xs.std(0)
+
+
+@partial(jax.jit, static_argnums=(0, 2))
+def _forecast(testbed: SphereTestbed, x: jax.Array, n_cycles: int) -> jax.Array:
+    model, out, ch = testbed.model, testbed.output, testbed.channels
+
+    def one(xi):
+        state = model.from_fields(ch.unstack(xi), out)
+        state = jax.lax.fori_loop(0, n_cycles * testbed.steps_per_cycle, lambda _, s: model.step(s), state)
+        return ch.stack(model.fields(state, out))
+
+    lead = x.shape[:-3]
+    flat = x.reshape((-1,) + x.shape[-3:])
+    return jax.vmap(one)(flat).reshape(lead + x.shape[-3:])
+
+
+
+def from_config(cfg, store: str | None = None, perfect: bool = True) -> SphereTestbed:
+    """The testbed of a ``SphereTestbedConfig``: the nature run's dycore (``perfect``) or the
+    forecast model of ``cfg.forecast`` (resolution and time step; unset values as the nature
+    run's), the analysis grid, the channels of the nature run's variables and levels."""
+    from ensda.testbeds.sphere.nature import build
+
+    model, out = build(cfg)
+    if not perfect:
+        f = cfg.forecast
+        model = dataclasses.replace(model, resolution=f.resolution or cfg.resolution, dt_minutes=f.dt_minutes or cfg.dt_minutes)
+    variables = PRESSURE_LEVEL_VARIABLES if cfg.model == "held_suarez" else PRESSURE_LEVEL_VARIABLES[:1] + PRESSURE_LEVEL_VARIABLES[2:]
+    surface = SURFACE_VARIABLES if cfg.model == "held_suarez" else ()
+    return SphereTestbed(model, out.grid, Channels(variables, out.levels, surface), cfg.cycle_hours,
+                         store if store is not None else cfg.nature.store)
