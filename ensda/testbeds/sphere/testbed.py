@@ -69,6 +69,11 @@ class Channels:
             raise KeyError(f"no channel {variable}_{level} (variables {self.variables}, levels {self.levels})")
         return self.variables.index(variable) * len(self.levels) + self.levels.index(level)
 
+    def variable(self, channel: int) -> str:
+        """The variable of ``channel``."""
+        n3d = len(self.variables) * len(self.levels)
+        return self.variables[channel // len(self.levels)] if channel < n3d else self.surface[channel - n3d]
+
     def stack(self, fields: dict) -> jax.Array:
         """``{name: (..., level, lat, lon) or (..., lat, lon)}`` → state ``(..., n, lat, lon)``."""
         parts = [fields[v] for v in self.variables] + [fields[s][..., None, :, :] for s in self.surface]
