@@ -1,0 +1,36 @@
+"""Graphs as arrays, separate from the networks that run on them.
+
+A :class:`Graph` is plain data (a pytree of arrays): it can be built once, stored, and
+passed into jitted functions as an argument. Builders live beside it (``ring.py`` for
+Lorenz-96; the icosahedral multi-mesh and grid<->mesh graphs later).
+"""
+
+from __future__ import annotations
+
+import jax
+
+from ensda.pytree import pytree_dataclass
+
+
+@pytree_dataclass
+class Graph:
+    """A directed graph as arrays; edge e goes ``senders[e] -> receivers[e]``.
+
+    ``edge_features`` are fixed geometric features of each edge (E, Fe);
+    ``node_features`` fixed per-node features (V, Fn), Fn may be 0.
+    """
+
+    senders: jax.Array  # (E,) int32
+    receivers: jax.Array  # (E,) int32
+    edge_features: jax.Array  # (E, Fe) float32
+    node_features: jax.Array  # (V, Fn) float32
+
+    @property
+    def n_nodes(self) -> int:
+        """Number of nodes V."""
+        return self.node_features.shape[0]
+
+    @property
+    def n_edges(self) -> int:
+        """Number of edges E."""
+        return self.senders.shape[0]
