@@ -112,3 +112,42 @@ def great_circle_km(lat1, lon1, lat2, lon2):
     c1, s1, c2, s2 = xp.cos(lat1), xp.sin(lat1), xp.cos(lat2), xp.sin(lat2)
     num = xp.sqrt((c2 * xp.sin(dlon)) ** 2 + (c1 * s2 - s1 * c2 * xp.cos(dlon)) ** 2)
     return EARTH_RADIUS_KM * xp.arctan2(num, s1 * s2 + c1 * c2 * xp.cos(dlon))
+
+
+def _cell_bounds(centres: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Cell edges of increasing cell centres: midpoints, with ``low`` and ``high`` at the ends."""
+    mid = (centres[1:] + centres[:-1]) / 2
+    return np.concatenate([[low], mid, [high]])
+
+
+def conservative_weights(src_lat: np.ndarray, src_lon: np.ndarray, grid: LatLonGrid) -> tuple[np.ndarray, np.ndarray]:
+    """First-order conservative regridding from a rectilinear lat–lon grid to ``grid``.
+
+    Source cells are bounded by the midpoints between centres (±90° at the ends; periodic in
+    longitude), target cells are ``grid``'s equiangular cells. A target value is the
+    area-weighted mean of the source cells it overlaps: with overlap areas
+    A_ts = Δ(sin φ) · Δλ, target = W_lat · source · W_lonᵀ with each weight row summing to 1,
+    so the area integral is kept. Inputs in degrees, latitudes increasing; returns
+    ``(W_lat (n_lat, n_src_lat), W_lon (n_lon, n_src_lon))``.
+    """
+    src_lat = np.asarray(src_lat, np.float64)
+    src_lon = np.asarray(src_lon, np.float64) % 360.0
+    if np.any(np.diff(src_lat) <= 0):
+        raise ValueError("conservative_weights: source latitudes must increase")
+    order = np.argsort(src_lon)
+    if np.any(order != np.arange(order.size)):
+        raise ValueError("conservative_weights: source longitudes must increase within [0, 360)")
+    s_lat = np.sin(np.deg2rad(_cell_bounds(src_lat, -90.0, 90.0)))
+    d = 180.0 / grid.n_lat
+    t_lat = np.sin(np.deg2rad(-90.0 + d * np.arange(grid.n_lat + 1)))
+    w_lat = np.clip(np.minimum(t_lat[1:, None], s_lat[None, 1:]) - np.maximum(t_lat[:-1, None], s_lat[None, :-1]), 0, None)
+    ext = np.concatenate([src_lon[-1:] - 360.0, src_lon, src_lon[:1] + 360.0])
+    s_lon = (ext[1:] + ext[:-1]) / 2  # edges: n_src + 1 values, first below the first centre
+    dl = 360.0 / grid.n_lon
+    t_lo = grid.longitudes - dl / 2
+    w_lon = np.zeros((grid.n_lon, src_lon.size))
+    for shift in (-360.0, 0.0, 360.0):
+        lo = np.maximum(t_lo[:, None], s_lon[None, :-1] + shift)
+        hi = np.minimum(t_lo[:, None] + dl, s_lon[None, 1:] + shift)
+        w_lon += np.clip(hi - lo, 0, None)
+    return w_lat / w_lat.sum(1, keepdims=True), w_lon / w_lon.sum(1, keepdims=True)

@@ -148,17 +148,38 @@ def read_restart(path: str | Path) -> Restart | None:
     return Restart(arrays, attrs["spinup_steps"], attrs["n_written"], attrs.get("config", {}))
 
 
+#: other spellings of the WeatherBench 2 dims (CDS netCDF, CF short names)
+DIM_ALIASES = {"lat": "latitude", "lon": "longitude", "pressure_level": "level", "isobaricInhPa": "level",
+               "plev": "level", "valid_time": "time"}
+
+
+def normalise(ds):
+    """A dataset in this module's layout from any ERA5 / WeatherBench 2-like one.
+
+    Renames dim aliases (``lat``, ``pressure_level``, ...), orders latitude south to north
+    and longitude from 0 to 360 (WeatherBench 2's 0.25° ERA5 runs north to south; some
+    tools use −180..180), transposes to ``time, level, latitude, longitude`` (WeatherBench
+    2's regridded stores are ``time, level, longitude, latitude``) and puts the ERA5
+    variables first in a fixed order (zarr lists members in no fixed order). Extra
+    variables are kept after them.
+    """
+    ds = ds.rename({k: v for k, v in DIM_ALIASES.items() if k in ds.dims or k in ds.coords})
+    if "latitude" in ds.coords and ds.sizes.get("latitude", 0) > 1 and ds["latitude"].values[0] > ds["latitude"].values[-1]:
+        ds = ds.isel(latitude=slice(None, None, -1))
+    if "longitude" in ds.coords and (ds["longitude"].values < 0).any():
+        ds = ds.assign_coords(longitude=ds["longitude"] % 360.0).sortby("longitude")
+    names = [n for n in VARIABLE_ATTRS if n in ds.data_vars] + sorted(n for n in ds.data_vars if n not in VARIABLE_ATTRS)
+    order = [d for d in ("time", "level", "latitude", "longitude") if d in ds.dims]
+    return ds[names].transpose(*order, ...)
+
+
 def open_store(path: str | Path):
-    """Open a store as an ``xarray.Dataset`` (lazy): dims ordered ``time, level, latitude, longitude``,
-    ERA5 variables first in a fixed order (zarr lists members in no fixed order)."""
+    """Open a zarr store as an ``xarray.Dataset`` (lazy) in this module's layout (``normalise``)."""
     import xarray as xr
 
     if not Path(path).exists():
         raise FileNotFoundError(f"no store at {path}")
-    ds = xr.open_zarr(str(path), consolidated=False)
-    names = [n for n in VARIABLE_ATTRS if n in ds.data_vars] + sorted(n for n in ds.data_vars if n not in VARIABLE_ATTRS)
-    order = [d for d in ("time", "level", "latitude", "longitude") if d in ds.dims]
-    return ds[names].transpose(*order, ...)
+    return normalise(xr.open_zarr(str(path), consolidated=False))
 
 
 def describe(path: str | Path) -> dict:

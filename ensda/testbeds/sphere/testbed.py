@@ -19,9 +19,12 @@ resolution (``resolution: T21`` under a T42 truth) is an imperfect model.
 **Grid.** ``LatLonGrid``: cos-latitude area weights normalised to mean 1, great-circle
 distances in km between columns (flat index ``lat · n_lon + lon``) for localisation.
 
-**Truth and climatology** come from a nature-run store (``ensda data nature``):
-``truth`` reads a window of states one cycle apart, ``climatology_samples`` draws states
-at random times, optionally outside a window (so that they are independent of the truth).
+**Truth and climatology** come from a nature-run store (``ensda data nature``) or any store
+in the ERA5 / WeatherBench 2 layout (``store.normalise``: either latitude order, either
+dim order, extra variables ignored; a finer grid is regridded conservatively to the analysis
+grid): ``truth`` reads a window of states one cycle apart, ``climatology_samples`` draws
+states at random times, optionally outside a window (independent of the truth). A store
+that lacks a channel, is coarser than the grid or holds NaNs is refused with the reason.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from ensda.testbeds.sphere.dycore import (
     Output,
     _Dycore,
 )
-from ensda.testbeds.sphere.grid import LatLonGrid
+from ensda.testbeds.sphere.grid import LatLonGrid, conservative_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,9 +152,19 @@ class SphereTestbed:
         missing = [n for n in self.channels.names if n not in have.names]
         if missing:
             raise ValueError(f"{self.store}: the store lacks channels {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        if (ds.sizes["latitude"], ds.sizes["longitude"]) != self.grid.shape:
-            raise ValueError(f"{self.store}: grid {ds.sizes['longitude']}x{ds.sizes['latitude']} is not {self.grid.name}")
         return ds
+
+    @functools.cached_property
+    def _regrid(self):
+        """None when the store is on the analysis grid, else conservative weights (``conservative_weights``)."""
+        lat, lon = self._dataset["latitude"].values, self._dataset["longitude"].values
+        same = lat.shape == self.grid.latitudes.shape and lon.shape == self.grid.longitudes.shape
+        if same and np.allclose(lat, self.grid.latitudes, atol=1e-3) and np.allclose(lon, self.grid.longitudes, atol=1e-3):
+            return None
+        if lat.size < self.grid.n_lat or lon.size < self.grid.n_lon:
+            raise ValueError(f"{self.store}: grid {lon.size}x{lat.size} is coarser than the analysis grid "
+                             f"{self.grid.name}: regridding only coarsens")
+        return conservative_weights(lat, lon, self.grid)
 
     @property
     def _stride(self) -> int:
@@ -166,7 +179,16 @@ class SphereTestbed:
         ds = self._dataset.isel(time=index)
         if self.channels.levels:
             ds = ds.sel(level=list(self.channels.levels))
-        return self.channels.states(ds)
+        states = self.channels.states(ds)
+        if self._regrid is not None:
+            w_lat, w_lon = self._regrid
+            states = np.einsum("ts,...sl,ul->...tu", w_lat, states, w_lon).astype(np.float32)
+        bad = ~np.isfinite(states)
+        if bad.any():
+            t, c = np.argwhere(bad)[0][:2]
+            raise ValueError(f"{self.store}: non-finite values (NaN/Inf) in {self.channels.names[c]} at time "
+                             f"{str(ds['time'].values[t])[:19]} ({int(bad.sum())} values in the {len(index)} times read)")
+        return states
 
     def truth(self, start: int, n_cycles: int) -> jax.Array:
         """States at cycles 0..n_cycles, one cycle apart from store time index ``start``:
