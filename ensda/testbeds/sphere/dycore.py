@@ -1,6 +1,6 @@
 r"""Spectral dynamical cores (the ``dinosaur`` package) and their output in ERA5 variables.
 
-Two models, one interface (``initial_state``, ``perturb``, ``fields``, ``steps_per``):
+Two models, one interface (``initial_state``, ``perturb``, ``fields``, ``from_fields``, ``steps_per``):
 
 - ``HeldSuarez``: dry hydrostatic primitive equations on σ levels (vorticity, divergence,
   T', ln p_s) with the Held & Suarez (1994) forcing — Newtonian relaxation of T towards
@@ -12,7 +12,10 @@ Two models, one interface (``initial_state``, ``perturb``, ``fields``, ``steps_p
   from rest to reach its statistically steady, baroclinically unstable (chaotic) state.
 - ``ShallowWater``: one-layer shallow water on the sphere with the barotropically
   unstable mid-latitude jet of Galewsky et al. (2004) (mean depth 10 km, jet maximum
-  80 m/s, a seeded 120 m height bump); cheap (~10× less than Held–Suarez), for tests.
+  80 m/s, a seeded 120 m height bump); cheap (~5× less than Held–Suarez), for tests of
+  the data pipeline. Its flow decays after the instability: twin errors grow ~200× in a
+  week and then stall, so it has no statistically steady chaotic climate; the chaos check
+  runs on Held–Suarez.
 
 Units: dinosaur works non-dimensionally (radius 1, time 1/(2Ω)); ``fields`` returns SI.
 
