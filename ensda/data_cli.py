@@ -53,8 +53,8 @@ def nature(
         summary = generate(cfg, path, progress=progress)
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
-    console.print(f"{summary['n_times']} times in {path} ({'complete' if summary['complete'] else 'incomplete'}); "
-                  f"{summary['s_per_model_day']} s per model day", highlight=False)
+    cost = f"; {summary['s_per_model_day']} s per model day" if summary["s_per_model_day"] is not None else "; nothing to do"
+    console.print(f"{summary['n_times']} times in {path} ({'complete' if summary['complete'] else 'incomplete'}){cost}", highlight=False)
     if as_json:
         print(json.dumps(summary))
 
