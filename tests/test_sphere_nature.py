@@ -115,7 +115,7 @@ def test_resume_refuses_another_config_and_extends_days(one_shot, tmp_path):
     shutil.copytree(one_shot[0], path)
     with pytest.raises(ValueError, match="dt_minutes"):
         generate(sw_config(path).model_copy(update={"dt_minutes": 20.0}), progress=False)
-    longer = generate(sw_config(path, days=2.5), progress=False)
+    longer = generate(sw_config(path, days=2.5).model_copy(update={"cycle_hours": 12}), progress=False)
     assert longer["n_times"] == 10 and zstore.n_times(path) == 10
     ds = zstore.open_store(path)
     assert str(ds["time"].values[-1])[:19] == "2000-01-03T06:00:00"

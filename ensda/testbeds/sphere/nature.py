@@ -9,7 +9,8 @@ outputs (and every ``SPINUP_BLOCK_DAYS`` during the spin-up). Run the same comma
 after an interruption and it continues from the last saved state; data written after it
 (a block cut short) is dropped first. Blocks always start at the same model steps, so a
 resumed run produces the same numbers as one uninterrupted run. A larger ``nature.days``
-extends a finished store; any other config change is refused (it would mix two runs).
+extends a finished store, and experiment settings (``cycle_hours``, ``forecast``) may change;
+any other config change is refused (it would mix two runs).
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from ensda.testbeds.sphere.dycore import Output, integrate, make_model
 from ensda.testbeds.sphere.grid import LatLonGrid
 
 SPINUP_BLOCK_DAYS = 10.0
-#: config keys that may differ when continuing a store (everything else must match)
-RESUMABLE_CHANGES = ("nature.days", "nature.store")
+#: config keys (or key prefixes) that may differ when continuing a store: the length and place
+#: of the run, and the experiment settings that do not shape the nature run
+RESUMABLE_CHANGES = ("nature.days", "nature.store", "cycle_hours", "forecast.")
 
 
 def build(cfg: SphereTestbedConfig):
@@ -68,7 +70,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def _check_same_run(saved: dict, current: dict, path: Path) -> None:
     a, b = _flat(saved), _flat(current)
-    differ = sorted(k for k in set(a) | set(b) if k not in RESUMABLE_CHANGES and a.get(k) != b.get(k))
+    differ = sorted(k for k in set(a) | set(b) if not k.startswith(RESUMABLE_CHANGES) and a.get(k) != b.get(k))
     if differ:
         detail = ", ".join(f"{k}: store {a.get(k)!r} vs config {b.get(k)!r}" for k in differ)
         raise ValueError(f"{path} was started with another testbed config ({detail}); "
