@@ -178,7 +178,12 @@ def test_two_worker_grid_runs_each_point_once_with_child_runs(env, backend):
         assert run.data.params["method"] == t.params["method"]
         assert float(run.data.params["obs.density"]) == t.params["obs.density"]
         assert run.data.metrics["crps_a"] == pytest.approx(t.value, rel=1e-12)
-        assert run.data.metrics["lead_time_loss_h"] == pytest.approx(t.user_attrs[sweep.SUMMARY]["lead_time_loss_h"], rel=1e-12)
+        summary = t.user_attrs[sweep.SUMMARY]
+        if summary["lead_time_off_curve"]:  # "> max lead": no number to log, the tag says so
+            assert "lead_time_loss_h" not in run.data.metrics and run.data.tags["ensda.lead_time_loss"].startswith("> ")
+        else:
+            assert run.data.metrics["lead_time_loss_h"] == pytest.approx(summary["lead_time_loss_h"], rel=1e-12)
+    assert any(not t.user_attrs[sweep.SUMMARY]["lead_time_off_curve"] for t in complete)
     assert parent.data.metrics["best_crps_a"] == pytest.approx(min(t.value for t in complete), rel=1e-12)
 
     # the same command again: nothing left, nothing run twice
