@@ -2,6 +2,7 @@
 
     ensda run CONFIG [--method NAME] [--set key=value ...] [--json] [--no-track]
     ensda compare CONFIG --methods letkf,etkf,enkf,3dvar [--set ...] [--json]
+    ensda train CONFIG [--set ...]
     ensda sweep CONFIG [--trials N] [--workers K] [--storage URL] [--study NAME] [--set ...]
     ensda tune CONFIG --method letkf [--trials 30] [--seeds 300,400] [--workers K] [--storage URL]
     ensda methods
@@ -28,7 +29,7 @@ from ensda.data_cli import app as data_app
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Ensemble data assimilation with diffusion models and classic baselines.")
 app.add_typer(data_app, name="data")
 
-SUMMARY_KEYS = ("rmse_a", "spread_a", "crps_a", "ssr_a", "rmse_f", "crps_f", "energy_a", "rank_flatness_a")
+SUMMARY_KEYS = ("rmse_a", "spread_a", "crps_a", "ssr_a", "rmse_f", "crps_f", "energy_a", "rank_flatness_a", "nfe")
 TABLE_KEYS = ("rmse_a", "spread_a", "ssr_a", "crps_a", "rmse_f")
 
 SetOpt = typer.Option([], "--set", help="Override a config value, e.g. --set obs.density=0.25 (repeatable).")
@@ -472,6 +473,51 @@ def _serve_together(cmds: list[list[str]], console: Console) -> int:
             if all(p.poll() is not None for p in procs):
                 break
     return code
+
+
+@app.command()
+def train(
+    config: Path = typer.Argument(..., help="Experiment YAML with a 'train' section, e.g. experiments/configs/l96.yaml"),
+    sets: list[str] = SetOpt,
+    track: bool = TrackOpt,
+):
+    """Train the diffusion denoiser of the config's 'train' section and save its checkpoint."""
+    from ensda import tracking
+    from ensda.config import flatten
+    from ensda.diffusion.train import train as train_model
+    from ensda.figures import close, training_figure
+
+    cfg = _load(config, sets, [] if track else ["tracking.enabled=false"])
+    if cfg.train is None:
+        _fail(f"{config} has no 'train' section: nothing to train")
+    console = _console(False)
+    params = {k: v for k, v in flatten(cfg).items() if k.startswith(("train.", "testbed.", "obs.r_std"))}
+    with _tracked(cfg, tracking, f"{cfg.name}:train", params) as mlrun, Progress(
+        TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(), console=console, transient=False,
+    ) as bar:
+        task = bar.add_task("train", total=cfg.train.steps, info="making data")
+
+        def progress(step, loss, val):
+            bar.update(task, completed=step, info=f"loss {loss:.4f}  val {val:.4f}")
+            if not console.is_terminal:  # logs: one line per logging interval
+                console.print(f"step {step}/{cfg.train.steps}: loss {loss:.4f}, validation {val:.4f}", highlight=False)
+
+        result = train_model(
+            cfg, progress=progress, report=lambda text: console.print(text, highlight=False),
+            log=lambda step, values: mlrun.log_metrics(values, step=step),
+        )
+        mlrun.log_metrics({"train_s": result.train_s, "data_s": result.data_s, "n_params": result.n_params,
+                           "final_val_loss": float(result.val_loss[-1])})
+        fig = training_figure(result.steps, result.loss, result.val_loss, f"{cfg.name}: EDM loss")
+        mlrun.log_figure(fig, "training_loss.png")
+        close(fig)
+        mlrun.log_dict({"checkpoint": str(result.checkpoint.resolve())}, "checkpoint.json")
+    console.print(
+        f"checkpoint {result.checkpoint} ({result.n_params} parameters, {result.n_train} examples): "
+        f"validation loss {result.val_loss[-1]:.4f}; data {result.data_s:.0f} s, training {result.train_s:.0f} s",
+        highlight=False,
+    )
 
 
 if __name__ == "__main__":

@@ -69,3 +69,16 @@ def lead_time_figure(curves, title: str = ""):
 def close(fig) -> None:
     plt.close(fig)
 
+
+def training_figure(steps, loss, val_loss, title: str = ""):
+    """Training and validation (EMA weights) EDM loss against step, log scale."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, loss, label="training loss")
+    ax.plot(steps, val_loss, label="validation loss (EMA weights)")
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("EDM loss")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    return fig

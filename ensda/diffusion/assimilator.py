@@ -124,8 +124,11 @@ class DiffusionDA:
         model = nnx.merge(self.graphdef, self.params)
         denoise = self.edm.denoiser(network_fn(model, self.graph, cond))
         if self.guidance_strength > 0:
+            # observations in units of the increment std s at their sites, so that the
+            # γ σ² term (a variance of z) and R are in the same units
+            s_obs = self.norm.increment_std[obs.idx]
             denoise = likelihood_guided(
-                denoise, lambda z: obs.h(to_state(self.norm, mean, z)), obs.y, obs.r_std**2,
+                denoise, lambda z: obs.h(to_state(self.norm, mean, z)) / s_obs, obs.y / s_obs, (obs.r_std / s_obs) ** 2,
                 self.guidance_strength, self.guidance_gamma, self.edm.sigma_data, self.guidance_cov,
             )
         return denoise

@@ -142,8 +142,8 @@ class Normalisation:
         return Normalisation(*(np.asarray(s, np.float32) for s in stats))
 
     def to_dict(self) -> dict:
-        return {f.name: getattr(self, f.name).tolist() for f in dataclasses.fields(self)}
+        return {f.name: np.asarray(getattr(self, f.name)).tolist() for f in dataclasses.fields(self)}
 
     @staticmethod
     def from_dict(data: dict) -> Normalisation:
-        return Normalisation(*(np.asarray(data[f.name], np.float32) for f in dataclasses.fields(Normalisation)))
+        return Normalisation(*(jnp.asarray(data[f.name], jnp.float32) for f in dataclasses.fields(Normalisation)))
