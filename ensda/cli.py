@@ -5,6 +5,7 @@
     ensda train CONFIG [--set ...]
     ensda sweep CONFIG [--trials N] [--workers K] [--storage URL] [--study NAME] [--set ...]
     ensda tune CONFIG --method letkf [--trials 30] [--seeds 300,400] [--workers K] [--storage URL]
+    ensda report RUN_ID | study:NAME [--out DIR] [--uri URI] [--storage URL] [--no-log]
     ensda methods
     ensda ui [--port 5000] [--optuna [--optuna-port 8080] [--storage URL]]
 """
@@ -396,6 +397,41 @@ def _best_table(study, cfg, sw, top: int = 10) -> Table:
         reason = t.user_attrs.get(sw.FAILURE, "worker lost (no heartbeat)")
         table.add_row(str(t.number), *[str(t.params.get(k)) for k in cfg.sweep.params], "[red]failed[/]", f"[red]{reason[:80]}[/]", *[""] * (len(shown) - 1))
     return table
+
+
+@app.command()
+def report(
+    target: str = typer.Argument(..., help="MLflow run id of a sweep or compare parent run (or of one run), or study:NAME (with --storage)."),
+    out: Path | None = typer.Option(None, "--out", help="Output directory (default outputs/report-<run id>/)."),
+    uri: str | None = typer.Option(None, "--uri", help="Tracking store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
+    storage: str = StorageOpt,
+    log: bool = typer.Option(True, "--log/--no-log", help="Log the PNGs, results.csv and report.html as artifacts of the parent run (report/)."),
+):
+    """Figures, results table and a self-contained report.html of a sweep, comparison or run."""
+    from analysis import report as rp
+    from ensda.tracking import Store, TrackingError
+
+    console = _console(False)
+    try:
+        store = Store(uri)
+        run_id = rp.study_parent(target.removeprefix("study:"), storage) if target.startswith("study:") else target
+        with console.status(f"reading run {run_id} and its child runs..."):
+            data = rp.collect(store, run_id)
+        written = rp.write(data, out or Path("outputs") / f"report-{run_id}")
+        if log:
+            rp.log(store, data, written)
+    except (rp.ReportError, TrackingError) as err:
+        _fail(str(err))
+    console.print(f"report of {data.kind} {data.parent.name!r} ({run_id}): {len(data.records)} runs, "
+                  f"{len(data.finished)} with results", highlight=False)
+    for path in written.pngs:
+        console.print(f"  {path}" + (f"  ({written.notes[path.name]})" if path.name in written.notes else ""), highlight=False)
+    for name, note in written.notes.items():
+        if name not in {p.name for p in written.pngs}:
+            console.print(f"  {name}: {note}", highlight=False)
+    console.print(f"  {written.csv}\n  {written.html}", highlight=False)
+    if log:
+        console.print(f"logged to MLflow run {run_id} under {rp.ARTIFACT_DIR}/ in {store.uri}", highlight=False)
 
 
 @app.command("methods")

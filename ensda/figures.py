@@ -32,16 +32,20 @@ def error_spread_figure(result: CycleResult, burn_in: int, title: str = ""):
 
 def rank_histogram_figure(result: CycleResult, burn_in: int, title: str = ""):
     """Rank histogram of the truth among the analysis members, after burn-in."""
-    counts = rank_histogram_counts(result, burn_in)
-    freq = counts / counts.sum()
     fig, ax = plt.subplots(figsize=(5, 3.5), constrained_layout=True)
-    ax.bar(np.arange(counts.size), freq, width=1.0, color="tab:blue", edgecolor="white")
-    ax.axhline(1.0 / counts.size, color="k", lw=0.8, ls="--", label="flat")
+    rank_histogram_axes(ax, rank_histogram_counts(result, burn_in), title)
     ax.set_xlabel("rank of truth among members")
     ax.set_ylabel("frequency")
-    ax.set_title(title)
     ax.legend(fontsize=7)
     return fig
+
+
+def rank_histogram_axes(ax, counts, title: str = "", colour: str = "tab:blue") -> None:
+    """Rank-histogram frequencies from ``counts`` (N + 1 ranks) with the flat line, on ``ax``."""
+    counts = np.asarray(counts, np.float64)
+    ax.bar(np.arange(counts.size), counts / counts.sum(), width=1.0, color=colour, edgecolor="white")
+    ax.axhline(1.0 / counts.size, color="k", lw=0.8, ls="--", label="flat")
+    ax.set_title(title)
 
 
 def lead_time_figure(curves, title: str = ""):
@@ -49,21 +53,29 @@ def lead_time_figure(curves, title: str = ""):
     (``metrics.LeadTimeCurves``), with the lead-time loss marked: r at lead L, and the lead
     ℓ* where the reference curve reaches r."""
     loss = curves.loss
-    lead, r = float(loss.lead_h), float(loss.rmse)
+    matched = None if bool(loss.off_curve) else float(loss.matched_lead_h)
     fig, ax = plt.subplots(figsize=(6, 3.8), constrained_layout=True)
     ax.plot(curves.leads_h, curves.reference_curve, color="k", lw=1.2, label="from the reference states")
-    ax.plot(curves.leads_h, curves.analysis_curve, color="tab:blue", lw=1.2, label="from the analyses")
-    ax.plot([lead], [r], "o", color="tab:blue")
-    ax.axhline(r, color="grey", lw=0.7, ls=":")
-    if not bool(loss.off_curve):
-        matched = float(loss.matched_lead_h)
-        ax.plot([matched], [r], "o", color="k")
-        ax.annotate("", xy=(matched, r), xytext=(lead, r), arrowprops={"arrowstyle": "<->", "color": "tab:red"})
+    lead_time_axes(ax, curves.leads_h, curves.analysis_curve, float(loss.lead_h), float(loss.rmse), matched,
+                   label="from the analyses")
     ax.set_xlabel("lead (h)")
     ax.set_ylabel("forecast RMSE")
-    ax.set_title(f"{title}  lead-time loss at {lead:g} h: {loss.text} ({curves.n_starts} starts)".strip())
+    ax.set_title(f"{title}  lead-time loss at {float(loss.lead_h):g} h: {loss.text} ({curves.n_starts} starts)".strip())
     ax.legend(fontsize=7, loc="upper left")
     return fig
+
+
+def lead_time_axes(ax, leads_h, analysis_curve, lead_h: float, rmse: float, matched_lead_h: float | None,
+                   colour: str = "tab:blue", label: str = "") -> None:
+    """One analysis RMSE-vs-lead curve on ``ax`` with its lead-time loss marked: r at lead L,
+    and (unless off the reference curve: ``matched_lead_h`` None) an arrow to the lead ℓ*
+    where the reference curve reaches r."""
+    ax.plot(leads_h, analysis_curve, color=colour, lw=1.2, label=label or None)
+    ax.plot([lead_h], [rmse], "o", color=colour)
+    ax.axhline(rmse, color=colour, lw=0.7, ls=":", alpha=0.6)
+    if matched_lead_h is not None:
+        ax.plot([matched_lead_h], [rmse], "o", color="k", ms=4)
+        ax.annotate("", xy=(matched_lead_h, rmse), xytext=(lead_h, rmse), arrowprops={"arrowstyle": "<->", "color": "tab:red"})
 
 
 def close(fig) -> None:

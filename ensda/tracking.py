@@ -9,15 +9,19 @@ Store: ``tracking.uri`` from the config, else ``$MLFLOW_TRACKING_URI``, else
 ``sqlite:///mlflow.db`` in the working directory (MLflow's own default); artifacts go to
 ``./mlruns``. ``tracked_run(..., parent=run)`` opens a nested child run (``ensda compare``);
 a sweep's parent run lives across processes: ``start_run``, ``attach_run``, ``set_status``.
-With tracking disabled every call is a no-op.
+With tracking disabled every call is a no-op. ``Store`` reads runs back (``ensda report``):
+a run, its child runs, its JSON artifacts; and logs files to an existing run.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import json
 import logging
 import math
 import os
+import tempfile
 from typing import Any, Iterator
 
 import numpy as np
@@ -133,11 +137,15 @@ def tracked_run(
 
 
 def _client(tracking):
+    return _client_for(tracking_uri(tracking.uri))
+
+
+def _client_for(uri: str):
     from mlflow.tracking import MlflowClient
 
     for name in ("mlflow", "alembic"):  # after import: mlflow sets its own levels on import
         logging.getLogger(name).setLevel(logging.WARNING)
-    return MlflowClient(tracking_uri=tracking_uri(tracking.uri))
+    return MlflowClient(tracking_uri=uri)
 
 
 def start_run(
@@ -194,7 +202,8 @@ def _param_value(value: Any) -> str:
 def log_method_run(run: Run | NullRun, method_run, burn_in: int, figures: bool = True) -> None:
     """Log one method's cycled run: summary metrics (``lead_time_loss_h`` when on the curve,
     the tag ``ensda.lead_time_loss`` always: "12.3 h" or "> 192 h"), per-cycle metrics,
-    timings, figures (error/spread, rank histogram, RMSE against lead) and
+    timings, figures (error/spread, rank histogram, RMSE against lead),
+    ``rank_histogram.json`` (the counts after burn-in, ensembles only) and
     ``lead_time.json`` (the two RMSE-vs-lead curves)."""
     if isinstance(run, NullRun):
         return
@@ -215,6 +224,11 @@ def log_method_run(run: Run | NullRun, method_run, burn_in: int, figures: bool =
             fig = figs.rank_histogram_figure(method_run.result, burn_in, title)
             run.log_figure(fig, "rank_histogram.png")
             figs.close(fig)
+    if method_run.n_members > 1:  # the counts as data (reports redraw them; the PNG is for browsing)
+        from ensda.cycle import rank_histogram_counts
+
+        counts = np.rint(rank_histogram_counts(method_run.result, burn_in)).astype(np.int64)
+        run.log_dict({"counts": counts.tolist(), "n_members": method_run.n_members, "burn_in": burn_in}, "rank_histogram.json")
     if method_run.lead_time is not None:
         lt = method_run.lead_time
         run.set_tags({"ensda.lead_time_loss": lt.loss.text})
@@ -226,3 +240,128 @@ def log_method_run(run: Run | NullRun, method_run, burn_in: int, figures: bool =
             fig = figs.lead_time_figure(lt, method_run.method)
             run.log_figure(fig, "lead_time.png")
             figs.close(fig)
+
+
+# ----------------------------------------------------------------------------- reading runs back
+
+
+class TrackingError(RuntimeError):
+    """A tracking store that cannot be read, or a run that is not in it; the message says which."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredRun:
+    """One MLflow run as read back: summary metrics are the latest value of each metric."""
+
+    run_id: str
+    name: str
+    experiment_id: str
+    status: str
+    start_time: int | None  # ms since the epoch
+    params: dict[str, str]
+    metrics: dict[str, float]
+    tags: dict[str, str]
+
+    @property
+    def parent_id(self) -> str | None:
+        return self.tags.get("mlflow.parentRunId")
+
+
+class Store:
+    """Read access to a tracking store (``uri`` as ``tracking_uri``), for reports.
+
+    Raises ``TrackingError`` when the store cannot be reached (a sqlite file that does not
+    exist, a server that does not answer) and for a run id that is not in it.
+    """
+
+    def __init__(self, uri: str | None = None):
+        self.uri = tracking_uri(uri)
+        _check_reachable(self.uri)
+        self.client = _client_for(self.uri)
+        try:
+            self.client.search_experiments(max_results=1)
+        except Exception as err:  # noqa: BLE001 - any backend failure is "cannot read"
+            raise TrackingError(f"cannot read the MLflow tracking store {self.uri}: {_first_line(err)}") from None
+
+    def run(self, run_id: str) -> StoredRun:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return _stored(self.client.get_run(run_id))
+        except MlflowException as err:
+            if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+                raise TrackingError(f"no run {run_id!r} in the MLflow store {self.uri}") from None
+            raise TrackingError(f"cannot read run {run_id!r} from {self.uri}: {_first_line(err)}") from None
+
+    def children(self, run: StoredRun) -> list[StoredRun]:
+        """The child runs of ``run`` (in its experiment), oldest first; deleted runs left out."""
+        out, token = [], None
+        while True:
+            page = self.client.search_runs([run.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.run_id}'",
+                                           max_results=1000, order_by=["attributes.start_time ASC"], page_token=token)
+            out += [_stored(r) for r in page]
+            token = page.token
+            if not token:
+                return out
+
+    def experiment_name(self, experiment_id: str) -> str:
+        return self.client.get_experiment(experiment_id).name
+
+    def artifacts(self, run_id: str) -> set[str]:
+        """Paths of the run's top-level artifacts."""
+        return {a.path for a in self.client.list_artifacts(run_id)}
+
+    def load_json(self, run_id: str, path: str) -> Any:
+        """A JSON artifact of the run (``log_dict``)."""
+        with tempfile.TemporaryDirectory() as tmp, _env(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+            local = self.client.download_artifacts(run_id, path, tmp)
+            with open(local) as f:
+                return json.load(f)
+
+    def log_files(self, run_id: str, paths: list, artifact_path: str | None = None) -> None:
+        """Log local files as artifacts of an existing run (finished runs included)."""
+        for path in paths:
+            self.client.log_artifact(run_id, str(path), artifact_path)
+
+
+@contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    """Environment variables set for the body (MLflow reads some of its switches per call)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _stored(run) -> StoredRun:
+    return StoredRun(run.info.run_id, run.info.run_name or "", run.info.experiment_id, run.info.status, run.info.start_time,
+                     dict(run.data.params), dict(run.data.metrics), dict(run.data.tags))
+
+
+def _check_reachable(uri: str) -> None:
+    """Fail fast (``TrackingError``) on a sqlite file that does not exist (MLflow would create
+    an empty store) and on an HTTP server that does not answer (MLflow would retry for minutes)."""
+    if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
+        path = uri[len("sqlite:///"):]
+        if not os.path.isfile(path):
+            raise TrackingError(f"no MLflow tracking store at {os.path.abspath(path)} ({uri}); "
+                                "pass --uri or set MLFLOW_TRACKING_URI")
+    elif uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).close()
+        except (urllib.error.URLError, OSError) as err:
+            raise TrackingError(f"cannot reach the MLflow tracking server at {uri}: {getattr(err, 'reason', err)}") from None
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
