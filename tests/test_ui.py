@@ -111,7 +111,7 @@ def test_ui_optuna_serves_both_and_ctrl_c_stops_both(tmp_path):
         assert [s["study_name"] for s in json.loads(body)["study_summaries"]] == ["ui-study"]
         assert _wait_for(f"http://127.0.0.1:{port}/health", ui)
         ui.send_signal(signal.SIGINT)  # Ctrl-C: the terminal signals ensda's group, not the servers'
-        assert ui.wait(timeout=30) == 0
+        assert ui.wait(timeout=90) == 0
         deadline = time.time() + 20
         while any(_group_alive(g) for g in groups) and time.time() < deadline:
             time.sleep(0.2)
