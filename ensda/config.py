@@ -490,6 +490,12 @@ def validate(data: dict) -> ExperimentConfig:
 def load(path: str | Path, overrides: list[str] | None = None, presets: dict[str, Any] | None = None) -> ExperimentConfig:
     """Load a YAML config, set ``presets`` (dotted key -> value, e.g. tuned method settings),
     apply ``--set`` overrides (they win), validate."""
+    data = read_yaml(path)
+    return validate(apply_overrides(set_values(data, presets or {}), overrides or []))
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The top-level mapping of a YAML config file (``ConfigError`` if missing or not a mapping)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
@@ -499,7 +505,7 @@ def load(path: str | Path, overrides: list[str] | None = None, presets: dict[str
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
-    return validate(apply_overrides(set_values(data, presets or {}), overrides or []))
+    return data
 
 
 def flatten(cfg: ExperimentConfig | dict, prefix: str = "") -> dict[str, Any]:

@@ -23,6 +23,7 @@ from ensda.diffusion.edm import EDM, gaussian_denoiser
 from ensda.diffusion.guidance import likelihood_guided
 from ensda.diffusion.repaint import repaint_nfe, repaint_sample, soft_mask
 from ensda.diffusion.samplers import SamplerConfig, nfe, sample
+from tests.reference import z_scores
 
 N = 6
 M = 4000
@@ -61,17 +62,6 @@ def draw(denoiser, config, m=M, seed=0):
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(m))
     x, count = jax.jit(jax.vmap(lambda k: sample(denoiser, k, (N,), EDM_, config)))(keys)
     return np.asarray(x, np.float64), np.asarray(count)
-
-
-def z_scores(x, mu, cov):
-    """Largest |mean error| in standard errors and |covariance error| in Wishart stds."""
-    m = x.shape[0]
-    se = np.sqrt(np.diag(cov) / m)
-    wishart = np.sqrt((cov**2 + np.outer(np.diag(cov), np.diag(cov))) / m)
-    return (
-        np.max(np.abs(x.mean(0) - mu) / se),
-        np.max(np.abs(np.cov(x, rowvar=False) - cov) / wishart),
-    )
 
 
 HEUN = SamplerConfig("heun", steps=40)

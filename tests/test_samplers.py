@@ -25,6 +25,7 @@ import pytest
 
 from ensda.diffusion.edm import EDM, gaussian_denoiser
 from ensda.diffusion.samplers import SamplerConfig, nfe, sample
+from tests.reference import z_scores
 
 N = 6
 M = 4000
@@ -57,17 +58,6 @@ def draw(config, m=M, seed=0):
     batched = jax.jit(jax.vmap(lambda k: sample(D, k, (N,), EDM_, config)))
     x, count = batched(keys(m, seed))
     return np.asarray(x, np.float64), np.asarray(count)
-
-
-def z_scores(x, mu, cov):
-    """Largest |mean error| in standard errors and |covariance error| in Wishart stds."""
-    m = x.shape[0]
-    se = np.sqrt(np.diag(cov) / m)
-    wishart = np.sqrt((cov**2 + np.outer(np.diag(cov), np.diag(cov))) / m)
-    return (
-        np.max(np.abs(x.mean(0) - mu) / se),
-        np.max(np.abs(np.cov(x, rowvar=False) - cov) / wishart),
-    )
 
 
 # measured (seed 0, M = 4000): mean z / covariance z

@@ -117,22 +117,9 @@ def load_testbed(path, overrides: list[str] | None = None) -> SphereTestbedConfi
     ``overrides`` are ``--set`` items on the whole file (e.g. ``testbed.nature.days=30``).
     Raises ``ensda.config.ConfigError`` naming the offending fields.
     """
-    from pathlib import Path
+    from ensda.config import ConfigError, apply_overrides, read_yaml
 
-    import yaml
-
-    from ensda.config import ConfigError, apply_overrides
-
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping")
-    section = apply_overrides(data, overrides or []).get("testbed") or {}
+    section = apply_overrides(read_yaml(path), overrides or []).get("testbed") or {}
     if not isinstance(section, dict) or section.get("kind") != "sphere":
         raise ConfigError(f"{path}: testbed.kind must be 'sphere' for a sphere nature run, got {section.get('kind') if isinstance(section, dict) else section!r}")
     try:
