@@ -484,7 +484,9 @@ def _serve_together(cmds: list[list[str]], console: Console) -> int:
     def to_interrupt(signum, frame):
         raise KeyboardInterrupt
 
+    # SIGINT too: a shell starting `ensda ui &` without job control leaves SIGINT ignored
     signal.signal(signal.SIGTERM, to_interrupt)
+    signal.signal(signal.SIGINT, to_interrupt)
     procs = []
     code = 0
     try:
