@@ -30,6 +30,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
+from ensda import assimilator as registry
 from ensda import experiment, tracking
 from ensda.config import flatten, load
 
@@ -61,6 +62,7 @@ def main(argv=None) -> int:
     ap.add_argument("--config", default="experiments/configs/l96_diffusion.yaml")
     ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument("--out", default="outputs/studies")
+    ap.add_argument("--max-nfe", type=int, default=None, help="skip points with more network calls per member")
     args = ap.parse_args(argv)
 
     cfg = load(args.config, args.sets + ["method=diffusion"])
@@ -71,6 +73,10 @@ def main(argv=None) -> int:
         for point in STUDIES[args.study]:
             point_cfg = cfg
             settings = {k: v for k, v in point.items() if not k.startswith("_")}
+            assim_nfe = registry.network_calls(experiment.build_assimilator(cfg, osse, "diffusion", base | settings))
+            if args.max_nfe is not None and assim_nfe > args.max_nfe:
+                print(f"skipped {label(point)}: {assim_nfe} NFE > --max-nfe {args.max_nfe}", flush=True)
+                continue
             if "_members" in point:
                 point_cfg = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update={"size": point["_members"]})})
             t0 = time.perf_counter()
@@ -116,7 +122,8 @@ def figure(study: str, rows: list[dict]):
     axes[1].set_title("spread-skill ratio")
     if study != "modes":
         axes[1].axhline(1.0, color="k", lw=0.8)
-        axes[0].legend() if study == "nfe" else None
+    if study == "nfe":
+        axes[0].legend()
     fig.tight_layout()
     return fig
 
