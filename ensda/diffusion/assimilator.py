@@ -33,7 +33,12 @@ from ensda.diffusion.checkpoint import load_checkpoint, testbed_record
 from ensda.diffusion.data import Normalisation
 from ensda.diffusion.edm import EDM
 from ensda.diffusion.guidance import likelihood_guided
-from ensda.diffusion.model import condition_features, network_fn, observation_channels, to_state
+from ensda.diffusion.model import (
+    condition_features,
+    network_fn,
+    observation_channels,
+    to_state,
+)
 from ensda.diffusion.repaint import repaint_nfe, repaint_sample, soft_mask
 from ensda.diffusion.samplers import SamplerConfig, nfe, sample
 from ensda.nn import Graph, ring_graph
@@ -80,18 +85,19 @@ class DiffusionDA:
 
     @classmethod
     def build(cls, ctx, **settings) -> DiffusionDA:
-        if not (settings.get("obs_channels", True) or settings.get("guidance_strength", 0.0) > 0 or settings.get("repaint_jumps", 0) > 0):
+        """``settings`` come validated with every default filled in (``assimilator.build``)."""
+        if not (settings["obs_channels"] or settings["guidance_strength"] > 0 or settings["repaint_jumps"] > 0):
             raise ValueError("no observation conditioning selected: set obs_channels, guidance_strength > 0 or repaint_jumps > 0")
         network = ctx.network
         if network.n_obs < 1:
             raise ValueError("the observation network observes nothing")
-        if network.operator != "identity" and (settings.get("obs_channels", True) or settings.get("repaint_jumps", 0) > 0):
+        if network.operator != "identity" and (settings["obs_channels"] or settings["repaint_jumps"] > 0):
             raise ValueError(
                 f"obs_channels and RePaint need the identity observation operator, got {network.operator!r}; "
                 "use obs_channels: false with guidance_strength > 0"
             )
-        ck = load_checkpoint(settings.get("checkpoint", "checkpoints/l96"), testbed_record(ctx.testbed))
-        if settings.get("obs_channels", True) and not np.isclose(network.r_std, ck.spec.obs_r_std):
+        ck = load_checkpoint(settings["checkpoint"], testbed_record(ctx.testbed))
+        if settings["obs_channels"] and not np.isclose(network.r_std, ck.spec.obs_r_std):
             raise ValueError(
                 f"the model's observation channels were trained with r_std {ck.spec.obs_r_std}, "
                 f"the network has r_std {network.r_std}; retrain or use guidance (obs_channels: false)"
@@ -142,23 +148,26 @@ class DiffusionDA:
 
     def sample_increments(self, background: jax.Array, obs: Observations, key: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Normalised increments ``(N, n)`` and the runtime denoiser-call counts ``(N,)``."""
+        return self._sample(background.mean(0), background, obs, key)
+
+    def _sample(self, mean: jax.Array, background: jax.Array, obs: Observations, key: jax.Array):
         n_members, n = background.shape
-        mean, spread = background.mean(0), background.std(0, ddof=1)
-        denoise = self.denoiser(mean, spread, obs)
+        denoise = self.denoiser(mean, background.std(0, ddof=1), obs)
         keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(n_members))
         sharding = ensemble_sharding(n_members) if self.shard else None
         if sharding is not None:
             keys = jax.lax.with_sharding_constraint(keys, sharding)
         if self.repaint_jumps:
             known, mask = self.repaint_known(mean, obs)
-            draw = lambda k: repaint_sample(denoise, k, known, mask, self.edm, self.sampler_config, self.repaint_jumps)  # noqa: E731
+            draw = lambda k: repaint_sample(denoise, k, known, mask, self.edm, self.sampler_config, self.repaint_jumps)
         else:
-            draw = lambda k: sample(denoise, k, (n,), self.edm, self.sampler_config)  # noqa: E731
+            draw = lambda k: sample(denoise, k, (n,), self.edm, self.sampler_config)
         z, count = jax.vmap(draw)(keys)
         if sharding is not None:
             z = jax.lax.with_sharding_constraint(z, sharding)
         return z, count
 
     def analyse(self, background: jax.Array, obs: Observations, key: jax.Array) -> jax.Array:
-        z, _ = self.sample_increments(background, obs, key)
-        return to_state(self.norm, background.mean(0), z)
+        mean = background.mean(0)
+        z, _ = self._sample(mean, background, obs, key)
+        return to_state(self.norm, mean, z)

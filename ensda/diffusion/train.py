@@ -61,7 +61,7 @@ def model_spec(cfg: ExperimentConfig) -> ModelSpec:
 def make_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: None) -> Pairs:
     """All training examples of ``cfg.train`` (perturbed truths, then each cycled source)."""
     from ensda import experiment
-    from ensda.config import set_value, validate
+    from ensda.config import validate
 
     t = cfg.train
     testbed = experiment.make_testbed(cfg)
@@ -73,15 +73,13 @@ def make_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: 
     base = cfg.model_dump(exclude={"sweep", "train"})
     for i, src in enumerate(t.sources):
         report(f"cycled {src.method} on {_describe(src.obs.model_dump())}: {src.cycles} cycles")
-        data = set_value(base, "obs", src.obs.model_dump())
-        data = set_value(data, "cycles", src.cycles)
-        data = set_value(data, "burn_in", 0)
-        data = set_value(data, "ensemble.size", t.members)
         seed = t.seed + 10 * (i + 1)
-        data = set_value(data, "seeds", {"truth": seed, "obs": seed + 1, "ensemble": seed + 2, "assimilator": seed + 3})
-        data = set_value(data, "method", src.method)
-        data = set_value(data, "assimilator", {})
-        data = set_value(data, "methods", {src.method: src.settings})
+        data = base | {
+            "obs": src.obs.model_dump(), "cycles": src.cycles, "burn_in": 0,
+            "ensemble": base["ensemble"] | {"size": t.members},
+            "seeds": {"truth": seed, "obs": seed + 1, "ensemble": seed + 2, "assimilator": seed + 3},
+            "method": src.method, "assimilator": {}, "methods": {src.method: src.settings},
+        }
         sub = validate(data)
         osse = experiment.make_osse(sub)
         assim = experiment.build_assimilator(sub, osse, src.method)
