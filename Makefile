@@ -15,15 +15,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[test,postgres]'
 	touch $(STAMP)
 
-# A small real experiment end to end: Lorenz-96 (Sakov & Oke set-up), every classic
-# method on the same truth and observations, logged to MLflow (sqlite:///mlflow.db), then
-# its report (figures and report.html in outputs/report-<parent run id>/). The compare's
-# table goes to stderr, its JSON (with the parent run id) to outputs/quickstart.json.
+# A small real experiment end to end (experiments/configs/quickstart.yaml, about ten
+# minutes on 2 CPU cores): train a small diffusion denoiser (skipped when its checkpoint
+# exists; delete checkpoints/quickstart to retrain), sweep observation density × guidance
+# strength with diffusion next to LETKF, EnKF and 3D-Var on Lorenz-96 (2 workers, Optuna
+# in sqlite:///optuna.db, MLflow in sqlite:///mlflow.db; the same command resumes an
+# interrupted sweep), then the report (figures and report.html in outputs/quickstart/).
+QUICKSTART := experiments/configs/quickstart.yaml
 quickstart: venv
 	@mkdir -p outputs
-	$(BIN)/ensda compare experiments/configs/l96.yaml --methods letkf,etkf,enkf,3dvar,oi,climatology,none --set cycles=2000 --set burn_in=200 --json > outputs/quickstart.json
-	$(BIN)/ensda report "$$($(BIN)/python -c 'import json, sys; print(json.loads(open(sys.argv[1]).read().splitlines()[-1])["mlflow_run_id"])' outputs/quickstart.json)"
-	@echo "Browse the runs: $(BIN)/ensda ui   (MLflow UI on http://127.0.0.1:5000)"
+	@if [ -f checkpoints/quickstart/meta.json ]; then echo "checkpoints/quickstart exists: training skipped"; \
+	else $(BIN)/ensda train $(QUICKSTART); fi
+	$(BIN)/ensda sweep $(QUICKSTART) --workers 2
+	$(BIN)/ensda report study:quickstart --out outputs/quickstart
+	@echo "Browse: $(BIN)/ensda ui            (MLflow UI on http://127.0.0.1:5000)"
+	@echo "        $(BIN)/ensda ui --optuna   (and optuna-dashboard on http://127.0.0.1:8080)"
+	@echo "Report: outputs/quickstart/report.html"
 
 # pytest exits 5 when it collects no test: that fails here as any other error.
 test: venv

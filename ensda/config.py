@@ -15,7 +15,7 @@ swept key is checked on load by applying its values to the config as overrides.
 from __future__ import annotations
 
 import copy
-import math
+import itertools
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -154,7 +154,13 @@ SWEEP_VALUE_TYPES = (bool, int, float, str, type(None))
 def _space_kind(value: Any) -> str | None:
     if isinstance(value, list):
         return "values"
+    if isinstance(value, SweepValues) or (isinstance(value, dict) and "values" in value):
+        return "choice"
     return "range" if isinstance(value, (dict, SweepRange)) else None
+
+
+def _as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
 
 
 class SweepRange(_Strict):
@@ -168,6 +174,8 @@ class SweepRange(_Strict):
     step: float | None = Field(None, gt=0)
     #: integers (``int: true`` in YAML)
     integer: bool = Field(False, alias="int")
+    #: swept only in trials whose other swept values match (see ``SweepValues.when``)
+    when: dict[str, Any] | None = None
 
     @pydantic.model_validator(mode="after")
     def _check(self):
@@ -186,6 +194,16 @@ class SweepRange(_Strict):
         return [int(self.low), int(self.high)] if self.integer else [self.low, self.high]
 
 
+class SweepValues(_Strict):
+    """Categorical values swept only where ``when`` holds: ``{method: diffusion}`` or
+    ``{method: [diffusion, etkf]}`` (other swept keys -> a value or a list of values).
+    E.g. the guidance strength is swept for the diffusion trials only, so a grid over
+    ``method`` × ``obs.density`` × it runs each baseline once per density."""
+
+    values: list[Any] = Field(min_length=1)
+    when: dict[str, Any] | None = None
+
+
 class SweepConfig(_Strict):
     """``ensda sweep``: what to optimise, how to sample, over which config keys."""
 
@@ -195,11 +213,12 @@ class SweepConfig(_Strict):
     seed: int = 0
     #: number of trials when ``--trials`` is not given (the grid sampler runs its whole grid)
     trials: int | None = Field(None, ge=1)
-    #: dotted config key -> list of values (categorical) or a range (tpe, random)
+    #: dotted config key -> list of values (categorical), a range (tpe, random), or either
+    #: with a condition: ``{values: [...], when: {method: diffusion}}``, ``{low, high, when}``
     params: dict[str, Annotated[
-        Annotated[list[Any], Tag("values")] | Annotated[SweepRange, Tag("range")],
+        Annotated[list[Any], Tag("values")] | Annotated[SweepValues, Tag("choice")] | Annotated[SweepRange, Tag("range")],
         Discriminator(_space_kind, custom_error_type="sweep_space",
-                      custom_error_message="expected a list of values or a range {low, high, log, step, int}"),
+                      custom_error_message="expected a list of values, {values, when} or a range {low, high, log, step, int, when}"),
     ]] = Field(min_length=1)
     #: run every trial once per replicate (dotted key -> value overrides set after the
     #: trial's values, e.g. ``{seeds.truth: 100}``) and score it by the mean objective;
@@ -211,15 +230,23 @@ class SweepConfig(_Strict):
 
     @pydantic.model_validator(mode="after")
     def _check(self):
-        for key, space in self.params.items():
-            if isinstance(space, list) and not space:
+        for key in self.params:
+            values = self.values_of(key)
+            if values is not None and not values:
                 raise ValueError(f"sweep.params.{key}: empty list of values")
-            if isinstance(space, list) and not all(isinstance(v, SWEEP_VALUE_TYPES) for v in space):
-                raise ValueError(f"sweep.params.{key}: values must be numbers, strings, booleans or null, got {space}")
-            if self.sampler == "grid" and not isinstance(space, list):
+            if values is not None and not all(isinstance(v, SWEEP_VALUE_TYPES) for v in values):
+                raise ValueError(f"sweep.params.{key}: values must be numbers, strings, booleans or null, got {values}")
+            if self.sampler == "grid" and values is None:
                 raise ValueError(f"sweep.params.{key}: the grid sampler needs a list of values, not a range")
             if key.split(".")[0] == "sweep":
                 raise ValueError(f"sweep.params.{key}: the sweep section itself cannot be swept")
+            for other, wanted in (self.condition(key) or {}).items():
+                if other not in self.params or self.condition(other) is not None:
+                    raise ValueError(f"sweep.params.{key}.when: {other!r} is not an unconditional swept key")
+                allowed = self.values_of(other)
+                missing = [v for v in _as_list(wanted) if allowed is not None and v not in allowed]
+                if missing:
+                    raise ValueError(f"sweep.params.{key}.when: {other} never takes {missing} (its values: {allowed})")
         for i, replicate in enumerate(self.replicates):
             clash = sorted(set(replicate) & set(self.params))
             if clash or not replicate:
@@ -230,8 +257,32 @@ class SweepConfig(_Strict):
             raise ValueError("sweep.grace_period must be longer than sweep.heartbeat_interval")
         return self
 
+    def values_of(self, key: str) -> list | None:
+        """The categorical values of a swept key (None for a range)."""
+        space = self.params[key]
+        return space if isinstance(space, list) else space.values if isinstance(space, SweepValues) else None
+
+    def condition(self, key: str) -> dict[str, Any] | None:
+        space = self.params[key]
+        return None if isinstance(space, list) else space.when
+
+    def active(self, key: str, values: dict[str, Any]) -> bool:
+        """Whether ``key`` is swept in a trial with these (unconditional) ``values``."""
+        return all(values.get(k) in _as_list(v) for k, v in (self.condition(key) or {}).items())
+
+    def grid_points(self) -> list[dict[str, Any]]:
+        """Every grid point: the product of the unconditional keys' values, each point
+        extended by the product of the conditional keys that are active at it."""
+        keys = [k for k in self.params if self.condition(k) is None]
+        points = []
+        for combo in itertools.product(*(self.values_of(k) for k in keys)):
+            point = dict(zip(keys, combo))
+            extra = [k for k in self.params if self.condition(k) is not None and self.active(k, point)]
+            points += [point | dict(zip(extra, more)) for more in itertools.product(*(self.values_of(k) for k in extra))]
+        return points
+
     def grid_size(self) -> int:
-        return math.prod(len(v) for v in self.params.values())
+        return len(self.grid_points())
 
 
 class TrainSource(_Strict):
@@ -375,13 +426,18 @@ class ExperimentConfig(_Strict):
         3dvar]``) is accepted if it is valid with one of the swept methods.
         """
         base = self.model_dump(exclude={"sweep"})
-        swept_methods = self.sweep.params.get("method")
-        methods = swept_methods if isinstance(swept_methods, list) else [self.method]
-        for key, space in self.sweep.params.items():
-            values = space if isinstance(space, list) else space.candidates()
+        sweep = self.sweep
+        swept_methods = sweep.values_of("method") if "method" in sweep.params else None
+        methods = swept_methods or [self.method]
+        for key, space in sweep.params.items():
+            values = sweep.values_of(key) or space.candidates()
+            if key != "method" and "method" in (sweep.condition(key) or {}):
+                key_methods = _as_list(sweep.condition(key)["method"])
+            else:
+                key_methods = [self.method] if key == "method" else methods
             for value in values:
                 errors = []
-                for method in [self.method] if key == "method" else methods:
+                for method in key_methods:
                     try:
                         validate(set_value(set_value(base, "method", method), key, value))
                         break

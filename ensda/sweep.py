@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import itertools
 import json
 import math
 import os
@@ -235,8 +234,7 @@ def finish(study, cfg: ExperimentConfig, budget: int) -> Tally:
 
 
 def grid_points(sweep: SweepConfig) -> list[dict]:
-    keys = list(sweep.params)
-    return [dict(zip(keys, values)) for values in itertools.product(*(sweep.params[k] for k in keys))]
+    return sweep.grid_points()
 
 
 # ----------------------------------------------------------------------------- counting
@@ -290,11 +288,15 @@ def study_tally(study, sweep: SweepConfig) -> Tally:
 
 
 def suggest(trial, sweep: SweepConfig) -> dict:
-    """The trial's values for every swept key."""
+    """The trial's values for every swept key active in it (unconditional keys first)."""
     values = {}
-    for key, space in sweep.params.items():
-        if isinstance(space, list):
-            values[key] = trial.suggest_categorical(key, space)
+    keys = sorted(sweep.params, key=lambda k: sweep.condition(k) is not None)
+    for key in keys:
+        space = sweep.params[key]
+        if not sweep.active(key, values):
+            continue
+        if (choices := sweep.values_of(key)) is not None:
+            values[key] = trial.suggest_categorical(key, choices)
         elif space.integer:
             values[key] = trial.suggest_int(key, int(space.low), int(space.high), step=int(space.step or 1), log=space.log)
         else:

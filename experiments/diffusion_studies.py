@@ -63,6 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument("--out", default="outputs/studies")
     ap.add_argument("--max-nfe", type=int, default=None, help="skip points with more network calls per member")
+    ap.add_argument("--min-nfe", type=int, default=None, help="skip points with fewer network calls per member")
     args = ap.parse_args(argv)
 
     cfg = load(args.config, args.sets + ["method=diffusion"])
@@ -77,6 +78,9 @@ def main(argv=None) -> int:
             if args.max_nfe is not None and assim_nfe > args.max_nfe:
                 print(f"skipped {label(point)}: {assim_nfe} NFE > --max-nfe {args.max_nfe}", flush=True)
                 continue
+            if args.min_nfe is not None and assim_nfe < args.min_nfe:
+                print(f"skipped {label(point)}: {assim_nfe} NFE < --min-nfe {args.min_nfe}", flush=True)
+                continue
             if "_members" in point:
                 point_cfg = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update={"size": point["_members"]})})
             t0 = time.perf_counter()
@@ -89,12 +93,23 @@ def main(argv=None) -> int:
                 tracking.log_method_run(child, run, cfg.burn_in, figures=False)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
+        rows = merged(out / f"{args.study}.json", rows, STUDIES[args.study])
         fig = figure(args.study, rows)
         fig.savefig(out / f"{args.study}.png", dpi=120)
         parent.log_figure(fig, f"{args.study}.png")
         parent.log_dict({"rows": rows}, f"{args.study}.json")
         (out / f"{args.study}.json").write_text(json.dumps(rows, indent=1))
     return 0
+
+
+def merged(path: Path, rows: list[dict], points: list[dict]) -> list[dict]:
+    """Rows of an earlier run of the same study (``path``) completed by this run's: a point
+    run again replaces its old row; rows come in the study's order. So a study can be run in
+    parts (``--max-nfe`` / ``--min-nfe``) into one table and figure."""
+    new = {r["point"] for r in rows}
+    old = [r for r in json.loads(path.read_text()) if r["point"] not in new] if path.exists() else []
+    order = {label(p): i for i, p in enumerate(points)}
+    return sorted(old + rows, key=lambda r: order.get(r["point"], len(order)))
 
 
 def figure(study: str, rows: list[dict]):

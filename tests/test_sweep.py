@@ -119,9 +119,46 @@ def test_sweep_ranges_and_samplers_are_checked():
 
 
 def test_shipped_sweep_config():
+    """The reference sweep: 4 densities × (diffusion at 5 guidance strengths + LETKF, EnKF, 3D-Var)."""
     cfg = config.load(CONFIG)
-    assert cfg.sweep.sampler == "grid" and cfg.sweep.objective == "crps_a" and cfg.sweep.grid_size() == 9
-    assert cfg.obs.density == 1.0 and cfg.cycles == 1000 and cfg.burn_in == 200
+    assert cfg.sweep.sampler == "grid" and cfg.sweep.objective == "crps_a" and cfg.sweep.grid_size() == 4 * (5 + 3)
+    points = cfg.sweep.grid_points()
+    assert sum(p["method"] == "diffusion" for p in points) == 20
+    assert all(("assimilator.guidance_strength" in p) == (p["method"] == "diffusion") for p in points)
+    assert {p["obs.density"] for p in points if p["method"] == "enkf"} == {0.05, 0.1, 0.25, 0.5}
+    assert cfg.ensemble.size == 20 and cfg.cycles == 1100 and cfg.burn_in == 100
+
+
+CONDITIONAL = {"obs.density": [0.5, 1.0], "method": ["letkf", "3dvar"],
+               "assimilator.radius": {"values": [2.0, 4.0, 8.0], "when": {"method": "letkf"}}}
+
+
+def test_conditional_sweep_params():
+    """A key swept only where ``when`` holds: grids expand it at those points only; the
+    condition must name an unconditional swept key and one of its values."""
+    cfg = config.validate({"sweep": {"params": CONDITIONAL}})
+    points = cfg.sweep.grid_points()
+    assert len(points) == cfg.sweep.grid_size() == 2 * (3 + 1)
+    assert sorted((p["obs.density"], p.get("assimilator.radius", 0.0)) for p in points if p["method"] == "letkf") == [
+        (d, r) for d in (0.5, 1.0) for r in (2.0, 4.0, 8.0)]
+    assert all(p.keys() == {"obs.density", "method"} for p in points if p["method"] == "3dvar")
+    assert "'obs.every' is not an unconditional swept key" in error_of(
+        {"sweep": {"params": CONDITIONAL | {"assimilator.radius": {"values": [2.0], "when": {"obs.every": 2}}}}})
+    assert "method never takes ['etkf']" in error_of(
+        {"sweep": {"params": CONDITIONAL | {"assimilator.radius": {"values": [2.0], "when": {"method": ["letkf", "etkf"]}}}}})
+    # a setting the conditioned method does not have
+    assert "sweep.params.assimilator.radius" in error_of(
+        {"sweep": {"params": CONDITIONAL | {"assimilator.radius": {"values": [2.0], "when": {"method": "3dvar"}}}}})
+    assert "grid sampler needs a list" in error_of(
+        {"sweep": {"params": CONDITIONAL | {"assimilator.radius": {"low": 2.0, "high": 8.0, "when": {"method": "letkf"}}}}})
+    # tpe: the conditional range is suggested only in the trials where it is active
+    tpe = config.validate({"sweep": {"sampler": "tpe", "params": CONDITIONAL | {
+        "assimilator.radius": {"low": 2.0, "high": 8.0, "when": {"method": "letkf"}}}}})
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(12):
+        values = sweep.suggest(study.ask(), tpe.sweep)
+        assert ("assimilator.radius" in values) == (values["method"] == "letkf")
+        assert 2.0 <= values.get("assimilator.radius", 2.0) <= 8.0
 
 
 def test_sweep_command_errors_before_any_trial(env, tmp_path):
@@ -215,14 +252,19 @@ def test_four_workers_each_on_its_own_host_device(env, monkeypatch):
 
 
 def test_trial_value_equals_run_method_on_the_same_config(env):
-    """One trial in-process; the value is recomputed by the library on the config the user
-    would write by hand (YAML + the same --set values + the trial's values)."""
-    cmd = ["sweep", env["config"], *sets(env, "sweep.params={obs.density: [0.5], method: [letkf]}"),
-           "--storage", env["storage"], "--study", "one"]
+    """Trials in-process; the value is recomputed by the library on the config the user
+    would write by hand (YAML + the same --set values + the trial's values). The radius is
+    a conditional key: set in the LETKF trial, absent from the climatology one."""
+    space = "sweep.params={obs.density: [0.5], method: [letkf, climatology], assimilator.radius: {values: [3.0], when: {method: letkf}}}"
+    cmd = ["sweep", env["config"], *sets(env, space), "--storage", env["storage"], "--study", "one"]
     result = runner.invoke(app, cmd)
     assert result.exit_code == 0, result.output
-    (trial,) = load_study(env, "one").get_trials()
-    cfg = config.load(env["config"], [*SHORT, f"tracking.experiment={env['experiment']}", "obs.density=0.5", "method=letkf"])
+    trials = {t.params["method"]: t for t in load_study(env, "one").get_trials()}
+    assert trials.keys() == {"letkf", "climatology"} and "assimilator.radius" not in trials["climatology"].params
+    trial = trials["letkf"]
+    assert trial.state == TrialState.COMPLETE and trial.params["assimilator.radius"] == 3.0
+    cfg = config.load(env["config"], [*SHORT, f"tracking.experiment={env['experiment']}", "obs.density=0.5", "method=letkf",
+                                      "assimilator.radius=3.0", "sweep=null"])
     direct = run_method(cfg, make_osse(cfg), "letkf")
     assert trial.value == pytest.approx(direct.summary["crps_a"], rel=1e-5)
     assert trial.user_attrs[sweep.SUMMARY]["rmse_a"] == pytest.approx(direct.summary["rmse_a"], rel=1e-5)
