@@ -148,6 +148,11 @@ def _client_for(uri: str):
     return MlflowClient(tracking_uri=uri)
 
 
+#: tags of the experiments ensda creates: MLflow 3's UI opens an experiment of this kind on
+#: its runs table (metrics, params, charts) instead of the GenAI traces overview
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
+
 def start_run(
     tracking,
     run_name: str,
@@ -159,7 +164,7 @@ def start_run(
     run stays open across worker processes and launches, see ``attach_run``/``end_run``)."""
     client = _client(tracking)
     experiment = client.get_experiment_by_name(tracking.experiment)
-    exp_id = experiment.experiment_id if experiment else client.create_experiment(tracking.experiment)
+    exp_id = experiment.experiment_id if experiment else client.create_experiment(tracking.experiment, tags=EXPERIMENT_TAGS)
     all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
     if parent is not None and parent.run_id is not None:
         all_tags["mlflow.parentRunId"] = parent.run_id

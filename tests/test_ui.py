@@ -63,8 +63,10 @@ def test_run_shows_up_in_ui(tmp_path):
     try:
         _wait_for(f"{base}/health", server)
         _, body = _get(f"{base}/api/2.0/mlflow/experiments/search", {"max_results": 10})
-        experiments = {e["name"]: e["experiment_id"] for e in json.loads(body)["experiments"]}
-        assert "l96" in experiments
+        experiments = {e["name"]: e for e in json.loads(body)["experiments"]}
+        # the kind that makes MLflow 3's UI open the runs table, not the GenAI overview
+        assert {t["key"]: t["value"] for t in experiments["l96"]["tags"]}["mlflow.experimentKind"] == "custom_model_development"
+        experiments = {name: e["experiment_id"] for name, e in experiments.items()}
         _, body = _get(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiments["l96"]]})
         runs = json.loads(body)["runs"]
         assert [r["info"]["run_id"] for r in runs] == [run_id]
