@@ -169,6 +169,15 @@ def _config_differences(stored: dict, current: dict) -> list[str]:
     return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
 
 
+def _current_form(stored: dict, study_name: str) -> dict:
+    """A study's stored config as this version of ensda reads it: fields added since the
+    study started take their defaults, so a code update alone does not block a resume."""
+    try:
+        return _config_record(validate(stored))
+    except ConfigError as err:
+        raise SweepError(f"study {study_name!r} was started with a config this version of ensda cannot read: {err}") from None
+
+
 def prepare(cfg: ExperimentConfig, storage_url: str, study_name: str, trials: int | None = None):
     """Create or resume the study: check the config, set the budget, open the MLflow parent
     run, fail stale trials and enqueue the grid points without a live trial.
@@ -192,7 +201,7 @@ def prepare(cfg: ExperimentConfig, storage_url: str, study_name: str, trials: in
     stored = study.user_attrs.get(STUDY_CONFIG)
     if stored is None:
         study.set_user_attr(STUDY_CONFIG, record)
-    elif diff := _config_differences(stored, record):
+    elif diff := _config_differences(_current_form(stored, study_name), record):
         raise SweepError(
             f"study {study_name!r} in {storage_url} was started with another config "
             f"(differs in {', '.join(diff[:8])}{', ...' if len(diff) > 8 else ''}); "

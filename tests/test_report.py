@@ -27,7 +27,7 @@ from ensda import sweep, tracking
 from ensda.cli import app
 
 SWEEP_CONFIG = "experiments/configs/l96_sweep.yaml"
-SHORT = ["cycles=100", "burn_in=20", "ensemble.size=8", "testbed.climatology_samples=300", "testbed.spinup_steps=300",
+SHORT = ["cycles=100", "burn_in=20", "ensemble.size=8", "lead_time.max_lead_h=null", "testbed.climatology_samples=300", "testbed.spinup_steps=300",
          "tracking.figures=false", "tracking.experiment=report-test"]
 GRID = "sweep.params={obs.density: [0.5, 1.0], method: [climatology, 3dvar]}"
 PNGS = {"crps_density.png", "ssr_density.png", "rank_histograms.png", "lead_time.png"}

@@ -27,7 +27,7 @@ CONFIG = "experiments/configs/l96_sweep.yaml"
 #: short, cheap trials; heartbeats fast enough that a dead worker is noticed in seconds
 SHORT = [
     "cycles=150", "burn_in=20", "ensemble.size=10", "testbed.climatology_samples=300",
-    "testbed.spinup_steps=300", "tracking.figures=false",
+    "testbed.spinup_steps=300", "tracking.figures=false", "lead_time.max_lead_h=null",
     "sweep.heartbeat_interval=1", "sweep.grace_period=5",
 ]
 GRID = "sweep.params={obs.density: [0.5, 1.0], method: [etkf, 3dvar]}"
@@ -345,6 +345,17 @@ def test_random_sampler_runs_the_trial_budget_and_resumes_to_a_larger_one(env):
     # another config under the same study name is refused
     other = runner.invoke(app, [*cmd[:-4], "--set", "obs.r_std=0.5", "--storage", env["storage"], "--study", "rnd", "--trials", "3"])
     assert other.exit_code == 2 and "obs.r_std" in other.output
+    # a study started before a config field existed (stored without it) resumes with its default;
+    # one whose stored config this version cannot read is refused with the reason
+    study = load_study(env, "rnd")
+    stored = study.user_attrs[sweep.STUDY_CONFIG]
+    del stored["lead_time"]["stride"]
+    study.set_user_attr(sweep.STUDY_CONFIG, stored)
+    assert runner.invoke(app, [*cmd, "--trials", "3"]).exit_code == 0
+    stored["lead_time"]["strides"] = 2
+    study.set_user_attr(sweep.STUDY_CONFIG, stored)
+    old = runner.invoke(app, [*cmd, "--trials", "3"])
+    assert old.exit_code == 2 and "cannot read" in old.output and "lead_time.strides" in old.output
 
 
 def test_worker_setups_pin_devices():
