@@ -26,10 +26,16 @@ def ensemble_space_eigh(y_anom: jax.Array, rinv: jax.Array) -> tuple[jax.Array, 
 
 def etkf_weights(y_anom: jax.Array, innovation: jax.Array, rinv: jax.Array) -> jax.Array:
     """Analysis weights ``w̄ + W`` (N × N; column j gives member j), symmetric square root."""
-    n = y_anom.shape[0]
-    lam, v = ensemble_space_eigh(y_anom, rinv)
+    return weights_from_moments((y_anom * rinv) @ y_anom.T, (y_anom * rinv) @ innovation)
+
+
+def weights_from_moments(gram: jax.Array, rhs: jax.Array) -> jax.Array:
+    """``etkf_weights`` from the observation moments ``gram = Y diag(r⁻¹) Yᵀ`` (N × N) and
+    ``rhs = Y diag(r⁻¹) d`` (N), for analyses that sum them over observations themselves."""
+    n = gram.shape[0]
+    lam, v = jnp.linalg.eigh((n - 1) * jnp.eye(n, dtype=gram.dtype) + gram)
     lam = jnp.maximum(lam, (n - 1) * 1e-6)  # M ≥ (N−1)I in exact arithmetic
-    w_mean = v @ ((v.T @ ((y_anom * rinv) @ innovation)) / lam)
+    w_mean = v @ ((v.T @ rhs) / lam)
     w_sqrt = (v * jnp.sqrt((n - 1) / lam)) @ v.T
     return w_mean[:, None] + w_sqrt
 

@@ -8,6 +8,12 @@ Method settings: ``methods.<name>`` holds tuned defaults per method for this exp
 ``assimilator`` holds overrides for the method being run (``method``), e.g.
 ``--set assimilator.inflation=1.05``. Both are validated against the method's settings.
 
+Testbeds: ``testbed.kind`` picks the model of the section, ``lorenz96`` (the default;
+``TestbedConfig``) or ``sphere`` (``ensda.testbeds.sphere.config.SphereTestbedConfig``). The
+``obs`` section follows the testbed: on Lorenz-96 an ``ObsConfig`` (sites of a ring), on the
+sphere a global network of columns, ``SphereObsConfig`` (``kind: random | stations | swaths``,
+the default ``random``).
+
 ``sweep`` (optional) describes an Optuna sweep over config values (``ensda sweep``); every
 swept key is checked on load by applying its values to the config as overrides.
 """
@@ -25,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from ensda import assimilator as registry
 from ensda.testbeds.lorenz96 import HOURS_PER_TIME_UNIT
+from ensda.testbeds.sphere.config import SphereObsConfig, SphereTestbedConfig
 
 
 class _Strict(BaseModel):
@@ -58,6 +65,26 @@ class ObsConfig(_Strict):
         if self.redraw and self.density is None:
             raise ValueError("obs.redraw needs obs.density (only random networks are redrawn)")
         return self
+
+
+def _testbed_kind(value: Any) -> Any:
+    return value.get("kind", "lorenz96") if isinstance(value, dict) else getattr(value, "kind", None)
+
+
+def _obs_kind(value: Any) -> str:
+    """A global network has a ``kind`` (random, stations, swaths); a ring network has none."""
+    has_kind = "kind" in value if isinstance(value, dict) else isinstance(value, SphereObsConfig)
+    return "columns" if has_kind else "sites"
+
+
+#: union tags: ``validate`` leaves them out of the field names in error messages
+_TAGS = {"testbed": ("lorenz96", "sphere"), "obs": ("sites", "columns")}
+Testbed = Annotated[
+    Annotated[TestbedConfig, Tag("lorenz96")] | Annotated[SphereTestbedConfig, Tag("sphere")],
+    Discriminator(_testbed_kind, custom_error_type="testbed_kind",
+                  custom_error_message="testbed.kind must be lorenz96 or sphere"),
+]
+Obs = Annotated[Annotated[ObsConfig, Tag("sites")] | Annotated[SphereObsConfig, Tag("columns")], Discriminator(_obs_kind)]
 
 
 class ForecastModelConfig(_Strict):
@@ -360,8 +387,8 @@ class TrainConfig(_Strict):
 
 class ExperimentConfig(_Strict):
     name: str = "experiment"
-    testbed: TestbedConfig = TestbedConfig()
-    obs: ObsConfig = ObsConfig()
+    testbed: Testbed = TestbedConfig()
+    obs: Obs = ObsConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
     cycles: int = Field(1000, ge=1)
     burn_in: int = Field(100, ge=0)
@@ -375,16 +402,30 @@ class ExperimentConfig(_Strict):
     lead_time: LeadTimeConfig = LeadTimeConfig()
     train: TrainConfig | None = None
 
+    @pydantic.model_validator(mode="before")
+    @classmethod
+    def _sphere_obs_default(cls, data: Any) -> Any:
+        """On a sphere testbed the ``obs`` section is a global network (random columns unless
+        ``obs.kind`` says otherwise)."""
+        if isinstance(data, dict) and _testbed_kind(data.get("testbed") or {}) == "sphere":
+            obs = data.get("obs")
+            if obs is None or (isinstance(obs, dict) and "kind" not in obs):
+                data = {**data, "obs": {"kind": "random", **(obs or {})}}
+        return data
+
     @pydantic.model_validator(mode="after")
     def _check(self):
         if self.burn_in >= self.cycles:
             raise ValueError(f"burn_in ({self.burn_in}) must be smaller than cycles ({self.cycles})")
+        self._check_testbed()
         for name in self.methods:
             registry.validate_settings(name, self.methods[name])
         self.method_settings(self.method)  # validates method name and overrides
         if self.train is not None:
             if self.train.seed in (self.seeds.truth, self.seeds.obs):
                 raise ValueError(f"train.seed ({self.train.seed}) must differ from seeds.truth and seeds.obs: the model must not see the evaluation truth")
+            if self.sphere:
+                raise ValueError("train: diffusion training runs on Lorenz-96 only (testbed.kind is sphere)")
             if any(src.obs.sites and max(src.obs.sites) >= self.testbed.n for src in self.train.sources):
                 raise ValueError(f"train.sources: obs.sites out of range for testbed.n = {self.testbed.n}")
         if self.lead_time.enabled:
@@ -396,9 +437,37 @@ class ExperimentConfig(_Strict):
         return self
 
     @property
+    def sphere(self) -> bool:
+        return self.testbed.kind == "sphere"
+
+    @property
     def hours_per_cycle(self) -> float:
         """Length of one cycle in hours (0.05 model time units = 6 h on Lorenz-96)."""
+        if self.sphere:
+            return float(self.testbed.cycle_hours)
         return self.testbed.steps_per_cycle * self.testbed.dt * HOURS_PER_TIME_UNIT
+
+    @property
+    def perfect_model(self) -> bool:
+        """Whether the forecast model is the nature run's model."""
+        if self.sphere:
+            f, t = self.testbed.forecast, self.testbed
+            return f.resolution in (None, t.resolution) and f.dt_minutes in (None, t.dt_minutes)
+        return self.forecast_model.forcing in (None, self.testbed.forcing)
+
+    def _check_testbed(self) -> None:
+        """The obs section matches the testbed; sphere-only and Lorenz-96-only settings."""
+        if not self.sphere:
+            if isinstance(self.obs, SphereObsConfig):
+                raise ValueError(f"obs.kind: global networks ({self.obs.kind}) need testbed.kind: sphere")
+            return
+        self.obs.check_state(self.testbed)
+        if self.forecast_model.forcing is not None:
+            raise ValueError("forecast_model.forcing is a Lorenz-96 setting; on the sphere set testbed.forecast "
+                             "(resolution, dt_minutes) for an imperfect model")
+        if self.ensemble.init == "climatology" and self.testbed.climatology_samples < self.ensemble.size:
+            raise ValueError(f"testbed.climatology_samples ({self.testbed.climatology_samples}) must be at least "
+                             f"ensemble.size ({self.ensemble.size}) for ensemble.init: climatology")
 
     def lead_cycles(self) -> tuple[int, int]:
         """(lead, max lead) of the lead-time loss in cycles (``LeadTimeConfig.leads``)."""
@@ -407,8 +476,7 @@ class ExperimentConfig(_Strict):
     def _check_lead_time(self) -> None:
         lt = self.lead_time
         self.lead_cycles()
-        perfect = self.forecast_model.forcing in (None, self.testbed.forcing)
-        if lt.reference == "truth_noise" and lt.noise_std == 0 and perfect:
+        if lt.reference == "truth_noise" and lt.noise_std == 0 and self.perfect_model:
             raise ValueError("lead_time.noise_std must be > 0 with a perfect forecast model: the truth_noise reference "
                              "curve would be 0 at every lead (or set forecast_model.forcing for an imperfect model)")
         if lt.reference == "dense_reference":
@@ -534,7 +602,10 @@ def validate(data: dict) -> ExperimentConfig:
     except pydantic.ValidationError as err:
         lines = ["invalid config:"]
         for e in err.errors():
-            loc = ".".join(str(p) for p in e["loc"])
+            parts = [str(p) for p in e["loc"]]
+            if len(parts) > 1 and parts[1] in _TAGS.get(parts[0], ()):
+                del parts[1]  # the union tag (testbed.sphere.levels -> testbed.levels)
+            loc = ".".join(parts)
             msg = e["msg"].removeprefix("Value error, ")
             named = not loc or msg.startswith(loc + ".")  # the message names its own field
             lines.append(f"  {msg}" if named else f"  {loc}: {msg}")

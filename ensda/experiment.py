@@ -7,6 +7,11 @@ method over it, summarises, and scores its lead-time loss.
 Models: the nature run uses ``testbed``; the cycle's backgrounds, the lead-time forecasts
 and what methods build from forecasts (3D-Var's NMC B) use the forecast model
 (``forecast_model``: the testbed with e.g. another forcing; the testbed itself by default).
+Testbeds: Lorenz-96, or the sphere (``testbed.kind: sphere``) as a ``FlatSphere``: states
+are flat vectors ``(..., n_var·n_lat·n_lon)`` with cos-latitude weights per element, so the
+cycler, the metrics and the methods work on both alike; the truth is a window of the
+nature-run store (its start ``testbed.truth_start`` or drawn from ``seeds.truth``) and the
+climatology store states outside that window; the network is a ``GlobalObsNetwork``.
 Keys: every stream derives from ``config.seeds``; the analysis of cycle k uses
 ``fold_in(key, k)``, member j of a stochastic method ``fold_in(..., j)`` inside it.
 """
@@ -22,24 +27,29 @@ from ensda import assimilator as registry
 from ensda import metrics
 from ensda.config import ExperimentConfig
 from ensda.cycle import CycleResult, NonFiniteStateError, check_finite, run_chunked, summarize
-from ensda.observe import ObsNetwork, Observations
+from ensda.observe import GLOBAL_R_STD, GlobalObsNetwork, ObsNetwork, Observations
 from ensda.testbeds import Lorenz96
+from ensda.testbeds.sphere.grid import LatLonGrid
+from ensda.testbeds.sphere.testbed import FlatSphere, channels_of
+from ensda.testbeds.sphere.testbed import from_config as sphere_from_config
+
+Testbed = Lorenz96 | FlatSphere
 
 
 @dataclasses.dataclass(frozen=True)
 class OSSE:
     """Everything the methods of one experiment share."""
 
-    testbed: Lorenz96
-    network: ObsNetwork
+    testbed: Testbed
+    network: ObsNetwork | GlobalObsNetwork
     truth: jax.Array  # (K+1, n), cycle 0 = initial time
     obs: Observations  # stacked over cycles 1..K
     climatology: jax.Array  # (S, n) attractor samples independent of the truth
-    model: Lorenz96 | None = None  # the forecast model; None: the testbed (perfect model)
+    model: Testbed | None = None  # the forecast model; None: the testbed (perfect model)
     lead_time: metrics.LeadTimeReference | None = None  # None: lead-time loss off
 
     @property
-    def forecast_model(self) -> Lorenz96:
+    def forecast_model(self) -> Testbed:
         return self.testbed if self.model is None else self.model
 
 
@@ -55,19 +65,32 @@ class MethodRun:
     lead_time: metrics.LeadTimeCurves | None = None
 
 
-def make_testbed(cfg: ExperimentConfig) -> Lorenz96:
+def make_testbed(cfg: ExperimentConfig) -> Testbed:
     t = cfg.testbed
+    if cfg.sphere:
+        return FlatSphere(sphere_from_config(t))
     return Lorenz96(n=t.n, forcing=t.forcing, dt=t.dt, steps_per_cycle=t.steps_per_cycle, spinup_steps=t.spinup_steps)
 
 
-def make_forecast_model(cfg: ExperimentConfig) -> Lorenz96:
-    """The testbed with the ``forecast_model`` values that are set."""
+def make_forecast_model(cfg: ExperimentConfig) -> Testbed:
+    """The testbed with the ``forecast_model`` values that are set (on the sphere: the dycore
+    at ``testbed.forecast``'s resolution and time step)."""
+    if cfg.sphere:
+        return FlatSphere(sphere_from_config(cfg.testbed, perfect=False))
     changes = {k: v for k, v in cfg.forecast_model.model_dump().items() if v is not None}
     return dataclasses.replace(make_testbed(cfg), **changes)
 
 
-def make_network(cfg: ExperimentConfig) -> ObsNetwork:
+def make_network(cfg: ExperimentConfig) -> ObsNetwork | GlobalObsNetwork:
     o = cfg.obs
+    if cfg.sphere:
+        t = cfg.testbed
+        return GlobalObsNetwork(
+            LatLonGrid(t.grid.n_lon, t.grid.n_lat), channels_of(t), kind=o.kind, density=o.density, redraw=o.redraw,
+            variables=o.variables, levels=o.levels, r_std=tuple((dict(GLOBAL_R_STD) | o.r_std).items()),
+            cycle_hours=t.cycle_hours, n_clusters=o.n_clusters, n_satellites=o.n_satellites,
+            inclination_deg=o.inclination_deg, period_minutes=o.period_minutes,
+        )
     return ObsNetwork(
         n_state=cfg.testbed.n, every=o.every, density=o.density,
         sites=tuple(o.sites) if o.sites is not None else None,
@@ -80,11 +103,16 @@ def make_osse(cfg: ExperimentConfig) -> OSSE:
     testbed = make_testbed(cfg)
     network = make_network(cfg)
     truth_key = jax.random.key(cfg.seeds.truth)
-    truth = testbed.nature_run(truth_key, cfg.cycles)
+    clim_key = jax.random.fold_in(truth_key, 1)
+    if cfg.sphere:  # a window of the store; the climatology from outside it
+        truth, clim = testbed.truth_and_climatology(truth_key, cfg.cycles, clim_key, cfg.testbed.climatology_samples,
+                                                    cfg.testbed.truth_start)
+    else:
+        truth = testbed.nature_run(truth_key, cfg.cycles)
+        clim = testbed.climatology_samples(clim_key, cfg.testbed.climatology_samples)
     bad = np.flatnonzero(~np.isfinite(np.asarray(truth)).all(axis=-1))
     if bad.size:
         raise NonFiniteStateError(int(bad[0]), "nature run", "truth")
-    clim = testbed.climatology_samples(jax.random.fold_in(truth_key, 1), cfg.testbed.climatology_samples)
     obs = network.observe_run(truth[1:], jax.random.key(cfg.seeds.obs))
     osse = OSSE(testbed, network, truth, obs, clim, model=make_forecast_model(cfg))
     if cfg.lead_time.enabled:
@@ -108,10 +136,14 @@ def make_lead_time_reference(cfg: ExperimentConfig, osse: OSSE) -> metrics.LeadT
 
 
 def dense_reference_run(cfg: ExperimentConfig, osse: OSSE) -> MethodRun:
-    """``lead_time.dense_method`` cycled on the same truth with every site observed (same
-    error std, operator and obs seed), as the reference analyses of the lead-time loss."""
+    """``lead_time.dense_method`` cycled on the same truth with every site (on the sphere:
+    every column, in the network's channels) observed (same error std, operator and obs
+    seed), as the reference analyses of the lead-time loss."""
     o = cfg.obs
-    network = ObsNetwork(n_state=cfg.testbed.n, every=1, r_std=o.r_std, operator=o.operator)
+    if cfg.sphere:
+        network = dataclasses.replace(osse.network, kind="random", density=1.0, redraw=False)
+    else:
+        network = ObsNetwork(n_state=cfg.testbed.n, every=1, r_std=o.r_std, operator=o.operator)
     obs = network.observe_run(osse.truth[1:], jax.random.key(cfg.seeds.obs))
     dense = dataclasses.replace(osse, network=network, obs=obs, lead_time=None)
     return run_method(cfg, dense, cfg.lead_time.dense_method, cfg.lead_time.dense_settings)

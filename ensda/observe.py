@@ -68,10 +68,12 @@ class Observations:
         return self.idx if self.site is None else self.site
 
     def flat(self, x: jax.Array) -> jax.Array:
-        """States ``(..., *state_shape)`` as flat vectors ``(..., n)`` (unchanged on 1-D testbeds)."""
-        if self.state_shape is None:
+        """States ``(..., *state_shape)`` as flat vectors ``(..., n)``; flat states and states
+        of 1-D testbeds are returned unchanged."""
+        lead = x.ndim - len(self.state_shape or ())
+        if self.state_shape is None or lead < 0 or x.shape[lead:] != self.state_shape:
             return x
-        return x.reshape(x.shape[: x.ndim - len(self.state_shape)] + (-1,))
+        return x.reshape(x.shape[:lead] + (-1,))
 
     def h(self, x: jax.Array) -> jax.Array:
         """Observation operator H(x): ``(..., n) -> (..., p)``, or ``(..., *state_shape) -> (..., p)``."""

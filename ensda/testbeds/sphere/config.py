@@ -15,13 +15,17 @@ Example (``experiments/configs/sphere.yaml``)::
       grid: {n_lon: 64, n_lat: 32}
       levels: [50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000]
       nature: {store: data/sphere/nature.zarr, days: 365, output_hours: 6}
+    obs: {kind: random, density: 0.01}   # SphereObsConfig: observed columns, variables, R
+
+``SphereObsConfig`` is the ``obs:`` section of an experiment on this testbed
+(``ensda.observe.GlobalObsNetwork``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import itertools
-from typing import Literal
+from typing import Annotated, Literal
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,6 +34,12 @@ from pydantic import BaseModel, ConfigDict, Field
 RESOLUTIONS = ("T21", "T31", "T42", "T63", "T85")
 #: the 13 pressure levels (hPa) of WeatherBench 2's ERA5 stores
 WB2_LEVELS = (50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000)
+#: ERA5 names of the state variables of each model: (on pressure levels, at the surface)
+MODEL_VARIABLES = {
+    "held_suarez": (("geopotential", "temperature", "u_component_of_wind", "v_component_of_wind"), ("surface_pressure",)),
+    "shallow_water": (("geopotential", "u_component_of_wind", "v_component_of_wind"), ()),
+}
+Variable = Literal["geopotential", "temperature", "u_component_of_wind", "v_component_of_wind", "surface_pressure"]
 
 
 class _Strict(BaseModel):
@@ -89,6 +99,21 @@ class SphereTestbedConfig(_Strict):
     #: hours between analyses (a multiple of nature.output_hours)
     cycle_hours: int = Field(6, ge=1)
     forecast: SphereForecastConfig = SphereForecastConfig()
+    #: store time index of the experiment's cycle 0; null: drawn from ``seeds.truth``
+    #: uniformly among the starts whose ``cycles`` fit in the store
+    truth_start: int | None = Field(None, ge=0)
+    #: store states (outside the truth window) for climatology and climatological ensembles
+    climatology_samples: int = Field(200, ge=2)
+
+    @property
+    def state_levels(self) -> tuple[int, ...]:
+        """Pressure levels (hPa) of the state's 3-D variables."""
+        return self.levels if self.model == "held_suarez" else (self.shallow_water_level,)
+
+    @property
+    def state_variables(self) -> tuple[str, ...]:
+        """Every variable of the state (pressure-level ones, then surface ones)."""
+        return sum(MODEL_VARIABLES[self.model], ())
 
     @pydantic.model_validator(mode="after")
     def _check(self):
@@ -109,6 +134,44 @@ class SphereTestbedConfig(_Strict):
             if dt_min is not None and abs(self.cycle_hours * 60 / dt_min - round(self.cycle_hours * 60 / dt_min)) > 1e-9:
                 raise ValueError(f"cycle_hours ({self.cycle_hours} h) must be a whole number of {name} ({dt_min}) steps")
         return self
+
+
+class SphereObsConfig(_Strict):
+    """A global observation network on the analysis grid (``ensda.observe.GlobalObsNetwork``):
+    where the observed columns are (``kind``: random, stations, swaths), the fraction of
+    columns observed each cycle, which variables and levels each column observes (null: all
+    of the state's) and the error std per variable (SI; variables not listed keep
+    ``observe.GLOBAL_R_STD``: 100 m²/s², 1 K, 2 m/s, 2 m/s, 100 Pa)."""
+
+    kind: Literal["random", "stations", "swaths"] = "random"
+    density: float = Field(0.01, gt=0, le=1)
+    #: random columns only: a new set every cycle (else one set for the whole run)
+    redraw: bool = False
+    variables: tuple[Variable, ...] | None = Field(None, min_length=1)
+    levels: tuple[int, ...] | None = Field(None, min_length=1)
+    r_std: dict[Variable, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    #: station clusters (``stations``)
+    n_clusters: int = Field(12, ge=1)
+    #: polar orbits (``swaths``)
+    n_satellites: int = Field(2, ge=1)
+    inclination_deg: float = Field(98.7, gt=0, lt=180)
+    period_minutes: float = Field(101.0, gt=0)
+
+    @pydantic.model_validator(mode="after")
+    def _check(self):
+        if self.redraw and self.kind != "random":
+            raise ValueError(f"obs.redraw applies to random columns only (obs.kind is {self.kind})")
+        return self
+
+    def check_state(self, testbed: SphereTestbedConfig) -> None:
+        """Raise ``ValueError`` naming the field if this network observes what ``testbed``'s
+        state does not hold."""
+        bad = sorted(set(self.variables or ()) - set(testbed.state_variables))
+        if bad:
+            raise ValueError(f"obs.variables: {bad} not in the {testbed.model} state ({list(testbed.state_variables)})")
+        bad = sorted(set(self.levels or ()) - set(testbed.state_levels))
+        if bad:
+            raise ValueError(f"obs.levels: {bad} are not levels of the state ({list(testbed.state_levels)})")
 
 
 def load_testbed(path, overrides: list[str] | None = None) -> SphereTestbedConfig:

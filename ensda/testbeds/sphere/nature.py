@@ -32,14 +32,13 @@ from ensda.testbeds.sphere.grid import LatLonGrid
 SPINUP_BLOCK_DAYS = 10.0
 #: config keys (or key prefixes) that may differ when continuing a store: the length and place
 #: of the run, and the experiment settings that do not shape the nature run
-RESUMABLE_CHANGES = ("nature.days", "nature.store", "cycle_hours", "forecast.")
+RESUMABLE_CHANGES = ("nature.days", "nature.store", "cycle_hours", "forecast.", "truth_start", "climatology_samples")
 
 
 def build(cfg: SphereTestbedConfig):
     """The dycore and the output (grid, levels) of a sphere testbed config."""
     model = make_model(cfg.model, cfg.resolution, cfg.dt_minutes, cfg.layers)
-    levels = cfg.levels if cfg.model == "held_suarez" else (cfg.shallow_water_level,)
-    return model, Output(LatLonGrid(cfg.grid.n_lon, cfg.grid.n_lat), tuple(int(v) for v in levels))
+    return model, Output(LatLonGrid(cfg.grid.n_lon, cfg.grid.n_lat), tuple(int(v) for v in cfg.state_levels))
 
 
 def state_arrays(state) -> dict[str, np.ndarray]:

@@ -19,6 +19,10 @@ resolution (``resolution: T21`` under a T42 truth) is an imperfect model.
 **Grid.** ``LatLonGrid``: cos-latitude area weights normalised to mean 1, great-circle
 distances in km between columns (flat index ``lat · n_lon + lon``) for localisation.
 
+**Flat states.** ``FlatSphere`` wraps the testbed for the cycler: states ``(..., n_state)``
+(the C-order flattening of ``(..., n_var, n_lat, n_lon)``) and one cos-latitude weight per
+element, so the cycler, the metrics and the ensemble methods run as on Lorenz-96.
+
 **Truth and climatology** come from a nature-run store (``ensda data nature``) or any store
 in the ERA5 / WeatherBench 2 layout (``store.normalise``: either latitude order, either
 dim order, extra variables ignored; a finer grid is regridded conservatively to the analysis
@@ -37,6 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ensda.testbeds.sphere.config import MODEL_VARIABLES
 from ensda.testbeds.sphere.dycore import (
     PRESSURE_LEVEL_VARIABLES,
     SURFACE_VARIABLES,
@@ -230,6 +235,68 @@ def _forecast(testbed: SphereTestbed, x: jax.Array, n_cycles: int) -> jax.Array:
     return jax.vmap(one)(flat).reshape(lead + x.shape[-3:])
 
 
+@dataclasses.dataclass(frozen=True)
+class FlatGrid:
+    """The lat–lon grid as the cycler sees flat states: one area weight per state element
+    (cos φ normalised to mean 1, the same for every channel of a column)."""
+
+    grid: LatLonGrid
+    n_channels: int
+
+    @property
+    def weights(self) -> jax.Array:
+        return jnp.broadcast_to(self.grid.weights, (self.n_channels,) + self.grid.shape).reshape(-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlatSphere:
+    """A ``SphereTestbed`` on flat states ``(..., n_state)``, n_state = n_var · n_lat · n_lon
+    (C order), the form of the cycler, the metrics and every assimilator (as on Lorenz-96)."""
+
+    testbed: SphereTestbed
+
+    @property
+    def state_shape(self) -> tuple[int, int, int]:
+        return (self.testbed.channels.n,) + self.testbed.grid.shape
+
+    @property
+    def n_state(self) -> int:
+        return self.testbed.n_state
+
+    @property
+    def grid(self) -> FlatGrid:
+        return FlatGrid(self.testbed.grid, self.testbed.channels.n)
+
+    @property
+    def hours_per_cycle(self) -> float:
+        return float(self.testbed.hours_per_cycle)
+
+    def unflatten(self, x: jax.Array) -> jax.Array:
+        """``(..., n_state)`` → ``(..., n_var, n_lat, n_lon)``."""
+        return x.reshape(x.shape[:-1] + self.state_shape)
+
+    def forecast(self, x: jax.Array, n_cycles: int) -> jax.Array:
+        return self.testbed.forecast(self.unflatten(x), n_cycles).reshape(x.shape)
+
+    def cycle_forecast(self, x: jax.Array) -> jax.Array:
+        return self.forecast(x, 1)
+
+    def truth_and_climatology(self, key: jax.Array, n_cycles: int, clim_key: jax.Array, n_samples: int,
+                              start: int | None = None) -> tuple[jax.Array, jax.Array]:
+        """Flat truth at cycles 0..n_cycles from the store, ``(n_cycles + 1, n_state)``, from
+        store time ``start`` (None: drawn with ``key`` among the starts that fit), and
+        ``n_samples`` flat store states outside that window (key ``clim_key``)."""
+        tb = self.testbed
+        span = n_cycles * tb._stride
+        if start is None:
+            n_times = tb._dataset.sizes["time"]
+            if span >= n_times:
+                raise ValueError(f"{tb.store} holds {n_times} times, too few for {n_cycles} cycles of {tb.hours_per_cycle} h")
+            start = int(jax.random.randint(key, (), 0, n_times - span))
+        truth = tb.truth(start, n_cycles)
+        clim = tb.climatology_samples(clim_key, n_samples, exclude=(start, start + span))
+        return truth.reshape(truth.shape[0], -1), clim.reshape(n_samples, -1)
+
 
 def from_config(cfg, store: str | None = None, perfect: bool = True) -> SphereTestbed:
     """The testbed of a ``SphereTestbedConfig``: the nature run's dycore (``perfect``) or the
@@ -241,7 +308,10 @@ def from_config(cfg, store: str | None = None, perfect: bool = True) -> SphereTe
     if not perfect:
         f = cfg.forecast
         model = dataclasses.replace(model, resolution=f.resolution or cfg.resolution, dt_minutes=f.dt_minutes or cfg.dt_minutes)
-    variables = PRESSURE_LEVEL_VARIABLES if cfg.model == "held_suarez" else PRESSURE_LEVEL_VARIABLES[:1] + PRESSURE_LEVEL_VARIABLES[2:]
-    surface = SURFACE_VARIABLES if cfg.model == "held_suarez" else ()
-    return SphereTestbed(model, out.grid, Channels(variables, out.levels, surface), cfg.cycle_hours,
-                         store if store is not None else cfg.nature.store)
+    return SphereTestbed(model, out.grid, channels_of(cfg), cfg.cycle_hours, store if store is not None else cfg.nature.store)
+
+
+def channels_of(cfg) -> Channels:
+    """The state channels of a ``SphereTestbedConfig``: its model's variables on its levels."""
+    variables, surface = MODEL_VARIABLES[cfg.model]
+    return Channels(variables, tuple(int(v) for v in cfg.state_levels), surface)
