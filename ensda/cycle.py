@@ -1,7 +1,9 @@
 """The cycled OSSE runner: forecast, then analysis, every cycle, in one ``lax.scan``.
 
 Inputs are the truth ``(K+1, n)`` (cycle 0 is the initial time), the observations of
-cycles 1..K (stacked ``Observations``), and the initial ensemble ``(N, n)``. Each cycle k:
+cycles 1..K (stacked ``Observations``), and the initial ensemble ``(N, n)``. States are flat
+vectors on every testbed: on the sphere ``n = n_var · n_lat · n_lon`` (``FlatSphere``), with
+the cos-latitude weight of each element in ``testbed.grid.weights``. Each cycle k:
 
     x_f = M(x_a[k-1])                       (testbed.cycle_forecast, all members at once)
     x_a = assimilator.analyse(x_f, y_k, fold_in(key, k))
