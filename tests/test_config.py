@@ -168,3 +168,14 @@ def test_flatten_gives_dotted_keys():
     assert flat["testbed.n"] == 40
     assert flat["assimilator.radius"] == 3.0
     assert flat["methods"] == {}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_with_valid_method_settings(path):
+    """Every config under experiments/configs validates, with every method's settings and,
+    for a sweep, a non-empty grid or trial budget."""
+    cfg = load(path)
+    for method in cfg.methods:
+        cfg.method_settings(method)
+    if cfg.sweep is not None and cfg.sweep.sampler == "grid":
+        assert cfg.sweep.grid_size() >= 1
