@@ -12,6 +12,20 @@ the cos-latitude weight of each element in ``testbed.grid.weights``. Each cycle 
 Per-cycle metrics are stored as primitives (MSE, spread², CRPS, rank histogram, energy
 score); ``summarize`` turns them into time means after the burn-in. A non-finite state is
 reported with the cycle and the stage (forecast or analysis) that produced it.
+
+**Channels (the sphere).** When the testbed's grid has ``n_channels`` = C (``FlatGrid``:
+a state is C channels of m = n_lat·n_lon points), the scan also stores each channel's
+cos-latitude weighted MSE_c, spread²_c and CRPS_c (SI units, ``channel_*`` fields, shape
+``(K, C)``), and the aggregates (``mse_*``, ``spread2_*``, ``crps_*``, ``energy_a``) are
+*normalised*: each channel is divided by its climatological standard deviation σ_c
+(``channel_std``; ones if not given, which gives the SI aggregate) before averaging,
+
+    MSE = (1/C) Σ_c MSE_c / σ_c²,   spread² = (1/C) Σ_c spread²_c / σ_c²,
+    CRPS = (1/C) Σ_c CRPS_c / σ_c,  energy score of the states divided by σ_c,
+
+i.e. the all-channel metrics of the standardised state x_c / σ_c, so that no variable
+(geopotential in m²/s², surface pressure in Pa) dominates. On Lorenz-96 (no channels)
+nothing changes.
 """
 
 from __future__ import annotations
@@ -58,6 +72,13 @@ class CycleResult:
     finite_f: jax.Array  # (K,) bool
     finite_a: jax.Array  # (K,) bool
     final_ensemble: jax.Array  # (N, n)
+    # per channel (K, C), SI units, on a testbed with channels (the sphere); None otherwise
+    channel_mse_f: jax.Array | None = None
+    channel_mse_a: jax.Array | None = None
+    channel_spread2_f: jax.Array | None = None
+    channel_spread2_a: jax.Array | None = None
+    channel_crps_f: jax.Array | None = None
+    channel_crps_a: jax.Array | None = None
 
     @property
     def n_cycles(self) -> int:
@@ -69,8 +90,7 @@ class CycleResult:
 
 
 def _cycle_metrics(ens: jax.Array, truth: jax.Array, weights: jax.Array) -> dict:
-    n = ens.shape[0]
-    estimator = "fair" if n > 1 else "standard"
+    estimator = "fair" if ens.shape[0] > 1 else "standard"
     return dict(
         mse=metrics.ensemble_mean_mse(ens, truth, weights),
         spread2=metrics.squared_spread(ens, weights),
@@ -79,32 +99,64 @@ def _cycle_metrics(ens: jax.Array, truth: jax.Array, weights: jax.Array) -> dict
     )
 
 
+def _channel_metrics(ens: jax.Array, truth: jax.Array, weights: jax.Array, std: jax.Array) -> dict:
+    """Per-channel metrics (SI) of flat states with C = ``std.size`` channels, and their
+    aggregates normalised by the channel standard deviations ``std`` (module docstring)."""
+    c = std.shape[0]
+    e, t, w = ens.reshape(ens.shape[0], c, -1), truth.reshape(c, -1), weights.reshape(c, -1)
+    estimator = "fair" if ens.shape[0] > 1 else "standard"
+    per = dict(
+        mse=metrics.ensemble_mean_mse(e, t, w, axis=-1),
+        spread2=metrics.squared_spread(e, w, axis=-1),
+        crps=metrics.crps(e, t, w, estimator=estimator, axis=-1),
+    )
+    return dict(
+        mse=jnp.mean(per["mse"] / std**2), spread2=jnp.mean(per["spread2"] / std**2), crps=jnp.mean(per["crps"] / std),
+        finite=jnp.all(jnp.isfinite(ens)), channels=per,
+    )
+
+
 @partial(jax.jit, static_argnames=("testbed",))
 def run_cycles(
-    testbed, assimilator, truth: jax.Array, obs: Observations, x0: jax.Array, key: jax.Array, first_cycle=1
+    testbed, assimilator, truth: jax.Array, obs: Observations, x0: jax.Array, key: jax.Array, first_cycle=1,
+    channel_std: jax.Array | None = None,
 ) -> CycleResult:
     """Cycle ``assimilator`` over ``obs`` from the initial ensemble ``x0``.
 
     ``truth`` has one more entry than ``obs`` (its first is the initial time); the cycles
     are numbered from ``first_cycle``, which sets the analysis keys ``fold_in(key, k)``.
+    On a testbed with channels, ``channel_std`` (C,) normalises the aggregate metrics
+    (module docstring; None: ones).
     """
     weights = testbed.grid.weights
+    n_channels = getattr(testbed.grid, "n_channels", None)
+    if n_channels is None:
+        scale = None
+        measure = _cycle_metrics
+    else:
+        std = jnp.ones(n_channels, truth.dtype) if channel_std is None else jnp.asarray(channel_std, truth.dtype)
+        scale = jnp.repeat(std, truth.shape[-1] // n_channels)  # σ_c of every state element
+        measure = partial(_channel_metrics, std=std)
 
     def body(xa, inputs):
         k, t, y = inputs
         xf = testbed.cycle_forecast(xa)
         xa_new = assimilator.analyse(xf, y, jax.random.fold_in(key, k))
-        mf = _cycle_metrics(xf, t, weights)
-        ma = _cycle_metrics(xa_new, t, weights)
+        mf = measure(xf, t, weights)
+        ma = measure(xa_new, t, weights)
         out = dict(
             mse_f=mf["mse"], mse_a=ma["mse"],
             spread2_f=mf["spread2"], spread2_a=ma["spread2"],
             crps_f=mf["crps"], crps_a=ma["crps"],
-            energy_a=metrics.energy_score(xa_new, t, weights),
+            energy_a=metrics.energy_score(xa_new, t, weights) if scale is None
+            else metrics.energy_score(xa_new / scale, t / scale, weights),
             rank_hist_a=metrics.rank_histogram(xa_new, t),
             mean_f=xf.mean(0), mean_a=xa_new.mean(0),
             finite_f=mf["finite"], finite_a=ma["finite"],
         )
+        if scale is not None:
+            out.update({f"channel_{name}_{s}": m["channels"][name] for s, m in (("f", mf), ("a", ma))
+                        for name in ("mse", "spread2", "crps")})
         return xa_new, out
 
     n_cycles = truth.shape[0] - 1
@@ -127,7 +179,8 @@ class Timed:
     run_s: float
 
 
-def run_chunked(testbed, assimilator, truth, obs, x0, key, chunks: int | None = None, progress=None) -> Timed:
+def run_chunked(testbed, assimilator, truth, obs, x0, key, chunks: int | None = None, progress=None,
+                channel_std=None) -> Timed:
     """``run_cycles`` in equal chunks (one compiled program), for progress and early NaN stops.
 
     The result equals one scan over all cycles (same keys, same order). ``progress(done)``
@@ -140,13 +193,14 @@ def run_chunked(testbed, assimilator, truth, obs, x0, key, chunks: int | None = 
         raise ValueError(f"{chunks} chunks do not divide {n_cycles} cycles")
     size = n_cycles // chunks
     t0 = time.perf_counter()
-    compiled = run_cycles.lower(testbed, assimilator, truth[: size + 1], obs.at(slice(0, size)), x0, key, 1).compile()
+    compiled = run_cycles.lower(testbed, assimilator, truth[: size + 1], obs.at(slice(0, size)), x0, key, 1,
+                                channel_std).compile()
     compile_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     parts, x = [], x0
     for c in range(chunks):
         s = c * size
-        part = compiled(assimilator, truth[s : s + size + 1], obs.at(slice(s, s + size)), x, key, s + 1)
+        part = compiled(assimilator, truth[s : s + size + 1], obs.at(slice(s, s + size)), x, key, s + 1, channel_std)
         parts.append(part)
         x = part.final_ensemble
         if not bool(part.finite_a.all() & part.finite_f.all()):
@@ -174,28 +228,62 @@ def check_finite(result: CycleResult, method: str) -> None:
     raise NonFiniteStateError(int(first_a) + 1, "analysis", method)
 
 
-def summarize(result: CycleResult, burn_in: int) -> dict[str, float]:
+def _time_means(mse, spread2, crps, n_members: int) -> dict:
+    """Time means (axis 0: cycles after burn-in) of per-cycle primitives: rmse, spread, crps, ssr."""
+    mse, spread2 = np.asarray(mse, np.float64), np.asarray(spread2, np.float64)
+    ssr = metrics.spread_skill_ratio(spread2.mean(0), mse.mean(0), n_members) if n_members > 1 else np.zeros(mse.shape[1:])
+    return dict(rmse=np.sqrt(mse).mean(0), spread=np.sqrt(spread2).mean(0),
+                crps=np.asarray(crps, np.float64).mean(0), ssr=np.asarray(ssr, np.float64))
+
+
+def _check_burn_in(result: CycleResult, burn_in: int) -> None:
+    if not 0 <= burn_in < result.n_cycles:
+        raise ValueError(f"burn_in must be in [0, cycles), got burn_in={burn_in}, cycles={result.n_cycles}")
+
+
+def summarize(result: CycleResult, burn_in: int, channels: dict[str, int] | None = None) -> dict[str, float]:
     """Time means after ``burn_in`` cycles (DESIGN §5).
 
     rmse_* is the mean of per-cycle RMSE; spread_* the mean of per-cycle spread; ssr_* is
-    sqrt((N+1)/N) · sqrt(mean spread² / mean MSE); crps_* the mean per-cycle CRPS.
+    sqrt((N+1)/N) · sqrt(mean spread² / mean MSE); crps_* the mean per-cycle CRPS. On the
+    sphere these are the normalised aggregates (module docstring), e.g.
+
+        rmse_a = mean_k sqrt((1/C) Σ_c MSE_{k,c} / σ_c²),
+
+    and ``channels`` (name → channel index) adds the same time means of single channels
+    in SI units as ``<metric>.<channel>``: ``rmse_a.geopotential_500``, ``crps_f.temperature_850``,
+    ``ssr_a.surface_pressure``, ... (see ``channel_summary``).
     """
-    k = result.n_cycles
-    if not 0 <= burn_in < k:
-        raise ValueError(f"burn_in must be in [0, cycles), got burn_in={burn_in}, cycles={k}")
+    _check_burn_in(result, burn_in)
     n = result.n_members
     sl = slice(burn_in, None)
     out: dict[str, float] = {}
     for s in ("f", "a"):
-        mse = np.asarray(getattr(result, f"mse_{s}")[sl], np.float64)
-        sp2 = np.asarray(getattr(result, f"spread2_{s}")[sl], np.float64)
-        out[f"rmse_{s}"] = float(np.sqrt(mse).mean())
-        out[f"spread_{s}"] = float(np.sqrt(sp2).mean())
-        out[f"crps_{s}"] = float(np.asarray(getattr(result, f"crps_{s}")[sl], np.float64).mean())
-        out[f"ssr_{s}"] = float(metrics.spread_skill_ratio(sp2.mean(), mse.mean(), n)) if n > 1 else 0.0
+        means = _time_means(getattr(result, f"mse_{s}")[sl], getattr(result, f"spread2_{s}")[sl],
+                            getattr(result, f"crps_{s}")[sl], n)
+        out.update({f"{m}_{s}": float(means[m]) for m in ("rmse", "spread", "crps", "ssr")})
     out["energy_a"] = float(np.asarray(result.energy_a[sl], np.float64).mean())
     hist = np.asarray(result.rank_hist_a[sl]).sum(0)
     out["rank_flatness_a"] = float(metrics.rank_histogram_flatness(hist)) if n > 1 else float("nan")
+    if channels:
+        per = channel_summary(result, burn_in)
+        out.update({f"{key}.{name}": float(per[key][c]) for name, c in channels.items() for key in per})
+    return out
+
+
+def channel_summary(result: CycleResult, burn_in: int) -> dict[str, np.ndarray]:
+    """Per-channel time means after ``burn_in`` (SI units), each ``(C,)``: ``rmse_f``,
+    ``spread_f``, ``crps_f``, ``ssr_f`` and the same of the analysis (``*_a``); defined as
+    in ``summarize`` on each channel's cos-latitude weighted primitives."""
+    if result.channel_mse_a is None:
+        raise ValueError("this run has no per-channel metrics (its testbed has no channels)")
+    _check_burn_in(result, burn_in)
+    sl = slice(burn_in, None)
+    out = {}
+    for s in ("f", "a"):
+        means = _time_means(getattr(result, f"channel_mse_{s}")[sl], getattr(result, f"channel_spread2_{s}")[sl],
+                            getattr(result, f"channel_crps_{s}")[sl], result.n_members)
+        out.update({f"{m}_{s}": v for m, v in means.items()})
     return out
 
 

@@ -14,6 +14,13 @@ nature-run store (its start ``testbed.truth_start`` or drawn from ``seeds.truth`
 climatology store states outside that window; the network is a ``GlobalObsNetwork``.
 Keys: every stream derives from ``config.seeds``; the analysis of cycle k uses
 ``fold_in(key, k)``, member j of a stochastic method ``fold_in(..., j)`` inside it.
+
+Metrics on the sphere: the summary's rmse_*, spread_*, crps_*, ssr_* are aggregates over
+channels normalised by each channel's climatological standard deviation σ_c
+(``channel_std``, from the OSSE's climatology samples), and the headline channels
+(``testbed.headline_channels``) are reported one by one in SI units as
+``<metric>.<channel>`` (``ensda.cycle.summarize``). Methods that cannot run on the sphere
+yet (``SPHERE_UNSUPPORTED``) fail at build, naming the reason.
 """
 
 from __future__ import annotations
@@ -47,10 +54,22 @@ class OSSE:
     climatology: jax.Array  # (S, n) attractor samples independent of the truth
     model: Testbed | None = None  # the forecast model; None: the testbed (perfect model)
     lead_time: metrics.LeadTimeReference | None = None  # None: lead-time loss off
+    channel_std: jax.Array | None = None  # (C,) σ_c of each channel on the sphere (``channel_std``)
 
     @property
     def forecast_model(self) -> Testbed:
         return self.testbed if self.model is None else self.model
+
+
+@dataclasses.dataclass(frozen=True)
+class SphereRun:
+    """What per-channel tables and maps of a sphere run need besides its ``CycleResult``."""
+
+    grid: LatLonGrid
+    names: tuple[str, ...]  # every channel, in state order
+    headline: tuple[str, ...]  # channels reported one by one (summary keys, maps)
+    channel_std: np.ndarray  # (C,) climatological σ_c
+    truth_last: np.ndarray  # (C, n_lat, n_lon) truth at the last cycle
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +82,16 @@ class MethodRun:
     compile_s: float
     run_s: float
     lead_time: metrics.LeadTimeCurves | None = None
+    sphere: SphereRun | None = None  # None on Lorenz-96
+
+
+#: methods that cannot run on the sphere yet, and why (``build_assimilator`` refuses them);
+#: a method class with ``supports_sphere = True`` is let through
+SPHERE_UNSUPPORTED = {
+    "3dvar": "3dvar on the sphere needs a static B operator (not built yet)",
+    "oi": "oi builds a dense n_state × n_state climatological B, far too large on the sphere",
+    "diffusion": "diffusion has no score network for sphere states yet (it is trained on Lorenz-96)",
+}
 
 
 def make_testbed(cfg: ExperimentConfig) -> Testbed:
@@ -114,10 +143,29 @@ def make_osse(cfg: ExperimentConfig) -> OSSE:
     if bad.size:
         raise NonFiniteStateError(int(bad[0]), "nature run", "truth")
     obs = network.observe_run(truth[1:], jax.random.key(cfg.seeds.obs))
-    osse = OSSE(testbed, network, truth, obs, clim, model=make_forecast_model(cfg))
+    std = channel_std(clim, testbed) if cfg.sphere else None
+    osse = OSSE(testbed, network, truth, obs, clim, model=make_forecast_model(cfg), channel_std=std)
     if cfg.lead_time.enabled:
         osse = dataclasses.replace(osse, lead_time=make_lead_time_reference(cfg, osse))
     return osse
+
+
+def channel_std(samples: jax.Array, testbed: FlatSphere) -> jax.Array:
+    r"""Climatological standard deviation of each channel from flat samples ``(S, n)``:
+
+    .. math:: \sigma_c = \sqrt{\sum_i w_i \,\mathrm{var}_s(x_{s,c,i}) / \sum_i w_i}
+
+    (unbiased sample variance at each grid point i, cos-latitude weights w_i): the spread of
+    the samples as an ensemble (``metrics.spread``), about the RMSE of a climatological forecast.
+    """
+    c = testbed.state_shape[0]
+    std = metrics.spread(samples.reshape(samples.shape[0], c, -1), testbed.grid.grid.weights.reshape(-1), axis=-1)
+    flat = np.flatnonzero(~(np.asarray(std) > 0))
+    if flat.size:
+        names = [testbed.testbed.channels.names[i] for i in flat]
+        raise ValueError(f"channels {names} have no climatological variance in the {samples.shape[0]} samples: "
+                         "cannot normalise the metrics by them")
+    return std
 
 
 def make_lead_time_reference(cfg: ExperimentConfig, osse: OSSE) -> metrics.LeadTimeReference:
@@ -160,6 +208,8 @@ def initial_ensemble(cfg: ExperimentConfig, osse: OSSE, n_members: int) -> jax.A
 
 
 def build_assimilator(cfg: ExperimentConfig, osse: OSSE, method: str, settings: dict | None = None):
+    if cfg.sphere and method in SPHERE_UNSUPPORTED and not getattr(registry.get(method), "supports_sphere", False):
+        raise ValueError(f"{SPHERE_UNSUPPORTED[method]}; use letkf, etkf or enkf (or the references none, climatology)")
     ctx = registry.SetupContext(
         testbed=osse.forecast_model, network=osse.network, climatology=osse.climatology,
         key=jax.random.key(cfg.seeds.assimilator),
@@ -180,13 +230,23 @@ def run_method(cfg: ExperimentConfig, osse: OSSE, method: str, settings: dict | 
     n_members = cfg.members_for(method)
     x0 = initial_ensemble(cfg, osse, n_members)
     key = jax.random.key(cfg.seeds.assimilator)
-    timed = run_chunked(osse.forecast_model, assim, osse.truth, osse.obs, x0, key, progress=progress)
+    timed = run_chunked(osse.forecast_model, assim, osse.truth, osse.obs, x0, key, progress=progress,
+                        channel_std=osse.channel_std)
     check_finite(timed.result, method)
-    summary = summarize(timed.result, cfg.burn_in)
+    sphere = sphere_run(cfg, osse) if cfg.sphere else None
+    headline = {} if sphere is None else {name: sphere.names.index(name) for name in sphere.headline}
+    summary = summarize(timed.result, cfg.burn_in, headline)
     summary.update(n_cycles=cfg.cycles, n_members=n_members, nfe=registry.network_calls(assim))
     lead = None
     if osse.lead_time is not None:
         lead = metrics.score_analyses(osse.lead_time, timed.result)
         summary.update(lead_time_loss_h=float(lead.loss.loss_h), lead_time_rmse=float(lead.loss.rmse),
                        lead_time_off_curve=bool(lead.loss.off_curve))
-    return MethodRun(method, settings, n_members, timed.result, summary, timed.compile_s, timed.run_s, lead)
+    return MethodRun(method, settings, n_members, timed.result, summary, timed.compile_s, timed.run_s, lead, sphere)
+
+
+def sphere_run(cfg: ExperimentConfig, osse: OSSE) -> SphereRun:
+    """The channels, headline channels, grid, σ_c and last truth of a sphere OSSE."""
+    tb = osse.testbed
+    return SphereRun(tb.testbed.grid, tb.testbed.channels.names, cfg.testbed.headline,
+                     np.asarray(osse.channel_std), np.asarray(tb.unflatten(osse.truth[-1])))

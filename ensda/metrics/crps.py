@@ -35,6 +35,7 @@ def crps(
     truth: jax.Array,
     weights: jax.Array | None = None,
     estimator: str = "fair",
+    axis=None,
 ) -> jax.Array:
-    """Area-weighted mean CRPS over all points."""
-    return weighted_mean(crps_pointwise(ensemble, truth, estimator), weights)
+    """Area-weighted mean CRPS over ``axis`` of a member (None: all points)."""
+    return weighted_mean(crps_pointwise(ensemble, truth, estimator), weights, axis)

@@ -16,17 +16,17 @@ import jax.numpy as jnp
 from ensda.metrics.rmse import weighted_mean
 
 
-def squared_spread(ensemble: jax.Array, weights: jax.Array | None = None) -> jax.Array:
-    """Area-weighted mean of the unbiased member variance (0 for one member)."""
-    n = ensemble.shape[0]
-    if n < 2:
-        return jnp.zeros((), ensemble.dtype)
-    return weighted_mean(jnp.var(ensemble, axis=0, ddof=1), weights)
+def squared_spread(ensemble: jax.Array, weights: jax.Array | None = None, axis=None) -> jax.Array:
+    """Area-weighted mean of the unbiased member variance over ``axis`` of a member (None:
+    all axes); 0 for one member."""
+    if ensemble.shape[0] < 2:
+        return weighted_mean(jnp.zeros_like(ensemble[0]), weights, axis)
+    return weighted_mean(jnp.var(ensemble, axis=0, ddof=1), weights, axis)
 
 
-def spread(ensemble: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+def spread(ensemble: jax.Array, weights: jax.Array | None = None, axis=None) -> jax.Array:
     """Ensemble spread s (square root of the weighted mean variance)."""
-    return jnp.sqrt(squared_spread(ensemble, weights))
+    return jnp.sqrt(squared_spread(ensemble, weights, axis))
 
 
 def spread_skill_ratio(spread2: jax.Array, mse: jax.Array, n_members: int) -> jax.Array:

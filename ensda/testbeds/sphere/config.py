@@ -104,11 +104,28 @@ class SphereTestbedConfig(_Strict):
     truth_start: int | None = Field(None, ge=0)
     #: store states (outside the truth window) for climatology and climatological ensembles
     climatology_samples: int = Field(200, ge=2)
+    #: channels whose metrics the run summary reports one by one (``rmse_a.<channel>``, ...),
+    #: named ``<variable>_<level>`` or a surface variable; null: geopotential_500 and
+    #: temperature_850, those the state has
+    headline_channels: tuple[str, ...] | None = None
 
     @property
     def state_levels(self) -> tuple[int, ...]:
         """Pressure levels (hPa) of the state's 3-D variables."""
         return self.levels if self.model == "held_suarez" else (self.shallow_water_level,)
+
+    @property
+    def channel_names(self) -> tuple[str, ...]:
+        """Names of the state's channels in state order (as ``testbed.Channels.names``)."""
+        variables, surface = MODEL_VARIABLES[self.model]
+        return tuple(f"{v}_{lv}" for v in variables for lv in self.state_levels) + surface
+
+    @property
+    def headline(self) -> tuple[str, ...]:
+        """The channels reported one by one (``headline_channels`` or its default)."""
+        if self.headline_channels is not None:
+            return self.headline_channels
+        return tuple(c for c in ("geopotential_500", "temperature_850") if c in self.channel_names)
 
     @property
     def state_variables(self) -> tuple[str, ...]:
@@ -122,6 +139,10 @@ class SphereTestbedConfig(_Strict):
             raise ValueError("levels must not be empty")
         if any(b <= a for a, b in itertools.pairwise(lv)):
             raise ValueError(f"levels must be strictly increasing (hPa, top first), got {lv}")
+        unknown = [c for c in self.headline_channels or () if c not in self.channel_names]
+        if unknown:
+            raise ValueError(f"headline_channels: {unknown} are not channels of the state "
+                             f"(e.g. {list(self.channel_names[:3])} ... {self.channel_names[-1]!r})")
         if lv[0] <= 0 or lv[-1] >= 1100:
             raise ValueError(f"levels must lie in (0, 1100) hPa, got {lv}")
         steps = self.nature.output_hours * 60 / self.dt_minutes
