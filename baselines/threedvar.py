@@ -11,6 +11,14 @@ linearised at x_b (one outer loop). Two solvers of the same linear problem:
 B = ``scale`` · B₀ with B₀ the climatological covariance (from attractor samples) or an
 NMC-style covariance of differences between 2-cycle and 1-cycle forecasts valid at the
 same time (Parrish & Derber 1992). Deterministic: one member (or all members moved alike).
+
+**On the sphere** (a ``GlobalObsNetwork``) ``build`` returns a ``SphereThreeDVar``
+(``baselines.threedvar_sphere``): B = Σ C Σ is an operator (per-channel standard
+deviations, isotropic spherical-harmonic horizontal correlation of ``length_km``,
+exponential correlation in ln p of ``vertical_length`` between the levels of a variable,
+no cross-variable balance) and the analysis is the ``cg`` solve above with U = B^{1/2}
+applied matrix-free. ``length_km``, ``vertical_length`` and ``sigma_by_latitude`` are
+settings of the sphere only; ``solver: exact`` is refused there.
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ import jax.numpy as jnp
 from pydantic import Field
 
 from ensda.assimilator import register
-from ensda.observe import Observations
+from ensda.observe import GlobalObsNetwork, Observations
 from ensda.pytree import pytree_dataclass, static
 
 #: above this state size ``solver='auto'`` picks conjugate gradients
@@ -63,18 +71,41 @@ def exact_increment(b: jax.Array, xb: jax.Array, obs: Observations) -> jax.Array
     return bht @ jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(s), obs.y - hx)
 
 
-def cg_increment(l_sqrt: jax.Array, xb: jax.Array, obs: Observations, tol: float, maxiter: int) -> jax.Array:
-    """δx = L v with (I + Lᵀ Hᵀ R⁻¹ H L) v = Lᵀ Hᵀ R⁻¹ d solved by CG."""
+def conjugate_gradients(op, rhs: jax.Array, tol: float, maxiter: int) -> tuple[jax.Array, jax.Array]:
+    """Solve A v = b for a symmetric positive definite A given as a function, by conjugate
+    gradients (Hestenes & Stiefel 1952) from v = 0: stops when ‖b − A v‖ ≤ tol ‖b‖ or after
+    ``maxiter`` iterations. Returns v and the number of iterations."""
+    stop = (tol * jnp.linalg.norm(rhs)) ** 2
+
+    def step(state):
+        v, r, p, rr, k = state
+        ap = op(p)
+        alpha = rr / jnp.vdot(p, ap)
+        v, r = v + alpha * p, r - alpha * ap
+        rr_new = jnp.vdot(r, r)
+        return v, r, r + (rr_new / rr) * p, rr_new, k + 1
+
+    def going(state):
+        return (state[3] > stop) & (state[4] < maxiter)
+
+    rr = jnp.vdot(rhs, rhs)
+    v, *_, k = jax.lax.while_loop(going, step, (jnp.zeros_like(rhs), rhs, rhs, rr, jnp.asarray(0)))
+    return v, k
+
+
+def cg_increment(sqrt, sqrt_t, xb: jax.Array, obs: Observations, tol: float, maxiter: int) -> tuple[jax.Array, jax.Array]:
+    """δx = U v with (I + Uᵀ Hᵀ R⁻¹ H U) v = Uᵀ Hᵀ R⁻¹ d solved by CG, for B = U Uᵀ given as
+    the functions ``sqrt`` (v ↦ U v) and ``sqrt_t`` (δx ↦ Uᵀ δx). Returns δx and the CG iterations."""
     hx, h_jvp = jax.linearize(obs.h, xb)
     h_vjp = jax.linear_transpose(h_jvp, xb)
     rinv = 1.0 / obs.r_std**2
 
     def normal_op(v):
-        return v + l_sqrt.T @ h_vjp(rinv * h_jvp(l_sqrt @ v))[0]
+        return v + sqrt_t(h_vjp(rinv * h_jvp(sqrt(v)))[0])
 
-    rhs = l_sqrt.T @ h_vjp(rinv * (obs.y - hx))[0]
-    v, _ = jax.scipy.sparse.linalg.cg(normal_op, rhs, tol=tol, maxiter=maxiter)
-    return l_sqrt @ v
+    rhs = sqrt_t(h_vjp(rinv * (obs.y - hx))[0])
+    v, iterations = conjugate_gradients(normal_op, rhs, tol, maxiter)
+    return sqrt(v), iterations
 
 
 @register
@@ -88,12 +119,31 @@ class ThreeDVar:
     nmc_init_std: Annotated[float, Field(ge=0)] = static(0.3)
     cg_tol: Annotated[float, Field(gt=0)] = static(1e-5)
     cg_maxiter: Annotated[int, Field(ge=1)] = static(200)
+    #: sphere only: horizontal correlation length in km (null: 1000 km)
+    length_km: Annotated[float, Field(gt=0)] | None = static(None)
+    #: sphere only: correlation length between levels in ln p (null: levels uncorrelated)
+    vertical_length: Annotated[float, Field(gt=0)] | None = static(None)
+    #: sphere only: background-error std per channel and latitude (else per channel)
+    sigma_by_latitude: bool = static(False)
 
     name: ClassVar[str] = "3dvar"
     ensemble: ClassVar[bool] = False
+    supports_sphere: ClassVar[bool] = True
 
     @classmethod
-    def build(cls, ctx, b_source="climatology", scale=0.05, solver="auto", nmc_init_std=0.3, cg_tol=1e-5, cg_maxiter=200):
+    def build(cls, ctx, b_source="climatology", scale=0.05, solver="auto", nmc_init_std=0.3, cg_tol=1e-5, cg_maxiter=200,
+              length_km=None, vertical_length=None, sigma_by_latitude=False):
+        if isinstance(ctx.network, GlobalObsNetwork):
+            from baselines.threedvar_sphere import SphereThreeDVar
+
+            if solver == "exact":
+                raise ValueError("solver 'exact' needs a dense B; on the sphere B is an operator: use 'cg' (or 'auto')")
+            return SphereThreeDVar.build(ctx, b_source, scale, nmc_init_std, length_km, vertical_length,
+                                         sigma_by_latitude, cg_tol, cg_maxiter)
+        sphere_only = {"length_km": length_km, "vertical_length": vertical_length, "sigma_by_latitude": sigma_by_latitude}
+        given = [k for k, v in sphere_only.items() if v not in (None, False)]
+        if given:
+            raise ValueError(f"{', '.join(given)} apply to the sphere testbed only")
         if b_source == "climatology":
             b0 = climatological_covariance(ctx.climatology)
         else:
@@ -113,5 +163,5 @@ class ThreeDVar:
         if self.solver == "exact":
             dx = exact_increment(self.b, xb, obs)
         else:
-            dx = cg_increment(self.b_sqrt, xb, obs, self.cg_tol, self.cg_maxiter)
+            dx, _ = cg_increment(lambda v: self.b_sqrt @ v, lambda x: self.b_sqrt.T @ x, xb, obs, self.cg_tol, self.cg_maxiter)
         return background + dx

@@ -184,3 +184,24 @@ def analyse_winds(u: jax.Array, v: jax.Array, grid: LatLonGrid, truncation: int)
         part = jnp.take(c[..., i, :], ms, axis=-3)  # (..., len(ms), field, l)
         out = out.at[..., :, rows[ms, i], :].set(jnp.moveaxis(part, -3, -2))
     return out[..., 0, :, :], out[..., 1, :, :]
+
+
+# ---------------------------------------------------------------------------------------
+# Isotropic operators: a spectrum over the total wavenumber applied through ``evaluate``.
+# ---------------------------------------------------------------------------------------
+
+
+def modal_degrees(grid: LatLonGrid, truncation: int) -> tuple[np.ndarray, np.ndarray]:
+    """Total wavenumber l and zonal wavenumber |m| of each coefficient ``(2T + 1, T + 2)``
+    (int arrays; a coefficient is a basis function when |m| ≤ l ≤ T)."""
+    axes = harmonics(grid, truncation).spherical_harmonics.modal_axes
+    m, l = np.meshgrid(np.abs(np.asarray(axes[0])), np.asarray(axes[1]), indexing="ij")
+    return l, m
+
+
+def evaluate_adjoint(values: jax.Array, grid: LatLonGrid, truncation: int) -> jax.Array:
+    """Adjoint of ``evaluate`` (Euclidean inner products on grid values and coefficients):
+    grid values ``(..., n_lat, n_lon)`` → coefficients ``(..., 2T + 1, T + 2)``, Sᵀ y."""
+    shape = values.shape[:-2] + harmonics(grid, truncation).modal_shape
+    (out,) = jax.linear_transpose(lambda c: evaluate(c, grid, truncation), jax.ShapeDtypeStruct(shape, values.dtype))(values)
+    return out
