@@ -209,7 +209,10 @@ def log_method_run(run: Run | NullRun, method_run, burn_in: int, figures: bool =
     the tag ``ensda.lead_time_loss`` always: "12.3 h" or "> 192 h"), per-cycle metrics,
     timings, figures (error/spread, rank histogram, RMSE against lead),
     ``rank_histogram.json`` (the counts after burn-in, ensembles only) and
-    ``lead_time.json`` (the two RMSE-vs-lead curves)."""
+    ``lead_time.json`` (the two RMSE-vs-lead curves). On the sphere also
+    ``channel_metrics.json`` (every channel's time-mean rmse, spread, crps, ssr of background
+    and analysis in SI units, and its climatological σ) and, with figures, ``channel_rmse.png``
+    and ``maps/<channel>.png`` for each headline channel (``sphere_figures``)."""
     if isinstance(run, NullRun):
         return
     from ensda import figures as figs
@@ -234,6 +237,8 @@ def log_method_run(run: Run | NullRun, method_run, burn_in: int, figures: bool =
 
         counts = np.rint(rank_histogram_counts(method_run.result, burn_in)).astype(np.int64)
         run.log_dict({"counts": counts.tolist(), "n_members": method_run.n_members, "burn_in": burn_in}, "rank_histogram.json")
+    if method_run.sphere is not None:
+        _log_sphere(run, method_run, burn_in, figures)
     if method_run.lead_time is not None:
         lt = method_run.lead_time
         run.set_tags({"ensda.lead_time_loss": lt.loss.text})
@@ -245,6 +250,30 @@ def log_method_run(run: Run | NullRun, method_run, burn_in: int, figures: bool =
             fig = figs.lead_time_figure(lt, method_run.method)
             run.log_figure(fig, "lead_time.png")
             figs.close(fig)
+
+
+def _log_sphere(run: Run, method_run, burn_in: int, figures: bool) -> None:
+    """Per-channel time means as ``channel_metrics.json``; with figures, their bar chart and
+    the last-cycle maps of the headline channels."""
+    from ensda.cycle import channel_summary
+
+    sphere = method_run.sphere
+    per = channel_summary(method_run.result, burn_in)
+    run.log_dict({"channels": list(sphere.names), "burn_in": burn_in, "climatological_std": sphere.channel_std.tolist()}
+                 | {k: v.tolist() for k, v in per.items()}, "channel_metrics.json")
+    if not figures:
+        return
+    from ensda import figures as figs
+    from ensda import sphere_figures as sfigs
+
+    fig = sfigs.channel_rmse_figure(per, sphere, method_run.method)
+    run.log_figure(fig, "channel_rmse.png")
+    figs.close(fig)
+    fields = sfigs.last_cycle_fields(method_run.result, sphere)
+    for channel in sphere.headline:
+        fig = sfigs.channel_maps_figure(fields, sphere, channel, f"{method_run.method}, cycle {method_run.result.n_cycles}:")
+        run.log_figure(fig, f"maps/{channel}.png")
+        figs.close(fig)
 
 
 # ----------------------------------------------------------------------------- reading runs back
