@@ -88,7 +88,6 @@ class MethodRun:
 #: methods that cannot run on the sphere yet, and why (``build_assimilator`` refuses them);
 #: a method class with ``supports_sphere = True`` is let through
 SPHERE_UNSUPPORTED = {
-    "3dvar": "3dvar on the sphere needs a static B operator (not built yet)",
     "oi": "oi builds a dense n_state × n_state climatological B, far too large on the sphere",
     "diffusion": "diffusion has no score network for sphere states yet (it is trained on Lorenz-96)",
 }

@@ -67,16 +67,20 @@ class Run:
     def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
         self._log_series({k: ([step], [v]) for k, v in values.items()})
 
-    def log_cycle_metrics(self, result, n_members: int | None = None) -> None:
-        """Every cycle's RMSE, spread and CRPS of forecast and analysis as ``cycle/<name>``, step = cycle."""
+    def log_cycle_metrics(self, result, n_members: int | None = None, channels: dict[str, int] | None = None) -> None:
+        """Every cycle's RMSE, spread and CRPS of forecast and analysis as ``cycle/<name>``, step = cycle;
+        with ``channels`` (name → channel index, sphere runs) also each one's as ``cycle/<name>.<channel>``."""
         steps = np.arange(1, result.n_cycles + 1)
         n = result.n_members if n_members is None else n_members
         series = {}
         for name, (field, root) in CYCLE_METRICS.items():
             if name.startswith("spread") and n < 2:
                 continue
-            values = np.asarray(getattr(result, field), np.float64)
-            series[CYCLE_PREFIX + name] = (steps, np.sqrt(values) if root else values)
+            columns = {"": getattr(result, field)}
+            columns.update({f".{ch}": getattr(result, f"channel_{field}")[:, c] for ch, c in (channels or {}).items()})
+            for suffix, values in columns.items():
+                values = np.asarray(values, np.float64)
+                series[CYCLE_PREFIX + name + suffix] = (steps, np.sqrt(values) if root else values)
         self._log_series(series)
 
     def set_tags(self, tags: dict[str, Any]) -> None:
@@ -206,7 +210,8 @@ def _param_value(value: Any) -> str:
 
 def log_method_run(run: Run | NullRun, method_run, burn_in: int, figures: bool = True) -> None:
     """Log one method's cycled run: summary metrics (``lead_time_loss_h`` when on the curve,
-    the tag ``ensda.lead_time_loss`` always: "12.3 h" or "> 192 h"), per-cycle metrics,
+    the tag ``ensda.lead_time_loss`` always: "12.3 h" or "> 192 h"), per-cycle metrics (on the
+    sphere also those of the headline channels),
     timings, figures (error/spread, rank histogram, RMSE against lead),
     ``rank_histogram.json`` (the counts after burn-in, ensembles only) and
     ``lead_time.json`` (the two RMSE-vs-lead curves). On the sphere also
@@ -220,7 +225,9 @@ def log_method_run(run: Run | NullRun, method_run, burn_in: int, figures: bool =
     summary = {k: v for k, v in method_run.summary.items() if isinstance(v, (int, float))}
     summary.update(compile_s=method_run.compile_s, run_s=method_run.run_s, wall_s=method_run.compile_s + method_run.run_s)
     run.log_metrics(summary)
-    run.log_cycle_metrics(method_run.result, method_run.n_members)
+    sphere = method_run.sphere
+    headline = {} if sphere is None else {c: sphere.names.index(c) for c in sphere.headline}
+    run.log_cycle_metrics(method_run.result, method_run.n_members, headline)
     run.log_params({f"settings.{k}": v for k, v in method_run.settings.items()})
     run.log_dict({"method": method_run.method, "settings": method_run.settings}, "settings.json")
     if figures:
@@ -237,7 +244,7 @@ def log_method_run(run: Run | NullRun, method_run, burn_in: int, figures: bool =
 
         counts = np.rint(rank_histogram_counts(method_run.result, burn_in)).astype(np.int64)
         run.log_dict({"counts": counts.tolist(), "n_members": method_run.n_members, "burn_in": burn_in}, "rank_histogram.json")
-    if method_run.sphere is not None:
+    if sphere is not None:
         _log_sphere(run, method_run, burn_in, figures)
     if method_run.lead_time is not None:
         lt = method_run.lead_time

@@ -166,6 +166,10 @@ def test_maps_and_channel_table_are_mlflow_artifacts(setup, tmp_path, monkeypatc
     logged = client.get_run(mlrun.run_id).data.metrics
     assert logged["rmse_a.geopotential_500"] == pytest.approx(s["rmse_a.geopotential_500"])
     assert logged["rmse_a"] == pytest.approx(s["rmse_a"])
+    history = client.get_metric_history(mlrun.run_id, "cycle/rmse_a.u_component_of_wind_500")
+    per_cycle = np.sqrt(np.asarray(runs["letkf"].result.channel_mse_a, np.float64)[:, 1])
+    assert [m.step for m in history] == list(range(1, K + 1))
+    np.testing.assert_allclose([m.value for m in history], per_cycle, rtol=1e-6)
 
 
 def test_lorenz96_summary_unchanged():
