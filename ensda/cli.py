@@ -168,10 +168,14 @@ def _tracked(cfg, tracking, run_name, params, parent=None):
     return tracking.tracked_run(cfg.tracking, run_name, params=params, tags=tags, parent=parent)
 
 
+#: ``ensda compare``'s methods when ``--methods`` is not given
+COMPARE_DEFAULT = ("letkf", "etkf", "enkf", "3dvar", "oi", "climatology")
+
+
 @app.command()
 def compare(
     config: Path = typer.Argument(..., help="Experiment YAML"),
-    methods: str = typer.Option("letkf,etkf,enkf,3dvar,oi,climatology", "--methods", help="Comma-separated methods."),
+    methods: Optional[str] = typer.Option(None, "--methods", help=f"Comma-separated methods (default {','.join(COMPARE_DEFAULT)}, less those the testbed cannot run)."),
     sets: list[str] = SetOpt,
     as_json: bool = JsonOpt,
     track: bool = TrackOpt,
@@ -180,12 +184,11 @@ def compare(
 ):
     """Run several methods on the same truth and observations; print a table."""
     from ensda import assimilator as registry
-    from ensda import tracking
+    from ensda import experiment, tracking
+    from ensda import tune as tn
     from ensda.config import flatten
 
-    from ensda import tune as tn
-
-    names = [m.strip() for m in methods.split(",") if m.strip()]
+    names = list(COMPARE_DEFAULT) if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
     if not names:
         _fail("--methods is empty")
     for name in names:
@@ -194,6 +197,9 @@ def compare(
     extra = [] if track else ["tracking.enabled=false"]
     cfg = _load(config, sets, extra)
     console = _console(as_json)
+    if methods is None and (left_out := [m for m in names if not experiment.runs_on(cfg, m)]):
+        names = [m for m in names if m not in left_out]
+        console.print(f"left out (cannot run on this testbed): {', '.join(left_out)}", highlight=False)
     tuned = None if not use_tuned else _tuned_settings(cfg, names, tuned_dir, console)
     if tuned:
         cfg = _load(config, sets, extra, presets=tn.tuned_overrides(tuned[1], names))

@@ -206,8 +206,13 @@ def initial_ensemble(cfg: ExperimentConfig, osse: OSSE, n_members: int) -> jax.A
     return osse.truth[0] + cfg.ensemble.init_std * noise
 
 
+def runs_on(cfg: ExperimentConfig, method: str) -> bool:
+    """Whether ``method`` can run on the config's testbed (see ``SPHERE_UNSUPPORTED``)."""
+    return not (cfg.sphere and method in SPHERE_UNSUPPORTED and not getattr(registry.get(method), "supports_sphere", False))
+
+
 def build_assimilator(cfg: ExperimentConfig, osse: OSSE, method: str, settings: dict | None = None):
-    if cfg.sphere and method in SPHERE_UNSUPPORTED and not getattr(registry.get(method), "supports_sphere", False):
+    if not runs_on(cfg, method):
         raise ValueError(f"{SPHERE_UNSUPPORTED[method]}; use letkf, etkf or enkf (or the references none, climatology)")
     ctx = registry.SetupContext(
         testbed=osse.forecast_model, network=osse.network, climatology=osse.climatology,

@@ -143,3 +143,17 @@ def test_compare_reports_a_diverged_method_and_goes_on(store, request):
     assert status == {"none": "FAILED", "etkf": "FINISHED"}
     failed = next(c for c in children if c.data.params["method"] == "none")
     assert "non-finite" in failed.data.tags["ensda.failure"]
+
+
+def test_compare_default_methods_leave_out_what_the_testbed_cannot_run():
+    """`ensda compare` without --methods runs COMPARE_DEFAULT less the methods refused on
+    the testbed (oi's dense B on the sphere); an explicit --methods is taken as given."""
+    from ensda import experiment
+    from ensda.cli import COMPARE_DEFAULT
+    from ensda.config import load
+
+    sphere = load("experiments/configs/sphere.yaml")
+    l96 = load(CONFIG)
+    assert [m for m in COMPARE_DEFAULT if not experiment.runs_on(sphere, m)] == ["oi"]
+    assert all(experiment.runs_on(l96, m) for m in COMPARE_DEFAULT + ("diffusion",))
+    assert not experiment.runs_on(sphere, "diffusion")
