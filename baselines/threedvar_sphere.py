@@ -53,7 +53,7 @@ from ensda.testbeds.sphere.spectral import evaluate, evaluate_adjoint, modal_deg
 #: horizontal correlation length (km) when ``length_km`` is not set
 DEFAULT_LENGTH_KM = 1000.0
 #: climatological samples forecast for the NMC-style standard deviations
-NMC_SAMPLES = 32
+NMC_SAMPLES = 16
 
 
 def gaussian_spectrum(grid: LatLonGrid, truncation: int, length_km: float) -> np.ndarray:

@@ -6,7 +6,8 @@ horizontal correlation from the addition theorem, C_h(θ) = Σ_l λ_l (2l + 1)/(
 with λ_l ∝ exp(−l(l + 1) L²/(2a²)) normalised to C_h(0) = 1 and θ the great-circle angle
 between grid points; V = exp(−|Δ ln p| / vertical_length) within a variable, 0 across;
 Σ² = scale × the cos-latitude weighted variance of the climatological samples per channel
-(per channel and latitude with ``sigma_by_latitude``). The cycled run uses the tiny
+(per channel and latitude with ``sigma_by_latitude``); with ``b_source: nmc`` and a model
+that halves the state each cycle, Σ² = scale × (0.3 σ_clim)² (1/16 + 1/4). The cycled run uses the tiny
 shallow-water store of ``test_sphere_cycle`` and must beat the free run.
 """
 
@@ -96,6 +97,25 @@ def test_correlation_is_psd_unit_variance_levels_times_isotropic_horizontal():
                                v[:, None, :, None] * ref_h[None, :, None, :], atol=2e-5)
     # C = V ⊗ C_h (to 2e-5) with both factors positive semi-definite, C_h measured
     assert np.linalg.eigvalsh(corr[:GRID.n, :GRID.n]).min() > -1e-5 and np.linalg.eigvalsh(v).min() > 0
+
+
+class Halving:
+    """A stand-in forecast model: each cycle halves the state."""
+
+    def forecast(self, x, n_cycles):
+        return x * 0.5**n_cycles
+
+    def cycle_forecast(self, x):
+        return self.forecast(x, 1)
+
+
+def test_nmc_sigma_is_the_std_of_two_minus_one_cycle_forecast_differences():
+    # f₂ − f₁ = ¼(x + ε) − ½(½x + ε') = ¼ε − ½ε', ε, ε' ~ N(0, (0.3 σ_clim)²): std 0.3 σ_clim √(1/16 + 1/4)
+    ctx, clim = context()
+    assim = ThreeDVar.build(dataclasses.replace(ctx, testbed=Halving()), b_source="nmc", scale=2.0, nmc_init_std=0.3)
+    sigma_clim = np.sqrt(cos_lat_variance(clim, False)[:, 0])
+    expected = np.sqrt(2.0) * 0.3 * sigma_clim * np.sqrt(1 / 16 + 1 / 4)
+    np.testing.assert_allclose(np.asarray(assim.sigma)[:, 0, 0], expected, rtol=0.03)
 
 
 def test_cg_analysis_equals_dense_observation_space_solution():
