@@ -168,7 +168,6 @@ def _map_sites(fn, sites, n: int, per_site: int):
 
 
 #: pressure (hPa) at which surface variables are localised vertically
-SURFACE_HPA = 1000.0
 
 
 def column_taper(grid, columns: jax.Array, obs_columns: jax.Array, radius: float, k: int) -> tuple[jax.Array, jax.Array]:
@@ -201,7 +200,7 @@ class ColumnLETKF:
     @classmethod
     def build(cls, network: GlobalObsNetwork, radius: float, vertical_radius: float | None) -> ColumnLETKF:
         ch = network.channels
-        p = [float(ch.levels[c % len(ch.levels)]) if ch.variable(c) in ch.variables else SURFACE_HPA for c in range(ch.n)]
+        p = list(ch.pressures)
         levels = sorted(set(p))
         p_obs = jnp.asarray([p[c] for c in network.observed_channels])
         vertical = log_pressure_taper(jnp.asarray(levels)[:, None], p_obs[None, :], vertical_radius)

@@ -43,7 +43,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from baselines.letkf import SURFACE_HPA
 from baselines.threedvar import cg_increment, matrix_sqrt
 from ensda.observe import GlobalObsNetwork, Observations
 from ensda.pytree import pytree_dataclass, static
@@ -68,19 +67,13 @@ def gaussian_spectrum(grid: LatLonGrid, truncation: int, length_km: float) -> np
     return np.where(valid, np.sqrt(lam[np.minimum(l, truncation)]), 0.0)
 
 
-def channel_pressures(network: GlobalObsNetwork) -> list[float]:
-    """Pressure (hPa) of each state channel; surface variables at ``SURFACE_HPA``."""
-    ch = network.channels
-    return [float(ch.levels[c % len(ch.levels)]) if ch.variable(c) in ch.variables else SURFACE_HPA for c in range(ch.n)]
-
-
 def vertical_correlation(network: GlobalObsNetwork, vertical_length: float | None) -> np.ndarray:
     """V ``(n_channels, n_channels)``: exp(−|Δ ln p| / ``vertical_length``) between channels of
     the same variable, 0 across variables, the identity when ``vertical_length`` is None."""
     ch = network.channels
     if vertical_length is None:
         return np.eye(ch.n)
-    lnp = np.log(channel_pressures(network))
+    lnp = np.log(network.channels.pressures)
     same = np.array([[ch.variable(a) == ch.variable(b) for b in range(ch.n)] for a in range(ch.n)])
     return np.where(same, np.exp(-np.abs(lnp[:, None] - lnp[None, :]) / vertical_length), 0.0)
 

@@ -51,6 +51,10 @@ from ensda.testbeds.sphere.dycore import (
 from ensda.testbeds.sphere.grid import LatLonGrid, conservative_weights
 
 
+#: the pressure (hPa) a surface variable counts at in vertical distances
+SURFACE_HPA = 1000.0
+
+
 @dataclasses.dataclass(frozen=True)
 class Channels:
     """The variables × levels of a state, in channel order (module docstring)."""
@@ -76,6 +80,13 @@ class Channels:
         if variable not in self.variables or level not in self.levels:
             raise KeyError(f"no channel {variable}_{level} (variables {self.variables}, levels {self.levels})")
         return self.variables.index(variable) * len(self.levels) + self.levels.index(level)
+
+    @property
+    def pressures(self) -> tuple[float, ...]:
+        """Pressure (hPa) of each channel, surface variables at ``SURFACE_HPA`` (for
+        vertical localisation and correlations in ln p)."""
+        return tuple(float(self.levels[c % len(self.levels)]) if self.variable(c) in self.variables else SURFACE_HPA
+                     for c in range(self.n))
 
     def variable(self, channel: int) -> str:
         """The variable of ``channel``."""
