@@ -11,6 +11,7 @@ great-circle distances vanish beyond twice the radius.
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -148,3 +149,16 @@ def test_gaspari_cohn_on_great_circle_distances_vanishes_beyond_twice_the_radius
         assert rho[site] == pytest.approx(1.0)
         assert np.all(rho[d >= 2 * radius] == 0.0) and np.all(rho[d < 1.9 * radius] > 0.0)
         assert (rho > 0).sum() <= g.max_sites_within(2 * radius)
+
+
+def test_spd_solve_equals_a_float64_solve():
+    """The elementwise Cholesky solve of ``invert_columns`` (not LAPACK: see its docstring)
+    against NumPy's float64 solve on a batch of random SPD systems."""
+    from ensda.testbeds.sphere.dycore import spd_solve
+
+    rng = np.random.default_rng(0)
+    m = rng.normal(size=(5, 7, 9, 9))
+    a = m @ np.swapaxes(m, -1, -2) + 0.5 * np.eye(9)
+    b = rng.normal(size=(5, 7, 9))
+    x = np.asarray(spd_solve(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)))
+    np.testing.assert_allclose(x, np.linalg.solve(a, b[..., None])[..., 0], rtol=0, atol=1e-4 * np.abs(x).max())

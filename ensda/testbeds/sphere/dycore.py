@@ -311,7 +311,38 @@ def invert_columns(x: jax.Array, knots: np.ndarray, y: jax.Array, ridge: float =
     w = jnp.moveaxis(interp_weights(x, knots), (0, 1), (-2, -1))  # (lat, lon, P, K)
     wtw = jnp.einsum("...pk,...pq->...kq", w, w) + ridge * jnp.eye(w.shape[-1], dtype=w.dtype)
     wty = jnp.einsum("...pk,...p->...k", w, jnp.moveaxis(y, 0, -1))
-    return jnp.moveaxis(jnp.linalg.solve(wtw, wty[..., None])[..., 0], -1, 0)
+    return jnp.moveaxis(spd_solve(wtw, wty), -1, 0)
+
+
+def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
+    """x with a x = b for a batch of small symmetric positive-definite ``a (..., K, K)``,
+    ``b (..., K)``: Cholesky a = L Lᵀ (Cholesky–Banachiewicz, column by column), then
+    forward and back substitution, in elementwise JAX ops unrolled over K.
+
+    Not ``jnp.linalg.solve``: its batched LAPACK kernels split the batch over the XLA CPU
+    thread pool from inside a pool thread, and when the thunk executor runs two such
+    solves at once on a 2-core machine every pool thread waits for work none is free to
+    do (jaxlib 0.10.2: a deadlock in ``jax::ParallelBatchMap``, seen in cycled sphere runs).
+    K is the number of σ layers (≤ a few tens), so unrolling costs little.
+    """
+    k = a.shape[-1]
+    cols = []  # columns of L: cols[j] = L[..., :, j]
+    for j in range(k):
+        done = jnp.stack(cols, axis=-1) if cols else jnp.zeros(a.shape[:-1] + (0,), a.dtype)  # (..., K, j)
+        col = a[..., :, j] - jnp.einsum("...ij,...j->...i", done, done[..., j, :])
+        diag = jnp.sqrt(col[..., j])
+        col = jnp.where(jnp.arange(k) < j, 0.0, col / diag[..., None])
+        cols.append(col)
+    lower = jnp.stack(cols, axis=-1)  # (..., K, K)
+    z = []
+    for i in range(k):  # L z = b
+        acc = sum((lower[..., i, m] * z[m] for m in range(i)), jnp.zeros_like(b[..., i]))
+        z.append((b[..., i] - acc) / lower[..., i, i])
+    x = [None] * k
+    for i in reversed(range(k)):  # Lᵀ x = z
+        acc = sum((lower[..., m, i] * x[m] for m in range(i + 1, k)), jnp.zeros_like(b[..., i]))
+        x[i] = (z[i] - acc) / lower[..., i, i]
+    return jnp.stack(x, axis=-1)
 
 
 def geopotential_to_pressure(x: jax.Array, log_sigma: np.ndarray, phi: jax.Array, temp: jax.Array, r_dry: float) -> jax.Array:
