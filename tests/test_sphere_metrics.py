@@ -12,7 +12,6 @@ headline channels. References, in NumPy from the run's stored means, its final e
 - Lorenz-96: the summary of a short LETKF run recorded before the sphere metrics existed.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
