@@ -167,9 +167,6 @@ def _map_sites(fn, sites, n: int, per_site: int):
     return out.reshape(n_batches * size, *out.shape[2:])[:n]
 
 
-#: pressure (hPa) at which surface variables are localised vertically
-
-
 def column_taper(grid, columns: jax.Array, obs_columns: jax.Array, radius: float, k: int) -> tuple[jax.Array, jax.Array]:
     """For each of ``columns``, its ``k`` nearest ``obs_columns`` (positions in that array,
     ``(..., k)``) and their horizontal Gaspari–Cohn taper of the great-circle distance."""

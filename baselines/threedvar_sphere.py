@@ -48,6 +48,7 @@ from ensda.observe import GlobalObsNetwork, Observations
 from ensda.pytree import pytree_dataclass, static
 from ensda.testbeds.sphere.grid import EARTH_RADIUS_KM, LatLonGrid
 from ensda.testbeds.sphere.spectral import evaluate, evaluate_adjoint, modal_degrees
+from ensda.testbeds.sphere.testbed import channel_std
 
 #: horizontal correlation length (km) when ``length_km`` is not set
 DEFAULT_LENGTH_KM = 1000.0
@@ -76,17 +77,6 @@ def vertical_correlation(network: GlobalObsNetwork, vertical_length: float | Non
     lnp = np.log(network.channels.pressures)
     same = np.array([[ch.variable(a) == ch.variable(b) for b in range(ch.n)] for a in range(ch.n)])
     return np.where(same, np.exp(-np.abs(lnp[:, None] - lnp[None, :]) / vertical_length), 0.0)
-
-
-def channel_std(states: jax.Array, grid: LatLonGrid, by_latitude: bool) -> jax.Array:
-    """Standard deviation over samples of states ``(S, n_var, n_lat, n_lon)`` (sample mean
-    removed), its variance averaged over longitude and, unless ``by_latitude``, over latitude
-    with cos φ weights: ``(n_var, n_lat, 1)``."""
-    var = jnp.var(states, axis=0, ddof=1).mean(axis=-1, keepdims=True)  # (n_var, n_lat, 1)
-    if not by_latitude:
-        w = jnp.asarray(np.cos(np.deg2rad(grid.latitudes)), var.dtype)[:, None]
-        var = jnp.broadcast_to((var * w).sum(axis=-2, keepdims=True) / w.sum(), var.shape)
-    return jnp.sqrt(var)
 
 
 def nmc_differences(testbed, samples: jax.Array, key: jax.Array, clim_std: jax.Array, init_std: float) -> jax.Array:

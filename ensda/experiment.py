@@ -38,6 +38,7 @@ from ensda.observe import GLOBAL_R_STD, GlobalObsNetwork, ObsNetwork, Observatio
 from ensda.testbeds import Lorenz96
 from ensda.testbeds.sphere.grid import LatLonGrid
 from ensda.testbeds.sphere.testbed import FlatSphere, channels_of
+from ensda.testbeds.sphere.testbed import channel_std as sphere_channel_std
 from ensda.testbeds.sphere.testbed import from_config as sphere_from_config
 
 Testbed = Lorenz96 | FlatSphere
@@ -154,11 +155,11 @@ def channel_std(samples: jax.Array, testbed: FlatSphere) -> jax.Array:
 
     .. math:: \sigma_c = \sqrt{\sum_i w_i \,\mathrm{var}_s(x_{s,c,i}) / \sum_i w_i}
 
-    (unbiased sample variance at each grid point i, cos-latitude weights w_i): the spread of
-    the samples as an ensemble (``metrics.spread``), about the RMSE of a climatological forecast.
+    (unbiased sample variance at each grid point i, cos-latitude weights w_i;
+    ``sphere.testbed.channel_std``, the same σ as 3D-Var's climatological B): about the RMSE
+    of a climatological forecast.
     """
-    c = testbed.state_shape[0]
-    std = metrics.spread(samples.reshape(samples.shape[0], c, -1), testbed.grid.grid.weights.reshape(-1), axis=-1)
+    std = sphere_channel_std(testbed.unflatten(samples), testbed.testbed.grid, by_latitude=False)[:, 0, 0]
     flat = np.flatnonzero(~(np.asarray(std) > 0))
     if flat.size:
         names = [testbed.testbed.channels.names[i] for i in flat]
@@ -213,7 +214,7 @@ def runs_on(cfg: ExperimentConfig, method: str) -> bool:
 
 def build_assimilator(cfg: ExperimentConfig, osse: OSSE, method: str, settings: dict | None = None):
     if not runs_on(cfg, method):
-        raise ValueError(f"{SPHERE_UNSUPPORTED[method]}; use letkf, etkf or enkf (or the references none, climatology)")
+        raise ValueError(f"{SPHERE_UNSUPPORTED[method]}; use letkf, etkf, enkf or 3dvar (or the references none, climatology)")
     ctx = registry.SetupContext(
         testbed=osse.forecast_model, network=osse.network, climatology=osse.climatology,
         key=jax.random.key(cfg.seeds.assimilator),

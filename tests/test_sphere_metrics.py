@@ -133,7 +133,7 @@ def test_methods_without_a_sphere_version_fail_at_build_naming_the_reason(setup)
     for method in SPHERE_UNSUPPORTED:
         if getattr(registry.get(method), "supports_sphere", False):
             continue  # a sphere version exists
-        with pytest.raises(ValueError, match=f"^{method} .*sphere.*; use letkf, etkf or enkf"):
+        with pytest.raises(ValueError, match=f"^{method} .*sphere.*; use letkf, etkf, enkf or 3dvar"):
             build_assimilator(cfg, osse, method, {})
 
 

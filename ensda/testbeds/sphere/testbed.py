@@ -259,6 +259,17 @@ class FlatGrid:
         return jnp.broadcast_to(self.grid.weights, (self.n_channels,) + self.grid.shape).reshape(-1)
 
 
+def channel_std(states: jax.Array, grid: LatLonGrid, by_latitude: bool) -> jax.Array:
+    """Standard deviation over samples of states ``(S, n_var, n_lat, n_lon)`` (sample mean
+    removed), its variance averaged over longitude and, unless ``by_latitude``, over latitude
+    with cos φ weights: ``(n_var, n_lat, 1)``."""
+    var = jnp.var(states, axis=0, ddof=1).mean(axis=-1, keepdims=True)  # (n_var, n_lat, 1)
+    if not by_latitude:
+        w = jnp.asarray(np.cos(np.deg2rad(grid.latitudes)), var.dtype)[:, None]
+        var = jnp.broadcast_to((var * w).sum(axis=-2, keepdims=True) / w.sum(), var.shape)
+    return jnp.sqrt(var)
+
+
 @dataclasses.dataclass(frozen=True)
 class FlatSphere:
     """A ``SphereTestbed`` on flat states ``(..., n_state)``, n_state = n_var · n_lat · n_lon
