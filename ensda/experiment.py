@@ -72,6 +72,11 @@ class SphereRun:
     channel_std: np.ndarray  # (C,) climatological σ_c
     truth_last: np.ndarray  # (C, n_lat, n_lon) truth at the last cycle
 
+    @property
+    def headline_index(self) -> dict[str, int]:
+        """Headline channel name → its channel index (state order)."""
+        return {name: self.names.index(name) for name in self.headline}
+
 
 @dataclasses.dataclass(frozen=True)
 class MethodRun:
@@ -239,8 +244,7 @@ def run_method(cfg: ExperimentConfig, osse: OSSE, method: str, settings: dict | 
                         channel_std=osse.channel_std)
     check_finite(timed.result, method)
     sphere = sphere_run(cfg, osse) if cfg.sphere else None
-    headline = {} if sphere is None else {name: sphere.names.index(name) for name in sphere.headline}
-    summary = summarize(timed.result, cfg.burn_in, headline)
+    summary = summarize(timed.result, cfg.burn_in, {} if sphere is None else sphere.headline_index)
     summary.update(n_cycles=cfg.cycles, n_members=n_members, nfe=registry.network_calls(assim))
     lead = None
     if osse.lead_time is not None:

@@ -226,8 +226,7 @@ def log_method_run(run: Run | NullRun, method_run, burn_in: int, figures: bool =
     summary.update(compile_s=method_run.compile_s, run_s=method_run.run_s, wall_s=method_run.compile_s + method_run.run_s)
     run.log_metrics(summary)
     sphere = method_run.sphere
-    headline = {} if sphere is None else {c: sphere.names.index(c) for c in sphere.headline}
-    run.log_cycle_metrics(method_run.result, method_run.n_members, headline)
+    run.log_cycle_metrics(method_run.result, method_run.n_members, {} if sphere is None else sphere.headline_index)
     run.log_params({f"settings.{k}": v for k, v in method_run.settings.items()})
     run.log_dict({"method": method_run.method, "settings": method_run.settings}, "settings.json")
     if figures:
