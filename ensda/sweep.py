@@ -220,7 +220,7 @@ def prepare(cfg: ExperimentConfig, storage_url: str, study_name: str, trials: in
     if cfg.sweep.sampler == "grid":
         trials_now = study.get_trials(deepcopy=False)
         held = {_point(_params_of(t)) for t in live_trials(trials_now)}
-        for point in grid_points(cfg.sweep):
+        for point in cfg.sweep.grid_points():
             if _point(point) not in held:
                 study.enqueue_trial(point)
     return study, budget
@@ -240,10 +240,6 @@ def finish(study, cfg: ExperimentConfig, budget: int) -> Tally:
     reason = None if complete else f"incomplete: {t.done} of {budget} trials done; run the same command to resume"
     tracking.set_status(cfg.tracking, parent.run_id, "FINISHED" if complete else "KILLED", reason)
     return t
-
-
-def grid_points(sweep: SweepConfig) -> list[dict]:
-    return sweep.grid_points()
 
 
 # ----------------------------------------------------------------------------- counting
