@@ -151,10 +151,11 @@ def run(
 
     cfg = _load(config, sets, ([f"method={method}"] if method else []) + ([] if track else ["tracking.enabled=false"]))
     console = _console(as_json)
-    _, (result,) = _run_methods(cfg, [cfg.method], console)
+    osse, (result,) = _run_methods(cfg, [cfg.method], console)
     record = _record(result)
     with _tracked(cfg, tracking, f"{cfg.name}:{cfg.method}", flatten(cfg) | {"n_members": result.n_members}) as mlrun:
         tracking.log_method_run(mlrun, result, cfg.burn_in, cfg.tracking.figures)
+        tracking.log_observations(mlrun, osse)
     console.print(_table([record], f"{cfg.name} — {cfg.cycles} cycles, burn-in {cfg.burn_in}"))
     if mlrun.run_id:
         console.print(f"MLflow run {mlrun.run_id} in {tracking.tracking_uri(cfg.tracking.uri)} (see `ensda ui`)", highlight=False)
@@ -209,7 +210,7 @@ def compare(
         except ValueError as err:
             _fail(str(err))
     t0 = time.perf_counter()
-    _, runs = _run_methods(cfg, names, console, keep_going=True)
+    osse, runs = _run_methods(cfg, names, console, keep_going=True)
     records = [_record(r) for r in runs]
     params = flatten(cfg)
     params.pop("method", None)
@@ -225,6 +226,7 @@ def compare(
                 else:
                     tracking.log_method_run(child, r, cfg.burn_in, cfg.tracking.figures)
         parent.log_dict({"results": records}, "comparison.json")
+        tracking.log_observations(parent, osse)
         parent.log_metrics({"wall_s": time.perf_counter() - t0})
     console.print(_table(records, f"{cfg.name} — {cfg.cycles} cycles, burn-in {cfg.burn_in}, same truth and observations"))
     if parent.run_id:

@@ -151,6 +151,8 @@ class LeadTimeConfig(_Strict):
 
 class EnsembleConfig(_Strict):
     size: int = Field(40, ge=1)
+    #: perturbed_truth: truth(0) + init_std · noise; climatology: random climatological
+    #: states (a deterministic method, one member: the climatological mean)
     init: Literal["perturbed_truth", "climatology"] = "perturbed_truth"
     init_std: float = Field(1.0, ge=0)
 

@@ -203,8 +203,12 @@ def dense_reference_run(cfg: ExperimentConfig, osse: OSSE) -> MethodRun:
 
 
 def initial_ensemble(cfg: ExperimentConfig, osse: OSSE, n_members: int) -> jax.Array:
-    """Initial ensemble ``(N, n)``: perturbed truth, or random climatological states."""
+    """Initial ensemble ``(N, n)``: perturbed truth, or random climatological states (one
+    member, a deterministic method's state: the climatological mean, the best state
+    without observations)."""
     key = jax.random.key(cfg.seeds.ensemble)
+    if cfg.ensemble.init == "climatology" and n_members == 1:
+        return osse.climatology.mean(0, keepdims=True)
     if cfg.ensemble.init == "climatology":
         pick = jax.random.choice(key, osse.climatology.shape[0], (n_members,), replace=False)
         return osse.climatology[pick]

@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ensda.pytree import pytree_dataclass, static
 from ensda.testbeds.sphere.grid import LatLonGrid, great_circle_km
@@ -320,3 +321,37 @@ class GlobalObsNetwork:
         """Observations of every cycle of a run: ``truths (K, n_var, n_lat, n_lon)`` -> stacked."""
         cycles = jnp.arange(truths.shape[0])
         return jax.vmap(lambda t, c: self.observe(t, key, c))(truths, cycles)
+
+    def dataset(self, obs: Observations):
+        """The stacked observations of a run (``observe_run``) as an ``xarray.Dataset`` with
+        dims ``(cycle, obs)``: ``value`` and ``r_std`` (SI), each observation's grid column
+        ``column`` and its ``latitude`` / ``longitude`` (degrees); per observation slot (fixed
+        over cycles, channel-major) its ``channel`` name, ``variable`` and ``level`` (hPa,
+        NaN for a surface variable). Cycle k is the analysis time k · ``cycle_hours`` after
+        the start of the truth window (cycle 0, the initial state, is not observed)."""
+        import xarray as xr
+
+        idx, y = np.asarray(obs.idx), np.asarray(obs.y, np.float32)
+        if idx.ndim != 2:
+            raise ValueError(f"expected observations stacked over cycles (cycles, p), got idx of shape {idx.shape}")
+        ch = self.channels
+        chan = idx[0] // self.grid.n
+        if not (idx // self.grid.n == chan).all():
+            raise ValueError("observation slots change channel between cycles: not observations of this network")
+        col = idx % self.grid.n
+        lat = np.asarray(self.grid.latitudes)[col // self.grid.n_lon]
+        lon = np.asarray(self.grid.longitudes)[col % self.grid.n_lon]
+        level = [float(ch.levels[c % len(ch.levels)]) if ch.variable(c) in ch.variables else np.nan for c in chan]
+        dims = ("cycle", "obs")
+
+        def names(items):  # variable-length strings: zarr v3 has a spec for these (fixed-width: none)
+            return np.asarray(items, dtype=object)
+
+        return xr.Dataset(
+            {"value": (dims, y), "r_std": (dims, np.asarray(obs.r_std, np.float32)), "column": (dims, col.astype(np.int32)),
+             "latitude": (dims, lat.astype(np.float32)), "longitude": (dims, lon.astype(np.float32))},
+            coords={"cycle": np.arange(1, y.shape[0] + 1), "channel": ("obs", names([ch.names[c] for c in chan])),
+                    "variable": ("obs", names([ch.variable(c) for c in chan])), "level": ("obs", np.asarray(level))},
+            attrs={"kind": self.kind, "density": self.density, "redraw": int(self.redraw),
+                   "cycle_hours": self.cycle_hours, "grid": self.grid.name, "n_columns": self.n_columns},
+        )

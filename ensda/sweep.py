@@ -336,7 +336,8 @@ def run_trial(base: ExperimentConfig, values: dict, trial, study_name: str, pare
     with tracking.tracked_run(cfg.tracking, f"{study_name}:{trial.number}", params, tags, parent=parent) as run:
         trial.set_user_attr(RUN_ID, run.run_id)
         try:
-            results = [run_method(c, make_osse(c), c.method) for c in cfgs]
+            osses = [make_osse(c) for c in cfgs]
+            results = [run_method(c, o, c.method) for c, o in zip(cfgs, osses)]
         except NonFiniteStateError as err:
             run.fail(str(err))
             raise failed(str(err)) from None
@@ -344,6 +345,7 @@ def run_trial(base: ExperimentConfig, values: dict, trial, study_name: str, pare
         value = objective_value(result.summary, objective)
         trial.set_user_attr(SUMMARY, {k: v for k, v in result.summary.items() if math.isfinite(v)})
         tracking.log_method_run(run, result, cfg.burn_in, cfg.tracking.figures)
+        tracking.log_observations(run, osses[0])
         if not math.isfinite(value):
             run.fail(f"objective {objective} is {value} for method {cfg.method}")
             raise failed(f"objective {objective} is {value} for method {cfg.method}")

@@ -93,6 +93,12 @@ class Run:
     def log_dict(self, data: dict, name: str) -> None:
         self.client.log_dict(self.run_id, data, name)
 
+    def log_dataset(self, ds, name: str) -> None:
+        """An ``xarray.Dataset`` as the artifact directory ``name`` (zarr v3, unconsolidated)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            ds.to_zarr(os.path.join(tmp, name), mode="w", consolidated=False, zarr_format=3)
+            self.client.log_artifacts(self.run_id, tmp)
+
     def _log_series(self, series: dict[str, tuple]) -> None:
         import time
 
@@ -256,6 +262,14 @@ def log_method_run(run: Run | NullRun, method_run, burn_in: int, figures: bool =
             fig = figs.lead_time_figure(lt, method_run.method)
             run.log_figure(fig, "lead_time.png")
             figs.close(fig)
+
+
+def log_observations(run: Run | NullRun, osse) -> None:
+    """On the sphere, the OSSE's observations (locations, values, errors; ``GlobalObsNetwork.dataset``)
+    as the artifact ``observations.zarr``; nothing on Lorenz-96 (its sites are the config's)."""
+    if isinstance(run, NullRun) or not hasattr(osse.network, "dataset"):
+        return
+    run.log_dataset(osse.network.dataset(osse.obs), "observations.zarr")
 
 
 def _log_sphere(run: Run, method_run, burn_in: int, figures: bool) -> None:

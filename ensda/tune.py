@@ -37,6 +37,7 @@ from ensda.config import ExperimentConfig, SweepRange, validate
 #: Search spaces per method: setting -> a range (``SweepRange``: low, high, log, int) or a
 #: list of values (categorical). ``radius`` ranges are in grid units; their top is capped
 #: at half the ring (``testbed.n / 2``), beyond which the localisation is global.
+#: Categorical values may include None (a setting left unset).
 SEARCH_SPACES: dict[str, dict[str, SweepRange | list]] = {
     "etkf": {"inflation": SweepRange(low=1.0, high=1.1), "rtps": SweepRange(low=0.0, high=0.9)},
     "enkf": {"inflation": SweepRange(low=1.0, high=1.15), "rtps": SweepRange(low=0.0, high=0.9)},
@@ -47,6 +48,21 @@ SEARCH_SPACES: dict[str, dict[str, SweepRange | list]] = {
     },
     "3dvar": {"b_source": ["climatology", "nmc"], "scale": SweepRange(low=0.01, high=5.0, log=True)},
     "oi": {"radius": [None, 1.0, 1.5, 2.0, 4.0, 8.0]},
+}
+#: On the sphere (``testbed.kind: sphere``) these replace the method's entry above: radii and
+#: correlation lengths in km (great circle) and ln p, 3D-Var's B from the climatology only.
+SPHERE_SEARCH_SPACES: dict[str, dict[str, SweepRange | list]] = {
+    "letkf": {
+        "inflation": SweepRange(low=1.0, high=1.3),
+        "rtps": SweepRange(low=0.0, high=0.95),
+        "radius": SweepRange(low=500.0, high=8000.0, log=True),
+        "vertical_radius": SweepRange(low=0.2, high=4.0, log=True),
+    },
+    "3dvar": {
+        "scale": SweepRange(low=0.01, high=2.0, log=True),
+        "length_km": SweepRange(low=200.0, high=4000.0, log=True),
+        "vertical_length": [None, 0.25, 0.5, 1.0, 2.0],
+    },
 }
 DEFAULT_SEEDS = (300, 400)
 TUNED_DIR = Path("tuned")
@@ -59,11 +75,13 @@ class TuneError(ValueError):
 
 def search_space(cfg: ExperimentConfig, method: str) -> dict[str, Any]:
     """``sweep.params`` for ``method``: ``methods.<method>.<setting>`` -> range or values."""
-    if method not in SEARCH_SPACES:
-        raise TuneError(f"no search space for method {method!r}; tunable methods: {', '.join(sorted(SEARCH_SPACES))}")
+    spaces = SEARCH_SPACES | SPHERE_SEARCH_SPACES if cfg.sphere else SEARCH_SPACES
+    if method not in spaces or (cfg.sphere and method == "oi"):
+        tunable = sorted(m for m in spaces if not (cfg.sphere and m == "oi"))
+        raise TuneError(f"no search space for method {method!r} on this testbed; tunable methods: {', '.join(tunable)}")
     params = {}
-    for key, space in SEARCH_SPACES[method].items():
-        if key == "radius" and isinstance(space, SweepRange):
+    for key, space in spaces[method].items():
+        if key == "radius" and isinstance(space, SweepRange) and not cfg.sphere:
             space = space.model_copy(update={"high": min(space.high, cfg.testbed.n / 2)})
         params[f"methods.{method}.{key}"] = space.model_dump() if isinstance(space, SweepRange) else list(space)
     return params

@@ -142,15 +142,22 @@ def test_maps_and_channel_table_are_mlflow_artifacts(setup, tmp_path, monkeypatc
 
     from ensda import tracking
 
-    cfg, _, runs = setup
+    import xarray as xr
+
+    cfg, osse, runs = setup
     monkeypatch.chdir(tmp_path)  # artifacts in tmp_path/mlruns
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     track = cfg.tracking.model_copy(update={"enabled": True, "uri": uri, "experiment": "sphere-test", "figures": True})
     with tracking.tracked_run(track, "letkf") as mlrun:
         tracking.log_method_run(mlrun, runs["letkf"], cfg.burn_in, figures=True)
+        tracking.log_observations(mlrun, osse)
     client = MlflowClient(tracking_uri=uri)
     top = {a.path for a in client.list_artifacts(mlrun.run_id)}
-    assert {"channel_metrics.json", "channel_rmse.png", "maps", "error_spread.png"} <= top, top
+    assert {"channel_metrics.json", "channel_rmse.png", "maps", "error_spread.png", "observations.zarr"} <= top, top
+    stored = xr.open_zarr(client.download_artifacts(mlrun.run_id, "observations.zarr", str(tmp_path / "obs")),
+                          consolidated=False)
+    np.testing.assert_array_equal(stored["value"].values, np.asarray(osse.obs.y))  # every cycle's values, exactly
+    assert stored.sizes == {"cycle": K, "obs": 3 * 51}
     maps = {a.path for a in client.list_artifacts(mlrun.run_id, "maps")}
     assert maps == {f"maps/{c}.png" for c in CHANNELS}
     local = Path(client.download_artifacts(mlrun.run_id, "maps", str(tmp_path / "dl")))

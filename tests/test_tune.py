@@ -41,6 +41,13 @@ def test_search_spaces_and_seeds():
         tune.tune_config(cfg, "letkf", seeds=[0, 300])
     with pytest.raises(tune.TuneError, match="no search space for method 'none'"):
         tune.tune_config(cfg, "none")
+    # on the sphere: radii and lengths in km and ln p, oi refused (its dense B does not fit)
+    sphere = config.load("experiments/configs/sphere.yaml")
+    space = tune.search_space(sphere, "letkf")
+    assert space["methods.letkf.radius"]["high"] == 8000.0 and "methods.letkf.vertical_radius" in space
+    assert None in tune.search_space(sphere, "3dvar")["methods.3dvar.vertical_length"]
+    with pytest.raises(tune.TuneError, match="no search space for method 'oi' on this testbed"):
+        tune.tune_config(sphere, "oi", seeds=[300])
     # the set-up id follows the network, not the method settings or seeds
     assert tune.setup_id(cfg) == tune.setup_id(config.load(CONFIG, [*SHORT, "methods.letkf.radius=3", "seeds.truth=7"]))
     assert tune.setup_id(cfg) != tune.setup_id(config.load(CONFIG, [*SHORT, "obs.every=2"]))
