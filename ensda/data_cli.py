@@ -1,7 +1,7 @@
 """``ensda data``: make and describe datasets.
 
     ensda data nature CONFIG [--set testbed.nature.days=30 ...] [--store PATH] [--json]
-    ensda data info STORE [--json]
+    ensda data info STORE [--climatology OUT.png [--times K]] [--json]
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ StoreOpt = typer.Option(None, "--store", help="Store path (default: testbed.natu
 ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars (spin-up, nature run).")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON (the last stdout line).")
 StoreArg = typer.Argument(..., help="A zarr store, e.g. data/sphere/nature.zarr")
+ClimatologyOpt = typer.Option(None, "--climatology", help="Write a climatology figure (zonal-mean u and T, "
+                              "z500 and T850 maps) to this PNG and report the jets, the poleward T contrast "
+                              "at 850 hPa and the global mean surface pressure.")
+TimesOpt = typer.Option(None, "--times", min=1, help="With --climatology: use at most the last K times (default all).")
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -62,17 +66,24 @@ def nature(
 @app.command()
 def info(
     store: Path = StoreArg,
+    climatology: Path | None = ClimatologyOpt,
+    times: int | None = TimesOpt,
     as_json: bool = JsonOpt,
 ):
-    """Describe a store: dims, times, grid, levels, variables, size, restart state."""
+    """Describe a store: dims, times, grid, levels, variables, size, restart state; with
+    --climatology, also its climatology (figure and numbers)."""
     from ensda.testbeds.sphere.store import describe
 
+    if times is not None and climatology is None:
+        _fail("--times applies to --climatology only")
     try:
         d = describe(store)
     except FileNotFoundError as err:
         _fail(str(err))
     except (ValueError, KeyError) as err:
         _fail(f"{store}: not a readable store: {err}")
+    if climatology is not None:
+        d["climatology"] = _climatology(store, climatology, times, Console(stderr=as_json))
     if as_json:
         print(json.dumps(d, default=str))
         return
@@ -96,3 +107,28 @@ def info(
                       "(`ensda data nature` resumes from here)", highlight=False)
     for k, v in d.get("attrs", {}).items():
         console.print(f"  {k}: {v}", highlight=False)
+    if "climatology" in d:
+        from ensda.testbeds.sphere.climate import format_numbers
+
+        for line in format_numbers(d["climatology"]):
+            console.print(line, highlight=False, soft_wrap=True)
+
+
+def _climatology(store: Path, out: Path, times: int | None, console: Console) -> dict:
+    """Write the climatology figure of ``store`` to ``out``; its numbers, with the figure's path."""
+    from ensda.figures import plt
+    from ensda.sphere_figures import climatology_figure
+    from ensda.testbeds.sphere.climate import climatology_numbers
+    from ensda.testbeds.sphere.store import open_store
+
+    ds = open_store(store)
+    try:
+        numbers = climatology_numbers(ds, times)
+        fig = climatology_figure(ds, times, title=store.name, numbers=numbers)
+    except (ValueError, KeyError) as err:
+        _fail(f"{store}: no climatology: {err}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    console.print(f"climatology figure -> {out}", highlight=False)
+    return {**numbers, "figure": str(out)}
