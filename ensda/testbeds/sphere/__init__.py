@@ -5,7 +5,8 @@ Modules: ``grid`` (the lat–lon grid, area weights, great-circle distances), ``
 (the ``testbed: {kind: sphere}`` config section), ``spectral`` (truncation and evaluation
 on the grid), ``dycore`` (the models and their output variables), ``store`` (the zarr
 layout), ``nature`` (resumable generation), ``testbed`` (states as ``(n_var, n_lat, n_lon)``
-arrays, their forecasts, truth and climatology from a store). Only ``grid`` and ``config`` are imported here:
+arrays, their forecasts, truth and climatology from a store), ``climate`` (a store's
+climate in numbers: jets, equator-to-pole temperature, mean surface pressure). Only ``grid`` and ``config`` are imported here:
 ``dinosaur`` takes seconds to import and is loaded where a model is built.
 """
 
