@@ -313,7 +313,7 @@ def _run_study(cfg, name: str, storage: str, trials: int | None, workers: int, c
 @app.command()
 def tune(
     config: Path = typer.Argument(..., help="Experiment YAML, e.g. experiments/configs/l96_every4.yaml"),
-    method: str = typer.Option(..., "--method", "-m", help="Method to tune (its search space: ensda.tune.SEARCH_SPACES)."),
+    method: str = typer.Option(..., "--method", "-m", help="Method to tune (its search space: ensda.tune.SEARCH_SPACES; on the sphere SPHERE_SEARCH_SPACES)."),
     trials: int = typer.Option(30, "--trials", min=1, help="TPE trials to finish (the same command with more resumes)."),
     objective: str = typer.Option("rmse_a", "--objective", help="Summary metric to minimise (mean over the tuning seeds)."),
     seeds: str = typer.Option("300,400", "--seeds", help="Tuning truth seeds (comma list), not the config's own."),
