@@ -1,8 +1,12 @@
 """Graphs as arrays, separate from the networks that run on them.
 
 A :class:`Graph` is plain data (a pytree of arrays): it can be built once, stored, and
-passed into jitted functions as an argument. Builders live beside it (``ring.py`` for
-Lorenz-96; the icosahedral multi-mesh and grid<->mesh graphs later).
+passed into jitted functions as an argument. Builders live beside it: ``ring.py``
+(:func:`~ensda.nn.ring.ring_graph`, Lorenz-96), ``mesh.py`` (:func:`~ensda.nn.mesh.mesh_graph`,
+the icosahedral multi-mesh) and ``grid_mesh.py`` (:func:`~ensda.nn.grid_mesh.grid2mesh_graph`,
+:func:`~ensda.nn.grid_mesh.mesh2grid_graph`, :func:`~ensda.nn.grid_mesh.grid_mesh_graphs`: the
+encoder and decoder graphs between a lat-lon grid and the mesh). In a bipartite graph
+``senders`` and ``receivers`` index different node sets.
 """
 
 from __future__ import annotations
