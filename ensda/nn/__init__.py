@@ -1,8 +1,13 @@
-"""Graphs and the GraphCast-style encode-process-decode GNN (Flax NNX).
+"""Graphs and the GraphCast-style encode-process-decode GNNs (Flax NNX).
 
 Graph builders: :mod:`ensda.nn.ring` (multi-scale ring, Lorenz-96), :mod:`ensda.nn.mesh`
 (icosahedral multi-mesh, ``mesh_graph``) and :mod:`ensda.nn.grid_mesh` (grid -> mesh
 encoder and mesh -> grid decoder graphs for a lat-lon grid, ``grid_mesh_graphs``).
+
+Networks, built from the blocks of :mod:`ensda.nn.layers`: :mod:`ensda.nn.gnn`
+(``GraphNetwork``, encode-process-decode on one graph, e.g. the Lorenz-96 ring) and
+:mod:`ensda.nn.sphere_gnn` (``SphereGraphNetwork``, lat-lon grid -> icosahedral
+multi-mesh -> grid, GraphCast's layout, on the graphs of ``grid_mesh_graphs``).
 """
 
 from ensda.nn.gnn import GNNConfig, GraphNetwork
@@ -14,9 +19,11 @@ from ensda.nn.layers import (
     InteractionNetwork,
     fourier_frequencies,
     gather_nodes,
+    mean_incoming,
     sum_incoming,
 )
 from ensda.nn.ring import ring_graph, ring_offsets
+from ensda.nn.sphere_gnn import SphereGraphNetwork
 
 __all__ = [
     "MLP",
@@ -26,8 +33,10 @@ __all__ = [
     "Graph",
     "GraphNetwork",
     "InteractionNetwork",
+    "SphereGraphNetwork",
     "fourier_frequencies",
     "gather_nodes",
+    "mean_incoming",
     "ring_graph",
     "ring_offsets",
     "sum_incoming",

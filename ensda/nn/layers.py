@@ -6,7 +6,8 @@ r"""Building blocks of the encode-process-decode graph network (Flax NNX).
 - :class:`MLP`: Linear -> swish -> ... -> Linear, then an optional (conditional) LayerNorm.
 - :class:`InteractionNetwork`: one message-passing step (Battaglia et al. 2016, 2018) on
   a possibly bipartite graph, with residual edge and node updates as in GraphCast
-  (Lam et al. 2023).
+  (Lam et al. 2023); incoming messages are summed (default) or averaged
+  (:func:`sum_incoming`, :func:`mean_incoming`).
 
 Arrays carry any leading batch dimensions: nodes ``(..., V, F)``, edges ``(..., E, F)``,
 a conditioning vector ``(..., 1, C)`` (the 1 broadcasts over nodes/edges). Leading
@@ -175,6 +176,20 @@ def sum_incoming(messages: jax.Array, receivers: jax.Array, n_receivers: int) ->
     return out.at[..., receivers, :].add(messages)
 
 
+def mean_incoming(messages: jax.Array, receivers: jax.Array, n_receivers: int) -> jax.Array:
+    r"""Mean of the messages arriving at each receiver: :math:`a_v = \frac{1}{d_v}\sum_{e: r(e) = v} m_e`.
+
+    :math:`d_v` is the in-degree of v; a receiver with no incoming edge gets zeros. Shapes
+    as :func:`sum_incoming`.
+    """
+    degree = jnp.zeros((n_receivers,), messages.dtype).at[receivers].add(1.0)
+    return sum_incoming(messages, receivers, n_receivers) / jnp.maximum(degree, 1.0)[:, None]
+
+
+#: Aggregations of incoming messages known to :class:`InteractionNetwork`.
+AGGREGATIONS = {"sum": sum_incoming, "mean": mean_incoming}
+
+
 class InteractionNetwork(nnx.Module):
     r"""One message-passing step with residual updates, on a possibly bipartite graph.
 
@@ -185,8 +200,11 @@ class InteractionNetwork(nnx.Module):
     .. math:: e'_{sr} = e_{sr} + \mathrm{MLP}_e([e_{sr}, v^s_s, v^r_r]),\qquad
               v'^r_r = v^r_r + \mathrm{MLP}_v([v^r_r, \textstyle\sum_{s} e'_{sr}])
 
-    Nodes and edges all have width ``latent``. Sender nodes are not updated (GraphCast
-    updates them with a separate node-wise MLP where needed). Returns ``(e', v'^r)``.
+    With ``aggregation="mean"`` the sum is divided by the receiver's in-degree (for
+    receivers whose in-degree varies for reasons unrelated to the problem, e.g. grid
+    points crowding near the poles in a grid -> mesh encoder). Nodes and edges all have
+    width ``latent``. Sender nodes are not updated (GraphCast updates them with a separate
+    node-wise MLP where needed). Returns ``(e', v'^r)``.
     """
 
     def __init__(
@@ -195,9 +213,13 @@ class InteractionNetwork(nnx.Module):
         *,
         hidden_layers: int = 1,
         cond_features: int | None = None,
+        aggregation: str = "sum",
         rngs: nnx.Rngs,
     ):
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"InteractionNetwork: aggregation must be one of {sorted(AGGREGATIONS)}, got {aggregation!r}")
         self.latent = latent
+        self.aggregation = aggregation
         kw = {"hidden_layers": hidden_layers, "cond_features": cond_features, "rngs": rngs}
         self.edge_mlp = MLP(3 * latent, latent, latent, **kw)
         self.node_mlp = MLP(2 * latent, latent, latent, **kw)
@@ -214,6 +236,6 @@ class InteractionNetwork(nnx.Module):
         vs = gather_nodes(sender_nodes, senders)
         vr = gather_nodes(receiver_nodes, receivers)
         edges = edges + self.edge_mlp(concat_broadcast(edges, vs, vr), cond)
-        incoming = sum_incoming(edges, receivers, receiver_nodes.shape[-2])
+        incoming = AGGREGATIONS[self.aggregation](edges, receivers, receiver_nodes.shape[-2])
         receiver_nodes = receiver_nodes + self.node_mlp(concat_broadcast(receiver_nodes, incoming), cond)
         return edges, receiver_nodes
