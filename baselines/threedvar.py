@@ -16,9 +16,9 @@ same time (Parrish & Derber 1992). Deterministic: one member (or all members mov
 (``baselines.threedvar_sphere``): B = Σ C Σ is an operator (per-channel standard
 deviations, isotropic spherical-harmonic horizontal correlation of ``length_km``,
 exponential correlation in ln p of ``vertical_length`` between the levels of a variable,
-no cross-variable balance) and the analysis is the ``cg`` solve above with U = B^{1/2}
-applied matrix-free. ``length_km``, ``vertical_length`` and ``sigma_by_latitude`` are
-settings of the sphere only; ``solver: exact`` is refused there.
+or with ``balance`` the climatological correlation of all channels of a column) and the
+analysis is the ``cg`` solve above with U = B^{1/2} applied matrix-free. ``length_km``,
+``vertical_length``, ``sigma_by_latitude`` and ``balance`` are settings of the sphere only; ``solver: exact`` is refused there.
 """
 
 from __future__ import annotations
@@ -125,6 +125,9 @@ class ThreeDVar:
     vertical_length: Annotated[float, Field(gt=0)] | None = static(None)
     #: sphere only: background-error std per channel and latitude (else per channel)
     sigma_by_latitude: bool = static(False)
+    #: sphere only: correlations between the channels of a column (levels and variables)
+    #: from the climatology, a statistical multivariate balance (replaces vertical_length)
+    balance: bool = static(False)
 
     name: ClassVar[str] = "3dvar"
     ensemble: ClassVar[bool] = False
@@ -132,15 +135,16 @@ class ThreeDVar:
 
     @classmethod
     def build(cls, ctx, b_source="climatology", scale=0.05, solver="auto", nmc_init_std=0.3, cg_tol=1e-5, cg_maxiter=200,
-              length_km=None, vertical_length=None, sigma_by_latitude=False):
+              length_km=None, vertical_length=None, sigma_by_latitude=False, balance=False):
         if isinstance(ctx.network, GlobalObsNetwork):
             from baselines.threedvar_sphere import SphereThreeDVar
 
             if solver == "exact":
                 raise ValueError("solver 'exact' needs a dense B; on the sphere B is an operator: use 'cg' (or 'auto')")
             return SphereThreeDVar.build(ctx, b_source, scale, nmc_init_std, length_km, vertical_length,
-                                         sigma_by_latitude, cg_tol, cg_maxiter)
-        sphere_only = {"length_km": length_km, "vertical_length": vertical_length, "sigma_by_latitude": sigma_by_latitude}
+                                         sigma_by_latitude, cg_tol, cg_maxiter, balance)
+        sphere_only = {"length_km": length_km, "vertical_length": vertical_length, "sigma_by_latitude": sigma_by_latitude,
+                       "balance": balance}
         given = [k for k, v in sphere_only.items() if v not in (None, False)]
         if given:
             raise ValueError(f"{', '.join(given)} apply to the sphere testbed only")

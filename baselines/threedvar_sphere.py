@@ -3,7 +3,7 @@ r"""3D-Var on the sphere: a static B = Σ C Σ applied as an operator, never for
 Built by ``ThreeDVar.build`` when the network is a ``GlobalObsNetwork`` (states of
 ``n_var`` channels on the lat–lon columns, channel-major flat vectors). The model of B
 follows the usual control-variable construction (Bannister 2008, QJRMS 134, §3–4;
-Parrish & Derber 1992), without the balance operator:
+Parrish & Derber 1992), with a statistical column balance at most (no balance operator):
 
     B = U Uᵀ,   U = Σ (V^{1/2} ⊗ S Λ^{1/2}),
 
@@ -21,7 +21,13 @@ Parrish & Derber 1992), without the balance operator:
 - **V**: the correlation between the channels of one column: exp(−|ln p − ln p'|/
   ``vertical_length``) between the levels of the same variable (positive definite: an
   exponential kernel in ln p), 1 on the diagonal, 0 between different variables (no
-  multivariate balance: geopotential, temperature and winds are uncorrelated in B).
+  multivariate balance: geopotential, temperature and winds are uncorrelated in B); or,
+  with ``balance``, the climatological correlation of all channel pairs of a column
+  (``climatological_channel_correlation``: anomalies about each grid point's sample mean,
+  pooled over the columns with cos φ weights), a statistical multivariate balance in the
+  spirit of Parrish & Derber's regression balance: it couples levels and variables as the
+  climate does (geopotential with temperature below it and with surface pressure), but
+  not winds with the geopotential gradient (geostrophy is not a column relation).
 
 The analysis minimises J(v) = ½ vᵀv + ½ |y − H(x_b + U v)|²_R⁻¹ (one outer loop, H
 linearised at x_b): (I + Uᵀ Hᵀ R⁻¹ H U) v = Uᵀ Hᵀ R⁻¹ d by conjugate gradients
@@ -79,6 +85,22 @@ def vertical_correlation(network: GlobalObsNetwork, vertical_length: float | Non
     return np.where(same, np.exp(-np.abs(lnp[:, None] - lnp[None, :]) / vertical_length), 0.0)
 
 
+def climatological_channel_correlation(samples: jax.Array, grid: LatLonGrid) -> np.ndarray:
+    r"""V ``(n_var, n_var)`` from climatological states ``(S, n_var, n_lat, n_lon)``:
+
+    .. math:: V_{cd} = \frac{K_{cd}}{\sqrt{K_{cc} K_{dd}}},\quad
+              K_{cd} = \sum_i w_i \sum_s a_{sci}\, a_{sdi},
+
+    a the anomalies about each grid point's sample mean, w_i = cos φ_i. Positive
+    semi-definite (a Gram matrix), unit diagonal."""
+    x = np.asarray(samples, np.float64)
+    a = x - x.mean(axis=0)
+    w = np.cos(np.deg2rad(grid.latitudes))[:, None] * np.ones(grid.n_lon)
+    k = np.einsum("scij,sdij,ij->cd", a, a, w)
+    d = np.sqrt(np.diag(k))
+    return k / d[:, None] / d[None, :]
+
+
 def nmc_differences(testbed, samples: jax.Array, key: jax.Array, clim_std: jax.Array, init_std: float) -> jax.Array:
     """f₂ − f₁ = M²(x + ε) − M(M(x) + ε') for flat samples x ``(S, n)``; ε, ε' white noise of
     std ``init_std`` · ``clim_std`` (per element)."""
@@ -111,9 +133,13 @@ class SphereThreeDVar:
 
     @classmethod
     def build(cls, ctx, b_source: str, scale: float, nmc_init_std: float, length_km: float | None,
-              vertical_length: float | None, sigma_by_latitude: bool, cg_tol: float, cg_maxiter: int) -> SphereThreeDVar:
+              vertical_length: float | None, sigma_by_latitude: bool, cg_tol: float, cg_maxiter: int,
+              balance: bool = False) -> SphereThreeDVar:
         network = ctx.network
         grid, n_var = network.grid, network.channels.n
+        if balance and vertical_length is not None:
+            raise ValueError("3dvar: balance takes V (levels and variables) from the climatology; "
+                             "vertical_length applies without balance only: set one of them")
         samples = ctx.climatology.reshape((-1, n_var) + grid.shape)
         sigma = channel_std(samples, grid, sigma_by_latitude)
         if b_source == "nmc":
@@ -125,7 +151,8 @@ class SphereThreeDVar:
         return cls(
             grid=grid, truncation=t, cg_tol=cg_tol, cg_maxiter=cg_maxiter,
             sigma=jnp.sqrt(scale) * sigma,
-            vertical_sqrt=matrix_sqrt(jnp.asarray(vertical_correlation(network, vertical_length), jnp.float32)),
+            vertical_sqrt=matrix_sqrt(jnp.asarray(climatological_channel_correlation(samples, grid) if balance
+                                                  else vertical_correlation(network, vertical_length), jnp.float32)),
             spectrum_sqrt=jnp.asarray(gaussian_spectrum(grid, t, length), jnp.float32),
         )
 

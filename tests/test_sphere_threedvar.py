@@ -25,7 +25,7 @@ from test_sphere_cycle import (
 from baselines import ThreeDVar
 from baselines.threedvar_sphere import SphereThreeDVar
 from ensda.assimilator import SetupContext, build
-from ensda.observe import GlobalObsNetwork, ObsNetwork
+from ensda.observe import GlobalObsNetwork, Observations, ObsNetwork
 from ensda.testbeds.sphere.grid import LatLonGrid
 from ensda.testbeds.sphere.testbed import Channels
 
@@ -99,6 +99,37 @@ def test_correlation_is_psd_unit_variance_levels_times_isotropic_horizontal():
     assert np.linalg.eigvalsh(corr[:GRID.n, :GRID.n]).min() > -1e-5 and np.linalg.eigvalsh(v).min() > 0
 
 
+def test_balance_takes_the_climatological_channel_correlation_and_couples_variables():
+    """With ``balance``, V is the cos φ-pooled correlation of the channels' anomalies (NumPy,
+    from the samples), and a single observation of temperature at 850 hPa moves the
+    correlated geopotential at the observed point by σ_z V_zt / σ_t times its own increment
+    (C_h(0) = 1), where without balance it leaves geopotential alone."""
+    ctx, clim = context(samples=40)
+    rng = np.random.default_rng(7)
+    shared = rng.normal(size=(40, 1) + GRID.shape)  # make z850 and t850 correlated (coefficient 0.8)
+    clim[:, 1] = 0.6 * clim[:, 1] + 0.8 * STD[1] * shared[:, 0]
+    clim[:, 3] = 0.6 * clim[:, 3] + 0.8 * STD[3] * shared[:, 0]
+    ctx = dataclasses.replace(ctx, climatology=jnp.asarray(clim.reshape(40, -1), jnp.float32))
+    assim = ThreeDVar.build(ctx, length_km=1500.0, balance=True)
+    a = clim - clim.mean(0)
+    w = np.cos(np.deg2rad(GRID.latitudes))[:, None]
+    k = np.einsum("scij,sdij,ij->cd", a, a, w * np.ones(GRID.shape))
+    v_ref = k / np.sqrt(np.outer(np.diag(k), np.diag(k)))
+    assert v_ref[1, 3] > 0.5  # geopotential_850 with temperature_850
+    np.testing.assert_allclose(np.asarray(assim.vertical_sqrt @ assim.vertical_sqrt), v_ref, atol=2e-5)
+    col = 5 * GRID.n_lon + 9
+    t850 = 3 * GRID.n + col
+    obs = Observations(y=jnp.asarray([1.0]), idx=jnp.asarray([t850]), r_std=jnp.asarray([1.0]), site=jnp.asarray([col]),
+                       state_shape=(CHANNELS.n,) + GRID.shape)
+    sigma = np.asarray(assim.sigma)[:, 0, 0]
+    for balanced, settings in ((True, {"balance": True}), (False, {})):
+        dx, _ = ThreeDVar.build(ctx, length_km=1500.0, **settings).increment(jnp.zeros(N, jnp.float32), obs)
+        dx = np.asarray(dx).reshape(CHANNELS.n, GRID.n)
+        expected = sigma[1] * v_ref[1, 3] / sigma[3] * dx[3, col] if balanced else 0.0
+        np.testing.assert_allclose(dx[1, col], expected, atol=1e-4 * abs(dx[3, col]) * sigma[1] / sigma[3])
+        assert dx[3, col] > 0
+
+
 class Halving:
     """A stand-in forecast model: each cycle halves the state."""
 
@@ -146,6 +177,7 @@ def test_cg_analysis_equals_dense_observation_space_solution():
     ({"b_source": "ensemble"}, "b_source"),
     ({"sigma_by_latitude": "sometimes"}, "sigma_by_latitude"),
     ({"solver": "exact"}, "solver 'exact'"),
+    ({"balance": True, "vertical_length": 0.5}, "balance takes V"),
 ])
 def test_bad_sphere_settings_are_named(settings, field):
     ctx, _ = context()
@@ -153,7 +185,8 @@ def test_bad_sphere_settings_are_named(settings, field):
         build("3dvar", settings, ctx)
 
 
-@pytest.mark.parametrize("setting", [{"length_km": 500.0}, {"vertical_length": 1.0}, {"sigma_by_latitude": True}])
+@pytest.mark.parametrize("setting", [{"length_km": 500.0}, {"vertical_length": 1.0}, {"sigma_by_latitude": True},
+                                     {"balance": True}])
 def test_sphere_settings_are_refused_on_lorenz96(setting):
     ctx = SetupContext(testbed=None, network=ObsNetwork(n_state=8), climatology=jnp.ones((4, 8)), key=jax.random.key(0))
     with pytest.raises(ValueError, match=f"{next(iter(setting))} apply to the sphere testbed only"):
