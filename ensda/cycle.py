@@ -99,7 +99,7 @@ def _cycle_metrics(ens: jax.Array, truth: jax.Array, weights: jax.Array) -> dict
     )
 
 
-def _channel_metrics(ens: jax.Array, truth: jax.Array, weights: jax.Array, std: jax.Array) -> dict:
+def channel_metrics(ens: jax.Array, truth: jax.Array, weights: jax.Array, std: jax.Array) -> dict:
     """Per-channel metrics (SI) of flat states with C = ``std.size`` channels, and their
     aggregates normalised by the channel standard deviations ``std`` (module docstring)."""
     c = std.shape[0]
@@ -136,7 +136,7 @@ def run_cycles(
     else:
         std = jnp.ones(n_channels, truth.dtype) if channel_std is None else jnp.asarray(channel_std, truth.dtype)
         scale = jnp.repeat(std, truth.shape[-1] // n_channels)  # σ_c of every state element
-        measure = partial(_channel_metrics, std=std)
+        measure = partial(channel_metrics, std=std)
 
     def body(xa, inputs):
         k, t, y = inputs

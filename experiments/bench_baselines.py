@@ -109,7 +109,7 @@ def bench_size(config: str, n: int, overrides: list[str], cycles_override: int |
                          local_k=_local_slots(assim),
                          compiled=compiled, build_s=build_s, compile_s=compile_s, runs=[], result=None))
 
-    model = _forecast_only.lower(osse.testbed, jobs[0]["x0"], cycles).compile()
+    model = forecast_only.lower(osse.testbed, jobs[0]["x0"], cycles).compile()
     model_runs = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -154,7 +154,7 @@ def _local_slots(assim) -> int | None:
 
 
 @partial(jax.jit, static_argnums=(0, 2))
-def _forecast_only(testbed, x0: jax.Array, cycles: int) -> jax.Array:
+def forecast_only(testbed, x0: jax.Array, cycles: int) -> jax.Array:
     """The ensemble forecast alone over ``cycles`` cycles (no analysis, no metrics)."""
     return jax.lax.fori_loop(0, cycles, lambda _, x: testbed.cycle_forecast(x), x0)
 
@@ -224,12 +224,12 @@ def render(rows: list[dict], targets: list[dict], repeats: int, console: Console
         console.print(f"[bold {colour}]{t['status']}[/] {t['name']}: {value} (limit {t['limit']:g})")
 
 
-def _json_safe(obj):
+def json_safe(obj):
     """NaN/inf -> None, so the file is strict JSON."""
     if isinstance(obj, dict):
-        return {k: _json_safe(v) for k, v in obj.items()}
+        return {k: json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
@@ -273,7 +273,7 @@ def main(argv: list[str] | None = None) -> dict:
         cpus=os.cpu_count(), python=platform.python_version(), load_average=[load_before[0], os.getloadavg()[0]],
         wall_s=wall, results=rows, targets=targets, passed=all(t["status"] != "FAIL" for t in targets),
     )
-    report = _json_safe(report)
+    report = json_safe(report)
     if args.json_out == "-":
         print(json.dumps(report))
     elif args.json_out:

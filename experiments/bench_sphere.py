@@ -65,10 +65,10 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_baselines import _forecast_only, _json_safe
+from bench_baselines import forecast_only, json_safe
 
 from ensda.config import load
-from ensda.cycle import _channel_metrics
+from ensda.cycle import channel_metrics
 from ensda.experiment import build_assimilator, initial_ensemble, make_osse
 from ensda.testbeds.sphere import store as zstore
 from ensda.testbeds.sphere.dycore import integrate
@@ -95,7 +95,7 @@ def _analyse(assim, background: jax.Array, obs, key: jax.Array) -> jax.Array:
 @jax.jit
 def _rmse(ens: jax.Array, truth: jax.Array, weights: jax.Array, std: jax.Array) -> jax.Array:
     """Normalised aggregate RMSE of the ensemble mean (the cycler's ``mse`` metric, square-rooted)."""
-    return jnp.sqrt(_channel_metrics(ens, truth, weights, std)["mse"])
+    return jnp.sqrt(channel_metrics(ens, truth, weights, std)["mse"])
 
 
 def _timed_rounds(jobs: list[dict], repeats: int, budget_s: float) -> None:
@@ -147,7 +147,7 @@ def bench_cycle(cfg, repeats: int, budget_s: float, console: Console) -> list[di
     model = osse.forecast_model
     members = cfg.ensemble.size
     x0 = initial_ensemble(cfg, osse, members)
-    forecast, compile_s = _compile(_forecast_only, model, x0, 1)
+    forecast, compile_s = _compile(forecast_only, model, x0, 1)
     background = jax.block_until_ready(forecast(x0))
     obs = osse.obs.at(0)  # the observations of cycle 1 (truth[1]), analysed with fold_in(key, 1) as in run_cycles
     key = jax.random.fold_in(jax.random.key(cfg.seeds.assimilator), 1)
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _write_json(report: dict, path: str | None) -> dict:
-    report = _json_safe(report)
+    report = json_safe(report)
     if path == "-":
         print(json.dumps(report))
     elif path:
