@@ -4,7 +4,8 @@
 version, the testbed the model was trained for, the network spec (``ModelSpec``), the
 normalisation statistics, the training config and a training summary. Both files are
 written to temporary names and renamed, so a killed ``ensda train`` never leaves a
-half-written checkpoint.
+half-written checkpoint. ``write_checkpoint`` / ``read_meta`` / ``read_params`` are the
+network-agnostic part, shared with the sphere emulator (``ensda.testbeds.sphere.emulator``).
 """
 
 from __future__ import annotations
@@ -37,10 +38,49 @@ def testbed_record(testbed) -> dict:
     return {k: get(k) for k in TESTBED_FIELDS}
 
 
-def save_checkpoint(path: Path, params, spec: ModelSpec, norm: Normalisation, testbed: dict, config: dict, summary: dict) -> None:
-    """Write ``params.npz`` and ``meta.json`` into ``path`` (atomically: temp files, then rename)."""
+def write_checkpoint(path: Path, params, meta: dict) -> None:
+    """Write the parameter pytree ``params`` (``params.npz``, keyed by pytree path) and
+    ``meta`` (``meta.json``) into ``path``, atomically: temp files, then rename."""
     path.mkdir(parents=True, exist_ok=True)
     flat = {jax.tree_util.keystr(p): np.asarray(leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    tmp_params, tmp_meta = path / "params.tmp.npz", path / "meta.json.tmp"
+    np.savez(tmp_params, **flat)
+    tmp_meta.write_text(json.dumps(meta, indent=1))
+    tmp_params.replace(path / "params.npz")
+    tmp_meta.replace(path / "meta.json")
+
+
+def read_meta(path: Path, fmt: int, missing: str) -> dict:
+    """``meta.json`` of the checkpoint at ``path``, checked to be there (with ``params.npz``;
+    else ``CheckpointError(missing)``), valid JSON and of format ``fmt``."""
+    if not (path / "meta.json").exists() or not (path / "params.npz").exists():
+        raise CheckpointError(missing)
+    try:
+        meta = json.loads((path / "meta.json").read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path / 'meta.json'} is not valid JSON: {err}") from None
+    if meta.get("format") != fmt:
+        raise CheckpointError(f"{path}: checkpoint format {meta.get('format')!r}, this ensda reads format {fmt}")
+    return meta
+
+
+def read_params(path: Path, template):
+    """The parameters of ``params.npz`` in the structure of ``template`` (a pytree of arrays
+    or shape structs, e.g. from ``nnx.eval_shape``), each checked for presence and shape."""
+    stored = np.load(path / "params.npz")
+    leaves = []
+    for p, leaf in jax.tree_util.tree_flatten_with_path(template)[0]:
+        name = jax.tree_util.keystr(p)
+        if name not in stored:
+            raise CheckpointError(f"{path}: parameter {name} missing from params.npz (a different network?)")
+        if stored[name].shape != leaf.shape:
+            raise CheckpointError(f"{path}: parameter {name} has shape {stored[name].shape}, the network expects {leaf.shape}")
+        leaves.append(jnp.asarray(stored[name]))
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)
+
+
+def save_checkpoint(path: Path, params, spec: ModelSpec, norm: Normalisation, testbed: dict, config: dict, summary: dict) -> None:
+    """Write ``params.npz`` and ``meta.json`` into ``path`` (atomically: temp files, then rename)."""
     meta = {
         "format": FORMAT,
         "testbed": testbed,
@@ -49,11 +89,7 @@ def save_checkpoint(path: Path, params, spec: ModelSpec, norm: Normalisation, te
         "training": summary,
         "config": config,
     }
-    tmp_params, tmp_meta = path / "params.tmp.npz", path / "meta.json.tmp"
-    np.savez(tmp_params, **flat)
-    tmp_meta.write_text(json.dumps(meta, indent=1))
-    tmp_params.replace(path / "params.npz")
-    tmp_meta.replace(path / "meta.json")
+    write_checkpoint(path, params, meta)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,17 +103,10 @@ class Checkpoint:
 def load_checkpoint(path: str | Path, testbed: dict | None = None) -> Checkpoint:
     """Load a checkpoint; with ``testbed`` (as ``testbed_record``), check it was made for it."""
     path = Path(path)
-    if not (path / "meta.json").exists() or not (path / "params.npz").exists():
-        raise CheckpointError(
-            f"no diffusion checkpoint at {path} (expected meta.json and params.npz); "
-            "train one with `ensda train CONFIG` (the config's train.checkpoint sets where it goes)"
-        )
-    try:
-        meta = json.loads((path / "meta.json").read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path / 'meta.json'} is not valid JSON: {err}") from None
-    if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: checkpoint format {meta.get('format')!r}, this ensda reads format {FORMAT}")
+    meta = read_meta(path, FORMAT, (
+        f"no diffusion checkpoint at {path} (expected meta.json and params.npz); "
+        "train one with `ensda train CONFIG` (the config's train.checkpoint sets where it goes)"
+    ))
     if testbed is not None:
         made = meta["testbed"]
         diff = [f"{k}: checkpoint {made.get(k)!r}, run {v!r}" for k, v in testbed.items() if made.get(k) != v]
@@ -87,16 +116,7 @@ def load_checkpoint(path: str | Path, testbed: dict | None = None) -> Checkpoint
     norm = Normalisation.from_dict(meta["normalisation"])
     abstract = nnx.eval_shape(lambda: build_network(spec, ring_graph(spec.n)))
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-    stored = np.load(path / "params.npz")
-    leaves = []
-    for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        name = jax.tree_util.keystr(p)
-        if name not in stored:
-            raise CheckpointError(f"{path}: parameter {name} missing from params.npz (a different network?)")
-        if stored[name].shape != leaf.shape:
-            raise CheckpointError(f"{path}: parameter {name} has shape {stored[name].shape}, the network expects {leaf.shape}")
-        leaves.append(jnp.asarray(stored[name]))
-    params = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(params), leaves)
+    params = read_params(path, params)
     if jax.tree.leaves(rest):
         raise CheckpointError(f"{path}: the network has non-parameter state, which checkpoints do not store")
     return Checkpoint(spec, norm, nnx.merge(graphdef, params, rest), meta)

@@ -76,10 +76,19 @@ class NatureConfig(_Strict):
 
 class SphereForecastConfig(_Strict):
     """The forecast model of the experiments (backgrounds): the nature run's dycore at this
-    resolution and time step; unset values are the nature run's (a perfect model)."""
+    resolution and time step; unset values are the nature run's (a perfect model). Or,
+    with ``emulator``, a learned forecast model: the checkpoint directory of a
+    ``testbeds.sphere.emulator`` (``experiments/sphere_emulator.py``)."""
 
     resolution: Literal[RESOLUTIONS] | None = None
     dt_minutes: float | None = Field(None, gt=0)
+    emulator: str | None = None
+
+    @pydantic.model_validator(mode="after")
+    def _check(self):
+        if self.emulator is not None and (self.resolution is not None or self.dt_minutes is not None):
+            raise ValueError("forecast.emulator replaces the dycore: leave forecast.resolution and dt_minutes unset")
+        return self
 
 
 class SphereTestbedConfig(_Strict):

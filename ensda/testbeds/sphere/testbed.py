@@ -14,7 +14,9 @@ later with a dycore: ``from_fields`` (pressure → σ levels, least-squares spec
 grid), the dycore's steps, ``fields`` (truncation and evaluation on the grid, σ → pressure
 levels). With the nature run's dycore and resolution this is the *perfect* model (its only
 errors are the scales the grid cannot hold and the σ ↔ p interpolation); a lower
-resolution (``resolution: T21`` under a T42 truth) is an imperfect model.
+resolution (``resolution: T21`` under a T42 truth) is an imperfect model. With an
+``emulator`` (``testbeds.sphere.emulator.Emulator``, config ``forecast.emulator: PATH``)
+the learned model makes the forecasts instead of the dycore.
 
 **Grid.** ``LatLonGrid``: cos-latitude area weights normalised to mean 1, great-circle
 distances in km between columns (flat index ``lat · n_lon + lon``) for localisation.
@@ -131,6 +133,8 @@ class SphereTestbed:
     hours_per_cycle: int = 6
     #: the nature-run store for ``truth`` and ``climatology_samples`` (None: forecasts only)
     store: str | None = None
+    #: a learned forecast model (``emulator.Emulator``) used by ``forecast`` instead of the dycore
+    emulator: object | None = None
 
     def __post_init__(self):
         self.model.steps_per(self.hours_per_cycle)  # a whole number of model steps, or raise
@@ -149,6 +153,8 @@ class SphereTestbed:
 
     def forecast(self, x: jax.Array, n_cycles: int) -> jax.Array:
         """The states ``n_cycles`` cycles after ``x`` ``(..., n, lat, lon)`` (leading axes batched)."""
+        if self.emulator is not None:
+            return self.emulator.forecast(x, n_cycles)
         return _forecast(self, x, n_cycles)
 
     def cycle_forecast(self, x: jax.Array) -> jax.Array:
@@ -325,15 +331,23 @@ class FlatSphere:
 
 def from_config(cfg, store: str | None = None, perfect: bool = True) -> SphereTestbed:
     """The testbed of a ``SphereTestbedConfig``: the nature run's dycore (``perfect``) or the
-    forecast model of ``cfg.forecast`` (resolution and time step; unset values as the nature
-    run's), the analysis grid, the channels of the nature run's variables and levels."""
+    forecast model of ``cfg.forecast`` (resolution and time step, unset values as the nature
+    run's; or the emulator checkpoint ``forecast.emulator``, checked against the state and
+    cycle), the analysis grid, the channels of the nature run's variables and levels."""
     from ensda.testbeds.sphere.nature import build
 
     model, out = build(cfg)
+    channels, emulator = channels_of(cfg), None
     if not perfect:
         f = cfg.forecast
         model = dataclasses.replace(model, resolution=f.resolution or cfg.resolution, dt_minutes=f.dt_minutes or cfg.dt_minutes)
-    return SphereTestbed(model, out.grid, channels_of(cfg), cfg.cycle_hours, store if store is not None else cfg.nature.store)
+        if f.emulator is not None:
+            from ensda.testbeds.sphere.emulator import load_emulator
+
+            emulator = load_emulator(f.emulator)
+            emulator.check_matches(channels, out.grid, cfg.cycle_hours, where=f.emulator)
+    return SphereTestbed(model, out.grid, channels, cfg.cycle_hours, store if store is not None else cfg.nature.store,
+                         emulator)
 
 
 def channels_of(cfg) -> Channels:
