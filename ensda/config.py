@@ -454,7 +454,7 @@ class ExperimentConfig(_Strict):
         """Whether the forecast model is the nature run's model."""
         if self.sphere:
             f, t = self.testbed.forecast, self.testbed
-            return f.resolution in (None, t.resolution) and f.dt_minutes in (None, t.dt_minutes)
+            return f.emulator is None and f.resolution in (None, t.resolution) and f.dt_minutes in (None, t.dt_minutes)
         return self.forecast_model.forcing in (None, self.testbed.forcing)
 
     def _check_testbed(self) -> None:
