@@ -25,6 +25,9 @@ class Climatology:
 
     name: ClassVar[str] = "climatology"
     ensemble: ClassVar[bool] = True
+    #: the analysis ignores the background: the cycler skips the model forecast and takes
+    #: the previous cycle's climatological draw as the background
+    needs_forecast: ClassVar[bool] = False
 
     @classmethod
     def build(cls, ctx):

@@ -5,7 +5,10 @@ cycles 1..K (stacked ``Observations``), and the initial ensemble ``(N, n)``. Sta
 vectors on every testbed: on the sphere ``n = n_var · n_lat · n_lon`` (``FlatSphere``), with
 the cos-latitude weight of each element in ``testbed.grid.weights``. Each cycle k:
 
-    x_f = M(x_a[k-1])                       (testbed.cycle_forecast, all members at once)
+    x_f = M(x_a[k-1])                       (testbed.cycle_forecast, all members at once;
+                                             x_a[k-1] itself for an assimilator whose
+                                             analysis ignores the background:
+                                             ``needs_forecast = False``, climatology)
     x_a = assimilator.analyse(x_f, y_k, fold_in(key, k))
     metrics of x_f and x_a against truth[k]
 
@@ -138,9 +141,11 @@ def run_cycles(
         scale = jnp.repeat(std, truth.shape[-1] // n_channels)  # σ_c of every state element
         measure = partial(channel_metrics, std=std)
 
+    forecast = testbed.cycle_forecast if getattr(assimilator, "needs_forecast", True) else (lambda x: x)
+
     def body(xa, inputs):
         k, t, y = inputs
-        xf = testbed.cycle_forecast(xa)
+        xf = forecast(xa)
         xa_new = assimilator.analyse(xf, y, jax.random.fold_in(key, k))
         mf = measure(xf, t, weights)
         ma = measure(xa_new, t, weights)

@@ -156,3 +156,28 @@ def test_run_method_reports_forecast_blowup_after_absurd_observation():
     with pytest.raises(NonFiniteStateError) as info:
         run_method(cfg, bad, "3dvar")
     assert (info.value.cycle, info.value.stage) == (7, "forecast")
+
+
+def test_climatology_skips_the_forecast_its_background_is_the_previous_draw(setup):
+    """``needs_forecast = False``: a testbed whose forecast returns NaN does not reach the
+    climatology method, and its background at cycle k is its analysis of cycle k − 1
+    (recomputed in NumPy from the stored means)."""
+    from baselines.climatology import Climatology
+
+    tb, truth, obs, x0 = setup
+
+    class NanForecast:
+        grid = tb.grid
+
+        def cycle_forecast(self, x):
+            return jnp.full_like(x, jnp.nan)
+
+    clim = Climatology(samples=tb.climatology_samples(jax.random.key(4), 50), mean=None)
+    clim = dataclasses.replace(clim, mean=clim.samples.mean(0))
+    result = run_cycles(NanForecast(), clim, truth, obs, x0, jax.random.key(3))
+    mean_f, mean_a = np.asarray(result.mean_f), np.asarray(result.mean_a)
+    assert np.isfinite(mean_a).all() and np.isfinite(mean_f).all()
+    np.testing.assert_allclose(mean_f[0], np.asarray(x0).mean(0), rtol=1e-6)
+    np.testing.assert_allclose(mean_f[1:], mean_a[:-1], rtol=1e-6)
+    with pytest.raises(NonFiniteStateError, match="forecast"):  # the free run does use the forecast
+        check_finite(run_cycles(NanForecast(), FreeRun(), truth, obs, x0, jax.random.key(3)), "none")
