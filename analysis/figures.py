@@ -5,11 +5,17 @@ Each function takes the collected ``ReportData`` (``analysis.report``) and retur
 only, no diffusion runs over several guidance strengths, no stored rank-histogram counts or
 lead-time curves); a note also names runs that a figure could not show. Per-run drawing
 (rank histogram bars, one RMSE-vs-lead curve with its loss marked) is ``ensda.figures``'.
+
+Sphere reports (``figures_for``) add ``SPHERE_FIGURES``: the analysis RMSE and CRPS of every
+channel in units of its climatological σ_c against pressure, a panel per variable
+(``channel_skill_table`` is its data, from each run's ``channel_metrics.json``), and the
+observed columns of the parent run on a lon–lat map.
 """
 
 from __future__ import annotations
 
 import math
+import re
 from collections import defaultdict
 
 import numpy as np
@@ -25,6 +31,16 @@ FIGURES = (
     ("rank_histograms.png", "Rank histograms"),
     ("lead_time.png", "Forecast RMSE against lead, lead-time loss marked"),
 )
+#: the figures of a report on the sphere, after ``FIGURES``
+SPHERE_FIGURES = (
+    ("channel_skill.png", "Analysis RMSE and CRPS per channel in units of the climatological σ, against pressure"),
+    ("observed_columns.png", "Observed columns"),
+)
+
+
+def figures_for(data) -> tuple:
+    """(figure name, title) of the report of ``data``: ``FIGURES``, and on the sphere ``SPHERE_FIGURES``."""
+    return FIGURES + SPHERE_FIGURES if data.sphere else FIGURES
 
 
 def colours(series: list[str], data) -> dict[str, object]:
@@ -216,6 +232,129 @@ def lead_time_figure(data):
     return fig, note
 
 
+def channel_level(channel: str) -> tuple[str, float | None]:
+    """``"temperature_850"`` -> ``("temperature", 850.0)``; a surface channel has no level."""
+    m = re.fullmatch(r"(.+)_(\d+)", channel)
+    return (m.group(1), float(m.group(2))) if m else (channel, None)
+
+
+def channel_skill_table(data) -> list[dict]:
+    """One row per finished run with ``channel_metrics.json`` and channel: its series,
+    density, variable and level (hPa; None at the surface), climatological σ_c, time-mean
+    analysis RMSE, CRPS and spread (SI units) and RMSE and CRPS divided by σ_c."""
+    rows = []
+    for r in data.finished:
+        cm = r.channel_metrics
+        if not cm:
+            continue
+        for i, channel in enumerate(cm["channels"]):
+            variable, level = channel_level(channel)
+            std = float(cm["climatological_std"][i])
+            rmse, crps = float(cm["rmse_a"][i]), float(cm["crps_a"][i])
+            rows.append({"run_id": r.run_id, "series": r.series, "density": r.density, "channel": channel,
+                         "variable": variable, "level_hpa": level, "climatological_std": std, "rmse_a": rmse,
+                         "crps_a": crps, "spread_a": float(cm["spread_a"][i]),
+                         "rmse_a_over_std": rmse / std if std > 0 else math.nan,
+                         "crps_a_over_std": crps / std if std > 0 else math.nan})
+    return rows
+
+
+def channel_skill_figure(data):
+    """Analysis RMSE / σ_c (top row) and CRPS / σ_c (bottom row) of every channel: a panel per
+    variable against pressure (log, surface at the bottom), one line per series (and density
+    when the runs have several; replicate runs averaged); surface channels in a last panel
+    of markers."""
+    rows = channel_skill_table(data)
+    lacking = sorted({r.series for r in data.finished if r.sphere and not r.channel_metrics})
+    note = f"no channel_metrics.json for: {', '.join(lacking)}" if lacking else ""
+    if not rows:
+        return None, "left out: no run has per-channel metrics (channel_metrics.json; sphere runs)"
+    several = len({r["density"] for r in rows}) > 1
+    line = lambda r: f"{r['series']}, density {r['density']:g}" if several and r["density"] is not None else r["series"]
+    values = defaultdict(list)  # (line, channel, metric) -> values of replicate runs
+    for r in rows:
+        for m in ("rmse_a_over_std", "crps_a_over_std"):
+            values[(line(r), r["channel"], m)].append(r[m])
+    lines = list(dict.fromkeys(line(r) for r in sorted(rows, key=lambda r: (data.series.index(r["series"]), r["density"] or 0))))
+    channels = list(dict.fromkeys(r["channel"] for r in rows))
+    levelled = list(dict.fromkeys(channel_level(c)[0] for c in channels if channel_level(c)[1] is not None))
+    surface = [c for c in channels if channel_level(c)[1] is None]
+    panels = levelled + (["surface"] if surface else [])
+    col = colours(data.series, data)
+    line_colour = {ln: col.get(ln.split(", density")[0], "k") for ln in lines}
+    if several:  # one colour per line
+        line_colour = {ln: plt.cm.tab10(i % 10) for i, ln in enumerate(lines)}
+    profiles = any(len({channel_level(c)[1] for c in channels if channel_level(c)[0] == v}) > 1 for v in levelled)
+    fig, axes = plt.subplots(2, len(panels), figsize=(2.9 * len(panels) + 1.2, 7.2 if profiles else 4.8), squeeze=False,
+                             constrained_layout=True)
+    for row, (metric, label) in enumerate((("rmse_a_over_std", "analysis RMSE / σ_c"), ("crps_a_over_std", "analysis CRPS / σ_c"))):
+        for ax, panel in zip(axes[row], panels):
+            if panel == "surface":
+                for k, ln in enumerate(lines):
+                    offset = (k - (len(lines) - 1) / 2) * 0.12
+                    for j, c in enumerate(surface):
+                        v = values.get((ln, c, metric))
+                        if v:
+                            ax.plot([np.mean(v)], [j + offset], "D", color=line_colour[ln], ms=6)
+                ax.set_yticks(range(len(surface)), [c.replace("_", " ") for c in surface], fontsize=7)
+                ax.set_ylim(len(surface) - 0.5, -0.5)
+            else:
+                levels = sorted({channel_level(c)[1] for c in channels if channel_level(c)[0] == panel})
+                for ln in lines:
+                    pts = [(np.mean(values[(ln, c, metric)]), channel_level(c)[1]) for c in channels
+                           if channel_level(c)[0] == panel and (ln, c, metric) in values]
+                    if pts:
+                        pts.sort(key=lambda p: p[1])
+                        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=line_colour[ln], ms=3, lw=1.3, label=ln)
+                ax.set_yscale("log")
+                ax.set_ylim(max(levels) * 1.15, min(levels) / 1.15)
+                labelled = [v for v in levels if v in (1000, 850, 700, 500, 300, 200, 100, 50, 10)] if len(levels) > 7 else levels
+                ax.set_yticks(levels, [f"{v:g}" if v in labelled else "" for v in levels], fontsize=7)
+                ax.minorticks_off()
+                if ax is axes[row][0]:
+                    ax.set_ylabel("pressure (hPa)")
+            drawn = [x for ln in ax.get_lines() for x in ln.get_xdata()]
+            if metric == "rmse_a_over_std":
+                ax.axvline(1.0, color="grey", lw=0.8, ls=":")
+                drawn.append(1.0)
+            ax.set_xlim(0.0, 1.08 * max([x for x in drawn if math.isfinite(x)], default=1.0))
+            ax.set_xlabel(label, fontsize=8)
+            ax.tick_params(axis="x", labelsize=7)
+            ax.set_title(panel.replace("_component_of_wind", " wind").replace("_", " "), fontsize=9)
+            ax.grid(alpha=0.3)
+    handles = [plt.Line2D([], [], color=line_colour[ln], marker="o", ms=4, label=ln) for ln in lines]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(lines), 6), fontsize=8)
+    fig.suptitle("time-mean analysis error per channel (dotted: the climatological σ)", fontsize=10)
+    return fig, note
+
+
+def observed_columns_figure(data):
+    """The parent run's observed grid columns on a lon–lat map, coloured by the number of
+    cycles that observe each column."""
+    obs = data.observations
+    if obs is None:
+        return None, data.notes.get("observed_columns.png", "left out: the parent run has no observations.zarr")
+    fig, ax = plt.subplots(figsize=(9, 5), constrained_layout=True)
+    order = np.argsort(obs.n_cycles)  # often-observed columns on top
+    points = ax.scatter(obs.longitude[order], obs.latitude[order], c=obs.n_cycles[order], s=18, cmap="viridis",
+                        vmin=0, vmax=max(obs.cycles, 1), edgecolors="k", linewidths=0.3)
+    fig.colorbar(points, ax=ax, shrink=0.75, label=f"cycles observing the column (of {obs.cycles})")
+    ax.set_xlim(0, 360)
+    ax.set_ylim(-90, 90)
+    ax.set_xticks(range(0, 361, 60))
+    ax.set_yticks(range(-90, 91, 30))
+    ax.set_aspect("equal")
+    ax.grid(alpha=0.3)
+    ax.set_xlabel("longitude (°E)")
+    ax.set_ylabel("latitude (°N)")
+    network = f"{obs.kind}" + (f", density {obs.density:g}" if obs.density is not None else "")
+    network += ", redrawn each cycle" if obs.redraw else ", fixed"
+    each = f"{obs.per_cycle} per cycle, " if obs.per_cycle is not None else ""
+    ax.set_title(f"{len(obs.n_cycles)} observed columns over {obs.cycles} cycles" + (f", grid {obs.grid}" if obs.grid else "")
+                 + f"\n{each}{network}; {obs.channels} channel(s) per column", fontsize=9)
+    return fig, ""
+
+
 def _fmt_densities(densities) -> str:
     return ", ".join(f"{d:g}" for d in densities) or "unknown"
 
@@ -226,6 +365,8 @@ BUILDERS = {
     "ssr_density.png": ssr_density_figure,
     "rank_histograms.png": rank_histograms_figure,
     "lead_time.png": lead_time_figure,
+    "channel_skill.png": channel_skill_figure,
+    "observed_columns.png": observed_columns_figure,
 }
 
 

@@ -15,10 +15,20 @@ metrics (the latest value of each metric), tags (``optuna.trial_number``,
 observed fraction of ``obs.sites`` or of every ``obs.every``-th site of ``testbed.n``; its
 guidance strength is the diffusion method's resolved ``settings.guidance_strength``.
 
+Sphere runs (``testbed.kind: sphere``) add, where logged: ``channel_metrics.json`` (every
+channel's time-mean errors and climatological σ_c), the headline channels' summary metrics
+(``rmse_a.<channel>``, ``crps_a.<channel>``, ``ssr_a.<channel>``), the last-cycle maps
+``maps/<channel>.png`` (downloaded; of at most ``MAX_MAP_RUNS`` runs) and, from the parent
+run (a comparison, or one run), the observed columns of ``observations.zarr``.
+
 ``write`` draws the figures of ``analysis.figures`` (each left out, with the reason in the
 HTML, when the runs cannot show it) and one self-contained ``report.html`` (the PNGs inline
 as base64, the results table, the parent run, each child run's id, MLflow UI link and Optuna
-trial number). A sweep's parent run is found from its Optuna study with ``study_parent``.
+trial number). On the sphere also the per-channel skill figure and its data
+(``channel_skill.csv``), the headline-channel table (``headline_channels.csv``), the map of
+the observed columns, and each run's maps copied to ``maps/<series>_<channel>.png``, shown in
+one section per headline channel. A sweep's parent run is found from its Optuna study with
+``study_parent``.
 """
 
 from __future__ import annotations
@@ -30,7 +40,11 @@ import dataclasses
 import datetime
 import html
 import math
+import re
+import tempfile
 from pathlib import Path
+
+import numpy as np
 
 from analysis import figures
 from ensda import tracking
@@ -41,6 +55,11 @@ DIGITS = {"nfe": 0, "wall_s": 1}
 #: where `ensda ui` serves the MLflow UI (links of a report on a local store)
 LOCAL_UI = "http://127.0.0.1:5000"
 ARTIFACT_DIR = "report"
+#: summary metrics of each headline channel (``<metric>.<channel>``) in headline_channels.csv
+HEADLINE_METRICS = ("rmse_a", "crps_a", "ssr_a")
+#: runs whose maps a report downloads at most (a larger sweep: its trials' maps stay in MLflow)
+MAX_MAP_RUNS = 12
+MAPS_DIR = "maps"
 
 
 class ReportError(RuntimeError):
@@ -66,6 +85,25 @@ class RunRecord:
     lead_time: dict | None = None  # lead_time.json
     rank_counts: list | None = None  # rank_histogram.json "counts"
     series: str = ""  # the line it belongs to: method, or "diffusion λ=0.5"
+    sphere: bool = False  # a sphere run (testbed.kind: sphere)
+    channel_metrics: dict | None = None  # channel_metrics.json (sphere)
+    maps: dict[str, bytes] | None = None  # headline channel -> maps/<channel>.png (sphere, figures on)
+
+
+@dataclasses.dataclass(frozen=True)
+class ObservedColumns:
+    """The grid columns a sphere run observed (``observations.zarr`` of the parent run)."""
+
+    latitude: np.ndarray  # degrees, one per observed column
+    longitude: np.ndarray  # degrees east
+    n_cycles: np.ndarray  # cycles that observe the column
+    cycles: int  # cycles in all
+    per_cycle: int | None  # columns observed each cycle
+    grid: str  # the grid's name
+    kind: str
+    density: float | None
+    redraw: bool
+    channels: int  # channels observed per column (the most in any cycle)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +113,8 @@ class ReportData:
     experiment: str
     kind: str  # sweep | compare | run
     records: list[RunRecord]
+    observations: ObservedColumns | None = None  # the parent's observations.zarr (sphere)
+    notes: dict = dataclasses.field(default_factory=dict)  # what collecting left out: figure name -> why
 
     @property
     def finished(self) -> list[RunRecord]:
@@ -92,6 +132,19 @@ class ReportData:
     @property
     def series_guidance(self) -> dict[str, float | None]:
         return {r.series: r.guidance for r in self.records}
+
+    @property
+    def sphere(self) -> bool:
+        """Sphere runs among the records (the report's sphere sections are shown)."""
+        return self.observations is not None or any(r.sphere for r in self.records)
+
+    @property
+    def headline(self) -> list[str]:
+        """The headline channels: those with summary metrics ``rmse_a.<channel>``, in channel order."""
+        found = {k.split(".", 1)[1] for r in self.finished for k in r.metrics if k.startswith("rmse_a.")}
+        order = next((r.channel_metrics["channels"] for r in self.finished if r.channel_metrics), [])
+        rank = {c: i for i, c in enumerate(order)}
+        return sorted(found, key=lambda c: (rank.get(c, len(rank)), c))
 
 
 # ----------------------------------------------------------------------------- collecting
@@ -132,15 +185,27 @@ def collect(store: tracking.Store, run_id: str) -> ReportData:
     else:
         raise ReportError(f"run {run_id} ({parent.name}) has no child runs and no metrics: nothing to report "
                           "(give the id of a sweep or compare parent run, or of one `ensda run`)")
-    records = [_record(store, r) for r in runs]
-    return ReportData(store.uri, parent, store.experiment_name(parent.experiment_id), kind, _with_series(records))
+    notes = {}
+    with_maps = len(runs) <= MAX_MAP_RUNS
+    records = [_record(store, r, with_maps) for r in runs]
+    if not with_maps and any(r.sphere for r in records):
+        notes[MAPS_DIR] = (f"left out: {len(runs)} runs, more than {MAX_MAP_RUNS}: each run's maps/ are in MLflow")
+    observations = None
+    if any(r.sphere for r in records) or parent.params.get("testbed.kind") == "sphere":
+        if "observations.zarr" in store.artifacts(parent.run_id):
+            observations = _observed_columns(store, parent.run_id)
+        else:
+            notes["observed_columns.png"] = ("left out: the parent run has no observations.zarr"
+                                             + (" (a sweep's trials log their own)" if kind == "sweep" else ""))
+    return ReportData(store.uri, parent, store.experiment_name(parent.experiment_id), kind, _with_series(records),
+                      observations, notes)
 
 
 def _has_summary(run: tracking.StoredRun) -> bool:
     return any(k in run.metrics for k in ("rmse_a", "crps_a"))
 
 
-def _record(store: tracking.Store, run: tracking.StoredRun) -> RunRecord:
+def _record(store: tracking.Store, run: tracking.StoredRun, with_maps: bool = True) -> RunRecord:
     p = run.params
     method = p.get("method") or run.tags.get("ensda.method") or run.name
     guidance = _number(p.get("settings.guidance_strength")) if method == "diffusion" else None
@@ -151,6 +216,8 @@ def _record(store: tracking.Store, run: tracking.StoredRun) -> RunRecord:
     n_members = _number(p.get("n_members"))
     if n_members is None:
         n_members = run.metrics.get("n_members")
+    channels = store.load_json(run.run_id, "channel_metrics.json") if "channel_metrics.json" in artifacts else None
+    maps = _maps(store, run.run_id) if with_maps and MAPS_DIR in artifacts else None
     return RunRecord(
         run.run_id, run.name, run.experiment_id, run.status, method, observation_density(p), guidance,
         int(trial) if trial is not None and trial.isdigit() else None,
@@ -158,7 +225,36 @@ def _record(store: tracking.Store, run: tracking.StoredRun) -> RunRecord:
         {k: v for k, v in run.metrics.items() if "/" not in k},
         run.tags.get("ensda.lead_time_loss"), run.tags.get("ensda.failure"),
         lead, ranks["counts"] if ranks else None,
+        sphere=p.get("testbed.kind") == "sphere" or channels is not None, channel_metrics=channels, maps=maps,
     )
+
+
+def _maps(store: tracking.Store, run_id: str) -> dict[str, bytes]:
+    """The run's ``maps/<channel>.png`` artifacts: channel -> PNG bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(store.download(run_id, MAPS_DIR, tmp))
+        return {f.stem: f.read_bytes() for f in sorted(local.glob("*.png"))}
+
+
+def _observed_columns(store: tracking.Store, run_id: str) -> ObservedColumns:
+    """The columns of the run's ``observations.zarr`` (dims cycle × obs: ``column``,
+    ``latitude``, ``longitude`` per observation) and how many cycles observe each."""
+    import xarray as xr
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = xr.open_zarr(store.download(run_id, "observations.zarr", tmp), consolidated=False)
+        column, lat, lon = (np.asarray(ds[k].values) for k in ("column", "latitude", "longitude"))
+        attrs = dict(ds.attrs)
+        ds.close()
+    cycles = [np.unique(c, return_counts=True) for c in column]  # each cycle's columns, and its slots per column
+    _, n_cycles = np.unique(np.concatenate([c for c, _ in cycles]), return_counts=True)
+    _, first = np.unique(column.ravel(), return_index=True)  # an observation of each column, in the same order
+    per_cycle = attrs.get("n_columns")
+    return ObservedColumns(
+        lat.ravel()[first].astype(np.float64), lon.ravel()[first].astype(np.float64), n_cycles, int(column.shape[0]),
+        int(per_cycle) if per_cycle is not None else None, str(attrs.get("grid", "")), str(attrs.get("kind", "")),
+        float(attrs["density"]) if isinstance(attrs.get("density"), (int, float)) else None, bool(attrs.get("redraw", False)),
+        max((int(n.max()) for _, n in cycles if n.size), default=0))
 
 
 def _with_series(records: list[RunRecord]) -> list[RunRecord]:
@@ -209,20 +305,22 @@ class Written:
     out: Path
     html: Path
     csv: Path
-    pngs: list[Path]
+    pngs: list[Path]  # figures, and on the sphere the runs' maps (maps/<series>_<channel>.png)
     notes: dict[str, str]  # figure name -> why left out, or what it could not show
+    tables: list[Path] = dataclasses.field(default_factory=list)  # sphere: headline_channels.csv, channel_skill.csv
 
     @property
     def files(self) -> list[Path]:
-        return [*self.pngs, self.csv, self.html]
+        return [*self.pngs, self.csv, *self.tables, self.html]
 
 
 def write(data: ReportData, out: Path | str) -> Written:
-    """Figures (PNG), ``results.csv`` and the self-contained ``report.html`` in ``out``."""
+    """Figures (PNG), ``results.csv`` and the self-contained ``report.html`` in ``out``; on the
+    sphere also the maps, ``headline_channels.csv`` and ``channel_skill.csv``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     pngs, notes, images = [], {}, {}
-    for name, _ in figures.FIGURES:
+    for name, _ in figures.figures_for(data):
         fig, note = figures.BUILDERS[name](data)
         if note:
             notes[name] = note
@@ -232,16 +330,34 @@ def write(data: ReportData, out: Path | str) -> Written:
         figures.save(fig, path)
         pngs.append(path)
         images[name] = base64.b64encode(path.read_bytes()).decode("ascii")
+    tables, maps = [], {}
+    if data.sphere:
+        maps, note = _write_maps(data, out)
+        pngs += [path for path, _ in maps.values()]
+        if note:
+            notes[MAPS_DIR] = note
+        if data.headline:
+            tables.append(out / "headline_channels.csv")
+            _write_headline_csv(data, tables[-1])
+        skill = figures.channel_skill_table(data)
+        if skill:
+            tables.append(out / "channel_skill.csv")
+            _write_rows(skill, tables[-1])
     csv_path = out / "results.csv"
     _write_csv(data, csv_path)
     html_path = out / "report.html"
-    html_path.write_text(_html(data, images, notes), encoding="utf-8")
-    return Written(out, html_path, csv_path, pngs, notes)
+    html_path.write_text(_html(data, images, notes, maps), encoding="utf-8")
+    return Written(out, html_path, csv_path, pngs, notes, tables)
 
 
 def log(store: tracking.Store, data: ReportData, written: Written) -> None:
-    """The report's files as artifacts of the parent run, under ``report/``."""
-    store.log_files(data.parent.run_id, written.files, ARTIFACT_DIR)
+    """The report's files as artifacts of the parent run, under ``report/`` (the maps under ``report/maps/``)."""
+    groups: dict[str, list[Path]] = {}
+    for path in written.files:
+        sub = path.parent.relative_to(written.out).as_posix()
+        groups.setdefault(ARTIFACT_DIR if sub == "." else f"{ARTIFACT_DIR}/{sub}", []).append(path)
+    for artifact_path, paths in groups.items():
+        store.log_files(data.parent.run_id, paths, artifact_path)
 
 
 def _write_csv(data: ReportData, path: Path) -> None:
@@ -253,6 +369,58 @@ def _write_csv(data: ReportData, path: Path) -> None:
             w.writerow([r.run_id, r.name, r.status, _blank(r.trial), r.method, _blank(r.density), _blank(r.guidance),
                         _blank(r.n_members), *[_blank(r.metrics.get(k)) for k in TABLE_METRICS],
                         _blank(r.metrics.get("lead_time_loss_h")), r.lead_time_loss or ""])
+
+
+def headline_rows(data: ReportData) -> list[dict]:
+    """One row per finished run and headline channel: its ``<metric>.<channel>`` summary
+    metrics (``HEADLINE_METRICS``, SI units; None when not logged) and the channel's
+    climatological σ_c (from ``channel_metrics.json``; None without it)."""
+    rows = []
+    for r in data.finished:
+        names = (r.channel_metrics or {}).get("channels", [])
+        for channel in data.headline:
+            std = r.channel_metrics["climatological_std"][names.index(channel)] if channel in names else None
+            rows.append({"run_id": r.run_id, "run_name": r.name, "method": r.method, "series": r.series, "density": r.density,
+                         "channel": channel, **{m: r.metrics.get(f"{m}.{channel}") for m in HEADLINE_METRICS},
+                         "climatological_std": std})
+    return rows
+
+
+def _write_headline_csv(data: ReportData, path: Path) -> None:
+    _write_rows(headline_rows(data), path)
+
+
+def _write_rows(rows: list[dict], path: Path) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(list(rows[0]))
+        for row in rows:
+            w.writerow([v if isinstance(v, str) else _blank(v) for v in row.values()])
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^\w.-]+", "_", text).strip("_") or "run"
+
+
+def _write_maps(data: ReportData, out: Path) -> tuple[dict, str]:
+    """Each finished run's maps as ``out/maps/<series>_<channel>.png`` (the run id's first
+    8 characters added when several runs share a series); returns ``{(run_id, channel): (path,
+    base64)}`` and a note: why no maps, or the runs without them."""
+    runs = [r for r in data.finished if r.sphere]
+    with_maps = [r for r in runs if r.maps]
+    if not with_maps:
+        return {}, data.notes.get(MAPS_DIR, "left out: no run logged maps/ (sphere runs with tracking.figures on)")
+    shared = {s for s in (r.series for r in with_maps) if sum(q.series == s for q in with_maps) > 1}
+    (out / MAPS_DIR).mkdir(exist_ok=True)
+    written = {}
+    for r in with_maps:
+        stem = _slug(r.series) + (f"_{r.run_id[:8]}" if r.series in shared else "")
+        for channel, png in r.maps.items():
+            path = out / MAPS_DIR / f"{stem}_{_slug(channel)}.png"
+            path.write_bytes(png)
+            written[(r.run_id, channel)] = (path, base64.b64encode(png).decode("ascii"))
+    lacking = sorted({r.series for r in runs if not r.maps})
+    return written, (f"no maps for: {', '.join(lacking)}" if lacking else "")
 
 
 def _blank(v) -> str:
@@ -281,7 +449,7 @@ th{background:#f0f0f0}tr.FAILED td{color:#a00}img{max-width:100%;border:1px soli
 """
 
 
-def _html(data: ReportData, images: dict[str, str], notes: dict[str, str]) -> str:
+def _html(data: ReportData, images: dict[str, str], notes: dict[str, str], maps: dict | None = None) -> str:
     e = html.escape
     p = data.parent
     title = f"ensda report: {p.name or p.run_id}"
@@ -304,12 +472,14 @@ def _html(data: ReportData, images: dict[str, str], notes: dict[str, str]) -> st
              f"<h1>{e(title)}</h1>", "<table>"]
     parts += [f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in about]
     parts.append("</table>")
-    for name, caption in figures.FIGURES:
+    for name, caption in figures.figures_for(data):
         parts.append(f"<h2>{e(caption)}</h2>")
         if name in images:
             parts.append(f'<img alt="{e(name)}" src="data:image/png;base64,{images[name]}">')
         if name in notes:
             parts.append(f'<p class="note">{e(name)}: {e(notes[name])}</p>')
+        if name == "channel_skill.png":
+            parts.append(_headline_html(data, notes, maps or {}))
     parts.append("<h2>Results</h2>")
     parts.append("<p>Time means after burn-in (DESIGN §5); links open the MLflow UI "
                  f"({'the tracking server' if data.uri.startswith('http') else '<code>ensda ui</code>'}).</p>")
@@ -332,3 +502,49 @@ def _results_table(data: ReportData) -> str:
                     + "".join(f'<td class="{c}">{v}</td>' if c else f"<td>{v}</td>" for c, v in cells) + "</tr>")
     rows.append("</table>")
     return "\n".join(rows)
+
+
+def _sig(value) -> str:
+    """A number in SI units as the headline table shows it (4 significant digits)."""
+    if value is None or not math.isfinite(value):
+        return "-"
+    return f"{value:.4g}"
+
+
+def _headline_html(data: ReportData, notes: dict[str, str], maps: dict) -> str:
+    """The headline channels: their summary metrics per run in one table, then a section per
+    channel with each run's last-cycle maps."""
+    from ensda.sphere_figures import UNITS
+
+    e = html.escape
+    channels = data.headline
+    if not channels:
+        return '<p class="note">headline channels: left out: no run has metrics &lt;metric&gt;.&lt;channel&gt; (rmse_a.geopotential_500, ...)</p>'
+    several = len({r.density for r in data.finished}) > 1
+    unit = lambda c: UNITS.get(figures.channel_level(c)[0], "")
+    label = {"rmse_a": "RMSE", "crps_a": "CRPS", "ssr_a": "SSR"}
+    parts = ["<h2>Headline channels</h2>",
+             ("<p>Time means after burn-in of each run's analysis, in SI units (SSR: spread / RMSE); "
+              "also in <code>headline_channels.csv</code>.</p>"), '<table id="headline">',
+             "<tr><th rowspan=2>method</th>" + ("<th rowspan=2>density</th>" if several else "")
+             + "".join(f"<th colspan={len(HEADLINE_METRICS)}>{e(c)} ({e(unit(c))})</th>" for c in channels)
+             + "<th rowspan=2>MLflow run</th></tr>",
+             "<tr>" + "".join(f"<th>{label.get(m, m)}</th>" for _ in channels for m in HEADLINE_METRICS) + "</tr>"]
+    for r in data.finished:
+        cells = [f"<td>{e(r.series)}</td>"] + ([f'<td class="n">{cell(r.density, 3)}</td>'] if several else [])
+        cells += [f'<td class="n">{_sig(r.metrics.get(f"{m}.{c}"))}</td>' for c in channels for m in HEADLINE_METRICS]
+        cells.append(f'<td><a href="{e(ui_link(data, r))}"><code>{e(r.run_id)}</code></a></td>')
+        parts.append(f'<tr data-run="{e(r.run_id)}">' + "".join(cells) + "</tr>")
+    parts.append("</table>")
+    for channel in channels:
+        parts.append(f"<h3>{e(channel)}: maps at the last cycle</h3>")
+        shown = [(r, maps[(r.run_id, channel)]) for r in data.finished if (r.run_id, channel) in maps]
+        for r, (path, b64) in shown:
+            name = f"{MAPS_DIR}/{path.name}"
+            parts.append(f'<p>{e(r.series)} <code>{e(name)}</code></p>')
+            parts.append(f'<img alt="{e(name)}" src="data:image/png;base64,{b64}">')
+        if not shown:
+            parts.append(f'<p class="note">{MAPS_DIR}: {e(notes.get(MAPS_DIR, "left out: no run logged maps of this channel"))}</p>')
+    if maps and notes.get(MAPS_DIR):
+        parts.append(f'<p class="note">{MAPS_DIR}: {e(notes[MAPS_DIR])}</p>')
+    return "\n".join(parts)

@@ -10,7 +10,8 @@ Store: ``tracking.uri`` from the config, else ``$MLFLOW_TRACKING_URI``, else
 ``./mlruns``. ``tracked_run(..., parent=run)`` opens a nested child run (``ensda compare``);
 a sweep's parent run lives across processes: ``start_run``, ``attach_run``, ``set_status``.
 With tracking disabled every call is a no-op. ``Store`` reads runs back (``ensda report``):
-a run, its child runs, its JSON artifacts; and logs files to an existing run.
+a run, its child runs, its artifacts (listed, JSON loaded, files or directories downloaded);
+and logs files to an existing run.
 """
 
 from __future__ import annotations
@@ -361,9 +362,17 @@ class Store:
     def experiment_name(self, experiment_id: str) -> str:
         return self.client.get_experiment(experiment_id).name
 
-    def artifacts(self, run_id: str) -> set[str]:
-        """Paths of the run's top-level artifacts."""
-        return {a.path for a in self.client.list_artifacts(run_id)}
+    def artifacts(self, run_id: str, path: str | None = None) -> set[str]:
+        """Paths of the run's top-level artifacts, or of those directly under the artifact
+        directory ``path`` (e.g. ``maps`` -> ``{"maps/geopotential_500.png", ...}``)."""
+        return {a.path for a in self.client.list_artifacts(run_id, path)}
+
+    def download(self, run_id: str, path: str, dest: str | os.PathLike) -> str:
+        """Copy the artifact ``path`` of the run (a file, or a directory with everything in it,
+        e.g. ``maps`` or ``observations.zarr``) into the existing directory ``dest``; returns
+        the local path of the copy."""
+        with _env(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+            return self.client.download_artifacts(run_id, path, str(dest))
 
     def load_json(self, run_id: str, path: str) -> Any:
         """A JSON artifact of the run (``log_dict``)."""
