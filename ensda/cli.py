@@ -437,7 +437,8 @@ def report(
     for name, note in written.notes.items():
         if name not in {p.name for p in written.pngs}:
             console.print(f"  {name}: {note}", highlight=False)
-    console.print(f"  {written.csv}\n  {written.html}", highlight=False)
+    for path in (written.csv, *written.tables, written.html):
+        console.print(f"  {path}", highlight=False)
     if log:
         console.print(f"logged to MLflow run {run_id} under {rp.ARTIFACT_DIR}/ in {store.uri}", highlight=False)
 
