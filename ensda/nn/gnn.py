@@ -60,6 +60,24 @@ class GNNConfig:
         _check_int("n_frequencies", self.n_frequencies, 1)
 
 
+def check_noise_level(network: str, conditional: bool, nodes: jax.Array, noise_level: jax.Array | None) -> None:
+    """A conditional network needs ``noise_level`` broadcasting to the batch shape of
+    ``nodes (..., V, F)``; an unconditional one takes none. Errors name ``network``."""
+    if conditional and noise_level is None:
+        raise ValueError(f"{network}: conditional network needs noise_level (c_noise = log(sigma)/4)")
+    if not conditional and noise_level is not None:
+        raise ValueError(f"{network}: unconditional network (conditional=False), noise_level must be None")
+    if noise_level is not None:
+        batch = nodes.shape[:-2]
+        shape = jnp.shape(noise_level)
+        try:
+            ok = jnp.broadcast_shapes(shape, batch) == batch
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{network}: noise_level shape {shape} must broadcast to the batch shape {batch} of nodes")
+
+
 class GraphNetwork(nnx.Module):
     """Encode-process-decode GNN mapping node fields ``(..., V, in)`` to ``(..., V, out)``.
 
@@ -113,21 +131,7 @@ class GraphNetwork(nnx.Module):
                 f"GraphNetwork: built for {self.n_edge_features} edge / {self.n_node_features} node features, "
                 f"the graph has {graph.edge_features.shape[-1]} / {graph.node_features.shape[-1]}"
             )
-        if self.conditional and noise_level is None:
-            raise ValueError("GraphNetwork: conditional network needs noise_level (c_noise = log(sigma)/4)")
-        if not self.conditional and noise_level is not None:
-            raise ValueError("GraphNetwork: unconditional network (conditional=False), noise_level must be None")
-        if noise_level is not None:
-            batch = nodes.shape[:-2]
-            shape = jnp.shape(noise_level)
-            try:
-                ok = jnp.broadcast_shapes(shape, batch) == batch
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError(
-                    f"GraphNetwork: noise_level shape {shape} must broadcast to the batch shape {batch} of nodes"
-                )
+        check_noise_level("GraphNetwork", self.conditional, nodes, noise_level)
 
     def __call__(self, graph: Graph, nodes: jax.Array, noise_level: jax.Array | None = None) -> jax.Array:
         """Apply the network: ``nodes (..., V, in)``, ``noise_level (...)`` -> ``(..., V, out)``."""

@@ -166,13 +166,7 @@ def grid2mesh_graph(latitudes, longitudes, refinement: int) -> Graph:
             f"{RADIUS_FACTOR} x the longest mesh edge ({np.degrees(2 * np.arcsin(radius / 2)):.3f} deg); "
             "use a finer grid or a coarser mesh"
         )
-    ef, _ = edge_features(points[senders], nodes[receivers])
-    return Graph(
-        senders=jnp.asarray(senders, jnp.int32),
-        receivers=jnp.asarray(receivers, jnp.int32),
-        edge_features=jnp.asarray(ef, jnp.float32),
-        node_features=_grid_node_features(points),
-    )
+    return _bipartite_graph(senders, receivers, points[senders], nodes[receivers], points)
 
 
 def mesh2grid_graph(latitudes, longitudes, refinement: int) -> Graph:
@@ -187,12 +181,17 @@ def mesh2grid_graph(latitudes, longitudes, refinement: int) -> Graph:
     face, _ = containing_faces(points, meshes)
     senders = meshes[-1].faces[face].reshape(-1)
     receivers = np.repeat(np.arange(len(points)), 3)
-    ef, _ = edge_features(meshes[-1].vertices[senders], points[receivers])
+    return _bipartite_graph(senders, receivers, meshes[-1].vertices[senders], points[receivers], points)
+
+
+def _bipartite_graph(senders, receivers, sender_xyz, receiver_xyz, grid_xyz) -> Graph:
+    """A grid↔mesh ``Graph``: edge features from the end points' positions, node features the grid's."""
+    ef, _ = edge_features(sender_xyz, receiver_xyz)
     return Graph(
         senders=jnp.asarray(senders, jnp.int32),
         receivers=jnp.asarray(receivers, jnp.int32),
         edge_features=jnp.asarray(ef, jnp.float32),
-        node_features=_grid_node_features(points),
+        node_features=_grid_node_features(grid_xyz),
     )
 
 

@@ -68,7 +68,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ensda.nn.gnn import GNNConfig
+from ensda.nn.gnn import GNNConfig, check_noise_level
 from ensda.nn.graph import Graph
 from ensda.nn.grid_mesh import GridMeshGraphs
 from ensda.nn.layers import MLP, FourierEmbedding, InteractionNetwork, concat_broadcast
@@ -184,21 +184,7 @@ class SphereGraphNetwork(nnx.Module):
                 f"SphereGraphNetwork: nodes must have shape (..., {n_grid}, {self.in_features}) "
                 f"(n_grid = graphs.grid2mesh.n_nodes, in_features), got {nodes.shape}"
             )
-        if self.conditional and noise_level is None:
-            raise ValueError("SphereGraphNetwork: conditional network needs noise_level (c_noise = log(sigma)/4)")
-        if not self.conditional and noise_level is not None:
-            raise ValueError("SphereGraphNetwork: unconditional network (conditional=False), noise_level must be None")
-        if noise_level is not None:
-            batch = nodes.shape[:-2]
-            shape = jnp.shape(noise_level)
-            try:
-                ok = jnp.broadcast_shapes(shape, batch) == batch
-            except ValueError:
-                ok = False
-            if not ok:
-                raise ValueError(
-                    f"SphereGraphNetwork: noise_level shape {shape} must broadcast to the batch shape {batch} of nodes"
-                )
+        check_noise_level("SphereGraphNetwork", self.conditional, nodes, noise_level)
 
     def __call__(self, graphs: GridMeshGraphs, nodes: jax.Array, noise_level: jax.Array | None = None) -> jax.Array:
         """Apply the network: ``nodes (..., n_grid, in)``, ``noise_level (...)`` -> ``(..., n_grid, out)``."""
