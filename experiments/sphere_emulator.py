@@ -13,7 +13,8 @@ The trained-on store times are recorded in the checkpoint (``meta.json``:
 forecast model should draw their truth from the held-out times (``testbed.truth_start``
 >= the first held-out index, ``training.eval_times``).
 
-    # full training (GPU; ~0.76 s/step at batch 4 on 2 busy CPU cores)
+    # full training (0.235 s/step at batch 4 on 2 idle CPU cores, 0.76 s when busy; 1,200 steps already beat
+    # persistence and climatology at 48 h: experiments/README.md)
     .venv/bin/python experiments/sphere_emulator.py data/sphere/nature.zarr \\
         --steps 20000 --batch 4 --latent 64 --mesh-level 3 --lr 1e-3 --out checkpoints/sphere_emulator
     # evaluate a checkpoint again (same store, its recorded held-out window)
