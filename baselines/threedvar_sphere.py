@@ -95,7 +95,7 @@ def climatological_channel_correlation(samples: jax.Array, grid: LatLonGrid) -> 
     semi-definite (a Gram matrix), unit diagonal."""
     x = np.asarray(samples, np.float64)
     a = x - x.mean(axis=0)
-    w = np.cos(np.deg2rad(grid.latitudes))[:, None] * np.ones(grid.n_lon)
+    w = np.asarray(grid.weights, np.float64)  # cos φ (their scale cancels in V)
     k = np.einsum("scij,sdij,ij->cd", a, a, w)
     d = np.sqrt(np.diag(k))
     return k / d[:, None] / d[None, :]
