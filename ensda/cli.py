@@ -1,6 +1,7 @@
 """The ``ensda`` command.
 
-    ensda run CONFIG [--method NAME] [--set key=value ...] [--json] [--no-track]
+    ensda run CONFIG [--method NAME] [--set key=value ...] [--json] [--no-track] [--analyses PATH]
+    ensda assimilate CONFIG --background BG.zarr --observations OBS.zarr --out AN.zarr [--method NAME]
     ensda compare CONFIG --methods letkf,etkf,enkf,3dvar [--set ...] [--json]
     ensda train CONFIG [--set ...]
     ensda sweep CONFIG [--trials N] [--workers K] [--storage URL] [--study NAME] [--set ...]
@@ -63,10 +64,12 @@ def _load(config: Path, sets: list[str], extra: list[str] = (), presets: dict | 
         _fail(str(err))
 
 
-def _run_methods(cfg, methods: list[str], console: Console, keep_going: bool = False):
+def _run_methods(cfg, methods: list[str], console: Console, keep_going: bool = False, analyses: Path | None = None):
     """Run each method on the same OSSE; returns (osse, [MethodRun | NonFiniteStateError]).
 
     A diverged method stops the command, or with ``keep_going`` is reported and skipped.
+    With ``analyses`` (one method, a sphere config) every cycle's analysis ensemble is
+    written to that zarr store as the run goes (``analysis_writer``).
     """
     from ensda.cycle import NonFiniteStateError
     from ensda.experiment import make_osse, run_method
@@ -86,7 +89,8 @@ def _run_methods(cfg, methods: list[str], console: Console, keep_going: bool = F
                 bar.update(task, completed=done, description=label)
 
             try:
-                runs.append(run_method(cfg, osse, method, progress=advance))
+                sink = None if analyses is None else analysis_writer(cfg, osse, method, analyses)
+                runs.append(run_method(cfg, osse, method, progress=advance, analyses=sink))
             except NonFiniteStateError as err:
                 if not keep_going:
                     _fail(str(err), code=3)
@@ -144,14 +148,18 @@ def run(
     sets: list[str] = SetOpt,
     as_json: bool = JsonOpt,
     track: bool = TrackOpt,
+    analyses: Optional[Path] = typer.Option(None, "--analyses", help="Also write every cycle's analysis ensemble to this zarr store (sphere configs; WeatherBench 2 layout with a member dim)."),
 ):
     """Run one cycled experiment (OSSE) and print its time-mean scores."""
     from ensda import tracking
     from ensda.config import flatten
 
     cfg = _load(config, sets, ([f"method={method}"] if method else []) + ([] if track else ["tracking.enabled=false"]))
+    if analyses is not None and not cfg.sphere:
+        _fail(f"--analyses writes lat-lon analysis stores: it needs a sphere config (testbed.kind: sphere); {config} is "
+              f"a {cfg.testbed.kind} experiment")
     console = _console(as_json)
-    osse, (result,) = _run_methods(cfg, [cfg.method], console)
+    osse, (result,) = _run_methods(cfg, [cfg.method], console, analyses=analyses)
     record = _record(result)
     with _tracked(cfg, tracking, f"{cfg.name}:{cfg.method}", flatten(cfg) | {"n_members": result.n_members}) as mlrun:
         tracking.log_method_run(mlrun, result, cfg.burn_in, cfg.tracking.figures)
@@ -159,8 +167,69 @@ def run(
     console.print(_table([record], f"{cfg.name} — {cfg.cycles} cycles, burn-in {cfg.burn_in}"))
     if mlrun.run_id:
         console.print(f"MLflow run {mlrun.run_id} in {tracking.tracking_uri(cfg.tracking.uri)} (see `ensda ui`)", highlight=False)
+    if analyses is not None:
+        console.print(f"analysis ensembles of {result.summary['n_cycles']} cycles in {analyses}", highlight=False)
     if as_json:
-        print(json.dumps(record | {"mlflow_run_id": mlrun.run_id}))
+        print(json.dumps(record | {"mlflow_run_id": mlrun.run_id} | ({"analyses": str(analyses)} if analyses else {})))
+
+
+def analysis_writer(cfg, osse, method: str, path: Path):
+    """``run_method``'s ``analyses`` callback: a fresh analysis store at ``path`` (an older one
+    there is replaced; anything else is refused), each chunk of cycles appended at the
+    truth's valid times."""
+    from ensda.testbeds.sphere import analyses as an
+
+    tb = osse.testbed.testbed
+    times = osse.truth_times
+    try:
+        an.start(path, {"source": "ensda run", "method": method, "settings": cfg.method_settings(method),
+                        "config": cfg.name, "truth_store": str(tb.store), "truth_start": osse.truth_start,
+                        "seeds": cfg.seeds.model_dump()})
+    except ValueError as err:
+        _fail(str(err))
+
+    def write(first: int, ensembles) -> None:
+        an.write(path, ensembles, times[first + 1: first + 1 + ensembles.shape[0]], tb.channels, tb.grid)
+
+    return write
+
+
+@app.command()
+def assimilate(
+    config: Path = typer.Argument(..., help="Sphere experiment YAML: testbed (grid, channels), method settings, seeds."),
+    background: Path = typer.Option(..., "--background", help="Background ensemble: zarr store in the ERA5 / WeatherBench 2 layout with a member dim."),
+    observations: Path = typer.Option(..., "--observations", help="observations.zarr as a sphere run logs it (GlobalObsNetwork.dataset)."),
+    out: Path = typer.Option(..., "--out", help="Analysis store to write (zarr, WeatherBench 2 layout with a member dim); resumed if it exists."),
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Assimilation method (default: the config's)."),
+    sets: list[str] = SetOpt,
+    obs_start: Optional[str] = typer.Option(None, "--obs-start", help="Valid time of cycle 0 of observations without a time coordinate, e.g. 2020-01-01T00."),
+    as_json: bool = JsonOpt,
+):
+    """One analysis per time of a background ensemble store, with the observations of that time."""
+    from ensda.assimilate import assimilate as run_assimilation
+
+    cfg = _load(config, sets, [f"method={method}"] if method else [])
+    console = _console(as_json)
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
+        task = bar.add_task(f"{cfg.method} analyses", total=None)
+
+        def advance(done, total):
+            bar.update(task, completed=done, total=total)
+
+        try:
+            summary = run_assimilation(cfg, background, observations, out, cfg.method, progress=advance, obs_start=obs_start)
+        except (ValueError, FileNotFoundError) as err:
+            _fail(str(err))
+    console.print(f"{summary['method']}: {summary['n_written']} analyses of {summary['n_members']} members written to "
+                  f"{out} ({summary['n_skipped']} there already); obs - background RMS / sigma_o "
+                  f"{_maybe(summary['omb_rms'])}, obs - analysis {_maybe(summary['oma_rms'])}", highlight=False)
+    if as_json:
+        print(json.dumps(summary))
+
+
+def _maybe(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
 
 
 def _tracked(cfg, tracking, run_name, params, parent=None):

@@ -82,6 +82,8 @@ class CycleResult:
     channel_spread2_a: jax.Array | None = None
     channel_crps_f: jax.Array | None = None
     channel_crps_a: jax.Array | None = None
+    # (K, N, n) every cycle's analysis ensemble, only when asked (``keep_analyses``); None otherwise
+    analyses: jax.Array | None = None
 
     @property
     def n_cycles(self) -> int:
@@ -119,17 +121,18 @@ def channel_metrics(ens: jax.Array, truth: jax.Array, weights: jax.Array, std: j
     )
 
 
-@partial(jax.jit, static_argnames=("testbed",))
+@partial(jax.jit, static_argnames=("testbed", "keep_analyses"))
 def run_cycles(
     testbed, assimilator, truth: jax.Array, obs: Observations, x0: jax.Array, key: jax.Array, first_cycle=1,
-    channel_std: jax.Array | None = None,
+    channel_std: jax.Array | None = None, keep_analyses: bool = False,
 ) -> CycleResult:
     """Cycle ``assimilator`` over ``obs`` from the initial ensemble ``x0``.
 
     ``truth`` has one more entry than ``obs`` (its first is the initial time); the cycles
     are numbered from ``first_cycle``, which sets the analysis keys ``fold_in(key, k)``.
     On a testbed with channels, ``channel_std`` (C,) normalises the aggregate metrics
-    (module docstring; None: ones).
+    (module docstring; None: ones). With ``keep_analyses`` the result also holds every
+    cycle's analysis ensemble (``analyses``, K × N × n: off by default, it is K ensembles).
     """
     weights = testbed.grid.weights
     n_channels = getattr(testbed.grid, "n_channels", None)
@@ -159,6 +162,8 @@ def run_cycles(
             mean_f=xf.mean(0), mean_a=xa_new.mean(0),
             finite_f=mf["finite"], finite_a=ma["finite"],
         )
+        if keep_analyses:
+            out["analyses"] = xa_new
         if scale is not None:
             out.update({f"channel_{name}_{s}": m["channels"][name] for s, m in (("f", mf), ("a", ma))
                         for name in ("mse", "spread2", "crps")})
@@ -185,12 +190,17 @@ class Timed:
 
 
 def run_chunked(testbed, assimilator, truth, obs, x0, key, chunks: int | None = None, progress=None,
-                channel_std=None) -> Timed:
+                channel_std=None, analyses=None) -> Timed:
     """``run_cycles`` in equal chunks (one compiled program), for progress and early NaN stops.
 
     The result equals one scan over all cycles (same keys, same order). ``progress(done)``
     is called after each chunk with the number of cycles done. Stops at the first chunk
     that produced a non-finite state (``check_finite`` then names the cycle).
+
+    ``analyses(first, ensembles)``, when given, receives each chunk's analysis ensembles
+    ``(size, N, n)`` of cycles ``first + 1 .. first + size`` as soon as the chunk is done
+    (a chunk that produced a non-finite state is not passed on); they are not kept in the
+    result, so memory holds one chunk of ensembles at a time.
     """
     n_cycles = truth.shape[0] - 1
     chunks = n_chunks(n_cycles) if chunks is None else chunks
@@ -199,17 +209,21 @@ def run_chunked(testbed, assimilator, truth, obs, x0, key, chunks: int | None = 
     size = n_cycles // chunks
     t0 = time.perf_counter()
     compiled = run_cycles.lower(testbed, assimilator, truth[: size + 1], obs.at(slice(0, size)), x0, key, 1,
-                                channel_std).compile()
+                                channel_std, keep_analyses=analyses is not None).compile()
     compile_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     parts, x = [], x0
     for c in range(chunks):
         s = c * size
         part = compiled(assimilator, truth[s : s + size + 1], obs.at(slice(s, s + size)), x, key, s + 1, channel_std)
-        parts.append(part)
         x = part.final_ensemble
         if not bool(part.finite_a.all() & part.finite_f.all()):
+            parts.append(dataclasses.replace(part, analyses=None))
             break
+        if analyses is not None:
+            analyses(s, part.analyses)
+            part = dataclasses.replace(part, analyses=None)
+        parts.append(part)
         if progress is not None:
             progress(s + size)
     merged = jax.tree_util.tree_map(lambda *a: jnp.concatenate(a, axis=0), *parts)

@@ -56,10 +56,19 @@ class OSSE:
     model: Testbed | None = None  # the forecast model; None: the testbed (perfect model)
     lead_time: metrics.LeadTimeReference | None = None  # None: lead-time loss off
     channel_std: jax.Array | None = None  # (C,) σ_c of each channel on the sphere (``channel_std``)
+    truth_start: int | None = None  # sphere: the store time index of truth[0]
 
     @property
     def forecast_model(self) -> Testbed:
         return self.testbed if self.model is None else self.model
+
+    @property
+    def truth_times(self) -> np.ndarray | None:
+        """Valid times (datetime64[ns]) of the truth's cycles 0..K (the store's times on the
+        sphere); None on Lorenz-96."""
+        if self.truth_start is None:
+            return None
+        return self.testbed.truth_times(self.truth_start, self.truth.shape[0] - 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,9 +147,11 @@ def make_osse(cfg: ExperimentConfig) -> OSSE:
     network = make_network(cfg)
     truth_key = jax.random.key(cfg.seeds.truth)
     clim_key = jax.random.fold_in(truth_key, 1)
+    start = None
     if cfg.sphere:  # a window of the store; the climatology from outside it
+        start = testbed.truth_start(truth_key, cfg.cycles, cfg.testbed.truth_start)
         truth, clim = testbed.truth_and_climatology(truth_key, cfg.cycles, clim_key, cfg.testbed.climatology_samples,
-                                                    cfg.testbed.truth_start)
+                                                    start)
     else:
         truth = testbed.nature_run(truth_key, cfg.cycles)
         clim = testbed.climatology_samples(clim_key, cfg.testbed.climatology_samples)
@@ -149,7 +160,7 @@ def make_osse(cfg: ExperimentConfig) -> OSSE:
         raise NonFiniteStateError(int(bad[0]), "nature run", "truth")
     obs = network.observe_run(truth[1:], jax.random.key(cfg.seeds.obs))
     std = channel_std(clim, testbed) if cfg.sphere else None
-    osse = OSSE(testbed, network, truth, obs, clim, model=make_forecast_model(cfg), channel_std=std)
+    osse = OSSE(testbed, network, truth, obs, clim, model=make_forecast_model(cfg), channel_std=std, truth_start=start)
     if cfg.lead_time.enabled:
         osse = dataclasses.replace(osse, lead_time=make_lead_time_reference(cfg, osse))
     return osse
@@ -231,10 +242,12 @@ def build_assimilator(cfg: ExperimentConfig, osse: OSSE, method: str, settings: 
     return registry.build(method, cfg.method_settings(method) if settings is None else settings, ctx)
 
 
-def run_method(cfg: ExperimentConfig, osse: OSSE, method: str, settings: dict | None = None, progress=None) -> MethodRun:
+def run_method(cfg: ExperimentConfig, osse: OSSE, method: str, settings: dict | None = None, progress=None,
+               analyses=None) -> MethodRun:
     """Cycle ``method`` over the OSSE; raises ``NonFiniteStateError`` if the state blows up.
 
-    ``progress(cycles_done)`` is called as the run advances (see ``cycle.run_chunked``).
+    ``progress(cycles_done)`` is called as the run advances, ``analyses(first, ensembles)``
+    (None: off) with each chunk's analysis ensembles (see ``cycle.run_chunked``).
     With the OSSE's lead-time reference the summary has ``lead_time_loss_h`` (``inf`` when
     off the curve: "> max lead"), ``lead_time_rmse`` (r at the lead) and
     ``lead_time_off_curve``; the curves are in ``MethodRun.lead_time``.
@@ -245,7 +258,7 @@ def run_method(cfg: ExperimentConfig, osse: OSSE, method: str, settings: dict | 
     x0 = initial_ensemble(cfg, osse, n_members)
     key = jax.random.key(cfg.seeds.assimilator)
     timed = run_chunked(osse.forecast_model, assim, osse.truth, osse.obs, x0, key, progress=progress,
-                        channel_std=osse.channel_std)
+                        channel_std=osse.channel_std, analyses=analyses)
     check_finite(timed.result, method)
     sphere = sphere_run(cfg, osse) if cfg.sphere else None
     summary = summarize(timed.result, cfg.burn_in, {} if sphere is None else sphere.headline_index)

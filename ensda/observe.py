@@ -322,13 +322,15 @@ class GlobalObsNetwork:
         cycles = jnp.arange(truths.shape[0])
         return jax.vmap(lambda t, c: self.observe(t, key, c))(truths, cycles)
 
-    def dataset(self, obs: Observations):
+    def dataset(self, obs: Observations, times=None):
         """The stacked observations of a run (``observe_run``) as an ``xarray.Dataset`` with
         dims ``(cycle, obs)``: ``value`` and ``r_std`` (SI), each observation's grid column
         ``column`` and its ``latitude`` / ``longitude`` (degrees); per observation slot (fixed
         over cycles, channel-major) its ``channel`` name, ``variable`` and ``level`` (hPa,
         NaN for a surface variable). Cycle k is the analysis time k · ``cycle_hours`` after
-        the start of the truth window (cycle 0, the initial state, is not observed)."""
+        the start of the truth window (cycle 0, the initial state, is not observed); ``times``
+        (datetime64, one per cycle), when given, are the cycles' valid times, a coordinate
+        ``time`` on ``cycle`` (what ``ensda assimilate`` matches background times by)."""
         import xarray as xr
 
         idx, y = np.asarray(obs.idx), np.asarray(obs.y, np.float32)
@@ -347,11 +349,18 @@ class GlobalObsNetwork:
         def names(items):  # variable-length strings: zarr v3 has a spec for these (fixed-width: none)
             return np.asarray(items, dtype=object)
 
+        coords = {}
+        if times is not None:
+            times = np.asarray(times, "datetime64[ns]")
+            if times.shape != (y.shape[0],):
+                raise ValueError(f"{times.shape[0]} times for {y.shape[0]} cycles of observations")
+            coords["time"] = ("cycle", times)
         return xr.Dataset(
             {"value": (dims, y), "r_std": (dims, np.asarray(obs.r_std, np.float32)), "column": (dims, col.astype(np.int32)),
              "latitude": (dims, lat.astype(np.float32)), "longitude": (dims, lon.astype(np.float32))},
             coords={"cycle": np.arange(1, y.shape[0] + 1), "channel": ("obs", names([ch.names[c] for c in chan])),
-                    "variable": ("obs", names([ch.variable(c) for c in chan])), "level": ("obs", np.asarray(level))},
+                    "variable": ("obs", names([ch.variable(c) for c in chan])), "level": ("obs", np.asarray(level))}
+            | coords,
             attrs={"kind": self.kind, "density": self.density, "redraw": int(self.redraw),
                    "cycle_hours": self.cycle_hours, "grid": self.grid.name, "n_columns": self.n_columns},
         )

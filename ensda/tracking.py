@@ -266,11 +266,13 @@ def log_method_run(run: Run | NullRun, method_run, burn_in: int, figures: bool =
 
 
 def log_observations(run: Run | NullRun, osse) -> None:
-    """On the sphere, the OSSE's observations (locations, values, errors; ``GlobalObsNetwork.dataset``)
-    as the artifact ``observations.zarr``; nothing on Lorenz-96 (its sites are the config's)."""
+    """On the sphere, the OSSE's observations (locations, values, errors, valid times;
+    ``GlobalObsNetwork.dataset``) as the artifact ``observations.zarr``; nothing on Lorenz-96
+    (its sites are the config's)."""
     if isinstance(run, NullRun) or not hasattr(osse.network, "dataset"):
         return
-    run.log_dataset(osse.network.dataset(osse.obs), "observations.zarr")
+    times = getattr(osse, "truth_times", None)
+    run.log_dataset(osse.network.dataset(osse.obs, None if times is None else times[1:]), "observations.zarr")
 
 
 def _log_sphere(run: Run, method_run, burn_in: int, figures: bool) -> None:

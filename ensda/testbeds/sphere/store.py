@@ -18,7 +18,9 @@ Layout of a store written here:
   generation continues where it stopped (``ensda data nature`` again).
 
 WeatherBench 2's own regridded stores order their dims ``(time, level, longitude,
-latitude)``; ``open_store`` transposes any such order to the one above.
+latitude)``; ``open_store`` transposes any such order to the one above. Ensemble stores
+(analysis ensembles, ``analyses.py``; background ensembles of ``ensda assimilate``) have one
+more dim, ``member``, after ``time``; ``to_dataset(..., members=...)`` writes them.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ VARIABLE_ATTRS = {
     "surface_pressure": {"units": "Pa", "long_name": "Surface pressure", "standard_name": "surface_air_pressure"},
 }
 COORD_ATTRS = {
+    "member": {"long_name": "ensemble member"},
     "level": {"units": "hPa", "long_name": "pressure_level", "positive": "down"},
     "latitude": {"units": "degrees_north", "long_name": "latitude", "standard_name": "latitude"},
     "longitude": {"units": "degrees_east", "long_name": "longitude", "standard_name": "longitude"},
@@ -46,18 +49,25 @@ DIMS_2D = ("time", "latitude", "longitude")
 RESTART_GROUP = "_restart"
 
 
-def to_dataset(fields: dict, times: np.ndarray, latitudes: np.ndarray, longitudes: np.ndarray, levels, attrs: dict | None = None):
-    """An ``xarray.Dataset`` from stacked fields ``{name: (time, [level,] lat, lon)}``."""
+def to_dataset(fields: dict, times: np.ndarray, latitudes: np.ndarray, longitudes: np.ndarray, levels, attrs: dict | None = None,
+               members=None):
+    """An ``xarray.Dataset`` from stacked fields ``{name: (time, [level,] lat, lon)}``; with
+    ``members`` (the ensemble's member labels) from ``{name: (time, member, [level,] lat, lon)}``
+    with a ``member`` dim after ``time`` (ensemble stores: ``analyses.py``)."""
     import xarray as xr
 
     data = {}
     order = list(VARIABLE_ATTRS) + sorted(set(fields) - set(VARIABLE_ATTRS))
+    extra = 0 if members is None else 1
     for name in (n for n in order if n in fields):
         value = fields[name]
         value = np.asarray(value, np.float32)
-        dims = DIMS_3D if value.ndim == 4 else DIMS_2D
+        dims = DIMS_3D if value.ndim == 4 + extra else DIMS_2D
+        if members is not None:
+            dims = dims[:1] + ("member",) + dims[1:]
         data[name] = xr.Variable(dims, value, attrs=VARIABLE_ATTRS.get(name, {}))
-    coords = {
+    coords = {} if members is None else {"member": ("member", np.asarray(members, np.int32), COORD_ATTRS["member"])}
+    coords |= {
         "time": ("time", np.asarray(times, "datetime64[ns]")),
         "level": ("level", np.asarray(levels, np.int32), COORD_ATTRS["level"]),
         "latitude": ("latitude", np.asarray(latitudes, np.float64), COORD_ATTRS["latitude"]),
@@ -158,8 +168,9 @@ def normalise(ds):
 
     Renames dim aliases (``lat``, ``pressure_level``, ...), orders latitude south to north
     and longitude from 0 to 360 (WeatherBench 2's 0.25° ERA5 runs north to south; some
-    tools use −180..180), transposes to ``time, level, latitude, longitude`` (WeatherBench
-    2's regridded stores are ``time, level, longitude, latitude``) and puts the ERA5
+    tools use −180..180), transposes to ``time, [member,] level, latitude, longitude``
+    (WeatherBench 2's regridded stores are ``time, level, longitude, latitude``; an ensemble
+    store keeps its ``member`` dim after ``time``) and puts the ERA5
     variables first in a fixed order (zarr lists members in no fixed order). Extra
     variables are kept after them.
     """
@@ -169,7 +180,7 @@ def normalise(ds):
     if "longitude" in ds.coords and (ds["longitude"].values < 0).any():
         ds = ds.assign_coords(longitude=ds["longitude"] % 360.0).sortby("longitude")
     names = [n for n in VARIABLE_ATTRS if n in ds.data_vars] + sorted(n for n in ds.data_vars if n not in VARIABLE_ATTRS)
-    order = [d for d in ("time", "level", "latitude", "longitude") if d in ds.dims]
+    order = [d for d in ("time", "member", "level", "latitude", "longitude") if d in ds.dims]
     return ds[names].transpose(*order, ...)
 
 

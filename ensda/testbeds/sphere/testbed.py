@@ -31,6 +31,8 @@ dim order, extra variables ignored; a finer grid is regridded conservatively to 
 grid): ``truth`` reads a window of states one cycle apart, ``climatology_samples`` draws
 states at random times, optionally outside a window (independent of the truth). A store
 that lacks a channel, is coarser than the grid or holds NaNs is refused with the reason.
+The reading is ``StoreReader``'s, which also reads ensemble stores (a ``member`` dim after
+``time``: ``analyses.py``, ``ensda assimilate``).
 """
 
 from __future__ import annotations
@@ -117,10 +119,11 @@ class Channels:
         return cls(variables, levels, surface)
 
     def states(self, ds) -> np.ndarray:
-        """The states ``(time, n, lat, lon)`` float32 of a dataset with these variables."""
+        """The states ``(time, [member,] n, lat, lon)`` float32 of a dataset with these
+        variables (dims as ``store.normalise`` orders them; a ``member`` dim is kept)."""
         parts = [np.asarray(ds[v].values, np.float32) for v in self.variables]
-        parts += [np.asarray(ds[s].values, np.float32)[:, None] for s in self.surface]
-        return np.concatenate(parts, axis=1)
+        parts += [np.asarray(ds[s].values, np.float32)[..., None, :, :] for s in self.surface]
+        return np.concatenate(parts, axis=-3)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -164,29 +167,18 @@ class SphereTestbed:
     # --- truth and climatology from the nature-run store ---------------------------------
 
     @functools.cached_property
-    def _dataset(self):
-        from ensda.testbeds.sphere.store import open_store
-
+    def _reader(self) -> StoreReader:
         if self.store is None:
             raise ValueError("this sphere testbed has no nature-run store (store=None)")
-        ds = open_store(self.store)
-        have = Channels.of_dataset(ds)
-        missing = [n for n in self.channels.names if n not in have.names]
-        if missing:
-            raise ValueError(f"{self.store}: the store lacks channels {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        return ds
+        return StoreReader(str(self.store), self.grid, self.channels)
 
-    @functools.cached_property
+    @property
+    def _dataset(self):
+        return self._reader.dataset
+
+    @property
     def _regrid(self):
-        """None when the store is on the analysis grid, else conservative weights (``conservative_weights``)."""
-        lat, lon = self._dataset["latitude"].values, self._dataset["longitude"].values
-        same = lat.shape == self.grid.latitudes.shape and lon.shape == self.grid.longitudes.shape
-        if same and np.allclose(lat, self.grid.latitudes, atol=1e-3) and np.allclose(lon, self.grid.longitudes, atol=1e-3):
-            return None
-        if lat.size < self.grid.n_lat or lon.size < self.grid.n_lon:
-            raise ValueError(f"{self.store}: grid {lon.size}x{lat.size} is coarser than the analysis grid "
-                             f"{self.grid.name}: regridding only coarsens")
-        return conservative_weights(lat, lon, self.grid)
+        return self._reader.regrid
 
     @property
     def _stride(self) -> int:
@@ -198,19 +190,12 @@ class SphereTestbed:
         return round(stride)
 
     def _read(self, index) -> np.ndarray:
-        ds = self._dataset.isel(time=index)
-        if self.channels.levels:
-            ds = ds.sel(level=list(self.channels.levels))
-        states = self.channels.states(ds)
-        if self._regrid is not None:
-            w_lat, w_lon = self._regrid
-            states = np.einsum("ts,...sl,ul->...tu", w_lat, states, w_lon).astype(np.float32)
-        bad = ~np.isfinite(states)
-        if bad.any():
-            t, c = np.argwhere(bad)[0][:2]
-            raise ValueError(f"{self.store}: non-finite values (NaN/Inf) in {self.channels.names[c]} at time "
-                             f"{str(ds['time'].values[t])[:19]} ({int(bad.sum())} values in the {len(index)} times read)")
-        return states
+        return self._reader.read(index)
+
+    def times(self, start: int, n_cycles: int) -> np.ndarray:
+        """The store's times (datetime64[ns]) of ``truth(start, n_cycles)``: ``(n_cycles + 1,)``."""
+        index = start + self._stride * np.arange(n_cycles + 1)
+        return self._dataset["time"].values[index]
 
     def truth(self, start: int, n_cycles: int) -> jax.Array:
         """States at cycles 0..n_cycles, one cycle apart from store time index ``start``:
@@ -236,6 +221,67 @@ class SphereTestbed:
         """Climatological mean and standard deviation per channel and grid point."""
         xs = self.climatology_samples(key, n_samples, exclude)
         return xs.mean(0), xs.std(0)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreReader:
+    """States of ``channels`` on ``grid`` from a zarr store in the ERA5 / WeatherBench 2
+    layout (``store.open_store``: either latitude order, either dim order, extra variables
+    ignored), conservatively regridded when the store is finer than the grid. A store with
+    a ``member`` dim (an ensemble) gives states ``(time, member, n, lat, lon)``. A store that
+    lacks a channel, is coarser than the grid or holds NaNs is refused with the reason."""
+
+    path: str
+    grid: LatLonGrid
+    channels: Channels
+
+    @functools.cached_property
+    def dataset(self):
+        from ensda.testbeds.sphere.store import open_store
+
+        ds = open_store(self.path)
+        have = Channels.of_dataset(ds)
+        missing = [n for n in self.channels.names if n not in have.names]
+        if missing:
+            variables = sorted({self.channels.variable(self.channels.names.index(n)) for n in missing})
+            raise ValueError(f"{self.path}: the store lacks channels {missing[:5]}{' ...' if len(missing) > 5 else ''} "
+                             f"(variables {variables}; it has {sorted(ds.data_vars)})")
+        return ds
+
+    @property
+    def members(self) -> int | None:
+        """Ensemble size of a store with a ``member`` dim, None for a deterministic store."""
+        return int(self.dataset.sizes["member"]) if "member" in self.dataset.dims else None
+
+    @functools.cached_property
+    def regrid(self):
+        """None when the store is on the analysis grid, else conservative weights (``conservative_weights``)."""
+        lat, lon = self.dataset["latitude"].values, self.dataset["longitude"].values
+        same = lat.shape == self.grid.latitudes.shape and lon.shape == self.grid.longitudes.shape
+        if same and np.allclose(lat, self.grid.latitudes, atol=1e-3) and np.allclose(lon, self.grid.longitudes, atol=1e-3):
+            return None
+        if lat.size < self.grid.n_lat or lon.size < self.grid.n_lon:
+            raise ValueError(f"{self.path}: grid {lon.size}x{lat.size} is coarser than the analysis grid "
+                             f"{self.grid.name}: regridding only coarsens")
+        return conservative_weights(lat, lon, self.grid)
+
+    def read(self, index) -> np.ndarray:
+        """States at store time indices ``index``: ``(len(index), [member,] n, lat, lon)`` float32."""
+        ds = self.dataset.isel(time=index)
+        if self.channels.levels:
+            ds = ds.sel(level=list(self.channels.levels))
+        states = self.channels.states(ds)
+        if self.regrid is not None:
+            w_lat, w_lon = self.regrid
+            states = np.einsum("ts,...sl,ul->...tu", w_lat, states, w_lon).astype(np.float32)
+        bad = ~np.isfinite(states)
+        if bad.any():
+            at = np.argwhere(bad)[0]
+            member = f" member {at[1]}" if states.ndim == 5 else ""
+            raise ValueError(f"{self.path}: non-finite values (NaN/Inf) in {self.channels.names[at[-3]]} at time "
+                             f"{str(ds['time'].values[at[0]])[:19]}{member} ({int(bad.sum())} values in the "
+                             f"{len(index)} times read)")
+        return states
 
 
 @partial(jax.jit, static_argnums=(0, 2))
@@ -312,6 +358,21 @@ class FlatSphere:
     def cycle_forecast(self, x: jax.Array) -> jax.Array:
         return self.forecast(x, 1)
 
+    def truth_start(self, key: jax.Array, n_cycles: int, start: int | None = None) -> int:
+        """Store time index of the truth window's first state: ``start``, or (None) drawn
+        with ``key`` among the starts whose ``n_cycles`` cycles fit in the store."""
+        if start is not None:
+            return int(start)
+        tb = self.testbed
+        span, n_times = n_cycles * tb._stride, tb._dataset.sizes["time"]
+        if span >= n_times:
+            raise ValueError(f"{tb.store} holds {n_times} times, too few for {n_cycles} cycles of {tb.hours_per_cycle} h")
+        return int(jax.random.randint(key, (), 0, n_times - span))
+
+    def truth_times(self, start: int, n_cycles: int) -> np.ndarray:
+        """Valid times (datetime64[ns]) of the truth at cycles 0..n_cycles from store time ``start``."""
+        return self.testbed.times(start, n_cycles)
+
     def truth_and_climatology(self, key: jax.Array, n_cycles: int, clim_key: jax.Array, n_samples: int,
                               start: int | None = None) -> tuple[jax.Array, jax.Array]:
         """Flat truth at cycles 0..n_cycles from the store, ``(n_cycles + 1, n_state)``, from
@@ -319,11 +380,7 @@ class FlatSphere:
         ``n_samples`` flat store states outside that window (key ``clim_key``)."""
         tb = self.testbed
         span = n_cycles * tb._stride
-        if start is None:
-            n_times = tb._dataset.sizes["time"]
-            if span >= n_times:
-                raise ValueError(f"{tb.store} holds {n_times} times, too few for {n_cycles} cycles of {tb.hours_per_cycle} h")
-            start = int(jax.random.randint(key, (), 0, n_times - span))
+        start = self.truth_start(key, n_cycles, start)
         truth = tb.truth(start, n_cycles)
         clim = tb.climatology_samples(clim_key, n_samples, exclude=(start, start + span))
         return truth.reshape(truth.shape[0], -1), clim.reshape(n_samples, -1)

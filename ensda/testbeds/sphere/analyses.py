@@ -1,0 +1,133 @@
+"""Ensembles of sphere states as zarr stores: the WeatherBench 2 layout with a ``member`` dim.
+
+An analysis store (written by ``ensda run --analyses PATH`` and ``ensda assimilate``) is a
+nature-run store (``store.py``) with one more dim:
+
+- zarr format 3, unconsolidated; dims ``time, member, level, latitude, longitude``;
+- coordinates ``time`` (datetime64[ns], the valid time of each analysis), ``member``
+  (int32, 0..N-1), ``level`` (int32, hPa), ``latitude`` (float64, degrees north, ascending,
+  no poles), ``longitude`` (float64, degrees east, from 0) — the analysis grid
+  (``LatLonGrid``);
+- variables float32, named and with units as in ERA5 / WeatherBench 2, the state's variables
+  on the state's levels only: ``geopotential``, ``temperature``, ``u_component_of_wind``,
+  ``v_component_of_wind`` on ``(time, member, level, latitude, longitude)``;
+  ``surface_pressure`` on ``(time, member, latitude, longitude)``;
+- chunks: ``time_chunk`` times (default 1) × all members × the whole grid and all levels;
+- attributes: ``ensda_analyses`` (JSON: what wrote it — method, settings, config, ...).
+
+A store is appendable by time (``write`` creates it on the first call and appends later
+times; ``n_written`` says how many are there, so an interrupted ``ensda assimilate``
+continues where it stopped). A deterministic analysis (3D-Var) is an ensemble of one.
+
+``read`` gives the ensembles back as flat states ``(time, member, n_state)`` (the
+``FlatSphere`` form, channel order ``Channels``) through the testbed's store reader
+(``testbed.StoreReader``): any store in the WeatherBench 2 layout with a ``member`` dim
+reads, in either latitude order or dim order, extra variables ignored, a finer grid
+regridded; a missing variable, a coarser grid or NaNs are refused with the reason.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from ensda.testbeds.sphere import store as zstore
+from ensda.testbeds.sphere.grid import LatLonGrid
+from ensda.testbeds.sphere.testbed import Channels, StoreReader
+
+#: the attribute that marks a store as written here (and says by what)
+ATTR = "ensda_analyses"
+
+
+@dataclasses.dataclass(frozen=True)
+class Ensembles:
+    """Ensembles read from a store: ``states (time, member, n_state)`` float32 (flat, C order
+    of ``(channel, lat, lon)``), their valid ``times`` (datetime64[ns]), channels and grid.
+    ``members`` is None for a deterministic store (no ``member`` dim; ``states`` then has one
+    member)."""
+
+    times: np.ndarray
+    states: np.ndarray
+    channels: Channels
+    grid: LatLonGrid
+    members: int | None
+
+
+def n_written(path: str | Path) -> int:
+    """Number of times in the store (0 when it does not exist or holds no data yet)."""
+    return zstore.n_times(path) if Path(path, "zarr.json").exists() else 0
+
+
+def is_analysis_store(path: str | Path) -> bool:
+    """Whether ``path`` is a zarr store written by this module."""
+    import zarr
+
+    if not Path(path, "zarr.json").exists():
+        return False
+    return ATTR in zarr.open_group(str(path), mode="r").attrs
+
+
+def start(path: str | Path, info: dict) -> None:
+    """An empty store at ``path`` remembering ``info`` (JSON-able): replaces an analysis store
+    there; refuses to replace anything else."""
+    import zarr
+
+    path = Path(path)
+    if path.exists():
+        if not is_analysis_store(path):
+            raise ValueError(f"{path} exists and is not an analysis store written by ensda: not overwriting it")
+        shutil.rmtree(path)
+    zarr.open_group(str(path), mode="w").attrs[ATTR] = json.dumps(info, default=str)
+
+
+def write(path: str | Path, states, times, channels: Channels, grid: LatLonGrid, info: dict | None = None,
+          time_chunk: int = 1) -> None:
+    """Append ensembles ``states`` — flat ``(time, member, n_state)`` or ``(time, member, n, lat,
+    lon)`` — valid at ``times`` to the store (created on the first call; ``info`` is stored as
+    the ``ensda_analyses`` attribute when it is created). Times must come after those written."""
+    states = np.asarray(states, np.float32)
+    times = np.asarray(times, "datetime64[ns]")
+    shape = (channels.n,) + grid.shape
+    if states.ndim == 3:
+        states = states.reshape(states.shape[:2] + shape)
+    if states.ndim != 5 or states.shape[2:] != shape or states.shape[0] != times.shape[0]:
+        raise ValueError(f"expected ensembles (time={times.shape[0]}, member, {channels.n * grid.n}) or "
+                         f"(time, member, {', '.join(map(str, shape))}), got {states.shape}")
+    done = n_written(path)
+    if done:
+        last = zstore.open_store(path)["time"].values[-1]
+        if not (times > last).all() or (np.diff(times) <= np.timedelta64(0)).any():
+            raise ValueError(f"{path}: times must increase after the last written {str(last)[:19]}, "
+                             f"got {str(times[0])[:19]} .. {str(times[-1])[:19]}")
+    import zarr
+
+    if not Path(path, "zarr.json").exists():
+        zarr.open_group(str(path), mode="w")
+    # xarray replaces the group's attributes at each write: pass on those there (``start``'s)
+    attrs = dict(zarr.open_group(str(path), mode="r").attrs)
+    attrs.setdefault(ATTR, json.dumps(info or {}, default=str))
+    ds = zstore.to_dataset(channels.unstack(states), times, grid.latitudes, grid.longitudes, channels.levels, attrs,
+                           members=np.arange(states.shape[1]))
+    zstore.append(path, ds, time_chunk)
+
+
+def read(path: str | Path, channels: Channels | None = None, grid: LatLonGrid | None = None,
+         index=None) -> Ensembles:
+    """The ensembles of a store (its times ``index``; None: all) as flat states on ``grid``
+    in ``channels`` (None: the store's own variables, levels and equiangular grid)."""
+    if channels is None or grid is None:
+        ds = zstore.open_store(path)
+        channels = Channels.of_dataset(ds) if channels is None else channels
+        grid = LatLonGrid(ds.sizes["longitude"], ds.sizes["latitude"]) if grid is None else grid
+    reader = StoreReader(str(path), grid, channels)
+    index = np.arange(reader.dataset.sizes["time"]) if index is None else np.asarray(index)
+    states = reader.read(index)
+    members = reader.members
+    if members is None:
+        states = states[:, None]
+    times = reader.dataset["time"].values[index]
+    return Ensembles(times, states.reshape(states.shape[:2] + (-1,)), channels, grid, members)
