@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from ensda import assimilator as registry
 from ensda.testbeds.lorenz96 import HOURS_PER_TIME_UNIT
-from ensda.testbeds.sphere.config import SphereObsConfig, SphereTestbedConfig
+from ensda.testbeds.sphere.config import MODEL_VARIABLES, SphereObsConfig, SphereTestbedConfig
 
 
 class _Strict(BaseModel):
@@ -364,6 +364,14 @@ class TrainConfig(_Strict):
     p_regular: float = Field(0.5, ge=0, le=1)
     #: probability of no observation channels (the model then also serves as prior for guidance)
     p_uncond: float = Field(0.2, ge=0, le=1)
+    # the sphere: truths from the store, the mesh, loss weights
+    #: store time indices [first, stop) of the training truths (None: the first 80 % of the
+    #: store, the emulator's training window); the evaluation truth must lie outside
+    store_times: tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=2)]] | None = None
+    #: icosahedral multi-mesh refinement of the sphere denoiser (``ensda.nn.mesh``)
+    refinement: int = Field(3, ge=0, le=6)
+    #: per-variable loss weights on the sphere (ERA5 names; unset: 1), times cos-latitude
+    variable_weights: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
     # optimisation: AdamW, linear warm-up then cosine decay, EMA of weights
     steps: int = Field(20000, ge=1)
     batch: int = Field(256, ge=1)
@@ -427,8 +435,8 @@ class ExperimentConfig(_Strict):
             if self.train.seed in (self.seeds.truth, self.seeds.obs):
                 raise ValueError(f"train.seed ({self.train.seed}) must differ from seeds.truth and seeds.obs: the model must not see the evaluation truth")
             if self.sphere:
-                raise ValueError("train: diffusion training runs on Lorenz-96 only (testbed.kind is sphere)")
-            if any(src.obs.sites and max(src.obs.sites) >= self.testbed.n for src in self.train.sources):
+                self._check_sphere_train()
+            if not self.sphere and any(src.obs.sites and max(src.obs.sites) >= self.testbed.n for src in self.train.sources):
                 raise ValueError(f"train.sources: obs.sites out of range for testbed.n = {self.testbed.n}")
         if self.lead_time.enabled:
             self._check_lead_time()
@@ -441,6 +449,18 @@ class ExperimentConfig(_Strict):
     @property
     def sphere(self) -> bool:
         return self.testbed.kind == "sphere"
+
+    def _check_sphere_train(self) -> None:
+        t = self.train
+        if t.sources:
+            raise ValueError("train.sources: cycled training sources run on Lorenz-96 only; on the sphere use "
+                             "perturbed_samples (truths from the store perturbed by climatological anomalies)")
+        if t.store_times is not None and t.store_times[0] + 2 > t.store_times[1]:
+            raise ValueError(f"train.store_times {list(t.store_times)}: need first + 2 <= stop")
+        known = set(MODEL_VARIABLES[self.testbed.model][0]) | set(MODEL_VARIABLES[self.testbed.model][1])
+        bad = sorted(set(t.variable_weights) - known)
+        if bad:
+            raise ValueError(f"train.variable_weights: {bad} are not variables of the state ({sorted(known)})")
 
     @property
     def hours_per_cycle(self) -> float:

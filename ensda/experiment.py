@@ -104,7 +104,6 @@ class MethodRun:
 #: a method class with ``supports_sphere = True`` is let through
 SPHERE_UNSUPPORTED = {
     "oi": "oi builds a dense n_state × n_state climatological B, far too large on the sphere",
-    "diffusion": "diffusion has no score network for sphere states yet (it is trained on Lorenz-96)",
 }
 
 

@@ -17,12 +17,13 @@ import pytest
 
 from ensda.diffusion.checkpoint import CheckpointError
 from ensda.nn import GNNConfig
+from ensda.testbeds.sphere.grid import mesh_graphs
 from ensda.testbeds.sphere.emulator import (
     Emulator,
     EmulatorNorm,
     EmulatorSpec,
     EmulatorTrainConfig,
-    _graphs,
+
     channel_weights,
     evaluate,
     load_emulator,
@@ -176,7 +177,7 @@ def test_training_learns_an_advection_and_beats_persistence_on_an_unseen_field(t
 def test_checkpoint_round_trip_gives_identical_forecasts(trained, tmp_path):
     emu = trained.emulator
     save_emulator(tmp_path / "emu", emu, {"train_times": [0, trained.n_train - 1], "summary": trained.summary})
-    _graphs.cache_clear()  # the graphs are rebuilt while loading, under nnx.eval_shape: must stay concrete
+    mesh_graphs.cache_clear()  # the graphs are rebuilt while loading, under nnx.eval_shape: must stay concrete
     loaded = load_emulator(tmp_path / "emu")
     assert loaded.spec == emu.spec and loaded.meta["training"]["train_times"] == [0, 31]
     for f in ("mean", "std", "diff_std"):

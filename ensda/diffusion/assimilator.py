@@ -9,8 +9,13 @@ state x = x̄_b + s z. Observations enter by any combination of
 * ``guidance_strength`` λ > 0: likelihood guidance ∇ log N(y | H(x̂₀), R + γ v(σ) I)
   through the denoiser (works with nonlinear H; ``ensda.diffusion.guidance``);
 * ``repaint_jumps`` > 0: RePaint inpainting of the observed increment with a soft
-  Gaussian mask of ``mask_width`` sites and that many resampling jumps (the DiffDA
-  method; identity H only).
+  Gaussian mask of ``mask_width`` (sites on Lorenz-96, km on the sphere) and that many
+  resampling jumps (the DiffDA method; identity H only). Each state element takes the
+  increment observed in its channel at the nearest observed column.
+
+The same class runs on Lorenz-96 (a ring network, one channel per site) and on the
+sphere (a grid ↔ multi-mesh network, C channels per column; ``ensda.diffusion.model``):
+the checkpoint says which.
 
 Member j uses the key ``fold_in(key, j)``; members are ``vmap``-ped and, with several
 devices, sharded along a mesh axis ``ens`` (the result equals the unsharded one).
@@ -41,7 +46,6 @@ from ensda.diffusion.model import (
 )
 from ensda.diffusion.repaint import repaint_nfe, repaint_sample, soft_mask
 from ensda.diffusion.samplers import SamplerConfig, nfe, sample
-from ensda.nn import Graph, ring_graph
 from ensda.observe import Observations
 from ensda.pytree import pytree_dataclass, static
 
@@ -57,17 +61,35 @@ def ensemble_sharding(n_members: int) -> jax.sharding.NamedSharding | None:
     return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(ENS_AXIS))
 
 
+def _column_distance(testbed) -> jax.Array:
+    """Distances ``(G, G)`` between the grid columns: sites on Lorenz-96, km on the sphere."""
+    grid = testbed.testbed.grid if hasattr(testbed, "testbed") else testbed.grid
+    cols = jnp.arange(grid.n)
+    return grid.distance(cols[:, None], cols[None, :])
+
+
+def _trained_and_network_r_std(spec, network) -> tuple[np.ndarray, np.ndarray]:
+    """The observation error std the model was trained with and the network's, per
+    observed channel (one value on Lorenz-96)."""
+    if not hasattr(network, "observed_channels"):
+        return np.asarray(spec.obs_r_std), np.atleast_1d(np.asarray(network.r_std, np.float64))
+    trained = np.asarray(spec.obs_r_std)[list(network.observed_channels)]
+    return trained, np.asarray(network.channel_r_std(), np.float64)
+
+
 @register
 @pytree_dataclass
 class DiffusionDA:
     name: ClassVar[str] = "diffusion"
     ensemble: ClassVar[bool] = True
+    supports_sphere: ClassVar[bool] = True
 
     params: Any  # network weights (pytree)
-    graph: Graph
+    graph: Any  # the ring ``Graph`` or the sphere's ``GridMeshGraphs``
     norm: Normalisation
-    distance: jax.Array  # (n, n) grid distances, for the RePaint soft mask
+    distance: jax.Array  # (G, G) distances between grid columns, for the RePaint soft mask
     graphdef: Any = static(None, setting=False)
+    n_channels: int = static(1, setting=False)
     edm: EDM = static(EDM(), setting=False)
     #: checkpoint directory written by ``ensda train``
     checkpoint: str = static("checkpoints/l96")
@@ -91,22 +113,23 @@ class DiffusionDA:
         network = ctx.network
         if network.n_obs < 1:
             raise ValueError("the observation network observes nothing")
-        if network.operator != "identity" and (settings["obs_channels"] or settings["repaint_jumps"] > 0):
+        operator = getattr(network, "operator", "identity")
+        if operator != "identity" and (settings["obs_channels"] or settings["repaint_jumps"] > 0):
             raise ValueError(
-                f"obs_channels and RePaint need the identity observation operator, got {network.operator!r}; "
+                f"obs_channels and RePaint need the identity observation operator, got {operator!r}; "
                 "use obs_channels: false with guidance_strength > 0"
             )
         ck = load_checkpoint(settings["checkpoint"], testbed_record(ctx.testbed))
-        if settings["obs_channels"] and not np.isclose(network.r_std, ck.spec.obs_r_std):
-            raise ValueError(
-                f"the model's observation channels were trained with r_std {ck.spec.obs_r_std}, "
-                f"the network has r_std {network.r_std}; retrain or use guidance (obs_channels: false)"
-            )
+        if settings["obs_channels"]:
+            trained, observed = _trained_and_network_r_std(ck.spec, network)
+            if not np.allclose(trained, observed):
+                raise ValueError(
+                    f"the model's observation channels were trained with r_std {trained.tolist()}, "
+                    f"the network has r_std {observed.tolist()}; retrain or use guidance (obs_channels: false)"
+                )
         graphdef, params = nnx.split(ck.model)
-        sites = jnp.arange(ctx.testbed.n)
-        distance = ctx.testbed.grid.distance(sites[:, None], sites[None, :])
-        return cls(params=params, graph=ring_graph(ck.spec.n), norm=ck.norm, distance=distance,
-                   graphdef=graphdef, edm=ck.spec.edm, **settings)
+        return cls(params=params, graph=ck.spec.graph(), norm=ck.norm, distance=_column_distance(ctx.testbed),
+                   graphdef=graphdef, edm=ck.spec.edm, n_channels=ck.spec.n_channels, **settings)
 
     @property
     def sampler_config(self) -> SamplerConfig:
@@ -128,7 +151,7 @@ class DiffusionDA:
             innovation = mask = jnp.zeros((n,), mean.dtype)
         cond = condition_features(self.norm, mean, spread, innovation, mask)
         model = nnx.merge(self.graphdef, self.params)
-        denoise = self.edm.denoiser(network_fn(model, self.graph, cond))
+        denoise = self.edm.denoiser(network_fn(model, self.graph, cond, self.n_channels))
         if self.guidance_strength > 0:
             # observations in units of the increment std s at their sites, so that the
             # γ σ² term (a variance of z) and R are in the same units
@@ -140,11 +163,19 @@ class DiffusionDA:
         return denoise
 
     def repaint_known(self, mean: jax.Array, obs: Observations) -> tuple[jax.Array, jax.Array]:
-        """Known increment (nearest observation's) and soft mask on the grid."""
+        """Known increment and soft mask of every state element: the increment observed in
+        its channel at the nearest observed column, the mask of that distance."""
         observed = (obs.y - mean[obs.idx]) / self.norm.increment_std[obs.idx]
-        d = self.distance[:, obs.idx]  # (n, p)
-        nearest = jnp.argmin(d, axis=1)
-        return observed[nearest], soft_mask(d.min(axis=1), self.mask_width)
+        n_columns = self.distance.shape[0]
+        d = self.distance[:, obs.sites]  # (G, p)
+        channel = obs.idx // n_columns
+
+        def in_channel(c):
+            dc = jnp.where(channel[None, :] == c, d, jnp.inf)
+            return observed[jnp.argmin(dc, axis=1)], soft_mask(dc.min(axis=1), self.mask_width)
+
+        known, mask = jax.lax.map(in_channel, jnp.arange(self.n_channels))  # (C, G) each
+        return known.reshape(-1), mask.reshape(-1)
 
     def sample_increments(self, background: jax.Array, obs: Observations, key: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Normalised increments ``(N, n)`` and the runtime denoiser-call counts ``(N,)``."""

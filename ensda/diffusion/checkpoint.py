@@ -21,7 +21,6 @@ from flax import nnx
 
 from ensda.diffusion.data import Normalisation
 from ensda.diffusion.model import ModelSpec, build_network
-from ensda.nn import ring_graph
 
 FORMAT = 1
 #: testbed fields a checkpoint must match
@@ -33,7 +32,18 @@ class CheckpointError(ValueError):
 
 
 def testbed_record(testbed) -> dict:
-    """The fields of a testbed (config or object) that a checkpoint is specific to."""
+    """The fields of a testbed (config or object) that a checkpoint is specific to: on the
+    sphere (a ``SphereTestbedConfig`` or a ``FlatSphere``) the grid, the channels and the
+    cycle length."""
+    from ensda.testbeds.sphere.testbed import FlatSphere, channels_of
+
+    if isinstance(testbed, FlatSphere):
+        tb = testbed.testbed
+        return {"kind": "sphere", "grid": [tb.grid.n_lon, tb.grid.n_lat], "channels": list(tb.channels.names),
+                "cycle_hours": tb.hours_per_cycle}
+    if getattr(testbed, "kind", None) == "sphere":
+        return {"kind": "sphere", "grid": [testbed.grid.n_lon, testbed.grid.n_lat],
+                "channels": list(channels_of(testbed).names), "cycle_hours": testbed.cycle_hours}
     get = (lambda k: getattr(testbed, k, "lorenz96" if k == "kind" else None))
     return {k: get(k) for k in TESTBED_FIELDS}
 
@@ -114,7 +124,7 @@ def load_checkpoint(path: str | Path, testbed: dict | None = None) -> Checkpoint
             raise CheckpointError(f"checkpoint {path} was made for another testbed ({'; '.join(diff)}); retrain with `ensda train`")
     spec = ModelSpec.from_dict(meta["spec"])
     norm = Normalisation.from_dict(meta["normalisation"])
-    abstract = nnx.eval_shape(lambda: build_network(spec, ring_graph(spec.n)))
+    abstract = nnx.eval_shape(lambda: build_network(spec, spec.graph()))
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
     params = read_params(path, params)
     if jax.tree.leaves(rest):

@@ -89,6 +89,41 @@ def perturbed_truth_pairs(
     return Pairs(np.asarray(mean), np.asarray(spread), np.asarray(targets))
 
 
+def anomaly_perturbed_pairs(
+    forecast, states: jax.Array, starts: jax.Array, key: jax.Array, n_members: int, error_min: float, error_max: float
+) -> Pairs:
+    r"""Backgrounds from one-cycle forecasts of truths perturbed by climatological anomalies.
+
+    ``states (T, n)`` are truths one cycle apart; for each start index k (``starts``),
+    e ~ logU(error_min, error_max), an analysis mean m = t_k + e d₀ and members
+    m + e dⱼ, where each d = (x_a − x_b)/√2 is the difference of two random ``states``: a
+    perturbation with the spatial and multivariate structure of the climate's variability
+    and, per element, the climatological variance (so e is the error in units of the
+    climatological std). ``forecast`` maps ``(N, n)`` one cycle; the forecast ensemble's
+    mean and spread are paired with t_{k+1}. One example at a time (``lax.map``).
+    """
+    if not 0 < error_min <= error_max:
+        raise ValueError(f"need 0 < error_min <= error_max, got {error_min}, {error_max}")
+    if n_members < 2:
+        raise ValueError(f"n_members must be >= 2, got {n_members}")
+    states = jnp.asarray(states)
+    if int(jnp.max(starts)) + 1 >= states.shape[0]:
+        raise ValueError(f"starts must be below {states.shape[0] - 1} (each needs the next state)")
+
+    def one(inputs):
+        k, key = inputs
+        k_e, k_pick = jax.random.split(key)
+        e = jnp.exp(jax.random.uniform(k_e, (), minval=np.log(error_min), maxval=np.log(error_max)))
+        pick = jax.random.randint(k_pick, (2, n_members + 1), 0, states.shape[0])
+        d = (states[pick[0]] - states[pick[1]]) / np.sqrt(2.0)  # (N + 1, n)
+        members = states[k] + e * (d[0] + d[1:])
+        return ensemble_summary(forecast(members))
+
+    keys = jax.random.split(key, starts.shape[0])
+    mean, spread = jax.jit(lambda s, ks: jax.lax.map(one, (s, ks)))(starts, keys)
+    return Pairs(np.asarray(mean), np.asarray(spread), np.asarray(states[starts + 1]))
+
+
 def cycled_pairs(testbed, assimilator, truth: jax.Array, obs, x0: jax.Array, key: jax.Array) -> Pairs:
     """The forecast ensembles of ``assimilator`` cycled over ``obs`` (one ``lax.scan``).
 
@@ -124,9 +159,10 @@ class Normalisation:
 
     background input  (x̄_b − μ)/σ_clim,   spread input  σ_b / s,   target  z = (t − x̄_b)/s,
 
-    with μ, σ_clim the climatological mean and std of the truth and s the std of the
-    increments t − x̄_b over the training set, per variable (pooled over sites for a
-    homogeneous testbed such as Lorenz-96).
+    with μ, σ_clim the climatological mean and std of the truth and s the root-mean-square
+    of the increments t − x̄_b over the training set, each pooled over the elements of a
+    group: all sites for a homogeneous testbed such as Lorenz-96 (one group), the longitudes
+    of one channel and latitude on the sphere (``groups``: the group of every element).
     """
 
     clim_mean: np.ndarray  # (n,)
@@ -134,12 +170,22 @@ class Normalisation:
     increment_std: np.ndarray  # (n,)
 
     @staticmethod
-    def fit(pairs: Pairs, homogeneous: bool) -> Normalisation:
-        inc = pairs.truth - pairs.mean
-        stats = [pairs.truth.mean(0), pairs.truth.std(0), np.sqrt((inc**2).mean(0))]
-        if homogeneous:
-            stats = [np.full_like(s, s.mean()) for s in stats]
-        return Normalisation(*(np.asarray(s, np.float32) for s in stats))
+    def fit(pairs: Pairs, groups: np.ndarray | None = None) -> Normalisation:
+        """Statistics of ``pairs``, pooled within ``groups`` (an int per element; None: one
+        group of all elements)."""
+        n = pairs.mean.shape[-1]
+        groups = np.zeros(n, np.int64) if groups is None else np.asarray(groups)
+        if groups.shape != (n,):
+            raise ValueError(f"Normalisation.fit: groups must have shape ({n},), got {groups.shape}")
+        count = np.bincount(groups) * len(pairs)
+
+        def pooled(values):  # mean over pairs and over the elements of each group
+            return (np.bincount(groups, values.sum(0, dtype=np.float64)) / count)[groups]
+
+        mean = pooled(pairs.truth)
+        std = np.sqrt(pooled(np.square(pairs.truth - mean)))
+        inc = np.sqrt(pooled(np.square(pairs.truth - pairs.mean)))
+        return Normalisation(*(np.asarray(s, np.float32) for s in (mean, std, inc)))
 
     def to_dict(self) -> dict:
         return {f.name: np.asarray(getattr(self, f.name)).tolist() for f in dataclasses.fields(self)}

@@ -91,11 +91,12 @@ class EDM:
         sd = self.sigma_data
         return (sigma**2 + sd**2) / (sigma * sd) ** 2
 
-    def loss(self, net: Network, key: jax.Array, x0: jax.Array) -> jax.Array:
-        """EDM loss of a batch ``x0 (B, ...)``: mean over b of λ(σ_b) · mean_i (D(z_b, σ_b) − x0_b)_i².
+    def loss(self, net: Network, key: jax.Array, x0: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+        """EDM loss of a batch ``x0 (B, ...)``: mean over b of λ(σ_b) · mean_i w_i (D(z_b, σ_b) − x0_b)_i².
 
         ``z_b = x0_b + σ_b ε_b``; ``net`` is called once on the batch:
-        ``net(c_in z (B, ...), c_noise (B,))``.
+        ``net(c_in z (B, ...), c_noise (B,))``; ``weights`` w (the shape of one sample,
+        e.g. cos-latitude × per-variable; None: 1).
         """
         sigma_key, noise_key = jax.random.split(key)
         batch = x0.shape[0]
@@ -105,7 +106,8 @@ class EDM:
         z = x0 + sigma.reshape(expand) * jax.random.normal(noise_key, x0.shape, jnp.float32)
         out = net(c_in.reshape(expand) * z, c_noise)
         d = c_skip.reshape(expand) * z + c_out.reshape(expand) * out
-        per_sample = jnp.mean(jnp.square(d - x0).reshape(batch, -1), axis=1)
+        err = jnp.square(d - x0) if weights is None else weights * jnp.square(d - x0)
+        per_sample = jnp.mean(err.reshape(batch, -1), axis=1)
         return jnp.mean(self.loss_weight(sigma) * per_sample)
 
     def sigmas(self, steps: int) -> jax.Array:

@@ -1,18 +1,23 @@
 r"""The conditional denoiser network of the analysis increment (DESIGN §4).
 
-Per grid site the network sees five channels,
+States are flat vectors of ``n = C · G`` elements: C channels at each of G grid nodes,
+channel-major (element ``c · G + g``). On Lorenz-96 C = 1 and the nodes are the ring's
+sites; on the sphere C is the number of variables × levels and the nodes are the lat–lon
+grid's columns. Per node the network sees 5C channels,
 
     [ c_in·z_σ,   (x̄_b − μ)/σ_clim,   σ_b/s,   m·(y − x̄_b)/s,   m ]
 
-the noisy normalised increment, the normalised background mean and spread, and the
-observation channels: the observed increment where a site is observed (mask m = 1) and
-the mask. With the observation channels zero the network is the background-conditioned
-prior model p(z | x̄_b, σ_b), used with likelihood guidance or RePaint; with them it is the
-amortised conditional model p(z | x̄_b, σ_b, y) (trained on random networks). One network
-serves both (the observation channels are dropped at random in training, as in
-classifier-free guidance; Ho & Salimans 2022).
+(each C wide): the noisy normalised increment, the normalised background mean and spread,
+and the observation channels: the observed increment where an element is observed (mask
+m = 1) and the mask. With the observation channels zero the network is the
+background-conditioned prior model p(z | x̄_b, σ_b), used with likelihood guidance or
+RePaint; with them it is the amortised conditional model p(z | x̄_b, σ_b, y) (trained on
+random networks). One network serves both (the observation channels are dropped at random
+in training, as in classifier-free guidance; Ho & Salimans 2022).
 
-The noise level enters through the conditional LayerNorms of ``ensda.nn.GraphNetwork``
+The network is ``ensda.nn.GraphNetwork`` on the ring graph (Lorenz-96) or
+``ensda.nn.SphereGraphNetwork`` on the grid ↔ icosahedral multi-mesh graphs (the sphere,
+``ModelSpec.sphere``). The noise level enters through their conditional LayerNorms
 (c_noise = log σ / 4, EDM preconditioning in ``ensda.diffusion.edm``).
 """
 
@@ -26,7 +31,7 @@ from flax import nnx
 
 from ensda.diffusion.data import Normalisation
 from ensda.diffusion.edm import EDM
-from ensda.nn import GNNConfig, Graph, GraphNetwork
+from ensda.nn import GNNConfig, GraphNetwork, SphereGraphNetwork, ring_graph
 
 #: background mean, background spread, observed increment, observation mask
 N_CONDITION = 4
@@ -34,25 +39,88 @@ IN_FEATURES = 1 + N_CONDITION
 
 
 @dataclasses.dataclass(frozen=True)
+class SphereMesh:
+    """The lat–lon grid (``n_lon`` × ``n_lat``, equiangular) and the multi-mesh refinement."""
+
+    n_lon: int
+    n_lat: int
+    refinement: int = 3
+
+    @property
+    def n_nodes(self) -> int:
+        return self.n_lon * self.n_lat
+
+    def graphs(self):
+        from ensda.testbeds.sphere.grid import mesh_graphs
+
+        return mesh_graphs(self.n_lon, self.n_lat, self.refinement)
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """What a checkpoint needs to rebuild its network and use it."""
 
-    n: int
+    n: int  # state size C · G
     gnn: GNNConfig
     edm: EDM
-    #: observation error std the observation channels were trained with
-    obs_r_std: float
+    #: observation error std the observation channels were trained with, per channel
+    obs_r_std: tuple[float, ...]
+    #: the sphere's grid and mesh; None: the ring of ``n`` sites (Lorenz-96, one channel)
+    sphere: SphereMesh | None = None
+
+    def __post_init__(self):
+        if self.n % self.n_nodes:
+            raise ValueError(f"ModelSpec: state size {self.n} is not a multiple of the {self.n_nodes} grid nodes")
+        if len(self.obs_r_std) != self.n_channels:
+            raise ValueError(f"ModelSpec: {len(self.obs_r_std)} observation error stds for {self.n_channels} channels")
+
+    @property
+    def n_nodes(self) -> int:
+        return self.n if self.sphere is None else self.sphere.n_nodes
+
+    @property
+    def n_channels(self) -> int:
+        return self.n // self.n_nodes
+
+    def graph(self):
+        """The network's graph(s): the ring, or the sphere's ``GridMeshGraphs``."""
+        return ring_graph(self.n) if self.sphere is None else self.sphere.graphs()
+
+    def element_r_std(self) -> jax.Array:
+        """The trained observation error std of every state element ``(n,)``."""
+        return jnp.repeat(jnp.asarray(self.obs_r_std, jnp.float32), self.n_nodes)
 
     def to_dict(self) -> dict:
-        return {"n": self.n, "gnn": dataclasses.asdict(self.gnn), "edm": dataclasses.asdict(self.edm), "obs_r_std": self.obs_r_std}
+        return {"n": self.n, "gnn": dataclasses.asdict(self.gnn), "edm": dataclasses.asdict(self.edm),
+                "obs_r_std": list(self.obs_r_std),
+                "sphere": None if self.sphere is None else dataclasses.asdict(self.sphere)}
 
     @staticmethod
     def from_dict(data: dict) -> ModelSpec:
-        return ModelSpec(int(data["n"]), GNNConfig(**data["gnn"]), EDM(**data["edm"]), float(data["obs_r_std"]))
+        r_std = data["obs_r_std"]
+        sphere = data.get("sphere")
+        return ModelSpec(int(data["n"]), GNNConfig(**data["gnn"]), EDM(**data["edm"]),
+                         tuple(float(v) for v in (r_std if isinstance(r_std, list) else [r_std])),
+                         None if sphere is None else SphereMesh(**sphere))
 
 
-def build_network(spec: ModelSpec, graph: Graph, key: int | jax.Array = 0) -> GraphNetwork:
-    return GraphNetwork(IN_FEATURES, 1, graph, spec.gnn, conditional=True, rngs=nnx.Rngs(key))
+def build_network(spec: ModelSpec, graph, key: int | jax.Array = 0) -> GraphNetwork | SphereGraphNetwork:
+    c = spec.n_channels
+    if spec.sphere is None:
+        return GraphNetwork(IN_FEATURES, 1, graph, spec.gnn, conditional=True, rngs=nnx.Rngs(key))
+    return SphereGraphNetwork(IN_FEATURES * c, c, graph, spec.gnn, conditional=True, rngs=nnx.Rngs(key))
+
+
+def to_nodes(a: jax.Array, n_channels: int) -> jax.Array:
+    """Flat per-element features ``(..., C·G, F)`` → per-node features ``(..., G, C·F)``."""
+    lead, f = a.shape[:-2], a.shape[-1]
+    a = a.reshape(lead + (n_channels, -1, f))
+    return jnp.moveaxis(a, -3, -2).reshape(lead + (a.shape[-2], n_channels * f))
+
+
+def from_nodes(a: jax.Array) -> jax.Array:
+    """Per-node channels ``(..., G, C)`` → flat state ``(..., C·G)`` (channel-major)."""
+    return jnp.swapaxes(a, -1, -2).reshape(a.shape[:-2] + (-1,))
 
 
 def condition_features(
@@ -60,14 +128,15 @@ def condition_features(
 ) -> jax.Array:
     """The four conditioning channels ``(..., n, 4)`` (see the module docstring).
 
-    ``innovation`` is the observed increment (y − x̄_b)/s at observed sites (0 elsewhere).
+    ``innovation`` is the observed increment (y − x̄_b)/s at observed elements (0 elsewhere).
     """
     background = (mean - norm.clim_mean) / norm.clim_std
     return jnp.stack([background, spread / norm.increment_std, innovation * mask, mask], axis=-1)
 
 
 def observation_channels(norm: Normalisation, mean: jax.Array, obs) -> tuple[jax.Array, jax.Array]:
-    """Observed increment and mask on the grid from ``Observations`` with an identity operator."""
+    """Observed increment and mask of every state element from ``Observations`` with an
+    identity operator."""
     if not obs.linear:
         raise ValueError(
             f"the observation channels need an identity observation operator, got {obs.operator!r}; "
@@ -80,16 +149,17 @@ def observation_channels(norm: Normalisation, mean: jax.Array, obs) -> tuple[jax
     return innovation, mask
 
 
-def network_fn(model: GraphNetwork, graph: Graph, condition: jax.Array):
+def network_fn(model: GraphNetwork | SphereGraphNetwork, graph, condition: jax.Array, n_channels: int = 1):
     """``net(z_in, c_noise) -> F`` with the conditioning channels bound (the EDM ``net``).
 
-    z_in ``(..., n)``, condition ``(..., n, 4)`` broadcastable to it, c_noise ``(...)``.
+    z_in ``(..., n)``, condition ``(..., n, 4)`` broadcastable to it, c_noise ``(...)``;
+    ``n_channels`` C splits the flat state into C channels per node (module docstring).
     """
 
     def net(z_in: jax.Array, c_noise: jax.Array) -> jax.Array:
         cond = jnp.broadcast_to(condition, z_in.shape + (N_CONDITION,))
-        nodes = jnp.concatenate([z_in[..., None], cond], axis=-1)
-        return model(graph, nodes, c_noise)[..., 0]
+        features = jnp.concatenate([z_in[..., None], cond], axis=-1)
+        return from_nodes(model(graph, to_nodes(features, n_channels), c_noise))
 
     return net
 
@@ -97,4 +167,3 @@ def network_fn(model: GraphNetwork, graph: Graph, condition: jax.Array):
 def to_state(norm: Normalisation, mean: jax.Array, z: jax.Array) -> jax.Array:
     """x = x̄_b + s z."""
     return mean + jnp.asarray(norm.increment_std) * z
-

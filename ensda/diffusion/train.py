@@ -35,24 +35,35 @@ from ensda.diffusion.checkpoint import save_checkpoint, testbed_record
 from ensda.diffusion.data import (
     Normalisation,
     Pairs,
+    anomaly_perturbed_pairs,
     cycled_pairs,
     perturbed_truth_pairs,
 )
 from ensda.diffusion.edm import EDM
 from ensda.diffusion.model import (
     ModelSpec,
+    SphereMesh,
     build_network,
     condition_features,
     network_fn,
 )
-from ensda.nn import GNNConfig, ring_graph
+from ensda.nn import GNNConfig
+from ensda.observe import GLOBAL_R_STD
+from ensda.testbeds.sphere.grid import LatLonGrid
+from ensda.testbeds.sphere.testbed import channels_of
 
 
 def model_spec(cfg: ExperimentConfig) -> ModelSpec:
     t = cfg.train
     gnn = GNNConfig(latent=t.latent, steps=t.message_steps, hidden_layers=t.hidden_layers, n_frequencies=t.frequencies)
     edm = EDM(sigma_data=1.0, sigma_min=t.sigma_min, sigma_max=t.sigma_max, p_mean=t.p_mean, p_std=t.p_std)
-    return ModelSpec(n=cfg.testbed.n, gnn=gnn, edm=edm, obs_r_std=cfg.obs.r_std)
+    if not cfg.sphere:
+        return ModelSpec(n=cfg.testbed.n, gnn=gnn, edm=edm, obs_r_std=(cfg.obs.r_std,))
+    channels, grid = channels_of(cfg.testbed), cfg.testbed.grid
+    r_std = dict(GLOBAL_R_STD) | cfg.obs.r_std
+    return ModelSpec(n=channels.n * grid.n_lon * grid.n_lat, gnn=gnn, edm=edm,
+                     obs_r_std=tuple(float(r_std[channels.variable(c)]) for c in range(channels.n)),
+                     sphere=SphereMesh(grid.n_lon, grid.n_lat, t.refinement))
 
 
 # ---------------------------------------------------------------------------- data
@@ -64,6 +75,8 @@ def make_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: 
     from ensda.config import validate
 
     t = cfg.train
+    if cfg.sphere:
+        return sphere_pairs(cfg, report)
     testbed = experiment.make_testbed(cfg)
     parts = []
     if t.perturbed_samples:
@@ -90,6 +103,43 @@ def make_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: 
     return Pairs.concat(parts)
 
 
+def store_window(cfg: ExperimentConfig, n_times: int) -> tuple[int, int]:
+    """Store time indices [first, stop) of the sphere training truths (``train.store_times``,
+    default the first 80 % of the store, the emulator's training window)."""
+    first, stop = cfg.train.store_times or (0, int(0.8 * n_times))
+    if stop > n_times:
+        raise ValueError(f"train.store_times stops at {stop}, the store holds {n_times} times")
+    return first, stop
+
+
+def experiment_store_times(cfg: ExperimentConfig) -> int:
+    """Number of times in the sphere config's nature-run store."""
+    from ensda.testbeds.sphere.store import open_store
+
+    return open_store(cfg.testbed.nature.store).sizes["time"]
+
+
+def sphere_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: None) -> Pairs:
+    """Sphere training examples: store truths in ``store_window``, perturbed by
+    climatological anomalies of the same window and forecast one cycle with the
+    experiment's forecast model (``anomaly_perturbed_pairs``)."""
+    from ensda import experiment
+
+    t = cfg.train
+    model = experiment.make_forecast_model(cfg)
+    tb = model.testbed
+    first, stop = store_window(cfg, experiment_store_times(cfg))
+    n_cycles = (stop - 1 - first) // tb._stride
+    report(f"sphere truths: store times {first}..{stop - 1} ({n_cycles + 1} states, one cycle apart)")
+    states = tb.truth(first, n_cycles).reshape(n_cycles + 1, -1)
+    key = jax.random.key(t.seed)
+    starts = jax.random.randint(jax.random.fold_in(key, 0), (t.perturbed_samples,), 0, n_cycles)
+    report(f"perturbed truths: {t.perturbed_samples} examples, {t.members} members, "
+           f"{'emulator' if tb.emulator is not None else 'dycore'} forecasts")
+    return anomaly_perturbed_pairs(model.cycle_forecast, states, starts, jax.random.fold_in(key, 1), t.members,
+                                   t.error_min, t.error_max)
+
+
 def _describe(obs: dict) -> str:
     if obs.get("density") is not None:
         return f"density {obs['density']}" + (" (redrawn)" if obs.get("redraw") else "")
@@ -112,12 +162,46 @@ def random_networks(key: jax.Array, batch: int, n: int, t: TrainConfig) -> jax.A
     return (jnp.where(use_regular, regular, scattered) & keep).astype(jnp.float32)
 
 
-def batch_condition(key, norm: Normalisation, mean, spread, z, t: TrainConfig, r_std: float):
+def random_columns(key: jax.Array, batch: int, n_columns: int, n_channels: int, t: TrainConfig) -> jax.Array:
+    """Observation masks ``(batch, n_channels · n_columns)`` of random column networks (the
+    sphere): a density log-uniform in [density_min, density_max], every channel of an
+    observed column observed; no observations with probability ``p_uncond``."""
+    k_density, k_cols, k_drop = jax.random.split(key, 3)
+    log_d = jax.random.uniform(k_density, (batch, 1), minval=jnp.log(t.density_min), maxval=jnp.log(t.density_max))
+    cols = jax.random.uniform(k_cols, (batch, n_columns)) < jnp.exp(log_d)
+    keep = jax.random.uniform(k_drop, (batch, 1)) >= t.p_uncond
+    return jnp.tile(cols & keep, (1, n_channels)).astype(jnp.float32)
+
+
+def batch_condition(key, norm: Normalisation, mean, spread, z, t: TrainConfig, spec: ModelSpec):
     """Conditioning channels of a batch with random networks and observation noise."""
     k_net, k_obs = jax.random.split(key)
-    mask = random_networks(k_net, mean.shape[0], mean.shape[-1], t)
-    innovation = z + r_std * jax.random.normal(k_obs, z.shape) / norm.increment_std
+    if spec.sphere is None:
+        mask = random_networks(k_net, mean.shape[0], mean.shape[-1], t)
+    else:
+        mask = random_columns(k_net, mean.shape[0], spec.n_nodes, spec.n_channels, t)
+    innovation = z + spec.element_r_std() * jax.random.normal(k_obs, z.shape) / norm.increment_std
     return condition_features(norm, mean, spread, innovation, mask)
+
+
+def loss_weights(cfg: ExperimentConfig) -> jax.Array | None:
+    """Per-element loss weights on the sphere: cos φ (mean 1) × ``train.variable_weights``
+    (normalised to mean 1 over channels); None on Lorenz-96 (uniform)."""
+    if not cfg.sphere:
+        return None
+    channels, grid = channels_of(cfg.testbed), cfg.testbed.grid
+    w_var = np.asarray([cfg.train.variable_weights.get(channels.variable(c), 1.0) for c in range(channels.n)])
+    w_var = w_var / w_var.mean()
+    cos = LatLonGrid(grid.n_lon, grid.n_lat).weights
+    return jnp.asarray(w_var[:, None, None] * np.asarray(cos)[None], jnp.float32).reshape(-1)
+
+
+def normalisation_groups(cfg: ExperimentConfig) -> np.ndarray | None:
+    """Pooling groups of the normalisation: one (Lorenz-96), or each channel × latitude."""
+    if not cfg.sphere:
+        return None
+    channels, grid = channels_of(cfg.testbed), cfg.testbed.grid
+    return np.repeat(np.arange(channels.n * grid.n_lat), grid.n_lon)
 
 
 # ---------------------------------------------------------------------------- training
@@ -155,12 +239,13 @@ def train(
     if not np.isfinite(pairs.mean).all():
         raise FloatingPointError("non-finite training backgrounds")
     train_pairs, valid_pairs = pairs.split(min(t.validation, len(pairs) // 5), jax.random.key(t.seed + 2))
-    norm = Normalisation.fit(train_pairs, homogeneous=cfg.testbed.kind == "lorenz96")
+    norm = Normalisation.fit(train_pairs, normalisation_groups(cfg))
     report(f"{len(train_pairs)} training and {len(valid_pairs)} validation examples; increment std {float(norm.increment_std.mean()):.3f}")
 
     spec = model_spec(cfg)
-    graph = ring_graph(spec.n)
+    graph = spec.graph()
     model = build_network(spec, graph, t.seed)
+    weights = loss_weights(cfg)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
 
@@ -168,7 +253,6 @@ def train(
     tx = optax.chain(optax.clip_by_global_norm(t.clip), optax.adamw(schedule, weight_decay=t.weight_decay))
     opt_state = tx.init(params)
     ema = params
-    r_std = cfg.obs.r_std
 
     def as_device(p: Pairs):
         z = (p.truth - p.mean) / norm.increment_std
@@ -179,9 +263,9 @@ def train(
 
     def loss_of(params, key, mean, spread, z):
         k_cond, k_loss = jax.random.split(key)
-        cond = batch_condition(k_cond, norm, mean, spread, z, t, r_std)
-        net = network_fn(nnx.merge(graphdef, params, rest), graph, cond)
-        return spec.edm.loss(net, k_loss, z)
+        cond = batch_condition(k_cond, norm, mean, spread, z, t, spec)
+        net = network_fn(nnx.merge(graphdef, params, rest), graph, cond, spec.n_channels)
+        return spec.edm.loss(net, k_loss, z, weights)
 
     @jax.jit
     def chunk(params, opt_state, ema, start, key):
@@ -230,5 +314,7 @@ def train(
         "steps": int(steps[-1]), "final_loss": losses[-1], "final_val_loss": val_losses[-1],
         "n_train": len(train_pairs), "n_params": n_params, "data_s": data_s, "train_s": train_s,
     }
+    if cfg.sphere:  # the store times the training truths came from
+        summary["store_times"] = list(store_window(cfg, experiment_store_times(cfg)))
     save_checkpoint(Path(t.checkpoint), ema, spec, norm, testbed_record(cfg.testbed), cfg.model_dump(mode="json"), summary)
     return result

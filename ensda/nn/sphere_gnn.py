@@ -177,7 +177,8 @@ class SphereGraphNetwork(nnx.Module):
             ("mesh2grid.senders", graphs.mesh2grid.senders, n_mesh),
             ("mesh2grid.receivers", graphs.mesh2grid.receivers, n_grid),
         ):
-            if _is_concrete(index) and index.size and not (0 <= int(np.min(index)) and int(np.max(index)) < bound):
+            # np.asarray first: a jnp reduction is staged (a tracer) under jit even on constants
+            if _is_concrete(index) and index.size and not (0 <= np.asarray(index).min() and np.asarray(index).max() < bound):
                 raise ValueError(f"SphereGraphNetwork: graphs.{name} must lie in [0, {bound}) (the node count)")
         if nodes.ndim < 2 or nodes.shape[-2] != n_grid or nodes.shape[-1] != self.in_features:
             raise ValueError(

@@ -48,9 +48,9 @@ checkpoints (``ensda.diffusion.checkpoint``).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Sequence
+import functools
 from functools import partial
 from pathlib import Path
 
@@ -67,9 +67,9 @@ from ensda.diffusion.checkpoint import (
     write_checkpoint,
 )
 from ensda.nn import GNNConfig, SphereGraphNetwork
-from ensda.nn.grid_mesh import GridMeshGraphs, grid_mesh_graphs
+from ensda.nn.grid_mesh import GridMeshGraphs
 from ensda.pytree import pytree_dataclass
-from ensda.testbeds.sphere.grid import LatLonGrid
+from ensda.testbeds.sphere.grid import LatLonGrid, mesh_graphs
 from ensda.testbeds.sphere.testbed import Channels
 
 FORMAT = 1
@@ -97,7 +97,7 @@ class EmulatorSpec:
         return self.channels.n
 
     def graphs(self) -> GridMeshGraphs:
-        return _graphs(self.grid.n_lon, self.grid.n_lat, self.refinement)
+        return mesh_graphs(self.grid.n_lon, self.grid.n_lat, self.refinement)
 
     def network(self, key: int | jax.Array = 0) -> SphereGraphNetwork:
         c = self.n_channels
@@ -117,14 +117,6 @@ class EmulatorSpec:
         channels = Channels(tuple(ch["variables"]), tuple(int(v) for v in ch["levels"]), tuple(ch["surface"]))
         return EmulatorSpec(channels, LatLonGrid(int(d["grid"]["n_lon"]), int(d["grid"]["n_lat"])),
                             int(d["refinement"]), GNNConfig(**d["gnn"]), int(d["hours_per_cycle"]))
-
-
-@functools.cache
-def _graphs(n_lon: int, n_lat: int, refinement: int) -> GridMeshGraphs:
-    grid = LatLonGrid(n_lon, n_lat)
-    # concrete arrays even when first asked for under a trace (e.g. nnx.eval_shape): they are cached
-    with jax.ensure_compile_time_eval():
-        return grid_mesh_graphs(grid.latitudes, grid.longitudes, refinement)
 
 
 @pytree_dataclass

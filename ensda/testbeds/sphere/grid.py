@@ -151,3 +151,15 @@ def conservative_weights(src_lat: np.ndarray, src_lon: np.ndarray, grid: LatLonG
         hi = np.minimum(t_lo[:, None] + dl, s_lon[None, 1:] + shift)
         w_lon += np.clip(hi - lo, 0, None)
     return w_lat / w_lat.sum(1, keepdims=True), w_lon / w_lon.sum(1, keepdims=True)
+
+
+@functools.cache
+def mesh_graphs(n_lon: int, n_lat: int, refinement: int):
+    """The grid → multi-mesh → grid graphs (``ensda.nn.grid_mesh.GridMeshGraphs``) of the
+    ``n_lon`` × ``n_lat`` grid and the mesh of that refinement; cached, and concrete arrays
+    even when first asked for under a trace (e.g. ``nnx.eval_shape`` while loading a model)."""
+    from ensda.nn.grid_mesh import grid_mesh_graphs
+
+    grid = LatLonGrid(n_lon, n_lat)
+    with jax.ensure_compile_time_eval():
+        return grid_mesh_graphs(grid.latitudes, grid.longitudes, refinement)

@@ -1,0 +1,174 @@
+"""Diffusion DA on the sphere: the channel layout, the pooled normalisation, the training
+data from anomaly-perturbed truths, and a tiny denoiser trained and cycled end to end.
+
+References: NumPy re-computations (layout, pooled statistics, nearest observed column by
+great-circle distance), the statistics of the perturbation scheme (mean error e·√(1+1/N),
+spread e in climatological units, for an identity forecast), the EDM loss of the untrained
+network (exactly E[z²] = 1 for normalised increments), and RePaint with a hard mask, whose
+last step puts the observed increment at every observed element (analysis = y there).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("dinosaur")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from test_sphere_cycle import sw_experiment, sw_store  # noqa: E402,F401  (the tiny nature-run store)
+
+from ensda import experiment  # noqa: E402
+from ensda.config import ConfigError, validate  # noqa: E402
+from ensda.diffusion import checkpoint  # noqa: E402
+from ensda.diffusion.data import Normalisation, Pairs, anomaly_perturbed_pairs  # noqa: E402
+from ensda.diffusion.model import from_nodes, to_nodes  # noqa: E402
+from ensda.diffusion.train import train  # noqa: E402
+
+TINY_TRAIN = {
+    "perturbed_samples": 60, "members": 4, "error_min": 0.1, "error_max": 1.0, "validation": 12,
+    "refinement": 1, "latent": 16, "message_steps": 2, "frequencies": 8,
+    "density_min": 0.02, "density_max": 0.3, "steps": 600, "batch": 8, "lr": 0.003, "warmup": 30,
+    "log_every": 200, "store_times": [0, 30],
+}
+
+
+def sphere_config(store, ckpt, **extra) -> dict:
+    base = sw_experiment(store, cycles=6, burn_in=2, method="diffusion",
+                         methods={"diffusion": {"checkpoint": str(ckpt), "steps": 6}},
+                         ensemble={"size": 6, "init": "climatology"})
+    base["testbed"] = base["testbed"] | {"truth_start": 32}  # after the training window (0..29)
+    base["train"] = TINY_TRAIN | {"checkpoint": str(ckpt)}
+    return base | extra
+
+
+@pytest.fixture(scope="module")
+def trained(sw_store, tmp_path_factory):  # noqa: F811
+    path = tmp_path_factory.mktemp("ckpt") / "sphere-tiny"
+    cfg = validate(sphere_config(sw_store, path))
+    return cfg, path, train(cfg)
+
+
+def test_nodes_layout_is_channel_major():
+    rng = np.random.default_rng(0)
+    c, g = 3, 10
+    x = rng.normal(size=(2, c * g)).astype(np.float32)
+    nodes = np.asarray(to_nodes(jnp.asarray(x)[..., None], c))
+    assert nodes.shape == (2, g, c)
+    np.testing.assert_array_equal(nodes, x.reshape(2, c, g).transpose(0, 2, 1))
+    np.testing.assert_array_equal(np.asarray(from_nodes(jnp.asarray(nodes))), x)
+    feats = rng.normal(size=(c * g, 4)).astype(np.float32)  # per node: channel-major blocks of 4
+    np.testing.assert_array_equal(np.asarray(to_nodes(jnp.asarray(feats), c))[7, 4:8], feats[g + 7])
+
+
+def test_normalisation_pools_within_groups():
+    rng = np.random.default_rng(1)
+    m, n = 50, 12
+    truth = rng.normal(size=(m, n)) * np.arange(1, n + 1) + 3.0
+    mean = truth + rng.normal(size=(m, n)) * 0.5 * np.arange(1, n + 1)
+    groups = np.repeat(np.arange(4), 3)
+    norm = Normalisation.fit(Pairs(mean, np.ones((m, n)), truth), groups)
+    for k in range(4):
+        cols = groups == k
+        t, inc = truth[:, cols], (truth - mean)[:, cols]
+        np.testing.assert_allclose(np.asarray(norm.clim_mean)[cols], t.mean(), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(norm.clim_std)[cols], t.std(), rtol=1e-5)
+        np.testing.assert_allclose(np.asarray(norm.increment_std)[cols], np.sqrt((inc**2).mean()), rtol=1e-5)
+    with pytest.raises(ValueError, match="groups must have shape"):
+        Normalisation.fit(Pairs(mean, mean, truth), groups[:5])
+
+
+def test_anomaly_perturbations_have_the_stated_size():
+    """Identity forecast, iid states of std σ: mean error e·σ·√(1 + 1/N), member spread e·σ."""
+    rng = np.random.default_rng(2)
+    sigma, e, members = 3.0, 0.4, 5
+    states = jnp.asarray(rng.normal(size=(400, 64)) * sigma, jnp.float32)
+    starts = jnp.arange(300)
+    pairs = anomaly_perturbed_pairs(lambda x: x, states, starts, jax.random.key(0), members, e, e)
+    err = pairs.mean - np.asarray(states)[1:301]  # paired with the *next* state: the identity moved nothing
+    err_now = pairs.mean - np.asarray(states)[:300]
+    assert np.sqrt((err_now**2).mean()) == pytest.approx(e * sigma * np.sqrt(1 + 1 / members), rel=0.05)
+    assert np.sqrt((pairs.spread**2).mean()) == pytest.approx(e * sigma, rel=0.05)
+    assert np.sqrt((err**2).mean()) > 3 * e * sigma  # the target is the next truth
+    with pytest.raises(ValueError, match="each needs the next state"):
+        anomaly_perturbed_pairs(lambda x: x, states, jnp.asarray([399]), jax.random.key(0), members, e, e)
+
+
+def test_sphere_training_learns_and_the_checkpoint_is_for_the_sphere(trained):
+    cfg, path, result = trained
+    meta = checkpoint.load_checkpoint(path).meta
+    assert meta["testbed"] == {"kind": "sphere", "grid": [32, 16], "channels": list(
+        experiment.make_testbed(cfg).testbed.channels.names), "cycle_hours": 6}
+    assert meta["spec"]["sphere"] == {"n_lon": 32, "n_lat": 16, "refinement": 1}
+    assert meta["training"]["store_times"] == [0, 30]
+    # F = 0 gives exactly E[z²] = 1 for normalised increments; the trained model is below it
+    assert result.val_loss[-1] < 0.85 and result.val_loss[-1] < result.val_loss[0], result.val_loss
+
+
+def test_cycled_sphere_diffusion_with_obs_channels_beats_the_free_run(trained):
+    cfg, _, _ = trained
+    osse = experiment.make_osse(cfg)
+    diff = experiment.run_method(cfg, osse, "diffusion")
+    free = experiment.run_method(cfg, osse, "none")
+    assert np.isfinite(np.asarray(diff.result.final_ensemble)).all()
+    assert diff.summary["rmse_a"] < 0.9 * free.summary["rmse_a"], (diff.summary["rmse_a"], free.summary["rmse_a"])
+
+
+def test_repaint_hard_mask_puts_the_observations_in_every_member(trained):
+    cfg, _, _ = trained
+    osse = experiment.make_osse(cfg)
+    settings = cfg.method_settings("diffusion") | {"obs_channels": False, "repaint_jumps": 1, "mask_width": 0.0}
+    assim = experiment.build_assimilator(cfg, osse, "diffusion", settings)
+    background = osse.climatology[:6]
+    obs = osse.obs.at(0)
+    xa = np.asarray(assim.analyse(background, obs, jax.random.key(0)))
+    np.testing.assert_allclose(xa[:, np.asarray(obs.idx)], np.broadcast_to(np.asarray(obs.y), (6, obs.y.size)),
+                               rtol=1e-4, atol=1e-3 * float(np.abs(np.asarray(obs.y)).max()))
+
+
+def test_repaint_known_takes_the_nearest_observed_column_in_the_channel(trained):
+    cfg, _, _ = trained
+    osse = experiment.make_osse(cfg)
+    settings = cfg.method_settings("diffusion") | {"repaint_jumps": 1, "mask_width": 800.0}
+    assim = experiment.build_assimilator(cfg, osse, "diffusion", settings)
+    obs = osse.obs.at(0)
+    keep = np.asarray(obs.idx) < 2 * 512  # drop the last channel's observations: its mask must be 0
+    obs = type(obs)(obs.y[keep], obs.idx[keep], obs.r_std[keep], obs.operator, obs.site[keep], obs.state_shape)
+    mean = osse.climatology.mean(0)
+    known, mask = (np.asarray(a) for a in assim.repaint_known(mean, obs))
+    grid = osse.testbed.testbed.grid
+    lat, lon = np.deg2rad(np.repeat(grid.latitudes, 32)), np.deg2rad(np.tile(grid.longitudes, 16))
+    s = np.asarray(assim.norm.increment_std)
+    idx, y = np.asarray(obs.idx), np.asarray(obs.y)
+    for c, g in [(0, 0), (0, 300), (1, 77), (1, 511)]:
+        mine = idx // 512 == c
+        cols = idx[mine] % 512
+        cosd = np.sin(lat[g]) * np.sin(lat[cols]) + np.cos(lat[g]) * np.cos(lat[cols]) * np.cos(lon[g] - lon[cols])
+        d = 6371.0 * np.arccos(np.clip(cosd, -1, 1))
+        j = np.argmin(d)
+        e = c * 512 + g
+        assert known[e] == pytest.approx((y[mine][j] - float(mean[idx[mine][j]])) / s[idx[mine][j]], rel=1e-4, abs=1e-5)
+        assert mask[e] == pytest.approx(np.exp(-d[j] ** 2 / (2 * 800.0**2)), abs=2e-3)
+    assert (mask[2 * 512:] == 0).all()
+
+
+def test_sphere_checkpoint_is_refused_for_another_grid_or_r(trained, sw_store):  # noqa: F811
+    cfg, path, _ = trained
+    other = validate(sphere_config(sw_store, path, obs={"kind": "random", "density": 0.1,
+                                                        "r_std": {"geopotential": 50.0}}))
+    with pytest.raises(ValueError, match="trained with r_std"):
+        experiment.build_assimilator(other, experiment.make_osse(other), "diffusion")
+    data = sphere_config(sw_store, path)
+    data["testbed"] = data["testbed"] | {"grid": {"n_lon": 16, "n_lat": 8}}
+    bad = validate(data)
+    with pytest.raises(ValueError, match="another testbed"):
+        experiment.build_assimilator(bad, experiment.make_osse(bad), "diffusion")
+
+
+def test_sphere_train_config_errors_name_the_field(sw_store, tmp_path):  # noqa: F811
+    with pytest.raises(ConfigError, match="train.sources"):
+        validate(sphere_config(sw_store, tmp_path, train=TINY_TRAIN | {
+            "sources": [{"obs": {"every": 2}, "method": "etkf", "cycles": 100}]}))
+    with pytest.raises(ConfigError, match="variable_weights"):
+        validate(sphere_config(sw_store, tmp_path, train=TINY_TRAIN | {"variable_weights": {"temperature": 2.0}}))
