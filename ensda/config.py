@@ -103,7 +103,9 @@ class LeadTimeConfig(_Strict):
     burn_in+1+stride, ... reach RMSE r at ``lead_h``; the same forecasts from the reference
     states give RMSE_ref(ℓ) for ℓ = 0..``max_lead_h``; the loss is ℓ* − L with
     RMSE_ref(ℓ*) = r, in hours ("> max lead" when r is above the whole curve).
-    Reference states: ``truth_noise`` = truth + N(0, ``noise_std``²) (key ``seeds.lead_time``);
+    Reference states: ``truth_noise`` = truth + N(0, ``noise_std``²) (key ``seeds.lead_time``;
+    on the sphere ``noise_std`` is in units of each channel's climatological σ_c, and the
+    RMSE is that of the standardised state, as ``rmse_a``);
     ``dense_reference`` = the analysis means of ``dense_method`` (settings ``dense_settings``)
     cycled on the same truth with every site observed (``obs.r_std``, ``obs.operator``, obs seed).
     """

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from ensda import assimilator as registry
@@ -187,14 +188,20 @@ def make_lead_time_reference(cfg: ExperimentConfig, osse: OSSE) -> metrics.LeadT
     """The reference RMSE-vs-lead curve of ``cfg.lead_time`` (shared by every method)."""
     lt = cfg.lead_time
     lead, max_lead = cfg.lead_cycles()
+    # on the sphere: the RMSE of the standardised state (each channel / its σ_c), as rmse_a,
+    # and the reference noise in units of σ_c
+    scale = None if osse.channel_std is None else jnp.repeat(osse.channel_std, osse.truth.shape[-1] // osse.channel_std.size)
     if lt.reference == "dense_reference":
         kw = {"reference_states": dense_reference_run(cfg, osse).result.mean_a}
+    elif lt.noise_std > 0:
+        kw = {"reference_std": lt.noise_std if scale is None else lt.noise_std * scale,
+              "key": jax.random.key(cfg.seeds.lead_time)}
     else:
-        kw = {"reference_std": lt.noise_std, "key": jax.random.key(cfg.seeds.lead_time)} if lt.noise_std > 0 else {}
+        kw = {}
     model = osse.forecast_model
     return metrics.lead_time_reference(
         osse.truth, model.cycle_forecast, lead, hours_per_cycle=model.hours_per_cycle, burn_in=cfg.burn_in,
-        stride=lt.stride, max_lead_cycles=max_lead, weights=model.grid.weights, **kw,
+        stride=lt.stride, max_lead_cycles=max_lead, weights=model.grid.weights, scale=scale, **kw,
     )
 
 

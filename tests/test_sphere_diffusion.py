@@ -172,3 +172,15 @@ def test_sphere_train_config_errors_name_the_field(sw_store, tmp_path):  # noqa:
             "sources": [{"obs": {"every": 2}, "method": "etkf", "cycles": 100}]}))
     with pytest.raises(ConfigError, match="variable_weights"):
         validate(sphere_config(sw_store, tmp_path, train=TINY_TRAIN | {"variable_weights": {"temperature": 2.0}}))
+
+
+def test_sphere_lead_time_rmse_is_that_of_the_standardised_state(sw_store):  # noqa: F811
+    """Truth + 0.1 σ_c noise per element: the reference curve starts at 0.1 (standardised)."""
+    data = sw_experiment(sw_store, cycles=8, burn_in=2, lead_time={"enabled": True, "lead_h": 6.0, "max_lead_h": 12.0,
+                                                                    "noise_std": 0.1})
+    cfg = validate(data)
+    osse = experiment.make_osse(cfg)
+    curve = np.asarray(osse.lead_time.curve)
+    assert curve[0] == pytest.approx(0.1, rel=0.05) and curve[2] > curve[0], curve
+    run = experiment.run_method(cfg, osse, "letkf")
+    assert np.isfinite(run.summary["lead_time_rmse"]) and run.summary["lead_time_rmse"] > 0

@@ -80,9 +80,10 @@ def _check_starts(start_cycles, n_truth: int, max_lead_cycles: int) -> None:
 
 
 @partial(jax.jit, static_argnames=("forecast_step", "max_lead_cycles"))
-def _rmse_by_start(forecast_step, initial_states, truth, start_cycles, max_lead_cycles, weights):
+def _rmse_by_start(forecast_step, initial_states, truth, start_cycles, max_lead_cycles, weights, scale):
     step = jax.vmap(forecast_step)
-    rmse_one = jax.vmap(lambda x, t: jnp.sqrt(weighted_mean((x - t) ** 2, weights)))
+    unit = 1.0 if scale is None else scale
+    rmse_one = jax.vmap(lambda x, t: jnp.sqrt(weighted_mean(((x - t) / unit) ** 2, weights)))
 
     def rmse_at(x, lead):
         return rmse_one(x, truth[start_cycles + lead])
@@ -102,12 +103,15 @@ def forecast_rmse_by_start(
     start_cycles: jax.Array,
     max_lead_cycles: int,
     weights: jax.Array | None = None,
+    scale: jax.Array | None = None,
 ) -> jax.Array:
     """Per-start forecast RMSE, shape ``(S, max_lead_cycles + 1)``.
 
     ``initial_states[s]`` (shape of one state) is valid at cycle ``start_cycles[s]``; it is
     advanced ``ℓ`` times by ``forecast_step`` and compared with ``truth[start_cycles[s] + ℓ]``
-    (area weights ``weights``; ``None`` = uniform). Requires
+    (area weights ``weights``; ``None`` = uniform), the error divided by ``scale`` (per
+    element, e.g. each channel's climatological σ on the sphere: the RMSE of the
+    standardised state; ``None`` = 1). Requires
     ``start + max_lead_cycles <= K`` for every start (checked when the starts are concrete).
     """
     initial_states = jnp.asarray(initial_states)
@@ -123,7 +127,7 @@ def forecast_rmse_by_start(
     if max_lead_cycles < 0:
         raise ValueError(f"max_lead_cycles must be >= 0, got {max_lead_cycles}")
     _check_starts(start_cycles, truth.shape[0], max_lead_cycles)
-    return _rmse_by_start(forecast_step, initial_states, truth, start_cycles, max_lead_cycles, weights)
+    return _rmse_by_start(forecast_step, initial_states, truth, start_cycles, max_lead_cycles, weights, scale)
 
 
 def forecast_rmse_curve(
@@ -133,13 +137,15 @@ def forecast_rmse_curve(
     start_cycles: jax.Array,
     max_lead_cycles: int,
     weights: jax.Array | None = None,
+    scale: jax.Array | None = None,
 ) -> jax.Array:
     """RMSE(ℓ) for ℓ = 0..max_lead_cycles, shape ``(max_lead_cycles + 1,)``.
 
     The mean over the S starts of the per-start area-weighted RMSE (see
     ``forecast_rmse_by_start`` for the arguments).
     """
-    return forecast_rmse_by_start(forecast_step, initial_states, truth, start_cycles, max_lead_cycles, weights).mean(0)
+    return forecast_rmse_by_start(forecast_step, initial_states, truth, start_cycles, max_lead_cycles, weights,
+                                  scale).mean(0)
 
 
 def reference_initial_states(
@@ -172,6 +178,7 @@ def reference_curve(
     initial_states: jax.Array | None = None,
     noise_std: float | jax.Array | None = None,
     key: jax.Array | None = None,
+    scale: jax.Array | None = None,
 ) -> jax.Array:
     """The reference RMSE-vs-lead curve, shape ``(max_lead_cycles + 1,)``.
 
@@ -188,7 +195,7 @@ def reference_curve(
         if key is None:
             raise ValueError("reference_curve: noise_std needs an explicit key")
         states = reference_initial_states(truth, start_cycles, noise_std, key, states)
-    return forecast_rmse_curve(forecast_step, states, truth, start_cycles, max_lead_cycles, weights)
+    return forecast_rmse_curve(forecast_step, states, truth, start_cycles, max_lead_cycles, weights, scale)
 
 
 @pytree_dataclass
@@ -308,6 +315,7 @@ class LeadTimeReference:
     hours_per_cycle: float
     curve: jax.Array
     weights: jax.Array | None = None
+    scale: jax.Array | None = None  # per-element error divisor (``forecast_rmse_by_start``)
 
     @property
     def max_lead_cycles(self) -> int:
@@ -348,6 +356,7 @@ def lead_time_reference(
     reference_std: float | None = None,
     key: jax.Array | None = None,
     weights: jax.Array | None = None,
+    scale: jax.Array | None = None,
 ) -> LeadTimeReference:
     """The reference curve of ``analysis_lead_time_loss`` (same arguments, no analyses)."""
     truth = jnp.asarray(truth)
@@ -365,9 +374,9 @@ def lead_time_reference(
     ref_states = None if reference_states is None else jnp.asarray(reference_states)[jnp.asarray(starts - 1)]
     curve = reference_curve(
         forecast_step, truth, starts, max_lead_cycles, weights,
-        initial_states=ref_states, noise_std=reference_std, key=key,
+        initial_states=ref_states, noise_std=reference_std, key=key, scale=scale,
     )
-    return LeadTimeReference(forecast_step, truth, starts, lead_cycles, float(hours_per_cycle), curve, weights)
+    return LeadTimeReference(forecast_step, truth, starts, lead_cycles, float(hours_per_cycle), curve, weights, scale)
 
 
 def score_analyses(reference: LeadTimeReference, analyses) -> LeadTimeCurves:
@@ -378,6 +387,7 @@ def score_analyses(reference: LeadTimeReference, analyses) -> LeadTimeCurves:
     starts = reference.start_cycles
     curve = forecast_rmse_curve(
         reference.forecast_step, mean_a[jnp.asarray(starts - 1)], truth, starts, reference.max_lead_cycles, reference.weights,
+        reference.scale,
     )
     loss = lead_time_loss(curve[reference.lead_cycles], reference.lead_cycles * reference.hours_per_cycle,
                           reference.leads_h, reference.curve)
