@@ -37,10 +37,13 @@ test: venv
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # Benchmarks: ETKF/LETKF throughput on Lorenz-96, then the sphere testbed (dycore speed, one
-# LETKF/3D-Var cycle at N = 32; a SKIP line without the nature-run store data/sphere/nature.zarr).
+# LETKF/3D-Var cycle at N = 32), then diffusion DA on the sphere (one analysis at N = 32,
+# denoiser training throughput); the sphere ones print a SKIP line without the nature-run
+# store data/sphere/nature.zarr.
 bench: venv
 	$(BIN)/python experiments/bench_baselines.py
 	$(BIN)/python experiments/bench_sphere.py
+	$(BIN)/python experiments/bench_sphere_diffusion.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

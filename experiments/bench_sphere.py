@@ -88,7 +88,7 @@ TARGETS = (
 
 
 @jax.jit
-def _analyse(assim, background: jax.Array, obs, key: jax.Array) -> jax.Array:
+def analyse_jit(assim, background: jax.Array, obs, key: jax.Array) -> jax.Array:
     return assim.analyse(background, obs, key)
 
 
@@ -98,7 +98,7 @@ def _rmse(ens: jax.Array, truth: jax.Array, weights: jax.Array, std: jax.Array) 
     return jnp.sqrt(channel_metrics(ens, truth, weights, std)["mse"])
 
 
-def _timed_rounds(jobs: list[dict], repeats: int, budget_s: float) -> None:
+def timed_rounds(jobs: list[dict], repeats: int, budget_s: float) -> None:
     """Run each job's ``call()`` up to ``repeats`` times, the jobs interleaved; no further
     run of a job once its runs took ``budget_s``. Appends the wall times to ``job["runs"]``
     and keeps the last result in ``job["result"]``."""
@@ -111,7 +111,8 @@ def _timed_rounds(jobs: list[dict], repeats: int, budget_s: float) -> None:
             job["runs"].append(time.perf_counter() - t0)
 
 
-def _compile(fn, *args) -> tuple[object, float]:
+def compile_timed(fn, *args) -> tuple[object, float]:
+    """``fn.lower(*args).compile()`` (the compiled function takes the dynamic arguments) and its seconds."""
     t0 = time.perf_counter()
     compiled = fn.lower(*args).compile()
     return compiled, time.perf_counter() - t0
@@ -123,15 +124,15 @@ def bench_dycore(cfg, restart, days: float, repeats: int, budget_s: float, conso
     state = restore_state(model, restart.arrays) if restart.arrays else model.initial_state(jax.random.key(0))
     steps = max(1, round(days * model.steps_per(24)))
     days = steps / model.steps_per(24)
-    compiled, compile_s = _compile(integrate, model, state, 1, steps, None)
+    compiled, compile_s = compile_timed(integrate, model, state, 1, steps, None)
     job = {"call": lambda: compiled(state), "runs": [], "result": None}
-    _timed_rounds([job], repeats, budget_s)
+    timed_rounds([job], repeats, budget_s)
     final, _ = job["result"]
     finite = all(bool(np.isfinite(np.asarray(a)).all()) for a in jax.tree.leaves(final))
     best = min(job["runs"])
     t = cfg.testbed
     console.print(f"dycore: {t.model} {t.resolution} L{t.layers}, dt {t.dt_minutes:g} min, {steps} steps "
-                  f"({days:g} model days) per run, compile {compile_s:.1f} s, runs {_runs_text(job['runs'])}")
+                  f"({days:g} model days) per run, compile {compile_s:.1f} s, runs {runs_text(job['runs'])}")
     return {"model": f"{t.model} {t.resolution} L{t.layers}", "dt_minutes": t.dt_minutes, "days": days,
             "steps": steps, "from_restart": bool(restart.arrays), "compile_s": compile_s, "run_s": best,
             "runs_s": job["runs"], "days_per_s": days / best if finite else math.nan, "s_per_day": best / days,
@@ -147,7 +148,7 @@ def bench_cycle(cfg, repeats: int, budget_s: float, console: Console) -> list[di
     model = osse.forecast_model
     members = cfg.ensemble.size
     x0 = initial_ensemble(cfg, osse, members)
-    forecast, compile_s = _compile(forecast_only, model, x0, 1)
+    forecast, compile_s = compile_timed(forecast_only, model, x0, 1)
     background = jax.block_until_ready(forecast(x0))
     obs = osse.obs.at(0)  # the observations of cycle 1 (truth[1]), analysed with fold_in(key, 1) as in run_cycles
     key = jax.random.fold_in(jax.random.key(cfg.seeds.assimilator), 1)
@@ -161,13 +162,13 @@ def bench_cycle(cfg, repeats: int, budget_s: float, console: Console) -> list[di
         assim = jax.block_until_ready(build_assimilator(cfg, osse, method, settings))
         build_s = time.perf_counter() - t0
         xb = background[: cfg.members_for(method)]
-        compiled, c_s = _compile(_analyse, assim, xb, obs, key)
+        compiled, c_s = compile_timed(analyse_jit, assim, xb, obs, key)
         jobs.append({"method": method, "settings": settings, "members": int(xb.shape[0]), "build_s": build_s,
                      "compile_s": c_s, "call": partial(compiled, assim, xb, obs, key), "runs": [], "result": None,
                      "background": xb})
     console.print(f"N = {members}, {int(obs.y.shape[0])} observations in cycle 1; built and compiled: "
                   + ", ".join(f"{j['method']} {j['build_s']:.1f} + {j['compile_s']:.1f} s" for j in jobs))
-    _timed_rounds(jobs, repeats, budget_s)
+    timed_rounds(jobs, repeats, budget_s)
 
     rows = []
     for job in jobs:
@@ -190,15 +191,21 @@ def bench_cycle(cfg, repeats: int, budget_s: float, console: Console) -> list[di
     return rows
 
 
-def _runs_text(runs: list[float]) -> str:
+def runs_text(runs: list[float]) -> str:
     return " ".join(f"{t:.2f}" for t in runs) + " s"
 
 
 def check_targets(dycore: dict, rows: list[dict], members: int) -> list[dict]:
     """PASS/FAIL of each target; a non-finite result fails (value nan, or inf for a time)."""
-    by_row = {"dycore": dycore} | {r["method"]: r for r in rows}
+    return judge_targets(TARGETS, {"dycore": dycore} | {r["method"]: r for r in rows}, members)
+
+
+def judge_targets(targets, by_row: dict[str, dict], members: int) -> list[dict]:
+    """PASS/FAIL/SKIP of each ``(name, row, quantity, limit, direction)`` target against
+    ``by_row[row][quantity]`` ("ge": passes when value >= limit, "le" when <=); a row that
+    was not measured is SKIP, a non-finite row (``finite`` false) fails (value inf)."""
     out = []
-    for name, row, quantity, limit, direction in TARGETS:
+    for name, row, quantity, limit, direction in targets:
         r = by_row.get(row)
         value = None if r is None else r[quantity] if r["finite"] else math.inf
         if value is None:
@@ -246,10 +253,10 @@ def render(dycore: dict, rows: list[dict], targets: list[dict], repeats: int, co
                   "by each channel's climatological σ and averaged over channels (a sanity check: one cycle at 1 % "
                   "columns moves it little). 3D-Var analyses the first member of the same background; member days/s: "
                   "model days advanced per second by the N-member forecast, all members together.")
-    _print_targets(targets, console)
+    print_targets(targets, console)
 
 
-def _print_targets(targets: list[dict], console: Console) -> None:
+def print_targets(targets: list[dict], console: Console) -> None:
     for t in targets:
         value = "-" if t["value"] is None else f"{t['value']:.3g}"
         colour = {"PASS": "green", "FAIL": "red", "SKIP": "yellow"}[t["status"]]
@@ -258,22 +265,8 @@ def _print_targets(targets: list[dict], console: Console) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--config", default=CONFIG, help=f"experiment config (default {CONFIG})")
-    ap.add_argument("--members", type=int, default=32, help="ensemble size N (default 32)")
     ap.add_argument("--days", type=float, default=2.0, help="model days per timed dycore run (default 2)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs per job at most (best counts; default 3)")
-    ap.add_argument("--budget", type=float, default=30.0, metavar="SECONDS",
-                    help="no further run of a job once its runs took this long (default 30)")
-    ap.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                    help=f"further config overrides (after {' '.join(OSSE_OVERRIDES)} ensemble.size=N)")
-    ap.add_argument("--json", dest="json_out", metavar="PATH", help="also write the results as JSON ('-': stdout)")
-    ap.add_argument("--check", action="store_true", 
-                    help="exit with status 1 if a target fails (or the store is missing)")
-    args = ap.parse_args(argv)
-    if args.repeats < 1:
-        ap.error("--repeats must be >= 1")
-    if args.members < 2:
-        ap.error("--members must be >= 2 (the LETKF is an ensemble method)")
+    args = parse_common(ap, argv, CONFIG, 30.0, OSSE_OVERRIDES, "the LETKF is an ensemble method")
 
     console = Console(width=max(Console().width, 150), stderr=args.json_out == "-")
     cfg = load(args.config, [*OSSE_OVERRIDES, f"ensemble.size={args.members}", *args.overrides])
@@ -282,44 +275,85 @@ def main(argv: list[str] | None = None) -> dict:
     store = cfg.testbed.nature.store
     restart = zstore.read_restart(store)
     if restart is None:
-        targets = [{"name": t[0].format(members=args.members), "value": None, "limit": t[3], "status": "SKIP"}
-                   for t in TARGETS]
-        console.print(f"[bold yellow]SKIP[/] sphere benchmark: no nature-run store at {store} "
-                      f"(make it with: ensda data nature {args.config})")
-        report = {"bench": "sphere", "config": args.config, "skipped": f"no nature-run store at {store}",
-                  "targets": targets, "passed": not args.check}
-        _write_json(report, args.json_out)
-        if args.check:
-            sys.exit(1)
-        return report
+        return skip_missing_store("sphere", args, store, TARGETS, console)
 
-    device = jax.devices()[0]
-    load_before = os.getloadavg()
-    console.print(f"jax {jax.__version__} on {device.platform} ({device.device_kind}), {os.cpu_count()} CPUs, "
-                  f"load average {load_before[0]:.1f}; store {store}")
+    env = environment(console, f"store {store}")
     t_start = time.perf_counter()
     dycore = bench_dycore(cfg, restart, args.days, args.repeats, args.budget, console)
     rows = bench_cycle(cfg, args.repeats, args.budget, console)
     targets = check_targets(dycore, rows, args.members)
     render(dycore, rows, targets, args.repeats, console)
-    wall = time.perf_counter() - t_start
-    console.print(f"total {wall:.0f} s; load average {os.getloadavg()[0]:.1f}")
-
     report = {
         "bench": "sphere", "config": args.config, "overrides": [*OSSE_OVERRIDES, *args.overrides],
         "members": args.members, "days": args.days, "repeats": args.repeats, "budget_s": args.budget,
-        "reference": REFERENCE, "store": str(store), "jax": jax.__version__,
-        "device": f"{device.platform}:{device.device_kind}", "cpus": os.cpu_count(),
-        "python": platform.python_version(), "load_average": [load_before[0], os.getloadavg()[0]], "wall_s": wall,
-        "dycore": dycore, "results": rows, "targets": targets, "passed": all(t["status"] != "FAIL" for t in targets),
+        "reference": REFERENCE, "store": str(store), **env,
+        "dycore": dycore, "results": rows, "targets": targets,
     }
-    report = _write_json(report, args.json_out)
+    return finish(report, t_start, args, console)
+
+
+def parse_common(ap: argparse.ArgumentParser, argv: list[str] | None, config: str, budget_s: float,
+                 fixed_overrides: tuple[str, ...], why_members: str) -> argparse.Namespace:
+    """Add the options the sphere benchmarks share (--config, --members, --repeats,
+    --budget, --set, --json, --check) to ``ap``, parse ``argv`` and check them."""
+    ap.add_argument("--config", default=config, help=f"experiment config (default {config})")
+    ap.add_argument("--members", type=int, default=32, help="ensemble size N (default 32)")
+    ap.add_argument("--repeats", type=int, default=3, help="timed runs per job at most (best counts; default 3)")
+    ap.add_argument("--budget", type=float, default=budget_s, metavar="SECONDS",
+                    help=f"no further run of a job once its runs took this long (default {budget_s:g})")
+    ap.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                    help=f"further config overrides (after {' '.join(fixed_overrides)} ensemble.size=N)")
+    ap.add_argument("--json", dest="json_out", metavar="PATH", help="also write the results as JSON ('-': stdout)")
+    ap.add_argument("--check", action="store_true",
+                    help="exit with status 1 if a target fails (or the store is missing)")
+    args = ap.parse_args(argv)
+    if args.repeats < 1:
+        ap.error("--repeats must be >= 1")
+    if args.members < 2:
+        ap.error(f"--members must be >= 2 ({why_members})")
+    return args
+
+
+def skip_missing_store(bench: str, args: argparse.Namespace, store, targets, console: Console) -> dict:
+    """Without the nature-run store: a SKIP line and report (exit 1 with ``--check``)."""
+    judged = [{"name": t[0].format(members=args.members), "value": None, "limit": t[3], "status": "SKIP"}
+              for t in targets]
+    console.print(f"[bold yellow]SKIP[/] {bench.replace('_', ' ')} benchmark: no nature-run store at {store} "
+                  f"(make it with: ensda data nature {args.config})")
+    report = {"bench": bench, "config": args.config, "skipped": f"no nature-run store at {store}",
+              "targets": judged, "passed": not args.check}
+    write_json(report, args.json_out)
+    if args.check:
+        sys.exit(1)
+    return report
+
+
+def environment(console: Console, what: str) -> dict:
+    """Print and return where the benchmark runs: jax, its backend and device, CPUs, load."""
+    device = jax.devices()[0]
+    load_before = os.getloadavg()[0]
+    console.print(f"jax {jax.__version__} on {jax.default_backend()} ({device.device_kind}, {jax.device_count()} "
+                  f"device(s)), {os.cpu_count()} CPUs, load average {load_before:.1f}; {what}")
+    return {"jax": jax.__version__, "backend": jax.default_backend(), "device": f"{device.platform}:{device.device_kind}",
+            "device_count": jax.device_count(), "cpus": os.cpu_count(), "python": platform.python_version(),
+            "load_average": [load_before]}
+
+
+def finish(report: dict, t_start: float, args: argparse.Namespace, console: Console) -> dict:
+    """Print the total time and load, complete ``report`` (wall time, load after, passed),
+    write it as JSON (``--json``), exit 1 with ``--check`` if a target failed."""
+    wall = time.perf_counter() - t_start
+    load_after = os.getloadavg()[0]
+    console.print(f"total {wall:.0f} s; load average {load_after:.1f}")
+    report["load_average"] = [*report["load_average"], load_after]
+    report |= {"wall_s": wall, "passed": all(t["status"] != "FAIL" for t in report["targets"])}
+    report = write_json(report, args.json_out)
     if args.check and not report["passed"]:
         sys.exit(1)
     return report
 
 
-def _write_json(report: dict, path: str | None) -> dict:
+def write_json(report: dict, path: str | None) -> dict:
     report = json_safe(report)
     if path == "-":
         print(json.dumps(report))

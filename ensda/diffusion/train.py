@@ -207,6 +207,50 @@ def normalisation_groups(cfg: ExperimentConfig) -> np.ndarray | None:
 # ---------------------------------------------------------------------------- training
 
 
+def optimiser(t: TrainConfig) -> tuple[optax.Schedule, optax.GradientTransformation]:
+    """The learning-rate schedule (linear warm-up, cosine decay) and AdamW with clipping."""
+    schedule = optax.warmup_cosine_decay_schedule(0.0, t.lr, min(t.warmup, t.steps - 1), t.steps, end_value=0.01 * t.lr)
+    return schedule, optax.chain(optax.clip_by_global_norm(t.clip), optax.adamw(schedule, weight_decay=t.weight_decay))
+
+
+def training_arrays(pairs: Pairs, norm: Normalisation) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Background mean, spread and normalised increment z = (t − x̄_b)/s of ``pairs``, on device."""
+    z = (pairs.truth - pairs.mean) / norm.increment_std
+    return jnp.asarray(pairs.mean), jnp.asarray(pairs.spread), jnp.asarray(z, jnp.float32)
+
+
+def training_step(spec: ModelSpec, graph, graphdef, rest, norm: Normalisation, t: TrainConfig,
+                  tx: optax.GradientTransformation, weights: jax.Array | None):
+    """The EDM loss and one optimisation step of the denoiser ``nnx.merge(graphdef, params, rest)``.
+
+    Returns ``loss_of(params, key, mean, spread, z)``, the loss of a batch with random
+    networks and observation noise (``batch_condition``), and ``step(carry, step, key,
+    data) -> (carry, loss)`` with ``carry = (params, opt_state, ema)``: the loss and
+    gradient on ``t.batch`` random examples of ``data`` (``training_arrays``), an update
+    by ``tx`` and the EMA update, all keyed by ``fold_in(key, step)`` (a ``lax.scan`` body
+    over step numbers, as ``train`` runs it).
+    """
+
+    def loss_of(params, key, mean, spread, z):
+        k_cond, k_loss = jax.random.split(key)
+        cond = batch_condition(k_cond, norm, mean, spread, z, t, spec)
+        net = network_fn(nnx.merge(graphdef, params, rest), graph, cond, spec.n_channels)
+        return spec.edm.loss(net, k_loss, z, weights)
+
+    def step(carry, step, key, data):
+        params, opt_state, ema = carry
+        k = jax.random.fold_in(key, step)
+        idx = jax.random.randint(jax.random.fold_in(k, 1), (t.batch,), 0, data[0].shape[0])
+        loss, grads = jax.value_and_grad(loss_of)(params, k, *(a[idx] for a in data))
+        updates, opt_state = tx.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        decay = jnp.minimum(t.ema, (1.0 + step) / (10.0 + step))
+        ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
+        return (params, opt_state, ema), loss
+
+    return loss_of, step
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
     checkpoint: Path
@@ -249,39 +293,18 @@ def train(
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
 
-    schedule = optax.warmup_cosine_decay_schedule(0.0, t.lr, min(t.warmup, t.steps - 1), t.steps, end_value=0.01 * t.lr)
-    tx = optax.chain(optax.clip_by_global_norm(t.clip), optax.adamw(schedule, weight_decay=t.weight_decay))
+    schedule, tx = optimiser(t)
     opt_state = tx.init(params)
     ema = params
-
-    def as_device(p: Pairs):
-        z = (p.truth - p.mean) / norm.increment_std
-        return jnp.asarray(p.mean), jnp.asarray(p.spread), jnp.asarray(z, jnp.float32)
-
-    data = as_device(train_pairs)
-    valid = as_device(valid_pairs)
-
-    def loss_of(params, key, mean, spread, z):
-        k_cond, k_loss = jax.random.split(key)
-        cond = batch_condition(k_cond, norm, mean, spread, z, t, spec)
-        net = network_fn(nnx.merge(graphdef, params, rest), graph, cond, spec.n_channels)
-        return spec.edm.loss(net, k_loss, z, weights)
+    data = training_arrays(train_pairs, norm)
+    valid = training_arrays(valid_pairs, norm)
+    loss_of, train_step = training_step(spec, graph, graphdef, rest, norm, t, tx, weights)
 
     @jax.jit
     def chunk(params, opt_state, ema, start, key):
-        def one(carry, step):
-            params, opt_state, ema = carry
-            k = jax.random.fold_in(key, step)
-            idx = jax.random.randint(jax.random.fold_in(k, 1), (t.batch,), 0, data[0].shape[0])
-            loss, grads = jax.value_and_grad(loss_of)(params, k, *(a[idx] for a in data))
-            updates, opt_state = tx.update(grads, opt_state, params)
-            params = optax.apply_updates(params, updates)
-            decay = jnp.minimum(t.ema, (1.0 + step) / (10.0 + step))
-            ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
-            return (params, opt_state, ema), loss
-
         steps = start + jnp.arange(t.log_every)
-        (params, opt_state, ema), losses = jax.lax.scan(one, (params, opt_state, ema), steps)
+        (params, opt_state, ema), losses = jax.lax.scan(lambda carry, step: train_step(carry, step, key, data),
+                                                        (params, opt_state, ema), steps)
         return params, opt_state, ema, losses.mean()
 
     val_key = jax.random.key(t.seed + 3)
