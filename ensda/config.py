@@ -366,6 +366,9 @@ class TrainConfig(_Strict):
     p_regular: float = Field(0.5, ge=0, le=1)
     #: probability of no observation channels (the model then also serves as prior for guidance)
     p_uncond: float = Field(0.2, ge=0, le=1)
+    #: the scale s of the target z = (t − x̄_b)/s: the climatological increment std, or
+    #: ``spread``: the background's member spread times a fitted gain (``Normalisation``)
+    target_scale: Literal["climatological", "spread"] = "climatological"
     # the sphere: truths from the store, the mesh, loss weights
     #: store time indices [first, stop) of the training truths (None: the first 80 % of the
     #: store, the emulator's training window); the evaluation truth must lie outside

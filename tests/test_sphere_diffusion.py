@@ -75,6 +75,17 @@ def test_normalisation_pools_within_groups():
         np.testing.assert_allclose(np.asarray(norm.clim_mean)[cols], t.mean(), rtol=1e-5)
         np.testing.assert_allclose(np.asarray(norm.clim_std)[cols], t.std(), rtol=1e-5)
         np.testing.assert_allclose(np.asarray(norm.increment_std)[cols], np.sqrt((inc**2).mean()), rtol=1e-5)
+    spread = np.abs(rng.normal(size=(m, n))) + 0.1
+    scaled = Normalisation.fit(Pairs(mean, spread, truth), groups, spread_scaled=True)
+    for k in range(4):
+        cols = groups == k
+        gain = np.sqrt(((truth - mean)[:, cols] ** 2).mean() / (spread[:, cols] ** 2).mean())
+        np.testing.assert_allclose(np.asarray(scaled.spread_gain)[cols], gain, rtol=1e-5)
+    s = np.asarray(scaled.scale(jnp.asarray(spread[0])))
+    np.testing.assert_allclose(s, np.sqrt((np.asarray(scaled.spread_gain) * spread[0]) ** 2
+                                          + (0.05 * np.asarray(scaled.increment_std)) ** 2), rtol=1e-5)
+    assert Normalisation.from_dict(scaled.to_dict()).spread_gain is not None
+    assert Normalisation.from_dict(norm.to_dict()).spread_gain is None
     with pytest.raises(ValueError, match="groups must have shape"):
         Normalisation.fit(Pairs(mean, mean, truth), groups[:5])
 
@@ -106,13 +117,70 @@ def test_sphere_training_learns_and_the_checkpoint_is_for_the_sphere(trained):
     assert result.val_loss[-1] < 0.85 and result.val_loss[-1] < result.val_loss[0], result.val_loss
 
 
-def test_cycled_sphere_diffusion_with_obs_channels_beats_the_free_run(trained):
+def perturbed_background(osse, e: float, members: int) -> jax.Array:
+    """The training-like background: the one-cycle forecast of truth[0] + e (d₀ + dⱼ), d
+    differences of climatological states / √2."""
+    clim = osse.climatology
+    rng = np.random.default_rng(members)
+    a = rng.integers(0, clim.shape[0], members + 1)
+    b = (a + rng.integers(1, clim.shape[0], members + 1)) % clim.shape[0]  # b != a
+    d = (clim[a] - clim[b]) / np.sqrt(2.0)
+    return osse.forecast_model.cycle_forecast(osse.truth[0] + e * (d[0] + d[1:]))
+
+
+def test_sphere_analysis_moves_the_observed_elements_towards_the_truth(trained):
     cfg, _, _ = trained
     osse = experiment.make_osse(cfg)
-    diff = experiment.run_method(cfg, osse, "diffusion")
-    free = experiment.run_method(cfg, osse, "none")
-    assert np.isfinite(np.asarray(diff.result.final_ensemble)).all()
-    assert diff.summary["rmse_a"] < 0.9 * free.summary["rmse_a"], (diff.summary["rmse_a"], free.summary["rmse_a"])
+    assim = experiment.build_assimilator(cfg, osse, "diffusion")
+    background = perturbed_background(osse, 1.0, 8)
+    obs = osse.obs.at(0)
+    xa = np.asarray(assim.analyse(background, obs, jax.random.key(0)))
+    idx, truth = np.asarray(obs.idx), np.asarray(osse.truth[1])
+    scale = np.repeat(np.asarray(osse.channel_std), 512)[idx]
+    err_b = np.sqrt((((np.asarray(background.mean(0)) - truth)[idx] / scale) ** 2).mean())
+    err_a = np.sqrt((((xa.mean(0) - truth)[idx] / scale) ** 2).mean())
+    assert np.isfinite(xa).all() and err_a < 0.9 * err_b, (err_a, err_b)
+
+
+def test_cycled_sphere_diffusion_stays_finite_and_reports_its_metrics(trained):
+    cfg, _, _ = trained
+    run = experiment.run_method(cfg, experiment.make_osse(cfg), "diffusion")
+    assert np.isfinite(np.asarray(run.result.final_ensemble)).all()
+    assert run.summary["nfe"] == 11 and run.n_members == 6  # Heun, 6 steps: 2·6 − 1 calls
+    assert all(np.isfinite(run.summary[k]) for k in ("rmse_a", "crps_a", "ssr_a", "spread_a"))
+
+
+def test_untrained_spread_scaled_model_draws_members_of_the_scaled_spread(trained, tmp_path):
+    """F = 0 is the exact denoiser of z ~ N(0, I) (σ_data = 1): the members are x̄_b + s z with
+    s = √((g σ_b)² + (f s_clim)²), so the analysis spread is s per element."""
+    from ensda.diffusion.data import SPREAD_FLOOR
+    from ensda.diffusion.model import build_network
+    from ensda.diffusion.train import model_spec
+
+    cfg, path, _ = trained
+    ck = checkpoint.load_checkpoint(path)
+    gain = np.linspace(0.8, 2.0, ck.spec.n).astype(np.float32)
+    norm = type(ck.norm)(ck.norm.clim_mean, ck.norm.clim_std, ck.norm.increment_std, gain)
+    spec = model_spec(cfg)
+    params = nnx_params(build_network(spec, spec.graph(), 0))
+    untrained = tmp_path / "untrained"
+    checkpoint.save_checkpoint(untrained, params, spec, norm, ck.meta["testbed"], {}, {})
+    osse = experiment.make_osse(cfg)
+    settings = cfg.method_settings("diffusion") | {"checkpoint": str(untrained), "steps": 40}
+    assim = experiment.build_assimilator(cfg, osse, "diffusion", settings)
+    background = perturbed_background(osse, 0.5, 32)
+    xa = np.asarray(assim.analyse(background, osse.obs.at(0), jax.random.key(1)))
+    sigma_b = np.asarray(background.std(0, ddof=1))
+    s = np.sqrt((gain * sigma_b) ** 2 + (SPREAD_FLOOR * np.asarray(ck.norm.increment_std)) ** 2)
+    ratio = xa.std(0, ddof=1) / s
+    assert ratio.mean() == pytest.approx(1.0, abs=0.05), ratio.mean()
+    np.testing.assert_allclose(xa.mean(0), np.asarray(background.mean(0)), atol=float(4 * (s / np.sqrt(32)).max()))
+
+
+def nnx_params(model):
+    from flax import nnx
+
+    return nnx.split(model)[1]
 
 
 def test_repaint_hard_mask_puts_the_observations_in_every_member(trained):
@@ -136,10 +204,10 @@ def test_repaint_known_takes_the_nearest_observed_column_in_the_channel(trained)
     keep = np.asarray(obs.idx) < 2 * 512  # drop the last channel's observations: its mask must be 0
     obs = type(obs)(obs.y[keep], obs.idx[keep], obs.r_std[keep], obs.operator, obs.site[keep], obs.state_shape)
     mean = osse.climatology.mean(0)
-    known, mask = (np.asarray(a) for a in assim.repaint_known(mean, obs))
+    s = np.asarray(assim.norm.increment_std) * (1.0 + np.arange(3 * 512) / 3000.0)  # any scale
+    known, mask = (np.asarray(a) for a in assim.repaint_known(mean, jnp.asarray(s), obs))
     grid = osse.testbed.testbed.grid
     lat, lon = np.deg2rad(np.repeat(grid.latitudes, 32)), np.deg2rad(np.tile(grid.longitudes, 16))
-    s = np.asarray(assim.norm.increment_std)
     idx, y = np.asarray(obs.idx), np.asarray(obs.y)
     for c, g in [(0, 0), (0, 300), (1, 77), (1, 511)]:
         mine = idx // 512 == c

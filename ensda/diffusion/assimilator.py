@@ -145,8 +145,9 @@ class DiffusionDA:
     def denoiser(self, mean: jax.Array, spread: jax.Array, obs: Observations):
         """The (guided) denoiser D(z, σ) of this background and these observations."""
         n = mean.shape[-1]
+        scale = self.norm.scale(spread)
         if self.obs_channels:
-            innovation, mask = observation_channels(self.norm, mean, obs)
+            innovation, mask = observation_channels(scale, mean, obs)
         else:
             innovation = mask = jnp.zeros((n,), mean.dtype)
         cond = condition_features(self.norm, mean, spread, innovation, mask)
@@ -155,17 +156,18 @@ class DiffusionDA:
         if self.guidance_strength > 0:
             # observations in units of the increment std s at their sites, so that the
             # γ σ² term (a variance of z) and R are in the same units
-            s_obs = self.norm.increment_std[obs.idx]
+            s_obs = scale[obs.idx]
             denoise = likelihood_guided(
-                denoise, lambda z: obs.h(to_state(self.norm, mean, z)) / s_obs, obs.y / s_obs, (obs.r_std / s_obs) ** 2,
+                denoise, lambda z: obs.h(to_state(scale, mean, z)) / s_obs, obs.y / s_obs, (obs.r_std / s_obs) ** 2,
                 self.guidance_strength, self.guidance_gamma, self.edm.sigma_data, self.guidance_cov,
             )
         return denoise
 
-    def repaint_known(self, mean: jax.Array, obs: Observations) -> tuple[jax.Array, jax.Array]:
-        """Known increment and soft mask of every state element: the increment observed in
-        its channel at the nearest observed column, the mask of that distance."""
-        observed = (obs.y - mean[obs.idx]) / self.norm.increment_std[obs.idx]
+    def repaint_known(self, mean: jax.Array, scale: jax.Array, obs: Observations) -> tuple[jax.Array, jax.Array]:
+        """Known increment (in units of ``scale``) and soft mask of every state element: the
+        increment observed in its channel at the nearest observed column, the mask of that
+        distance."""
+        observed = (obs.y - mean[obs.idx]) / scale[obs.idx]
         n_columns = self.distance.shape[0]
         d = self.distance[:, obs.sites]  # (G, p)
         channel = obs.idx // n_columns
@@ -183,13 +185,14 @@ class DiffusionDA:
 
     def _sample(self, mean: jax.Array, background: jax.Array, obs: Observations, key: jax.Array):
         n_members, n = background.shape
-        denoise = self.denoiser(mean, background.std(0, ddof=1), obs)
+        spread = background.std(0, ddof=1)
+        denoise = self.denoiser(mean, spread, obs)
         keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(n_members))
         sharding = ensemble_sharding(n_members) if self.shard else None
         if sharding is not None:
             keys = jax.lax.with_sharding_constraint(keys, sharding)
         if self.repaint_jumps:
-            known, mask = self.repaint_known(mean, obs)
+            known, mask = self.repaint_known(mean, self.norm.scale(spread), obs)
             draw = lambda k: repaint_sample(denoise, k, known, mask, self.edm, self.sampler_config, self.repaint_jumps)
         else:
             draw = lambda k: sample(denoise, k, (n,), self.edm, self.sampler_config)
@@ -201,4 +204,4 @@ class DiffusionDA:
     def analyse(self, background: jax.Array, obs: Observations, key: jax.Array) -> jax.Array:
         mean = background.mean(0)
         z, _ = self._sample(mean, background, obs, key)
-        return to_state(self.norm, mean, z)
+        return to_state(self.norm.scale(background.std(0, ddof=1)), mean, z)

@@ -153,26 +153,44 @@ def cycled_pairs(testbed, assimilator, truth: jax.Array, obs, x0: jax.Array, key
     return Pairs(mean, spread, np.asarray(truth[1:]))
 
 
+#: the floor f of the spread-scaled increment scale, as a fraction of the climatological one
+SPREAD_FLOOR = 0.05
+
+
 @pytree_dataclass
 class Normalisation:
     r"""Statistics that map states to network inputs and back (saved with the model; a pytree).
 
     background input  (x̄_b − μ)/σ_clim,   spread input  σ_b / s,   target  z = (t − x̄_b)/s,
 
-    with μ, σ_clim the climatological mean and std of the truth and s the root-mean-square
-    of the increments t − x̄_b over the training set, each pooled over the elements of a
-    group: all sites for a homogeneous testbed such as Lorenz-96 (one group), the longitudes
-    of one channel and latitude on the sphere (``groups``: the group of every element).
+    with μ, σ_clim the climatological mean and std of the truth and s the scale of the
+    increments (``scale``): either their root-mean-square over the training set (the
+    *climatological* scale, ``increment_std``), or, with ``spread_gain`` g, the
+    *spread-scaled* s = √((g σ_b)² + (f · increment_std)²) of each background, where
+    g² = ⟨(t − x̄_b)²⟩ / ⟨σ_b²⟩ over the training set and f = ``SPREAD_FLOOR``. With the
+    spread-scaled target z has unit variance whatever the size of the background error, and
+    the untrained network (F = 0, z ~ N(0, 1)) already gives analysis members of the
+    background's spread: the model learns the structure and the observations' pull, not the
+    error size. Statistics are pooled over the elements of a group: all sites for a
+    homogeneous testbed such as Lorenz-96 (one group), the longitudes of one channel and
+    latitude on the sphere (``groups``: the group of every element).
     """
 
     clim_mean: np.ndarray  # (n,)
     clim_std: np.ndarray  # (n,)
     increment_std: np.ndarray  # (n,)
+    spread_gain: np.ndarray | None = None  # (n,) g; None: the climatological scale
+
+    def scale(self, spread: jax.Array) -> jax.Array:
+        """The increment scale s ``(..., n)`` of backgrounds with member spread σ_b."""
+        if self.spread_gain is None:
+            return jnp.broadcast_to(jnp.asarray(self.increment_std), jnp.shape(spread))
+        return jnp.sqrt(jnp.square(self.spread_gain * spread) + jnp.square(SPREAD_FLOOR * self.increment_std))
 
     @staticmethod
-    def fit(pairs: Pairs, groups: np.ndarray | None = None) -> Normalisation:
+    def fit(pairs: Pairs, groups: np.ndarray | None = None, spread_scaled: bool = False) -> Normalisation:
         """Statistics of ``pairs``, pooled within ``groups`` (an int per element; None: one
-        group of all elements)."""
+        group of all elements); ``spread_scaled``: fit the spread gain g too."""
         n = pairs.mean.shape[-1]
         groups = np.zeros(n, np.int64) if groups is None else np.asarray(groups)
         if groups.shape != (n,):
@@ -184,12 +202,16 @@ class Normalisation:
 
         mean = pooled(pairs.truth)
         std = np.sqrt(pooled(np.square(pairs.truth - mean)))
-        inc = np.sqrt(pooled(np.square(pairs.truth - pairs.mean)))
-        return Normalisation(*(np.asarray(s, np.float32) for s in (mean, std, inc)))
+        inc2 = pooled(np.square(pairs.truth - pairs.mean))
+        gain = np.sqrt(inc2 / pooled(np.square(pairs.spread))) if spread_scaled else None
+        stats = [np.asarray(s, np.float32) for s in (mean, std, np.sqrt(inc2))]
+        return Normalisation(*stats, None if gain is None else np.asarray(gain, np.float32))
 
     def to_dict(self) -> dict:
-        return {f.name: np.asarray(getattr(self, f.name)).tolist() for f in dataclasses.fields(self)}
+        return {f.name: None if getattr(self, f.name) is None else np.asarray(getattr(self, f.name)).tolist()
+                for f in dataclasses.fields(self)}
 
     @staticmethod
     def from_dict(data: dict) -> Normalisation:
-        return Normalisation(*(jnp.asarray(data[f.name], jnp.float32) for f in dataclasses.fields(Normalisation)))
+        return Normalisation(*(None if data.get(f.name) is None else jnp.asarray(data[f.name], jnp.float32)
+                               for f in dataclasses.fields(Normalisation)))

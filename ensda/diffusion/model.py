@@ -134,16 +134,15 @@ def condition_features(
     return jnp.stack([background, spread / norm.increment_std, innovation * mask, mask], axis=-1)
 
 
-def observation_channels(norm: Normalisation, mean: jax.Array, obs) -> tuple[jax.Array, jax.Array]:
-    """Observed increment and mask of every state element from ``Observations`` with an
-    identity operator."""
+def observation_channels(scale: jax.Array, mean: jax.Array, obs) -> tuple[jax.Array, jax.Array]:
+    """Observed increment (y − x̄_b)/s and mask of every state element from ``Observations``
+    with an identity operator (``scale`` s: ``Normalisation.scale``)."""
     if not obs.linear:
         raise ValueError(
             f"the observation channels need an identity observation operator, got {obs.operator!r}; "
             "use likelihood guidance (obs_channels: false, guidance_strength > 0) for nonlinear operators"
         )
     n = mean.shape[-1]
-    scale = jnp.asarray(norm.increment_std)
     innovation = jnp.zeros((n,), mean.dtype).at[obs.idx].set((obs.y - mean[obs.idx]) / scale[obs.idx])
     mask = jnp.zeros((n,), mean.dtype).at[obs.idx].set(1.0)
     return innovation, mask
@@ -164,6 +163,6 @@ def network_fn(model: GraphNetwork | SphereGraphNetwork, graph, condition: jax.A
     return net
 
 
-def to_state(norm: Normalisation, mean: jax.Array, z: jax.Array) -> jax.Array:
-    """x = x̄_b + s z."""
-    return mean + jnp.asarray(norm.increment_std) * z
+def to_state(scale: jax.Array, mean: jax.Array, z: jax.Array) -> jax.Array:
+    """x = x̄_b + s z (``scale`` s: ``Normalisation.scale``)."""
+    return mean + scale * z

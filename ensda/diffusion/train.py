@@ -180,7 +180,7 @@ def batch_condition(key, norm: Normalisation, mean, spread, z, t: TrainConfig, s
         mask = random_networks(k_net, mean.shape[0], mean.shape[-1], t)
     else:
         mask = random_columns(k_net, mean.shape[0], spec.n_nodes, spec.n_channels, t)
-    innovation = z + spec.element_r_std() * jax.random.normal(k_obs, z.shape) / norm.increment_std
+    innovation = z + spec.element_r_std() * jax.random.normal(k_obs, z.shape) / norm.scale(spread)
     return condition_features(norm, mean, spread, innovation, mask)
 
 
@@ -215,7 +215,7 @@ def optimiser(t: TrainConfig) -> tuple[optax.Schedule, optax.GradientTransformat
 
 def training_arrays(pairs: Pairs, norm: Normalisation) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Background mean, spread and normalised increment z = (t − x̄_b)/s of ``pairs``, on device."""
-    z = (pairs.truth - pairs.mean) / norm.increment_std
+    z = (pairs.truth - pairs.mean) / np.asarray(norm.scale(jnp.asarray(pairs.spread)))
     return jnp.asarray(pairs.mean), jnp.asarray(pairs.spread), jnp.asarray(z, jnp.float32)
 
 
@@ -283,7 +283,7 @@ def train(
     if not np.isfinite(pairs.mean).all():
         raise FloatingPointError("non-finite training backgrounds")
     train_pairs, valid_pairs = pairs.split(min(t.validation, len(pairs) // 5), jax.random.key(t.seed + 2))
-    norm = Normalisation.fit(train_pairs, normalisation_groups(cfg))
+    norm = Normalisation.fit(train_pairs, normalisation_groups(cfg), spread_scaled=t.target_scale == "spread")
     report(f"{len(train_pairs)} training and {len(valid_pairs)} validation examples; increment std {float(norm.increment_std.mean()):.3f}")
 
     spec = model_spec(cfg)
