@@ -369,6 +369,8 @@ class TrainConfig(_Strict):
     #: the scale s of the target z = (t − x̄_b)/s: the climatological increment std, or
     #: ``spread``: the background's member spread times a fitted gain (``Normalisation``)
     target_scale: Literal["climatological", "spread"] = "climatological"
+    #: remove the training set's mean increment β from the targets (``Normalisation``)
+    debias: bool = False
     # the sphere: truths from the store, the mesh, loss weights
     #: store time indices [first, stop) of the training truths (None: the first 80 % of the
     #: store, the emulator's training window); the evaluation truth must lie outside

@@ -84,6 +84,15 @@ def test_normalisation_pools_within_groups():
     s = np.asarray(scaled.scale(jnp.asarray(spread[0])))
     np.testing.assert_allclose(s, np.sqrt((np.asarray(scaled.spread_gain) * spread[0]) ** 2
                                           + (0.05 * np.asarray(scaled.increment_std)) ** 2), rtol=1e-5)
+    debiased = Normalisation.fit(Pairs(mean, spread, truth), groups, debias=True)
+    for k in range(4):
+        cols = groups == k
+        np.testing.assert_allclose(np.asarray(debiased.increment_bias)[cols], (truth - mean)[:, cols].mean(), rtol=1e-5)
+    from ensda.diffusion.train import training_arrays
+
+    z = np.asarray(training_arrays(Pairs(mean, spread, truth), debiased)[2])
+    np.testing.assert_allclose(z, (truth - np.asarray(debiased.increment_bias) - mean) / np.asarray(debiased.increment_std),
+                               rtol=1e-4, atol=1e-5)
     assert Normalisation.from_dict(scaled.to_dict()).spread_gain is not None
     assert Normalisation.from_dict(norm.to_dict()).spread_gain is None
     with pytest.raises(ValueError, match="groups must have shape"):
@@ -150,31 +159,60 @@ def test_cycled_sphere_diffusion_stays_finite_and_reports_its_metrics(trained):
     assert all(np.isfinite(run.summary[k]) for k in ("rmse_a", "crps_a", "ssr_a", "spread_a"))
 
 
+def untrained_checkpoint(cfg, trained_path, out, gain=None):
+    """A checkpoint of the untrained network (F = 0) with the trained one's normalisation
+    (and spread gain ``gain``)."""
+    from ensda.diffusion.model import build_network
+    from ensda.diffusion.train import model_spec
+
+    ck = checkpoint.load_checkpoint(trained_path)
+    norm = type(ck.norm)(ck.norm.clim_mean, ck.norm.clim_std, ck.norm.increment_std, gain)
+    spec = model_spec(cfg)
+    checkpoint.save_checkpoint(out, nnx_params(build_network(spec, spec.graph(), 0)), spec, norm, ck.meta["testbed"], {}, {})
+    return norm
+
+
 def test_untrained_spread_scaled_model_draws_members_of_the_scaled_spread(trained, tmp_path):
     """F = 0 is the exact denoiser of z ~ N(0, I) (σ_data = 1): the members are x̄_b + s z with
     s = √((g σ_b)² + (f s_clim)²), so the analysis spread is s per element."""
     from ensda.diffusion.data import SPREAD_FLOOR
-    from ensda.diffusion.model import build_network
-    from ensda.diffusion.train import model_spec
 
     cfg, path, _ = trained
-    ck = checkpoint.load_checkpoint(path)
-    gain = np.linspace(0.8, 2.0, ck.spec.n).astype(np.float32)
-    norm = type(ck.norm)(ck.norm.clim_mean, ck.norm.clim_std, ck.norm.increment_std, gain)
-    spec = model_spec(cfg)
-    params = nnx_params(build_network(spec, spec.graph(), 0))
-    untrained = tmp_path / "untrained"
-    checkpoint.save_checkpoint(untrained, params, spec, norm, ck.meta["testbed"], {}, {})
+    gain = np.linspace(0.8, 2.0, 3 * 512).astype(np.float32)
+    norm = untrained_checkpoint(cfg, path, tmp_path / "untrained", gain)
     osse = experiment.make_osse(cfg)
-    settings = cfg.method_settings("diffusion") | {"checkpoint": str(untrained), "steps": 40}
+    settings = cfg.method_settings("diffusion") | {"checkpoint": str(tmp_path / "untrained"), "steps": 40}
     assim = experiment.build_assimilator(cfg, osse, "diffusion", settings)
     background = perturbed_background(osse, 0.5, 32)
     xa = np.asarray(assim.analyse(background, osse.obs.at(0), jax.random.key(1)))
     sigma_b = np.asarray(background.std(0, ddof=1))
-    s = np.sqrt((gain * sigma_b) ** 2 + (SPREAD_FLOOR * np.asarray(ck.norm.increment_std)) ** 2)
+    s = np.sqrt((gain * sigma_b) ** 2 + (SPREAD_FLOOR * np.asarray(norm.increment_std)) ** 2)
     ratio = xa.std(0, ddof=1) / s
     assert ratio.mean() == pytest.approx(1.0, abs=0.05), ratio.mean()
     np.testing.assert_allclose(xa.mean(0), np.asarray(background.mean(0)), atol=float(4 * (s / np.sqrt(32)).max()))
+
+
+def test_background_coupling_transports_the_background_members(trained, tmp_path):
+    """Members started from their standardised background deviations: with F = 0 the sampler
+    is linear, so the analysis mean is the background mean (Σ ε_j = 0) and every member's
+    deviation is its background deviation times s/σ_b times one sampler constant."""
+    cfg, path, _ = trained
+    norm = untrained_checkpoint(cfg, path, tmp_path / "untrained")
+    osse = experiment.make_osse(cfg)
+    settings = cfg.method_settings("diffusion") | {"checkpoint": str(tmp_path / "untrained"), "coupling": "background",
+                                                   "steps": 40}
+    assim = experiment.build_assimilator(cfg, osse, "diffusion", settings)
+    background = np.asarray(perturbed_background(osse, 0.5, 6))
+    xa = np.asarray(assim.analyse(jnp.asarray(background), osse.obs.at(0), jax.random.key(1)))
+    mean_b, sigma_b = background.mean(0), background.std(0, ddof=1)
+    scale = np.abs(mean_b).max()
+    np.testing.assert_allclose(xa.mean(0), mean_b, atol=1e-5 * scale)
+    expected = (background - mean_b) / sigma_b * np.asarray(norm.increment_std)  # times the sampler constant
+    k = (xa - xa.mean(0)).ravel() @ expected.ravel() / (expected.ravel() @ expected.ravel())
+    np.testing.assert_allclose(xa - xa.mean(0), k * expected, atol=1e-4 * scale)
+    assert 0.95 < k < 1.05, k  # the sampler maps N(0, σ_max²) to N(0, k²): k = 1.007 for Heun, 40 steps
+    with pytest.raises(ValueError, match="coupling: background needs the ODE sampler"):
+        experiment.build_assimilator(cfg, osse, "diffusion", settings | {"repaint_jumps": 1})
 
 
 def nnx_params(model):

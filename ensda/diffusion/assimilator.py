@@ -19,6 +19,20 @@ the checkpoint says which.
 
 Member j uses the key ``fold_in(key, j)``; members are ``vmap``-ped and, with several
 devices, sharded along a mesh axis ``ens`` (the result equals the unsharded one).
+
+``coupling`` sets where each member's sampler starts: ``independent`` (DESIGN §4) draws
+x_T = σ_max ε with fresh noise, so the N members are independent posterior samples and the
+analysis mean carries a sampling error of variance s²/N per element; cycled with few
+observations that error accumulates, a random walk of the ensemble mean (experiments/README,
+"Sphere: diffusion DA"). ``background`` starts member j from its own standardised
+background deviation, ε_j = (x_b,j − x̄_b)/σ_b, x_T = σ_max ε_j: the probability-flow ODE
+(churn 0) is then a deterministic transport of the background ensemble to the analysis
+ensemble. Where the observations say nothing and the prior of z is Gaussian the ODE is a
+linear map, so the members keep their background deviations (scaled) and the mean does not
+move (Σ_j ε_j = 0): the analysis then behaves as an ensemble transform (as the ETKF keeps
+the forecast anomalies), and the members keep the spatial and multivariate structure of
+the forecast deviations. With ``rtps: 1`` the analysis spread is relaxed back to the
+background's.
 NFE (denoiser forward calls per member and analysis) is ``nfe``; guidance adds one
 backward pass through the network per call.
 """
@@ -102,6 +116,8 @@ class DiffusionDA:
     guidance_cov: Literal["scalar", "jacobian"] = static("scalar")
     repaint_jumps: Annotated[int, Field(ge=0)] = static(0)
     mask_width: Annotated[float, Field(ge=0)] = static(0.0)
+    #: member j's initial noise: fresh (``independent``) or its standardised background deviation
+    coupling: Literal["independent", "background"] = static("independent")
     #: shard members over all visible devices (when N divides evenly)
     shard: bool = static(True)
 
@@ -110,6 +126,9 @@ class DiffusionDA:
         """``settings`` come validated with every default filled in (``assimilator.build``)."""
         if not (settings["obs_channels"] or settings["guidance_strength"] > 0 or settings["repaint_jumps"] > 0):
             raise ValueError("no observation conditioning selected: set obs_channels, guidance_strength > 0 or repaint_jumps > 0")
+        if settings["coupling"] == "background" and settings["repaint_jumps"] > 0:
+            raise ValueError("coupling: background needs the ODE sampler; RePaint (repaint_jumps > 0) re-noises "
+                             "at every jump, so use coupling: independent with it")
         network = ctx.network
         if network.n_obs < 1:
             raise ValueError("the observation network observes nothing")
@@ -194,9 +213,13 @@ class DiffusionDA:
         if self.repaint_jumps:
             known, mask = self.repaint_known(mean, self.norm.scale(spread), obs)
             draw = lambda k: repaint_sample(denoise, k, known, mask, self.edm, self.sampler_config, self.repaint_jumps)
+            z, count = jax.vmap(draw)(keys)
+        elif self.coupling == "background":
+            eps = (background - mean) / jnp.where(spread > 0, spread, 1.0)
+            start = lambda k, e: sample(denoise, k, (n,), self.edm, self.sampler_config, x_init=self.edm.sigma_max * e)
+            z, count = jax.vmap(start)(keys, eps)
         else:
-            draw = lambda k: sample(denoise, k, (n,), self.edm, self.sampler_config)
-        z, count = jax.vmap(draw)(keys)
+            z, count = jax.vmap(lambda k: sample(denoise, k, (n,), self.edm, self.sampler_config))(keys)
         if sharding is not None:
             z = jax.lax.with_sharding_constraint(z, sharding)
         return z, count

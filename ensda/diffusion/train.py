@@ -214,8 +214,10 @@ def optimiser(t: TrainConfig) -> tuple[optax.Schedule, optax.GradientTransformat
 
 
 def training_arrays(pairs: Pairs, norm: Normalisation) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Background mean, spread and normalised increment z = (t − x̄_b)/s of ``pairs``, on device."""
-    z = (pairs.truth - pairs.mean) / np.asarray(norm.scale(jnp.asarray(pairs.spread)))
+    """Background mean, spread and normalised increment z = (t − β − x̄_b)/s of ``pairs`` (β: the
+    normalisation's ``increment_bias``, 0 without), on device."""
+    bias = 0.0 if norm.increment_bias is None else np.asarray(norm.increment_bias)
+    z = (pairs.truth - bias - pairs.mean) / np.asarray(norm.scale(jnp.asarray(pairs.spread)))
     return jnp.asarray(pairs.mean), jnp.asarray(pairs.spread), jnp.asarray(z, jnp.float32)
 
 
@@ -283,7 +285,8 @@ def train(
     if not np.isfinite(pairs.mean).all():
         raise FloatingPointError("non-finite training backgrounds")
     train_pairs, valid_pairs = pairs.split(min(t.validation, len(pairs) // 5), jax.random.key(t.seed + 2))
-    norm = Normalisation.fit(train_pairs, normalisation_groups(cfg), spread_scaled=t.target_scale == "spread")
+    norm = Normalisation.fit(train_pairs, normalisation_groups(cfg), spread_scaled=t.target_scale == "spread",
+                             debias=t.debias)
     report(f"{len(train_pairs)} training and {len(valid_pairs)} validation examples; increment std {float(norm.increment_std.mean()):.3f}")
 
     spec = model_spec(cfg)
