@@ -290,3 +290,39 @@ def test_sphere_lead_time_rmse_is_that_of_the_standardised_state(sw_store):  # n
     assert curve[0] == pytest.approx(0.1, rel=0.05) and curve[2] > curve[0], curve
     run = experiment.run_method(cfg, osse, "letkf")
     assert np.isfinite(run.summary["lead_time_rmse"]) and run.summary["lead_time_rmse"] > 0
+
+
+def test_sweep_density_by_guidance_and_report_on_the_sphere(trained, sw_store, tmp_path, monkeypatch):  # noqa: F811
+    """`ensda sweep` over observed-column density × guidance strength with the sphere denoiser,
+    then `ensda report`: every trial completes, the denser network scores the lower CRPS at
+    each strength, and the report draws the density × strength heat map and the maps."""
+    import optuna
+    import yaml
+    from typer.testing import CliRunner
+
+    from ensda.cli import app
+
+    cfg, path, _ = trained
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    data = sphere_config(sw_store, path, cycles=4, burn_in=1,
+                         tracking={"enabled": True, "uri": uri, "experiment": "sphere-diffusion-sweep"},
+                         sweep={"objective": "crps_a", "sampler": "grid",
+                                "params": {"obs.density": [0.02, 0.3], "assimilator.guidance_strength": [0.0, 1.0]}})
+    data.pop("train")
+    config = tmp_path / "sweep.yaml"
+    config.write_text(yaml.safe_dump(data))
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    runner = CliRunner()
+    result = runner.invoke(app, ["sweep", str(config), "--storage", storage])
+    assert result.exit_code == 0, result.output
+    trials = optuna.load_study(study_name="sw", storage=storage).trials
+    assert len(trials) == 4 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    crps = {(t.params["obs.density"], t.params["assimilator.guidance_strength"]): t.value for t in trials}
+    for strength in (0.0, 1.0):
+        assert crps[(0.3, strength)] < crps[(0.02, strength)], crps
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["report", "study:sw", "--storage", storage, "--uri", uri, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "crps_heatmap.png").stat().st_size > 1000 and (out / "report.html").stat().st_size > 1000
+    assert list((out / "maps").glob("diffusion_*.png")), sorted(p.name for p in out.rglob("*.png"))
