@@ -200,11 +200,10 @@ class DiffusionDA:
 
     def sample_increments(self, background: jax.Array, obs: Observations, key: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Normalised increments ``(N, n)`` and the runtime denoiser-call counts ``(N,)``."""
-        return self._sample(background.mean(0), background, obs, key)
+        return self._sample(background.mean(0), background.std(0, ddof=1), background, obs, key)
 
-    def _sample(self, mean: jax.Array, background: jax.Array, obs: Observations, key: jax.Array):
+    def _sample(self, mean: jax.Array, spread: jax.Array, background: jax.Array, obs: Observations, key: jax.Array):
         n_members, n = background.shape
-        spread = background.std(0, ddof=1)
         denoise = self.denoiser(mean, spread, obs)
         keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(n_members))
         sharding = ensemble_sharding(n_members) if self.shard else None
@@ -225,6 +224,6 @@ class DiffusionDA:
         return z, count
 
     def analyse(self, background: jax.Array, obs: Observations, key: jax.Array) -> jax.Array:
-        mean = background.mean(0)
-        z, _ = self._sample(mean, background, obs, key)
-        return to_state(self.norm.scale(background.std(0, ddof=1)), mean, z)
+        mean, spread = background.mean(0), background.std(0, ddof=1)
+        z, _ = self._sample(mean, spread, background, obs, key)
+        return to_state(self.norm.scale(spread), mean, z)

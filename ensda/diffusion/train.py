@@ -50,7 +50,7 @@ from ensda.diffusion.model import (
 from ensda.nn import GNNConfig
 from ensda.observe import GLOBAL_R_STD
 from ensda.testbeds.sphere.grid import LatLonGrid
-from ensda.testbeds.sphere.testbed import channels_of
+from ensda.testbeds.sphere.testbed import FlatGrid, channels_of
 
 
 def model_spec(cfg: ExperimentConfig) -> ModelSpec:
@@ -103,20 +103,16 @@ def make_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: 
     return Pairs.concat(parts)
 
 
-def store_window(cfg: ExperimentConfig, n_times: int) -> tuple[int, int]:
+def store_window(cfg: ExperimentConfig) -> tuple[int, int]:
     """Store time indices [first, stop) of the sphere training truths (``train.store_times``,
-    default the first 80 % of the store, the emulator's training window)."""
+    default the first 80 % of the config's nature-run store, the emulator's training window)."""
+    from ensda.testbeds.sphere.store import open_store
+
+    n_times = open_store(cfg.testbed.nature.store).sizes["time"]
     first, stop = cfg.train.store_times or (0, int(0.8 * n_times))
     if stop > n_times:
         raise ValueError(f"train.store_times stops at {stop}, the store holds {n_times} times")
     return first, stop
-
-
-def experiment_store_times(cfg: ExperimentConfig) -> int:
-    """Number of times in the sphere config's nature-run store."""
-    from ensda.testbeds.sphere.store import open_store
-
-    return open_store(cfg.testbed.nature.store).sizes["time"]
 
 
 def sphere_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: None) -> Pairs:
@@ -128,7 +124,7 @@ def sphere_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _
     t = cfg.train
     model = experiment.make_forecast_model(cfg)
     tb = model.testbed
-    first, stop = store_window(cfg, experiment_store_times(cfg))
+    first, stop = store_window(cfg)
     n_cycles = (stop - 1 - first) // tb._stride
     report(f"sphere truths: store times {first}..{stop - 1} ({n_cycles + 1} states, one cycle apart)")
     states = tb.truth(first, n_cycles).reshape(n_cycles + 1, -1)
@@ -191,9 +187,8 @@ def loss_weights(cfg: ExperimentConfig) -> jax.Array | None:
         return None
     channels, grid = channels_of(cfg.testbed), cfg.testbed.grid
     w_var = np.asarray([cfg.train.variable_weights.get(channels.variable(c), 1.0) for c in range(channels.n)])
-    w_var = w_var / w_var.mean()
-    cos = LatLonGrid(grid.n_lon, grid.n_lat).weights
-    return jnp.asarray(w_var[:, None, None] * np.asarray(cos)[None], jnp.float32).reshape(-1)
+    cos = FlatGrid(LatLonGrid(grid.n_lon, grid.n_lat), channels.n).weights
+    return jnp.repeat(jnp.asarray(w_var / w_var.mean(), jnp.float32), grid.n_lon * grid.n_lat) * cos
 
 
 def normalisation_groups(cfg: ExperimentConfig) -> np.ndarray | None:
@@ -341,6 +336,6 @@ def train(
         "n_train": len(train_pairs), "n_params": n_params, "data_s": data_s, "train_s": train_s,
     }
     if cfg.sphere:  # the store times the training truths came from
-        summary["store_times"] = list(store_window(cfg, experiment_store_times(cfg)))
+        summary["store_times"] = list(store_window(cfg))
     save_checkpoint(Path(t.checkpoint), ema, spec, norm, testbed_record(cfg.testbed), cfg.model_dump(mode="json"), summary)
     return result
