@@ -4,6 +4,11 @@
   attractor states drawn at random, recentred on the climatological mean, so its mean
   is the climatological mean (time-mean RMSE ≈ climatological std, 3.6 on Lorenz-96).
 - ``none``: the free-running ensemble, background returned unchanged.
+- ``control``: the deterministic free run: one state, started where a deterministic method
+  starts (the climatological mean with ``ensemble.init: climatology``), forecast without
+  observations; the like-for-like reference of a deterministic analysis such as 3D-Var.
+  A single chaotic trajectory tends to an error of √2 σ_clim, while the free ensemble's
+  mean tends to the climatological mean (error σ_clim).
 """
 
 from __future__ import annotations
@@ -47,3 +52,10 @@ class FreeRun:
 
     def analyse(self, background: jax.Array, obs: Observations, key: jax.Array) -> jax.Array:
         return background
+
+
+@register
+@pytree_dataclass
+class Control(FreeRun):
+    name: ClassVar[str] = "control"
+    ensemble: ClassVar[bool] = False

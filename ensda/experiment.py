@@ -240,7 +240,7 @@ def runs_on(cfg: ExperimentConfig, method: str) -> bool:
 
 def build_assimilator(cfg: ExperimentConfig, osse: OSSE, method: str, settings: dict | None = None):
     if not runs_on(cfg, method):
-        raise ValueError(f"{SPHERE_UNSUPPORTED[method]}; use letkf, etkf, enkf or 3dvar (or the references none, climatology)")
+        raise ValueError(f"{SPHERE_UNSUPPORTED[method]}; use letkf, etkf, enkf or 3dvar (or the references none, control, climatology)")
     ctx = registry.SetupContext(
         testbed=osse.forecast_model, network=osse.network, climatology=osse.climatology,
         key=jax.random.key(cfg.seeds.assimilator),

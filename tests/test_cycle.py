@@ -181,3 +181,23 @@ def test_climatology_skips_the_forecast_its_background_is_the_previous_draw(setu
     np.testing.assert_allclose(mean_f[1:], mean_a[:-1], rtol=1e-6)
     with pytest.raises(NonFiniteStateError, match="forecast"):  # the free run does use the forecast
         check_finite(run_cycles(NanForecast(), FreeRun(), truth, obs, x0, jax.random.key(3)), "none")
+
+
+def test_control_is_one_free_trajectory_from_the_climatological_mean():
+    """``control``: one member, started at the climatological mean, never corrected. On the
+    attractor it is an independent state, so its error tends to √2 σ_clim, while the free
+    ensemble's mean tends to the climatological mean (error σ_clim): the ratio is ≈ √2."""
+    cfg = validate({
+        "testbed": {"n": 40, "spinup_steps": 500, "climatology_samples": 500},
+        "ensemble": {"size": 20, "init": "climatology"}, "cycles": 2000, "burn_in": 200,
+        "tracking": {"enabled": False},
+    })
+    osse = make_osse(cfg)
+    control, free = run_method(cfg, osse, "control"), run_method(cfg, osse, "none")
+    assert control.n_members == 1 and free.n_members == 20
+    mean_f = np.asarray(control.result.mean_f)
+    start = osse.climatology.mean(0, keepdims=True)
+    np.testing.assert_allclose(mean_f[0], np.asarray(osse.forecast_model.cycle_forecast(start))[0], rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(control.result.mean_a), mean_f)  # never corrected
+    ratio = control.summary["rmse_a"] / free.summary["rmse_a"]
+    assert ratio == pytest.approx(np.sqrt(2.0), rel=0.08), ratio
