@@ -259,6 +259,47 @@ def test_repaint_known_takes_the_nearest_observed_column_in_the_channel(trained)
     assert (mask[2 * 512:] == 0).all()
 
 
+def great_circle_to_observed(grid, obs, n_columns: int) -> np.ndarray:
+    """NumPy distance (km) of every element (channel-major) to the nearest observed column in
+    its channel (inf where the channel is unobserved)."""
+    n_lat, n_lon = len(grid.latitudes), len(grid.longitudes)
+    lat, lon = np.deg2rad(np.repeat(grid.latitudes, n_lon)), np.deg2rad(np.tile(grid.longitudes, n_lat))
+    idx = np.asarray(obs.idx)
+    out = np.full(idx.max() // n_columns * n_columns + n_columns, np.inf)
+    for c in np.unique(idx // n_columns):
+        cols = idx[idx // n_columns == c] % n_columns
+        cosd = (np.sin(lat)[:, None] * np.sin(lat[cols])[None] +
+                np.cos(lat)[:, None] * np.cos(lat[cols])[None] * np.cos(lon[:, None] - lon[cols][None]))
+        out[c * n_columns:(c + 1) * n_columns] = 6371.0 * np.arccos(np.clip(cosd, -1, 1)).min(axis=1)
+    return out
+
+
+def test_increment_localisation_keeps_the_background_beyond_twice_the_radius(trained):
+    """x_a,j = x_b,j + ρ (x̃_j − x_b,j), ρ = GC(d / c): the forecast member where d ≥ 2c, the
+    unlocalised member at the observed columns, the Gaspari–Cohn blend in between."""
+    from baselines.localization import gaspari_cohn
+
+    cfg, _, _ = trained
+    osse = experiment.make_osse(cfg)
+    radius = 700.0
+    plain = experiment.build_assimilator(cfg, osse, "diffusion")
+    local = experiment.build_assimilator(cfg, osse, "diffusion", cfg.method_settings("diffusion") | {"localisation": radius})
+    background = perturbed_background(osse, 0.5, 6)
+    obs = osse.obs.at(0)
+    xa = np.asarray(plain.analyse(background, obs, jax.random.key(4)))
+    xl = np.asarray(local.analyse(background, obs, jax.random.key(4)))
+    xb = np.asarray(background)
+    d = great_circle_to_observed(osse.testbed.testbed.grid, obs, 512)[: xb.shape[1]]
+    far, at_obs = d >= 2 * radius, d < 1.0
+    assert far.sum() > 100 and at_obs.sum() == np.asarray(obs.idx).size, (far.sum(), at_obs.sum())
+    np.testing.assert_array_equal(xl[:, far], xb[:, far])
+    scale = np.abs(xb).max()
+    np.testing.assert_allclose(xl[:, at_obs], xa[:, at_obs], atol=1e-5 * scale)
+    rho = np.asarray(gaspari_cohn(jnp.asarray(d, jnp.float32), radius))
+    assert ((rho > 0.05) & (rho < 0.95)).sum() > 100  # the blend is exercised
+    np.testing.assert_allclose(xl, xb + rho * (xa - xb), atol=1e-5 * scale)
+
+
 def test_sphere_checkpoint_is_refused_for_another_grid_or_r(trained, sw_store):  # noqa: F811
     cfg, path, _ = trained
     other = validate(sphere_config(sw_store, path, obs={"kind": "random", "density": 0.1,
