@@ -319,7 +319,8 @@ class SweepConfig(_Strict):
 class TrainSource(_Strict):
     """A cycled classic method whose forecast ensembles become training backgrounds."""
 
-    obs: ObsConfig
+    #: its observation network: sites on Lorenz-96, a column network (``kind``) on the sphere
+    obs: Obs
     method: str = "letkf"
     #: the method's settings for this network (validated); empty: the method's defaults
     settings: dict[str, Any] = Field(default_factory=dict)
@@ -443,8 +444,7 @@ class ExperimentConfig(_Strict):
                 raise ValueError(f"train.seed ({self.train.seed}) must differ from seeds.truth and seeds.obs: the model must not see the evaluation truth")
             if self.sphere:
                 self._check_sphere_train()
-            if not self.sphere and any(src.obs.sites and max(src.obs.sites) >= self.testbed.n for src in self.train.sources):
-                raise ValueError(f"train.sources: obs.sites out of range for testbed.n = {self.testbed.n}")
+            self._check_train_sources()
         if self.lead_time.enabled:
             self._check_lead_time()
         if self.sweep is not None:
@@ -457,11 +457,20 @@ class ExperimentConfig(_Strict):
     def sphere(self) -> bool:
         return self.testbed.kind == "sphere"
 
+    def _check_train_sources(self) -> None:
+        for i, src in enumerate(self.train.sources):
+            where = f"train.sources[{i}].obs"
+            if self.sphere and not isinstance(src.obs, SphereObsConfig):
+                raise ValueError(f"{where}: on the sphere a source needs a column network (kind: random, stations or swaths)")
+            if self.sphere:
+                src.obs.check_state(self.testbed)
+            elif isinstance(src.obs, SphereObsConfig):
+                raise ValueError(f"{where}: global networks ({src.obs.kind}) need testbed.kind: sphere")
+            elif src.obs.sites and max(src.obs.sites) >= self.testbed.n:
+                raise ValueError(f"{where}: obs.sites out of range for testbed.n = {self.testbed.n}")
+
     def _check_sphere_train(self) -> None:
         t = self.train
-        if t.sources:
-            raise ValueError("train.sources: cycled training sources run on Lorenz-96 only; on the sphere use "
-                             "perturbed_samples (truths from the store perturbed by climatological anomalies)")
         if t.store_times is not None and t.store_times[0] + 2 > t.store_times[1]:
             raise ValueError(f"train.store_times {list(t.store_times)}: need first + 2 <= stop")
         known = set(MODEL_VARIABLES[self.testbed.model][0]) | set(MODEL_VARIABLES[self.testbed.model][1])

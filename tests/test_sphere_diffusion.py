@@ -300,6 +300,35 @@ def test_increment_localisation_keeps_the_background_beyond_twice_the_radius(tra
     np.testing.assert_allclose(xl, xb + rho * (xa - xb), atol=1e-5 * scale)
 
 
+def test_cycled_source_on_the_sphere_gives_the_cyclers_backgrounds(sw_store, tmp_path):  # noqa: F811
+    """A cycled LETKF source runs over the training truths (store times from
+    ``train.store_times[0]``) with its own seeds; its pairs are the backgrounds of the same
+    run through ``run_method`` (the cycler), after the spin-up skip, and the next truths."""
+    from ensda.diffusion.train import make_pairs
+
+    source = {"obs": {"kind": "random", "density": 0.1}, "method": "letkf",
+              "settings": {"radius": 1500.0, "inflation": 1.05}, "cycles": 12}
+    train_cfg = TINY_TRAIN | {"perturbed_samples": 0, "sources": [source], "store_times": [2, 30]}
+    cfg = validate(sphere_config(sw_store, tmp_path / "ck", train=train_cfg))
+    pairs = make_pairs(cfg)
+    seed = cfg.train.seed + 10
+    same = validate(sphere_config(sw_store, tmp_path / "ck", method="letkf", cycles=12, burn_in=0,
+                                  obs=source["obs"], methods={"letkf": source["settings"]},
+                                  ensemble={"size": cfg.train.members, "init": "climatology"},
+                                  seeds={"truth": seed, "obs": seed + 1, "ensemble": seed + 2, "assimilator": seed + 3})
+                    | {"testbed": cfg.testbed.model_dump() | {"truth_start": 2}})
+    osse = experiment.make_osse(same)
+    run = experiment.run_method(same, osse, "letkf")
+    skip = 1  # min(100, 12 // 10)
+    assert len(pairs) == 12 - skip
+    np.testing.assert_allclose(pairs.truth, np.asarray(osse.truth[1 + skip:]), rtol=1e-6)
+    scale = float(np.abs(pairs.mean).max())
+    np.testing.assert_allclose(pairs.mean, np.asarray(run.result.mean_f[skip:]), atol=1e-4 * scale)
+    with pytest.raises(ValueError, match=r"train.sources\[0\].cycles is 40; the training truths"):
+        make_pairs(validate(sphere_config(sw_store, tmp_path / "ck", train=train_cfg | {
+            "sources": [source | {"cycles": 40}]})))
+
+
 def test_sphere_checkpoint_is_refused_for_another_grid_or_r(trained, sw_store):  # noqa: F811
     cfg, path, _ = trained
     other = validate(sphere_config(sw_store, path, obs={"kind": "random", "density": 0.1,
@@ -314,7 +343,7 @@ def test_sphere_checkpoint_is_refused_for_another_grid_or_r(trained, sw_store): 
 
 
 def test_sphere_train_config_errors_name_the_field(sw_store, tmp_path):  # noqa: F811
-    with pytest.raises(ConfigError, match="train.sources"):
+    with pytest.raises(ConfigError, match=r"train.sources\[0\].obs: on the sphere a source needs a column network"):
         validate(sphere_config(sw_store, tmp_path, train=TINY_TRAIN | {
             "sources": [{"obs": {"every": 2}, "method": "etkf", "cycles": 100}]}))
     with pytest.raises(ConfigError, match="variable_weights"):

@@ -70,17 +70,21 @@ def model_spec(cfg: ExperimentConfig) -> ModelSpec:
 
 
 def make_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: None) -> Pairs:
-    """All training examples of ``cfg.train`` (perturbed truths, then each cycled source)."""
+    """All training examples of ``cfg.train`` (perturbed truths, then each cycled source).
+
+    On the sphere the cycled sources run over the training truths of ``store_window`` with
+    the experiment's forecast model (the emulator), as the perturbed truths do.
+    """
     from ensda import experiment
     from ensda.config import validate
 
     t = cfg.train
-    if cfg.sphere:
-        return sphere_pairs(cfg, report)
-    testbed = experiment.make_testbed(cfg)
     parts = []
-    if t.perturbed_samples:
+    if t.perturbed_samples and cfg.sphere:
+        parts.append(sphere_pairs(cfg, report))
+    elif t.perturbed_samples:
         report(f"perturbed truths: {t.perturbed_samples} examples")
+        testbed = experiment.make_testbed(cfg)
         truth = testbed.nature_run(jax.random.key(t.seed), t.perturbed_samples)
         parts.append(perturbed_truth_pairs(testbed, truth, jax.random.key(t.seed + 1), t.members, t.error_min, t.error_max))
     base = cfg.model_dump(exclude={"sweep", "train"})
@@ -92,12 +96,19 @@ def make_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: 
             "ensemble": base["ensemble"] | {"size": t.members},
             "seeds": {"truth": seed, "obs": seed + 1, "ensemble": seed + 2, "assimilator": seed + 3},
             "method": src.method, "assimilator": {}, "methods": {src.method: src.settings},
+            "lead_time": base["lead_time"] | {"enabled": False},
         }
+        if cfg.sphere:
+            first, n_cycles = _sphere_truth_cycles(cfg)
+            if src.cycles > n_cycles:
+                raise ValueError(f"train.sources[{i}].cycles is {src.cycles}; the training truths "
+                                 f"(train.store_times) hold {n_cycles} cycles")
+            data["testbed"] = base["testbed"] | {"truth_start": first}
         sub = validate(data)
         osse = experiment.make_osse(sub)
         assim = experiment.build_assimilator(sub, osse, src.method)
         x0 = experiment.initial_ensemble(sub, osse, t.members)
-        pairs = cycled_pairs(osse.testbed, assim, osse.truth, osse.obs, x0, jax.random.key(seed + 3))
+        pairs = cycled_pairs(osse.forecast_model, assim, osse.truth, osse.obs, x0, jax.random.key(seed + 3))
         skip = min(100, len(pairs) // 10)  # the spin-up of the cycled filter
         parts.append(Pairs(pairs.mean[skip:], pairs.spread[skip:], pairs.truth[skip:]))
     return Pairs.concat(parts)
@@ -115,6 +126,15 @@ def store_window(cfg: ExperimentConfig) -> tuple[int, int]:
     return first, stop
 
 
+def _sphere_truth_cycles(cfg: ExperimentConfig, model=None) -> tuple[int, int]:
+    """The first store time of the sphere training truths and the cycles they span."""
+    from ensda import experiment
+
+    model = experiment.make_forecast_model(cfg) if model is None else model
+    first, stop = store_window(cfg)
+    return first, (stop - 1 - first) // model.testbed._stride
+
+
 def sphere_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: None) -> Pairs:
     """Sphere training examples: store truths in ``store_window``, perturbed by
     climatological anomalies of the same window and forecast one cycle with the
@@ -124,9 +144,8 @@ def sphere_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _
     t = cfg.train
     model = experiment.make_forecast_model(cfg)
     tb = model.testbed
-    first, stop = store_window(cfg)
-    n_cycles = (stop - 1 - first) // tb._stride
-    report(f"sphere truths: store times {first}..{stop - 1} ({n_cycles + 1} states, one cycle apart)")
+    first, n_cycles = _sphere_truth_cycles(cfg, model)
+    report(f"sphere truths: from store time {first}, {n_cycles + 1} states one cycle apart")
     states = tb.truth(first, n_cycles).reshape(n_cycles + 1, -1)
     key = jax.random.key(t.seed)
     starts = jax.random.randint(jax.random.fold_in(key, 0), (t.perturbed_samples,), 0, n_cycles)
