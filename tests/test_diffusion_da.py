@@ -205,3 +205,25 @@ def test_sharded_ensemble_equals_unsharded(trained):
                           cwd=os.path.dirname(os.path.dirname(__file__)))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "EQUAL" in done.stdout
+
+
+def test_increment_localisation_on_the_ring(trained):
+    """On Lorenz-96 ``localisation`` is in sites: every 2nd site observed, so each site is
+    0 or 1 site from an observation and ρ = GC(d / c) with d ∈ {0, 1}. With c = 0.4 (zero
+    beyond 0.8) the unobserved sites keep the forecast members and the observed ones take
+    the unlocalised analysis; with c = 1 the unobserved sites blend with GC(1) = 5/24."""
+    cfg, _, _ = trained
+    osse = experiment.make_osse(cfg)
+    plain = experiment.build_assimilator(cfg, osse, "diffusion")
+    key = jax.random.key(7)
+    xf = osse.testbed.cycle_forecast(osse.truth[9] + jax.random.normal(key, (8, 40)))
+    obs = osse.obs.at(9)
+    xa = np.asarray(plain.analyse(xf, obs, key))
+    observed = np.zeros(40, bool)
+    observed[np.asarray(obs.idx)] = True
+    for c, rho_between in ((0.4, 0.0), (1.0, 5.0 / 24.0)):
+        local = experiment.build_assimilator(cfg, osse, "diffusion", cfg.method_settings("diffusion") | {"localisation": c})
+        xl = np.asarray(local.analyse(xf, obs, key))
+        np.testing.assert_allclose(xl[:, observed], xa[:, observed], atol=1e-5)
+        expected = np.asarray(xf)[:, ~observed] + rho_between * (xa - np.asarray(xf))[:, ~observed]
+        np.testing.assert_allclose(xl[:, ~observed], expected, atol=1e-5)
