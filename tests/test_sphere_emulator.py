@@ -23,10 +23,11 @@ from ensda.testbeds.sphere.emulator import (
     EmulatorNorm,
     EmulatorSpec,
     EmulatorTrainConfig,
-
     channel_weights,
     evaluate,
     load_emulator,
+    long_rollout,
+    loss_fn,
     save_emulator,
     step,
     summary_table,
@@ -211,3 +212,68 @@ def test_config_emulator_is_the_forecast_model_of_the_imperfect_testbed(emulator
         from_config(other, perfect=False)
     with pytest.raises(ValueError, match="replaces the dycore"):
         SphereTestbedConfig.model_validate(base | {"forecast": {"emulator": "x", "resolution": "T21"}})
+
+
+def test_rollout_loss_is_the_residual_loss_for_one_cycle_and_the_rollout_error_for_two(emulator):
+    """K = 1: mean_c λ_c mean(w ((x₁ − x₀)/s − F(x₀))²); K = 2: the mean of that error at
+    x̂₁ = step(x₀) and x̂₂ = step(x̂₁) against x₁, x₂ (NumPy from single steps)."""
+    from ensda.testbeds.sphere.emulator import residual
+
+    states = random_states(6, seed=4)
+    area = np.asarray(GRID.weights, np.float64)
+    area = area / area.mean()
+    lam = np.asarray([2.0, 1.0, 0.5])
+    s = np.asarray(emulator.norm.diff_std, np.float64)[:, None, None]
+    jstep = jax.jit(lambda g, x: step(emulator.graphdef, emulator.params, g, emulator.norm, x))
+    jres = jax.jit(lambda g, x: residual(emulator.graphdef, emulator.params, g, emulator.norm, x))
+    loss = jax.jit(lambda g, w: loss_fn(emulator.graphdef, emulator.params, g, emulator.norm, jnp.asarray(area, jnp.float32),
+                                        jnp.asarray(lam, jnp.float32), w))
+
+    def weighted(err):  # err (B, C, lat, lon)
+        return float((lam * (area * err**2).mean(axis=(0, 2, 3))).mean())
+
+    pairs = np.stack([states[:3], states[1:4]], axis=1)  # (3, 2, C, lat, lon)
+    f = np.stack([np.asarray(jres(emulator.graphs, jnp.asarray(x)), np.float64) for x in states[:3]])
+    expected1 = weighted((states[1:4] - states[:3]) / s - f)
+    assert float(loss(emulator.graphs, jnp.asarray(pairs))) == pytest.approx(expected1, rel=1e-4)
+    windows = np.stack([states[:3], states[1:4], states[2:5]], axis=1)
+    x1 = np.stack([np.asarray(jstep(emulator.graphs, jnp.asarray(x))) for x in states[:3]])
+    x2 = np.stack([np.asarray(jstep(emulator.graphs, jnp.asarray(x))) for x in x1])
+    expected2 = 0.5 * (weighted((x1 - states[1:4]) / s) + weighted((x2 - states[2:5]) / s))
+    assert float(loss(emulator.graphs, jnp.asarray(windows))) == pytest.approx(expected2, rel=1e-4)
+
+
+def test_long_rollout_of_persistence_matches_numpy():
+    """The untrained emulator is persistence: the rollout error at day d is that of the start
+    state against the truth d days later, its bias and variance those of the start state."""
+    states = random_states(30, seed=5)
+    emu = Emulator.init(EmulatorSpec(SW, GRID, refinement=2, gnn=TINY), EmulatorNorm.fit(states[:20]), key=0)
+    held, clim = states[10:], states[:10].mean(0)
+    res = long_rollout(emu, held, clim, states[:10], days=4.0, n_starts=2)
+    assert res["days"] == [1] and res["start_times"] == [0, 3]  # LONG_DAYS within 4 days; 19 - 16 = 3
+    area = np.asarray(GRID.weights, np.float64)
+    area = area / area.mean()
+    sigma = np.asarray(emu.norm.std, np.float64)
+    gm = lambda x: (x * area).mean(axis=(-2, -1))  # noqa: E731
+    x0 = held[[0, 3]].astype(np.float64)
+    rmse = np.sqrt((gm((x0 - held[[4, 7]]) ** 2) / sigma**2).mean(-1)).mean()
+    bias = (np.abs(gm(x0) - gm(clim)) / sigma).mean(-1).mean()
+    var = lambda x: gm((x - gm(x)[..., None, None]) ** 2)  # noqa: E731
+    ratio = (var(x0) / var(states[:10].astype(np.float64)).mean(0)).mean(-1).mean()
+    np.testing.assert_allclose([res["rmse"][0], res["abs_bias"][0], res["variance_ratio"][0]], [rmse, bias, ratio], rtol=1e-4)
+    with pytest.raises(ValueError, match="need more than"):
+        long_rollout(emu, held, clim, states[:10], days=5.0)
+
+
+def test_fine_tuning_starts_from_the_trained_emulator_with_a_rollout_loss(trained):
+    """``init``: training resumes from the trained weights and normalisation; its first
+    two-cycle rollout loss is the trained emulator's (small), a fresh network's is
+    persistence's (the mean of the normalised 1- and 2-cycle changes, ~2.5 here)."""
+    config = EmulatorTrainConfig(steps=20, batch=4, lr=1e-3, warmup=5, log_every=10, refinement=2, gnn=TINY, rollout=2)
+    fresh = train_emulator(advected(0, 40), ONE, config, jax.random.key(0), progress=False)
+    tuned = train_emulator(advected(0, 40), ONE, config, jax.random.key(0), progress=False, init=trained.emulator)
+    assert fresh.initial_loss > 1.5 and tuned.initial_loss < 0.3 * trained.initial_loss, (fresh.initial_loss, tuned.initial_loss)
+    np.testing.assert_array_equal(tuned.emulator.norm.mean, trained.emulator.norm.mean)
+    assert tuned.val_loss[-1] < 0.2
+    with pytest.raises(ValueError, match="rollout must be >= 1"):
+        EmulatorTrainConfig(rollout=0)

@@ -26,7 +26,9 @@ them with its spec; it has the testbed's forecast interface (``forecast(x, n_cyc
 the *first* ``1 − eval_fraction`` of the states (default: the first 80 % of the store's
 times; the last 20 % are held out for ``evaluate``). Loss: the mean over channels of
 λ_c × the cos-latitude weighted MSE of the normalised residual (x_{t+1} − x_t)/s − F, with
-per-variable / per-channel weights λ (default 1). AdamW with global-norm clipping, linear
+per-variable / per-channel weights λ (default 1); with ``rollout`` K > 1 the mean over the
+first K cycles of the emulator's own rollout of the same error, (x̂_k − x_k)/s (``loss_fn``),
+and training can start from a trained emulator (fine-tuning). AdamW with global-norm clipping, linear
 warm-up then cosine decay of the learning rate. The training window is written into the
 checkpoint (``meta["training"]["train_times"]``, store time indices and dates): the
 assimilation experiments draw their truth windows from the same store, so an honest
@@ -295,6 +297,8 @@ class EmulatorTrainConfig:
     #: held-out pairs of the validation loss (evenly spaced in the held-out window)
     n_validation: int = 16
     loss_weights: tuple[tuple[str, float], ...] = ()
+    #: cycles K of the rollout loss (1: the one-step residual loss)
+    rollout: int = 1
     refinement: int = 3
     gnn: GNNConfig = dataclasses.field(default_factory=GNNConfig)
     hours_per_cycle: int = 6
@@ -306,6 +310,8 @@ class EmulatorTrainConfig:
             raise ValueError(f"eval_fraction must lie in (0, 1), got {self.eval_fraction}")
         if self.lr <= 0 or self.warmup < 0:
             raise ValueError(f"lr must be > 0 and warmup >= 0, got {self.lr}, {self.warmup}")
+        if self.rollout < 1:
+            raise ValueError(f"rollout must be >= 1 cycle, got {self.rollout}")
 
 
 def n_train_times(n_times: int, eval_fraction: float) -> int:
@@ -333,13 +339,26 @@ def channel_weights(channels: Channels, weights: Sequence[tuple[str, float]]) ->
 
 
 def loss_fn(graphdef, params, graphs, norm: EmulatorNorm, area: jax.Array, lam: jax.Array,
-            x0: jax.Array, x1: jax.Array) -> jax.Array:
-    """mean_c λ_c · mean_{batch, grid}(w ⊙ ((x1 − x0)/s − F)²) for pairs ``(B, C, n_lat, n_lon)``;
-    ``area`` the cos-latitude weights normalised to mean 1 ``(n_lat, n_lon)``."""
-    target = (x1 - x0) / _col(norm.diff_std)
-    pred = jax.vmap(partial(residual, graphdef, params, graphs, norm))(x0)
-    mse = (area * (pred - target) ** 2).mean(axis=(0, 2, 3))  # (C,)
-    return (lam * mse).mean()
+            window: jax.Array) -> jax.Array:
+    r"""The rollout loss of windows ``(B, K + 1, C, n_lat, n_lon)`` of consecutive states:
+
+    .. math::
+        L = \frac{1}{K} \sum_{k=1}^{K} \mathrm{mean}_c\, λ_c\, \mathrm{mean}_{B,\,grid}
+            \big(w ⊙ ((\hat x_k − x_k)/s)^2\big), \quad \hat x_0 = x_0,\ \hat x_k = \mathrm{step}(\hat x_{k−1}),
+
+    ``area`` w the cos-latitude weights normalised to mean 1 ``(n_lat, n_lon)``. For K = 1,
+    (x̂₁ − x₁)/s = F − (x₁ − x₀)/s: the one-step residual loss. K > 1 backpropagates through
+    the emulator's own rollout, so errors that grow over several cycles are penalised.
+    """
+    advance = jax.vmap(partial(step, graphdef, params, graphs, norm))
+
+    def body(x, target):
+        x = advance(x)
+        err = (x - target) / _col(norm.diff_std)
+        return x, (lam * (area * err**2).mean(axis=(0, 2, 3))).mean()
+
+    _, per_step = jax.lax.scan(body, window[:, 0], jnp.moveaxis(window[:, 1:], 1, 0))
+    return per_step.mean()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -362,12 +381,14 @@ class TrainedEmulator:
 
 
 def train_emulator(states: np.ndarray, channels: Channels, config: EmulatorTrainConfig, key: jax.Array,
-                   progress: bool = True) -> TrainedEmulator:
+                   progress: bool = True, init: Emulator | None = None) -> TrainedEmulator:
     """Train an emulator on states ``(T, C, n_lat, n_lon)`` one cycle apart (module docstring).
 
-    Pairs (t, t+1) with t + 1 < n_train, n_train = ``n_train_times(T, eval_fraction)``; the
-    normalisation is fitted on ``states[:n_train]``; the validation loss uses pairs from
-    ``states[n_train:]``.
+    Windows (t, .., t + K) with t + K < n_train, n_train = ``n_train_times(T, eval_fraction)``,
+    K = ``config.rollout``; the normalisation is fitted on ``states[:n_train]``; the
+    validation loss uses windows from ``states[n_train:]``. ``init``: fine-tune this
+    emulator (its normalisation, network and weights; ``config.refinement`` and
+    ``config.gnn`` are then ignored).
     """
     states = np.asarray(states, np.float32)
     if states.ndim != 4 or states.shape[1] != channels.n:
@@ -376,10 +397,16 @@ def train_emulator(states: np.ndarray, channels: Channels, config: EmulatorTrain
     n_lat, n_lon = states.shape[-2:]
     grid = LatLonGrid(n_lon, n_lat)
     n_train = n_train_times(states.shape[0], t.eval_fraction)
-    norm = EmulatorNorm.fit(states[:n_train])
-    spec = EmulatorSpec(channels, grid, t.refinement, t.gnn, t.hours_per_cycle)
     k_init, k_train = jax.random.split(key)
-    emu = Emulator.init(spec, norm, k_init)
+    if init is None:
+        norm = EmulatorNorm.fit(states[:n_train])
+        emu = Emulator.init(EmulatorSpec(channels, grid, t.refinement, t.gnn, t.hours_per_cycle), norm, k_init)
+    else:
+        init.check_matches(channels, grid, t.hours_per_cycle, where="to fine-tune")
+        emu, norm = init, init.norm
+    if n_train <= t.rollout or states.shape[0] - n_train <= t.rollout:
+        raise ValueError(f"rollout {t.rollout}: needs more than {t.rollout} training and held-out states "
+                         f"(have {n_train} and {states.shape[0] - n_train})")
     graphdef, params, graphs = emu.graphdef, emu.params, emu.graphs
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     area = grid.weights
@@ -392,25 +419,28 @@ def train_emulator(states: np.ndarray, channels: Channels, config: EmulatorTrain
 
     data = jnp.asarray(states[:n_train])
     held = states[n_train:]
-    vt = np.unique(np.linspace(0, held.shape[0] - 2, min(t.n_validation, held.shape[0] - 1)).round().astype(int))
-    val_pairs = jnp.asarray(held[vt]), jnp.asarray(held[vt + 1])
+    offsets = np.arange(t.rollout + 1)
+    last = held.shape[0] - 1 - t.rollout
+    vt = np.unique(np.linspace(0, last, min(t.n_validation, last + 1)).round().astype(int))
+    val_windows = jnp.asarray(held[vt[:, None] + offsets])
 
     # the graphs enter as arguments: closed over, the network's index checks would trace
     @partial(jax.jit, static_argnames="n")
     def chunk(params, opt_state, graphs, data, start, n):
         def one(carry, i):
             params, opt_state = carry
-            idx = jax.random.randint(jax.random.fold_in(k_train, i), (t.batch,), 0, data.shape[0] - 1)
-            loss, grads = jax.value_and_grad(loss_of)(params, graphs, norm, area, lam, data[idx], data[idx + 1])
+            idx = jax.random.randint(jax.random.fold_in(k_train, i), (t.batch,), 0, data.shape[0] - t.rollout)
+            window = data[idx[:, None] + jnp.asarray(offsets)]
+            loss, grads = jax.value_and_grad(loss_of)(params, graphs, norm, area, lam, window)
             updates, opt_state = tx.update(grads, opt_state, params)
             return (optax.apply_updates(params, updates), opt_state), loss
 
         (params, opt_state), losses = jax.lax.scan(one, (params, opt_state), start + jnp.arange(n))
         return params, opt_state, losses.mean()
 
-    validation = jax.jit(lambda p, g: loss_of(p, g, norm, area, lam, *val_pairs))
-    idx0 = np.asarray(jax.random.randint(jax.random.fold_in(k_train, 0), (t.batch,), 0, n_train - 1))
-    initial = float(jax.jit(loss_of)(params, graphs, norm, area, lam, data[idx0], data[idx0 + 1]))
+    validation = jax.jit(lambda p, g: loss_of(p, g, norm, area, lam, val_windows))
+    idx0 = np.asarray(jax.random.randint(jax.random.fold_in(k_train, 0), (t.batch,), 0, n_train - t.rollout))
+    initial = float(jax.jit(loss_of)(params, graphs, norm, area, lam, data[idx0[:, None] + offsets]))
 
     bar = None
     if progress:
@@ -549,3 +579,46 @@ def load_emulator(path: str | Path) -> Emulator:
     if jax.tree.leaves(rest):
         raise CheckpointError(f"{path}: the network has non-parameter state, which checkpoints do not store")
     return Emulator(spec, norm, graphdef, read_params(path, template), meta)
+
+
+#: days at which ``long_rollout`` reports (those within its length)
+LONG_DAYS = (1, 5, 10, 15, 20, 30, 40, 60)
+
+
+def long_rollout(emulator: Emulator, held: np.ndarray, climatology: np.ndarray, train_states: np.ndarray,
+                 days: float, n_starts: int = 3) -> dict:
+    r"""Whether long free rollouts stay in the climate: from ``n_starts`` starts evenly spaced
+    in the first part of ``held (T, C, n_lat, n_lon)`` (each with ``days`` of truth after it),
+    at each of ``LONG_DAYS`` within ``days``, averaged over the starts:
+
+    * ``rmse``: the RMSE of the standardised state against the truth, √(mean_c MSE_c / σ_c²)
+      (σ_c = ``emulator.norm.std``; two independent climate states differ by √2);
+    * ``abs_bias``: mean_c |⟨x̂⟩ − ⟨x_clim⟩| / σ_c, ⟨·⟩ the cos-latitude weighted global mean;
+    * ``variance_ratio``: mean_c of the weighted spatial variance of x̂ over that of the
+      ``train_states`` (time mean): 1 for a forecast with the climate's variability.
+    """
+    per_day = round(24 / emulator.hours_per_cycle)
+    n_cycles = int(round(days * per_day))
+    if n_cycles < 1 or held.shape[0] <= n_cycles:
+        raise ValueError(f"long_rollout: {days} days need more than {n_cycles} held-out states, have {held.shape[0]}")
+    starts = np.unique(np.linspace(0, held.shape[0] - 1 - n_cycles, n_starts).round().astype(int))
+    traj = np.asarray(emulator.trajectory(jnp.asarray(held[starts]), n_cycles))  # (S, K, C, lat, lon)
+    truth = held[starts[:, None] + 1 + np.arange(n_cycles)]
+    area = np.asarray(emulator.spec.grid.weights, np.float64)
+    area = area / area.mean()
+    sigma = np.asarray(emulator.norm.std, np.float64)[:, None, None]
+
+    def global_mean(x):
+        return (x * area).mean(axis=(-2, -1))
+
+    def spatial_var(x):
+        return global_mean((x - global_mean(x)[..., None, None]) ** 2)
+
+    mse = global_mean((traj - truth) ** 2) / sigma[:, 0, 0] ** 2  # (S, K, C)
+    bias = np.abs(global_mean(traj) - global_mean(climatology)) / sigma[:, 0, 0]
+    var_ratio = spatial_var(traj) / spatial_var(np.asarray(train_states, np.float64)).mean(0)
+    report = [d for d in LONG_DAYS if d * per_day <= n_cycles]
+    k = np.asarray([d * per_day - 1 for d in report])
+    return {"days": report, "n_starts": int(starts.size), "start_times": starts.tolist(),
+            "rmse": np.sqrt(mse[:, k].mean(-1)).mean(0).tolist(), "abs_bias": bias[:, k].mean(-1).mean(0).tolist(),
+            "variance_ratio": var_ratio[:, k].mean(-1).mean(0).tolist()}
