@@ -222,9 +222,7 @@ class DiffusionDA:
 
     def localisation_weights(self, obs: Observations) -> jax.Array:
         """ρ ``(n,)``: Gaspari–Cohn of each element's distance to the nearest observation in
-        its channel, half-width ``localisation`` (ones when off)."""
-        if self.localisation is None:
-            return jnp.ones((self.distance.shape[0] * self.n_channels,), jnp.float32)
+        its channel, half-width ``localisation`` (set)."""
         return gaspari_cohn(self.nearest_observation(obs)[1], self.localisation)
 
     def sample_increments(self, background: jax.Array, obs: Observations, key: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -88,6 +88,7 @@ def make_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: 
         truth = testbed.nature_run(jax.random.key(t.seed), t.perturbed_samples)
         parts.append(perturbed_truth_pairs(testbed, truth, jax.random.key(t.seed + 1), t.members, t.error_min, t.error_max))
     base = cfg.model_dump(exclude={"sweep", "train"})
+    truth_window = _sphere_truth_cycles(cfg) if cfg.sphere and t.sources else None
     for i, src in enumerate(t.sources):
         report(f"cycled {src.method} on {_describe(src.obs.model_dump())}: {src.cycles} cycles")
         seed = t.seed + 10 * (i + 1)
@@ -98,8 +99,8 @@ def make_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: 
             "method": src.method, "assimilator": {}, "methods": {src.method: src.settings},
             "lead_time": base["lead_time"] | {"enabled": False},
         }
-        if cfg.sphere:
-            first, n_cycles = _sphere_truth_cycles(cfg)
+        if truth_window is not None:
+            first, n_cycles = truth_window
             if src.cycles > n_cycles:
                 raise ValueError(f"train.sources[{i}].cycles is {src.cycles}; the training truths "
                                  f"(train.store_times) hold {n_cycles} cycles")

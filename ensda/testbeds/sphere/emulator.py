@@ -606,7 +606,7 @@ def long_rollout(emulator: Emulator, held: np.ndarray, climatology: np.ndarray, 
     truth = held[starts[:, None] + 1 + np.arange(n_cycles)]
     area = np.asarray(emulator.spec.grid.weights, np.float64)
     area = area / area.mean()
-    sigma = np.asarray(emulator.norm.std, np.float64)[:, None, None]
+    sigma = np.asarray(emulator.norm.std, np.float64)
 
     def global_mean(x):
         return (x * area).mean(axis=(-2, -1))
@@ -614,8 +614,8 @@ def long_rollout(emulator: Emulator, held: np.ndarray, climatology: np.ndarray, 
     def spatial_var(x):
         return global_mean((x - global_mean(x)[..., None, None]) ** 2)
 
-    mse = global_mean((traj - truth) ** 2) / sigma[:, 0, 0] ** 2  # (S, K, C)
-    bias = np.abs(global_mean(traj) - global_mean(climatology)) / sigma[:, 0, 0]
+    mse = weighted_mse(traj, truth, area) / sigma**2  # (S, K, C)
+    bias = np.abs(global_mean(traj) - global_mean(climatology)) / sigma
     var_ratio = spatial_var(traj) / spatial_var(np.asarray(train_states, np.float64)).mean(0)
     report = [d for d in LONG_DAYS if d * per_day <= n_cycles]
     k = np.asarray([d * per_day - 1 for d in report])
