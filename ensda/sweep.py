@@ -11,7 +11,8 @@ the same values give the same result.
 Bookkeeping (all state lives in the storage, so any number of workers and launches share it):
 
 - *grid*: the launcher enqueues every grid point that has no live trial; a worker takes a
-  waiting trial by the storage's atomic WAITING → RUNNING claim, so no point runs twice.
+  waiting trial by the storage's atomic WAITING → RUNNING claim (on SQLite made atomic by
+  ``BEGIN IMMEDIATE`` transactions, ``_serialise_sqlite``), so no point runs twice.
   A trial the sampler makes outside the queue (a worker asked just as another emptied it)
   is pruned without running, and so is a queued duplicate of a point another trial holds.
 - *tpe / random*: a trial whose number ranks beyond the budget among the live trials is
@@ -56,6 +57,7 @@ from ensda.config import ConfigError, ExperimentConfig, SweepConfig, flatten, va
 from ensda.cycle import NonFiniteStateError
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
+SQLITE_TIMEOUT_S = 60  # a worker waits this long for SQLite's write lock
 STUDY_CONFIG = "ensda.config"
 STUDY_TRIALS = "ensda.trials"
 STUDY_PARENT = "ensda.mlflow_parent_run_id"
@@ -116,13 +118,44 @@ def open_storage(url: str, sweep: SweepConfig | None = None):
     try:
         with _quiet():
             if sweep is None:
-                return optuna.storages.RDBStorage(url)
-            return optuna.storages.RDBStorage(
-                url, heartbeat_interval=sweep.heartbeat_interval, grace_period=sweep.grace_period,
-                heartbeat_stale_trial_callback=_retry_stale,
-            )
+                storage = optuna.storages.RDBStorage(url)
+            else:
+                storage = optuna.storages.RDBStorage(
+                    url, heartbeat_interval=sweep.heartbeat_interval, grace_period=sweep.grace_period,
+                    heartbeat_stale_trial_callback=_retry_stale,
+                )
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
         raise SweepError(f"cannot open the Optuna storage {url!r}: {_first_line(err)}") from None
+    _serialise_sqlite(storage.engine)
+    return storage
+
+
+def _serialise_sqlite(engine) -> None:
+    """Make every SQLite transaction ``BEGIN IMMEDIATE`` (a no-op on other databases).
+
+    Python's sqlite3 driver opens no transaction for a SELECT, so Optuna's claim of a waiting
+    trial (read WAITING, then write RUNNING) is not atomic on SQLite: two workers can both
+    read a trial as WAITING and both run it (the second then fails with "Cannot tell a
+    COMPLETE trial"). With the driver's own transaction handling off and each transaction
+    taking the write lock at its start, the claim is serialised as on PostgreSQL (the
+    SQLAlchemy recipe for serialisable pysqlite transactions). Waiting for the lock: up to
+    ``SQLITE_TIMEOUT_S``.
+    """
+    from sqlalchemy import event
+
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def _autocommit_driver(dbapi_connection, _record):
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {SQLITE_TIMEOUT_S * 1000}")
+
+    @event.listens_for(engine, "begin")
+    def _begin_immediate(connection):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections made before the listeners (Optuna's schema check) are dropped
 
 
 def _first_line(err: Exception) -> str:
