@@ -354,6 +354,10 @@ class TrainConfig(_Strict):
     message_steps: int = Field(4, ge=1)
     hidden_layers: int = Field(1, ge=0)
     frequencies: int = Field(16, ge=1)
+    #: width of the per-element path beside the GNN (``ensda.diffusion.model``, 0: none): an
+    #: MLP of each state element's own 5 features and the noise level, shared by all
+    #: elements, so an observed element's value need not pass the GNN's latent bottleneck
+    elementwise: int = Field(0, ge=0)
     # EDM noise levels (Karras et al. 2022)
     sigma_min: float = Field(0.002, gt=0)
     sigma_max: float = Field(80.0, gt=0)

@@ -19,6 +19,13 @@ The network is ``ensda.nn.GraphNetwork`` on the ring graph (Lorenz-96) or
 ``ensda.nn.SphereGraphNetwork`` on the grid ↔ icosahedral multi-mesh graphs (the sphere,
 ``ModelSpec.sphere``). The noise level enters through their conditional LayerNorms
 (c_noise = log σ / 4, EDM preconditioning in ``ensda.diffusion.edm``).
+
+With ``ModelSpec.elementwise`` = w > 0 the output is F_i = GNN(…)_i + f(u_i, c_noise), f an MLP
+of width w shared by every element i, u_i the element's own 5 features
+(``WithElementwise``). On the sphere a node carries all C channels through a latent of
+fixed width (64 for 53 channels × 5 features), too narrow to pass each observed
+increment on to its element; f passes it directly (the optimal D at an observed element
+is a σ-dependent blend of z_σ and the observed increment).
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from flax import nnx
 from ensda.diffusion.data import Normalisation
 from ensda.diffusion.edm import EDM
 from ensda.nn import GNNConfig, GraphNetwork, SphereGraphNetwork, ring_graph
+from ensda.nn.layers import MLP
 
 #: background mean, background spread, observed increment, observation mask
 N_CONDITION = 4
@@ -67,6 +75,8 @@ class ModelSpec:
     obs_r_std: tuple[float, ...]
     #: the sphere's grid and mesh; None: the ring of ``n`` sites (Lorenz-96, one channel)
     sphere: SphereMesh | None = None
+    #: width of the per-element path (``WithElementwise``); 0: the GNN alone
+    elementwise: int = 0
 
     def __post_init__(self):
         if self.n % self.n_nodes:
@@ -93,7 +103,8 @@ class ModelSpec:
     def to_dict(self) -> dict:
         return {"n": self.n, "gnn": dataclasses.asdict(self.gnn), "edm": dataclasses.asdict(self.edm),
                 "obs_r_std": list(self.obs_r_std),
-                "sphere": None if self.sphere is None else dataclasses.asdict(self.sphere)}
+                "sphere": None if self.sphere is None else dataclasses.asdict(self.sphere),
+                "elementwise": self.elementwise}
 
     @staticmethod
     def from_dict(data: dict) -> ModelSpec:
@@ -101,14 +112,37 @@ class ModelSpec:
         sphere = data.get("sphere")
         return ModelSpec(int(data["n"]), GNNConfig(**data["gnn"]), EDM(**data["edm"]),
                          tuple(float(v) for v in (r_std if isinstance(r_std, list) else [r_std])),
-                         None if sphere is None else SphereMesh(**sphere))
+                         None if sphere is None else SphereMesh(**sphere), int(data.get("elementwise", 0)))
 
 
-def build_network(spec: ModelSpec, graph, key: int | jax.Array = 0) -> GraphNetwork | SphereGraphNetwork:
+class WithElementwise(nnx.Module):
+    """A GNN and the per-element path f(u_i, c_noise) added to its output (module docstring).
+
+    f: Linear → swish → Linear → swish → Linear (width ``width``), the last layer zero at
+    initialisation, so a new model is the GNN alone.
+    """
+
+    def __init__(self, network: GraphNetwork | SphereGraphNetwork, width: int, *, rngs: nnx.Rngs):
+        self.network = network
+        self.elementwise = MLP(IN_FEATURES + 1, width, 1, hidden_layers=2, layer_norm=False, rngs=rngs)
+        last = self.elementwise.layers[-1]
+        last.kernel[...] = jnp.zeros_like(last.kernel[...])
+        last.bias[...] = jnp.zeros_like(last.bias[...])
+
+    def element_term(self, features: jax.Array, c_noise: jax.Array) -> jax.Array:
+        """f of per-element features ``(..., n, 5)`` and c_noise ``(...)``: ``(..., n)``."""
+        noise = jnp.broadcast_to(jnp.asarray(c_noise, features.dtype)[..., None, None], features.shape[:-1] + (1,))
+        return self.elementwise(jnp.concatenate([features, noise], axis=-1))[..., 0]
+
+
+def build_network(spec: ModelSpec, graph, key: int | jax.Array = 0) -> GraphNetwork | SphereGraphNetwork | WithElementwise:
     c = spec.n_channels
+    rngs = nnx.Rngs(key)
     if spec.sphere is None:
-        return GraphNetwork(IN_FEATURES, 1, graph, spec.gnn, conditional=True, rngs=nnx.Rngs(key))
-    return SphereGraphNetwork(IN_FEATURES * c, c, graph, spec.gnn, conditional=True, rngs=nnx.Rngs(key))
+        network = GraphNetwork(IN_FEATURES, 1, graph, spec.gnn, conditional=True, rngs=rngs)
+    else:
+        network = SphereGraphNetwork(IN_FEATURES * c, c, graph, spec.gnn, conditional=True, rngs=rngs)
+    return network if spec.elementwise == 0 else WithElementwise(network, spec.elementwise, rngs=rngs)
 
 
 def to_nodes(a: jax.Array, n_channels: int) -> jax.Array:
@@ -148,17 +182,22 @@ def observation_channels(scale: jax.Array, mean: jax.Array, obs) -> tuple[jax.Ar
     return innovation, mask
 
 
-def network_fn(model: GraphNetwork | SphereGraphNetwork, graph, condition: jax.Array, n_channels: int = 1):
+def network_fn(model: GraphNetwork | SphereGraphNetwork | WithElementwise, graph, condition: jax.Array, n_channels: int = 1):
     """``net(z_in, c_noise) -> F`` with the conditioning channels bound (the EDM ``net``).
 
     z_in ``(..., n)``, condition ``(..., n, 4)`` broadcastable to it, c_noise ``(...)``;
     ``n_channels`` C splits the flat state into C channels per node (module docstring).
     """
 
+    gnn = model.network if isinstance(model, WithElementwise) else model
+
     def net(z_in: jax.Array, c_noise: jax.Array) -> jax.Array:
         cond = jnp.broadcast_to(condition, z_in.shape + (N_CONDITION,))
         features = jnp.concatenate([z_in[..., None], cond], axis=-1)
-        return from_nodes(model(graph, to_nodes(features, n_channels), c_noise))
+        out = from_nodes(gnn(graph, to_nodes(features, n_channels), c_noise))
+        if gnn is model:
+            return out
+        return out + model.element_term(features, c_noise)
 
     return net
 
