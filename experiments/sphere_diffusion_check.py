@@ -13,9 +13,19 @@ cos-latitude weighted RMSE (each channel / its climatological σ_c):
   D(z, σ) = z / (1 + σ²) by each sampler and step count (the discretisation's own widening
   or narrowing of an ensemble; 64 × 2000 samples);
 - ``increments``: the mean analysis increment of the first cycle near (< 600 km) and far
-  (> 3000 km) from the observed columns, and the channels with the largest global mean.
+  (> 3000 km) from the observed columns, and the channels with the largest global mean;
+- ``bands``: the first cycle's analysis by each of ``--methods`` (the run's own first
+  background: the forecast of the initial ensemble), its mean's error and its spread by
+  distance to the nearest observed column (observed, < 500, 500–1000, 1000–2000,
+  > 2000 km) and globally;
+- ``denoiser``: on that background, the error of the trained denoiser's estimate
+  D(z₀ + σ ε, σ) of the true normalised increment z₀ = (t − x̄_b)/s at the observed and
+  the other elements, by σ, and of D(0, σ_max) (the posterior-mean estimate from the
+  conditioning alone); next to |z₀| (the error of z = 0, the background mean) and the
+  observation error r/s.
 
     python experiments/sphere_diffusion_check.py analysis
+    python experiments/sphere_diffusion_check.py bands --set obs.density=0.04
     python experiments/sphere_diffusion_check.py cycles --cycles 12 --set methods.diffusion.coupling=background
 """
 
@@ -71,13 +81,23 @@ def cycles(cfg):
     print("worst channels at the last cycle:", [(names[i], round(float(np.sqrt(cm[i]) / std[i]), 2)) for i in worst])
 
 
+def distance_to_observed(tb, obs) -> np.ndarray:
+    """Great-circle distance (km) of every grid column to the nearest observed column."""
+    cols = np.unique(np.asarray(obs.site))
+    return np.asarray(tb.grid.distance(jnp.arange(tb.grid.n)[:, None], jnp.asarray(cols)[None, :])).min(1)
+
+
+def first_background(cfg, osse) -> jax.Array:
+    """The run's first background: the forecast of the initial ensemble."""
+    return osse.forecast_model.cycle_forecast(experiment.initial_ensemble(cfg, osse, cfg.ensemble.size))
+
+
 def increments(cfg):
     osse = experiment.make_osse(cfg)
     assim = experiment.build_assimilator(cfg, osse, "diffusion")
     tb, obs = osse.testbed.testbed, osse.obs.at(0)
-    cols = np.unique(np.asarray(obs.site))
-    dist = np.asarray(tb.grid.distance(jnp.arange(tb.grid.n)[:, None], jnp.asarray(cols)[None, :])).min(1)
-    xb = osse.forecast_model.cycle_forecast(experiment.initial_ensemble(cfg, osse, cfg.ensemble.size))
+    dist = distance_to_observed(tb, obs)
+    xb = first_background(cfg, osse)
     xa = jax.jit(assim.analyse)(xb, obs, jax.random.key(0))
     inc = ((np.asarray(xa.mean(0)) - np.asarray(xb.mean(0))) / np.repeat(np.asarray(osse.channel_std), tb.grid.n))
     for name, near in (("near", dist < 600), ("far", dist > 3000)):
@@ -86,6 +106,51 @@ def increments(cfg):
     by_channel = inc.reshape(tb.channels.n, -1).mean(1)
     top = np.argsort(-np.abs(by_channel))[:6]
     print("channel mean increments (σ_c):", [(tb.channels.names[i], round(float(by_channel[i]), 3)) for i in top])
+
+
+BANDS_KM = ((0.0, 1.0), (1.0, 500.0), (500.0, 1000.0), (1000.0, 2000.0), (2000.0, np.inf))
+
+
+def bands(cfg, methods):
+    osse = experiment.make_osse(cfg)
+    tb, obs = osse.testbed.testbed, osse.obs.at(0)
+    dist, rms = distance_to_observed(tb, obs), standardised(osse)
+    masks = [np.tile((dist >= lo) & (dist < hi), tb.channels.n) for lo, hi in BANDS_KM] + [None]
+    names = ["observed", "< 500 km", "500-1000", "1000-2000", "> 2000 km", "global"]
+    print(f"{len(np.unique(np.asarray(obs.site)))} observed columns; columns per band:",
+          [int(((dist >= lo) & (dist < hi)).sum()) for lo, hi in BANDS_KM])
+    print(f"{'':12s}" + "".join(f"{n:>11s}" for n in names) + "     spread")
+    t, xb = np.asarray(osse.truth[1]), first_background(cfg, osse)
+    ensembles = {"background": xb}
+    for method in methods:
+        assim = experiment.build_assimilator(cfg, osse, method)
+        ensembles[method] = jax.jit(assim.analyse)(xb, obs, jax.random.key(0))
+    for name, x in ensembles.items():
+        err = np.asarray(x.mean(0)) - t
+        print(f"{name:12s}" + "".join(f"{rms(err, m):11.3f}" for m in masks) + f"{rms(x.std(0, ddof=1)):11.3f}")
+
+
+def denoiser(cfg, sigmas):
+    osse = experiment.make_osse(cfg)
+    assim = experiment.build_assimilator(cfg, osse, "diffusion")
+    obs, xb = osse.obs.at(0), first_background(cfg, osse)
+    mean, spread = xb.mean(0), xb.std(0, ddof=1)
+    s = assim.norm.scale(spread)
+    z0 = (osse.truth[1] - mean) / s
+    observed = np.zeros(z0.shape, bool)
+    observed[np.asarray(obs.idx)] = True
+    D = jax.jit(assim.denoiser(mean, spread, obs))
+
+    def line(label, d):
+        e = np.asarray(d - z0)
+        return f"{label:>14s}: rms error observed {np.sqrt((e[observed] ** 2).mean()):.3f}, other {np.sqrt((e[~observed] ** 2).mean()):.3f}"
+
+    r_s = np.asarray(obs.r_std) / np.asarray(s)[np.asarray(obs.idx)]
+    print(line("z = 0", jnp.zeros_like(z0)), f"(|z0|); r/s at the observations: rms {np.sqrt((r_s ** 2).mean()):.3f}, "
+          f"median {np.median(r_s):.3f}")
+    for sigma in sigmas:
+        print(line(f"σ = {sigma:g}", D(z0 + sigma * jax.random.normal(jax.random.key(1), z0.shape), jnp.float32(sigma))))
+    print(line(f"D(0, {assim.edm.sigma_max:g})", D(jnp.zeros_like(z0), jnp.float32(assim.edm.sigma_max))))
 
 
 def sampler_widths():
@@ -101,7 +166,9 @@ def sampler_widths():
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("analysis", "cycles", "increments", "sampler"))
+    ap.add_argument("what", choices=("analysis", "cycles", "increments", "sampler", "bands", "denoiser"))
+    ap.add_argument("--methods", default="diffusion,letkf", help="bands: comma-separated methods")
+    ap.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.5, 1.0, 3.0], help="denoiser: noise levels")
     ap.add_argument("--config", default=CONFIG)
     ap.add_argument("--cycles", type=int, default=10)
     ap.add_argument("--scales", type=float, nargs="+", default=[0.1, 0.3, 1.0])
@@ -111,7 +178,8 @@ def main(argv=None):
         return sampler_widths()
     fixed = [f"cycles={max(args.cycles, 2)}", "burn_in=1", "tracking.enabled=false", "lead_time.enabled=false"]
     cfg = load(args.config, [*fixed, *args.overrides])
-    {"analysis": lambda: analysis(cfg, args.scales), "cycles": lambda: cycles(cfg), "increments": lambda: increments(cfg)}[args.what]()
+    {"analysis": lambda: analysis(cfg, args.scales), "cycles": lambda: cycles(cfg), "increments": lambda: increments(cfg),
+     "bands": lambda: bands(cfg, args.methods.split(",")), "denoiser": lambda: denoiser(cfg, args.sigmas)}[args.what]()
 
 
 if __name__ == "__main__":
