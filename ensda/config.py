@@ -358,6 +358,9 @@ class TrainConfig(_Strict):
     #: MLP of each state element's own 5 features and the noise level, shared by all
     #: elements, so an observed element's value need not pass the GNN's latent bottleneck
     elementwise: int = Field(0, ge=0)
+    #: the per-element path acts only at observed elements (× the observation mask); false:
+    #: at every element, also as a function of the background alone where nothing is observed
+    elementwise_observed_only: bool = True
     # EDM noise levels (Karras et al. 2022)
     sigma_min: float = Field(0.002, gt=0)
     sigma_max: float = Field(80.0, gt=0)

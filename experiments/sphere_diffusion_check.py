@@ -23,10 +23,16 @@ cos-latitude weighted RMSE (each channel / its climatological σ_c):
   the other elements, by σ, and of D(0, σ_max) (the posterior-mean estimate from the
   conditioning alone); next to |z₀| (the error of z = 0, the background mean) and the
   observation error r/s.
+- ``growth``: a cycled run (``--cycles``), per cycle and distance band the error of the
+  background mean (the forecast of the previous analysis ensemble), of the analysis mean,
+  and the rms of the mean increment, with the channel of the largest increment: which
+  step, where, makes an error grow (a diverging run is reported up to its last finite
+  cycle).
 
     python experiments/sphere_diffusion_check.py analysis
     python experiments/sphere_diffusion_check.py bands --set obs.density=0.04
     python experiments/sphere_diffusion_check.py cycles --cycles 12 --set methods.diffusion.coupling=background
+    python experiments/sphere_diffusion_check.py growth --cycles 12 --set methods.diffusion.checkpoint=CKPT
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ import numpy as np
 
 from ensda import experiment
 from ensda.config import load
+from ensda.cycle import NonFiniteStateError
 
 CONFIG = "experiments/configs/sphere_diffusion.yaml"
 
@@ -109,17 +116,23 @@ def increments(cfg):
 
 
 BANDS_KM = ((0.0, 1.0), (1.0, 500.0), (500.0, 1000.0), (1000.0, 2000.0), (2000.0, np.inf))
+BAND_NAMES = ("observed", "< 500 km", "500-1000", "1000-2000", "> 2000 km", "global")
+
+
+def band_masks(tb, obs) -> list[np.ndarray]:
+    """Element masks of the BANDS_KM distance bands to ``obs``'s observed columns."""
+    dist = distance_to_observed(tb, obs)
+    return [np.tile((dist >= lo) & (dist < hi), tb.channels.n) for lo, hi in BANDS_KM]
 
 
 def bands(cfg, methods):
     osse = experiment.make_osse(cfg)
     tb, obs = osse.testbed.testbed, osse.obs.at(0)
     dist, rms = distance_to_observed(tb, obs), standardised(osse)
-    masks = [np.tile((dist >= lo) & (dist < hi), tb.channels.n) for lo, hi in BANDS_KM] + [None]
-    names = ["observed", "< 500 km", "500-1000", "1000-2000", "> 2000 km", "global"]
+    masks = band_masks(tb, obs) + [None]
     print(f"{len(np.unique(np.asarray(obs.site)))} observed columns; columns per band:",
           [int(((dist >= lo) & (dist < hi)).sum()) for lo, hi in BANDS_KM])
-    print(f"{'':12s}" + "".join(f"{n:>11s}" for n in names) + "     spread")
+    print(f"{'':12s}" + "".join(f"{n:>11s}" for n in BAND_NAMES) + "     spread")
     t, xb = np.asarray(osse.truth[1]), first_background(cfg, osse)
     ensembles = {"background": xb}
     for method in methods:
@@ -128,6 +141,36 @@ def bands(cfg, methods):
     for name, x in ensembles.items():
         err = np.asarray(x.mean(0)) - t
         print(f"{name:12s}" + "".join(f"{rms(err, m):11.3f}" for m in masks) + f"{rms(x.std(0, ddof=1)):11.3f}")
+
+
+def growth(cfg) -> dict[str, np.ndarray]:
+    """Per cycle k (rows) and band (columns, the last one global): the standardised RMSE of
+    the background mean ``ef``, of the analysis mean ``ea`` and the rms mean increment
+    ``inc``; printed, and returned (with ``channel``, the largest-increment channel)."""
+    osse = experiment.make_osse(cfg)
+    tb, rms = osse.testbed.testbed, standardised(osse)
+    kept = []
+    try:
+        experiment.run_method(cfg, osse, "diffusion", analyses=lambda first, ens: kept.append(np.asarray(ens)))
+    except NonFiniteStateError as err:
+        print(f"{err} (reported up to the last finite chunk)")
+    analyses = np.concatenate(kept) if kept else np.zeros((0, cfg.members_for("diffusion"), osse.truth.shape[-1]))
+    forecast = jax.jit(osse.forecast_model.cycle_forecast)
+    xb, std = first_background(cfg, osse), np.repeat(np.asarray(osse.channel_std), tb.grid.n)
+    out = {"ef": [], "ea": [], "inc": [], "channel": []}
+    print("per band: background error > analysis error / rms increment (standardised); largest-increment channel")
+    print(f"{'cycle':>5s}" + "".join(f"{n:>21s}" for n in BAND_NAMES))
+    for k, xa in enumerate(analyses):
+        t, masks = np.asarray(osse.truth[k + 1]), band_masks(tb, osse.obs.at(k)) + [None]
+        mb, ma = np.asarray(xb).mean(0), xa.mean(0)
+        row = [(rms(mb - t, m), rms(ma - t, m), rms(ma - mb, m)) for m in masks]
+        by_channel = (((ma - mb) / std) ** 2).reshape(tb.channels.n, -1).mean(1)
+        out["channel"].append(tb.channels.names[int(np.argmax(by_channel))])
+        for i, name in enumerate(("ef", "ea", "inc")):
+            out[name].append([r[i] for r in row])
+        print(f"{k + 1:5d}" + "".join(f"{f:7.3f} >{a:6.3f} /{i:6.3f}" for f, a, i in row) + f"  {out['channel'][-1]}")
+        xb = forecast(jnp.asarray(xa))
+    return {k: np.asarray(v) for k, v in out.items()}
 
 
 def denoiser(cfg, sigmas):
@@ -166,7 +209,7 @@ def sampler_widths():
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("analysis", "cycles", "increments", "sampler", "bands", "denoiser"))
+    ap.add_argument("what", choices=("analysis", "cycles", "increments", "sampler", "bands", "denoiser", "growth"))
     ap.add_argument("--methods", default="diffusion,letkf", help="bands: comma-separated methods")
     ap.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.5, 1.0, 3.0], help="denoiser: noise levels")
     ap.add_argument("--config", default=CONFIG)
@@ -179,7 +222,7 @@ def main(argv=None):
     fixed = [f"cycles={max(args.cycles, 2)}", "burn_in=1", "tracking.enabled=false", "lead_time.enabled=false"]
     cfg = load(args.config, [*fixed, *args.overrides])
     {"analysis": lambda: analysis(cfg, args.scales), "cycles": lambda: cycles(cfg), "increments": lambda: increments(cfg),
-     "bands": lambda: bands(cfg, args.methods.split(",")), "denoiser": lambda: denoiser(cfg, args.sigmas)}[args.what]()
+     "bands": lambda: bands(cfg, args.methods.split(",")), "denoiser": lambda: denoiser(cfg, args.sigmas), "growth": lambda: growth(cfg)}[args.what]()
 
 
 if __name__ == "__main__":

@@ -68,7 +68,8 @@ def test_elementwise_path_starts_as_the_gnn_and_sees_only_its_own_element():
     """``ModelSpec.elementwise``: a new model's output is the bare GNN's (same key, the
     path's last layer zero); the path's term at element i depends on element i's features
     only (its Jacobian is diagonal); the spec round-trips and an older spec (no key) reads
-    as the GNN alone."""
+    as the GNN alone; gated (``elementwise_observed_only``) the term is the ungated one
+    times the observation mask."""
     spec0 = ModelSpec(n=3 * 12, gnn=GNNConfig(latent=8, steps=1, n_frequencies=4), edm=EDM(), obs_r_std=(1.0, 2.0, 3.0),
                       sphere=SphereMesh(4, 3, refinement=0))
     spec = ModelSpec(**(vars(spec0) | {"elementwise": 8}))
@@ -94,6 +95,16 @@ def test_elementwise_path_starts_as_the_gnn_and_sees_only_its_own_element():
     # the same MLP for every element: permuting the elements permutes the term
     perm = rng.permutation(spec.n)
     np.testing.assert_allclose(np.asarray(model.element_term(features[perm], jnp.float32(0.3))), np.asarray(term)[perm], rtol=1e-6)
+    # observed_only: the term times the mask (the last feature), zero where nothing is observed
+    gated_spec = ModelSpec(**(vars(spec) | {"elementwise_observed_only": True}))
+    assert ModelSpec.from_dict(gated_spec.to_dict()) == gated_spec
+    gated = build_network(gated_spec, gated_spec.graph(), 3)
+    gated.elementwise.layers[-1].kernel[...] = last.kernel[...]
+    mask = jnp.asarray(rng.random(spec.n) < 0.3, jnp.float32)
+    masked = features.at[:, -1].set(mask)
+    np.testing.assert_allclose(np.asarray(gated.element_term(masked, jnp.float32(0.3))),
+                               np.asarray(model.element_term(masked, jnp.float32(0.3))) * np.asarray(mask), rtol=1e-6)
+    assert float(jnp.abs(gated.element_term(masked, jnp.float32(0.3))).sum()) > 0
 
 
 def test_normalisation_pools_within_groups():
@@ -452,3 +463,32 @@ def test_sweep_density_by_guidance_and_report_on_the_sphere(trained, sw_store, t
     assert result.exit_code == 0, result.output
     assert (out / "crps_heatmap.png").stat().st_size > 1000 and (out / "report.html").stat().st_size > 1000
     assert list((out / "maps").glob("diffusion_*.png")), sorted(p.name for p in out.rglob("*.png"))
+
+
+def test_growth_diagnostic_recomputes_the_cyclers_errors_by_band(trained, capsys):
+    """``sphere_diffusion_check.py growth``: its global background and analysis errors,
+    recomputed from the kept analyses and the forecast model, equal the cycler's own
+    per-cycle rmse_f and rmse_a; the bands partition the elements, so their cos φ weighted
+    mean squares add up to the global one."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "experiments" / "sphere_diffusion_check.py"
+    spec = importlib.util.spec_from_file_location("sphere_diffusion_check", path)
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    cfg, _, _ = trained
+    table = check.growth(cfg)
+    result = experiment.run_method(cfg, experiment.make_osse(cfg), "diffusion").result
+    assert table["ea"].shape == (cfg.cycles, len(check.BAND_NAMES)) and len(table["channel"]) == cfg.cycles
+    np.testing.assert_allclose(table["ef"][:, -1], np.sqrt(np.asarray(result.mse_f)), rtol=2e-3)
+    np.testing.assert_allclose(table["ea"][:, -1], np.sqrt(np.asarray(result.mse_a)), rtol=2e-3)
+    assert (table["inc"][:, -1] > 0).all()
+    osse = experiment.make_osse(cfg)
+    tb = osse.testbed.testbed
+    counts = np.array([m.sum() for m in check.band_masks(tb, osse.obs.at(0))])
+    assert counts.sum() == osse.truth.shape[-1] and counts[0] > 0
+    filled = counts > 0  # Σ_b rms_b² · count_b = n · rms²: the bands partition the elements
+    np.testing.assert_allclose((table["ea"][0, :-1][filled] ** 2 * counts[filled]).sum() / counts.sum(),
+                               table["ea"][0, -1] ** 2, rtol=1e-4)
+    assert "cycle" in capsys.readouterr().out

@@ -20,12 +20,15 @@ The network is ``ensda.nn.GraphNetwork`` on the ring graph (Lorenz-96) or
 ``ModelSpec.sphere``). The noise level enters through their conditional LayerNorms
 (c_noise = log σ / 4, EDM preconditioning in ``ensda.diffusion.edm``).
 
-With ``ModelSpec.elementwise`` = w > 0 the output is F_i = GNN(…)_i + f(u_i, c_noise), f an MLP
-of width w shared by every element i, u_i the element's own 5 features
-(``WithElementwise``). On the sphere a node carries all C channels through a latent of
-fixed width (64 for 53 channels × 5 features), too narrow to pass each observed
-increment on to its element; f passes it directly (the optimal D at an observed element
-is a σ-dependent blend of z_σ and the observed increment).
+With ``ModelSpec.elementwise`` = w > 0 the output is F_i = GNN(…)_i + g_i f(u_i, c_noise), f an
+MLP of width w shared by every element i, u_i the element's own 5 features
+(``WithElementwise``), g_i = m_i (the observation mask) with ``elementwise_observed_only``,
+else 1. On the sphere a node carries all C channels through a latent of fixed width (64
+for 53 channels × 5 features), too narrow to pass each observed increment on to its
+element; f passes it directly (the optimal D at an observed element is a σ-dependent
+blend of z_σ and the observed increment). Ungated, f also acts where nothing is observed,
+as a function of the element's background alone (experiments/README, "Does the denoiser
+use the observations?": that model diverged when cycled).
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ class ModelSpec:
     sphere: SphereMesh | None = None
     #: width of the per-element path (``WithElementwise``); 0: the GNN alone
     elementwise: int = 0
+    #: the per-element path acts only at observed elements (gated by the mask)
+    elementwise_observed_only: bool = False
 
     def __post_init__(self):
         if self.n % self.n_nodes:
@@ -104,7 +109,7 @@ class ModelSpec:
         return {"n": self.n, "gnn": dataclasses.asdict(self.gnn), "edm": dataclasses.asdict(self.edm),
                 "obs_r_std": list(self.obs_r_std),
                 "sphere": None if self.sphere is None else dataclasses.asdict(self.sphere),
-                "elementwise": self.elementwise}
+                "elementwise": self.elementwise, "elementwise_observed_only": self.elementwise_observed_only}
 
     @staticmethod
     def from_dict(data: dict) -> ModelSpec:
@@ -112,18 +117,22 @@ class ModelSpec:
         sphere = data.get("sphere")
         return ModelSpec(int(data["n"]), GNNConfig(**data["gnn"]), EDM(**data["edm"]),
                          tuple(float(v) for v in (r_std if isinstance(r_std, list) else [r_std])),
-                         None if sphere is None else SphereMesh(**sphere), int(data.get("elementwise", 0)))
+                         None if sphere is None else SphereMesh(**sphere), int(data.get("elementwise", 0)),
+                         bool(data.get("elementwise_observed_only", False)))
 
 
 class WithElementwise(nnx.Module):
     """A GNN and the per-element path f(u_i, c_noise) added to its output (module docstring).
 
     f: Linear → swish → Linear → swish → Linear (width ``width``), the last layer zero at
-    initialisation, so a new model is the GNN alone.
+    initialisation, so a new model is the GNN alone; with ``observed_only`` the term is
+    multiplied by the element's observation mask (its last feature).
     """
 
-    def __init__(self, network: GraphNetwork | SphereGraphNetwork, width: int, *, rngs: nnx.Rngs):
+    def __init__(self, network: GraphNetwork | SphereGraphNetwork, width: int, *, observed_only: bool = False,
+                 rngs: nnx.Rngs):
         self.network = network
+        self.observed_only = observed_only
         self.elementwise = MLP(IN_FEATURES + 1, width, 1, hidden_layers=2, layer_norm=False, rngs=rngs)
         last = self.elementwise.layers[-1]
         last.kernel[...] = jnp.zeros_like(last.kernel[...])
@@ -132,7 +141,8 @@ class WithElementwise(nnx.Module):
     def element_term(self, features: jax.Array, c_noise: jax.Array) -> jax.Array:
         """f of per-element features ``(..., n, 5)`` and c_noise ``(...)``: ``(..., n)``."""
         noise = jnp.broadcast_to(jnp.asarray(c_noise, features.dtype)[..., None, None], features.shape[:-1] + (1,))
-        return self.elementwise(jnp.concatenate([features, noise], axis=-1))[..., 0]
+        term = self.elementwise(jnp.concatenate([features, noise], axis=-1))[..., 0]
+        return term * features[..., -1] if self.observed_only else term
 
 
 def build_network(spec: ModelSpec, graph, key: int | jax.Array = 0) -> GraphNetwork | SphereGraphNetwork | WithElementwise:
@@ -142,7 +152,9 @@ def build_network(spec: ModelSpec, graph, key: int | jax.Array = 0) -> GraphNetw
         network = GraphNetwork(IN_FEATURES, 1, graph, spec.gnn, conditional=True, rngs=rngs)
     else:
         network = SphereGraphNetwork(IN_FEATURES * c, c, graph, spec.gnn, conditional=True, rngs=rngs)
-    return network if spec.elementwise == 0 else WithElementwise(network, spec.elementwise, rngs=rngs)
+    if spec.elementwise == 0:
+        return network
+    return WithElementwise(network, spec.elementwise, observed_only=spec.elementwise_observed_only, rngs=rngs)
 
 
 def to_nodes(a: jax.Array, n_channels: int) -> jax.Array:

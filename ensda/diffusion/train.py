@@ -58,12 +58,14 @@ def model_spec(cfg: ExperimentConfig) -> ModelSpec:
     gnn = GNNConfig(latent=t.latent, steps=t.message_steps, hidden_layers=t.hidden_layers, n_frequencies=t.frequencies)
     edm = EDM(sigma_data=1.0, sigma_min=t.sigma_min, sigma_max=t.sigma_max, p_mean=t.p_mean, p_std=t.p_std)
     if not cfg.sphere:
-        return ModelSpec(n=cfg.testbed.n, gnn=gnn, edm=edm, obs_r_std=(cfg.obs.r_std,), elementwise=t.elementwise)
+        return ModelSpec(n=cfg.testbed.n, gnn=gnn, edm=edm, obs_r_std=(cfg.obs.r_std,), elementwise=t.elementwise,
+                         elementwise_observed_only=t.elementwise_observed_only)
     channels, grid = channels_of(cfg.testbed), cfg.testbed.grid
     r_std = dict(GLOBAL_R_STD) | cfg.obs.r_std
     return ModelSpec(n=channels.n * grid.n_lon * grid.n_lat, gnn=gnn, edm=edm,
                      obs_r_std=tuple(float(r_std[channels.variable(c)]) for c in range(channels.n)),
-                     sphere=SphereMesh(grid.n_lon, grid.n_lat, t.refinement), elementwise=t.elementwise)
+                     sphere=SphereMesh(grid.n_lon, grid.n_lat, t.refinement), elementwise=t.elementwise,
+                     elementwise_observed_only=t.elementwise_observed_only)
 
 
 # ---------------------------------------------------------------------------- data
