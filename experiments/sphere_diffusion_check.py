@@ -119,19 +119,23 @@ BANDS_KM = ((0.0, 1.0), (1.0, 500.0), (500.0, 1000.0), (1000.0, 2000.0), (2000.0
 BAND_NAMES = ("observed", "< 500 km", "500-1000", "1000-2000", "> 2000 km", "global")
 
 
-def band_masks(tb, obs) -> list[np.ndarray]:
-    """Element masks of the BANDS_KM distance bands to ``obs``'s observed columns."""
+def band_columns(tb, obs) -> list[np.ndarray]:
+    """Grid-column masks of the BANDS_KM distance bands to ``obs``'s observed columns."""
     dist = distance_to_observed(tb, obs)
-    return [np.tile((dist >= lo) & (dist < hi), tb.channels.n) for lo, hi in BANDS_KM]
+    return [(dist >= lo) & (dist < hi) for lo, hi in BANDS_KM]
+
+
+def band_masks(tb, obs) -> list[np.ndarray]:
+    """Element masks (every channel of the columns) of ``band_columns``."""
+    return [np.tile(columns, tb.channels.n) for columns in band_columns(tb, obs)]
 
 
 def bands(cfg, methods):
     osse = experiment.make_osse(cfg)
     tb, obs = osse.testbed.testbed, osse.obs.at(0)
-    dist, rms = distance_to_observed(tb, obs), standardised(osse)
-    masks = band_masks(tb, obs) + [None]
-    print(f"{len(np.unique(np.asarray(obs.site)))} observed columns; columns per band:",
-          [int(((dist >= lo) & (dist < hi)).sum()) for lo, hi in BANDS_KM])
+    rms, columns = standardised(osse), band_columns(tb, obs)
+    masks = [np.tile(c, tb.channels.n) for c in columns] + [None]
+    print(f"{len(np.unique(np.asarray(obs.site)))} observed columns; columns per band:", [int(c.sum()) for c in columns])
     print(f"{'':12s}" + "".join(f"{n:>11s}" for n in BAND_NAMES) + "     spread")
     t, xb = np.asarray(osse.truth[1]), first_background(cfg, osse)
     ensembles = {"background": xb}

@@ -479,12 +479,12 @@ def test_growth_diagnostic_recomputes_the_cyclers_errors_by_band(trained, capsys
     spec.loader.exec_module(check)
     cfg, _, _ = trained
     table = check.growth(cfg)
-    result = experiment.run_method(cfg, experiment.make_osse(cfg), "diffusion").result
+    osse = experiment.make_osse(cfg)
+    result = experiment.run_method(cfg, osse, "diffusion").result
     assert table["ea"].shape == (cfg.cycles, len(check.BAND_NAMES)) and len(table["channel"]) == cfg.cycles
     np.testing.assert_allclose(table["ef"][:, -1], np.sqrt(np.asarray(result.mse_f)), rtol=2e-3)
     np.testing.assert_allclose(table["ea"][:, -1], np.sqrt(np.asarray(result.mse_a)), rtol=2e-3)
     assert (table["inc"][:, -1] > 0).all()
-    osse = experiment.make_osse(cfg)
     tb = osse.testbed.testbed
     counts = np.array([m.sum() for m in check.band_masks(tb, osse.obs.at(0))])
     assert counts.sum() == osse.truth.shape[-1] and counts[0] > 0
