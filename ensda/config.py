@@ -55,7 +55,7 @@ class ObsConfig(_Strict):
     sites: list[int] | None = None
     redraw: bool = False
     r_std: float = Field(1.0, gt=0)
-    operator: Literal["identity", "square", "abs"] = "identity"
+    operator: Literal["identity", "square", "abs", "arctan"] = "identity"
 
     @pydantic.model_validator(mode="after")
     def _one_network(self):
@@ -396,6 +396,24 @@ class TrainConfig(_Strict):
     ema: float = Field(0.999, ge=0, lt=1)
     clip: float = Field(1.0, gt=0)
     log_every: int = Field(200, ge=1)
+    # ``target: anchored``: the LETKF-anchored residual model of ``ens-diffusion``
+    # (ensda.diffusion.anchored_train); the sources are networks cycled by randomised LETKFs
+    #: ``increment``: the denoiser of the increment from the background (method ``diffusion``);
+    #: ``anchored``: of the residual t − x̄_a of an LETKF analysis (method ``ens-diffusion``)
+    target: Literal["increment", "anchored"] = "increment"
+    #: anchored: cycled runs per source network and round (one vmapped scan)
+    runs: int = Field(16, ge=1)
+    #: anchored: ranges [low, high] of each run's anchor LETKF inflation, RTPS and radius (sites)
+    anchor_inflation: tuple[Annotated[float, Field(ge=1)], Annotated[float, Field(ge=1)]] = (1.0, 1.1)
+    anchor_rtps: tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]] = (0.0, 0.5)
+    anchor_radius: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (4.0, 20.0)
+    #: anchored: self-cycled (DAgger) rounds after the first model, their cycles per run, fine-tune
+    #: steps, and the sampler the rounds cycle with
+    rounds: int = Field(0, ge=0)
+    round_cycles: int = Field(500, ge=2 * 50 + 10)
+    round_steps: int = Field(1000, ge=1)
+    round_sampler: Literal["heun", "dpm2s"] = "heun"
+    round_sampler_steps: int = Field(20, ge=1)
 
     @pydantic.model_validator(mode="after")
     def _check(self):
@@ -407,6 +425,20 @@ class TrainConfig(_Strict):
             raise ValueError(f"train.density_min ({self.density_min}) must not exceed train.density_max ({self.density_max})")
         if self.perturbed_samples == 0 and not self.sources:
             raise ValueError("train: no training data (perturbed_samples is 0 and no sources)")
+        for name in ("anchor_inflation", "anchor_rtps", "anchor_radius"):
+            low, high = getattr(self, name)
+            if low > high:
+                raise ValueError(f"train.{name}: low ({low}) must not exceed high ({high})")
+        if self.target == "anchored":
+            if not self.sources:
+                raise ValueError("train.target anchored needs train.sources (the networks its LETKF runs cycle on)")
+            bad = [i for i, src in enumerate(self.sources) if src.method != "letkf" or src.settings]
+            if bad:
+                raise ValueError(f"train.target anchored: sources {bad} must be method letkf without settings "
+                                 "(each run draws its LETKF settings from train.anchor_*)")
+            short = [i for i, src in enumerate(self.sources) if src.cycles <= 50 + 10]
+            if short:
+                raise ValueError(f"train.target anchored: sources {short} need more than 60 cycles (50 are spin-up)")
         return self
 
 
@@ -451,6 +483,8 @@ class ExperimentConfig(_Strict):
                 raise ValueError(f"train.seed ({self.train.seed}) must differ from seeds.truth and seeds.obs: the model must not see the evaluation truth")
             if self.sphere:
                 self._check_sphere_train()
+            if self.sphere and self.train.target == "anchored":
+                raise ValueError("train.target anchored (ens-diffusion) runs on Lorenz-96 only for now")
             self._check_train_sources()
         if self.lead_time.enabled:
             self._check_lead_time()

@@ -224,9 +224,11 @@ def normalisation_groups(cfg: ExperimentConfig) -> np.ndarray | None:
 # ---------------------------------------------------------------------------- training
 
 
-def optimiser(t: TrainConfig) -> tuple[optax.Schedule, optax.GradientTransformation]:
-    """The learning-rate schedule (linear warm-up, cosine decay) and AdamW with clipping."""
-    schedule = optax.warmup_cosine_decay_schedule(0.0, t.lr, min(t.warmup, t.steps - 1), t.steps, end_value=0.01 * t.lr)
+def optimiser(t: TrainConfig, n_steps: int | None = None) -> tuple[optax.Schedule, optax.GradientTransformation]:
+    """The learning-rate schedule (linear warm-up, cosine decay over ``n_steps``, default
+    ``t.steps``) and AdamW with clipping."""
+    n_steps = t.steps if n_steps is None else n_steps
+    schedule = optax.warmup_cosine_decay_schedule(0.0, t.lr, min(t.warmup, n_steps - 1), n_steps, end_value=0.01 * t.lr)
     return schedule, optax.chain(optax.clip_by_global_norm(t.clip), optax.adamw(schedule, weight_decay=t.weight_decay))
 
 
@@ -238,23 +240,27 @@ def training_arrays(pairs: Pairs, norm: Normalisation) -> tuple[jax.Array, jax.A
     return jnp.asarray(pairs.mean), jnp.asarray(pairs.spread), jnp.asarray(z, jnp.float32)
 
 
-def training_step(spec: ModelSpec, graph, graphdef, rest, norm: Normalisation, t: TrainConfig,
-                  tx: optax.GradientTransformation, weights: jax.Array | None):
-    """The EDM loss and one optimisation step of the denoiser ``nnx.merge(graphdef, params, rest)``.
-
-    Returns ``loss_of(params, key, mean, spread, z)``, the loss of a batch with random
-    networks and observation noise (``batch_condition``), and ``step(carry, step, key,
-    data) -> (carry, loss)`` with ``carry = (params, opt_state, ema)``: the loss and
-    gradient on ``t.batch`` random examples of ``data`` (``training_arrays``), an update
-    by ``tx`` and the EMA update, all keyed by ``fold_in(key, step)`` (a ``lax.scan`` body
-    over step numbers, as ``train`` runs it).
-    """
+def training_loss(spec: ModelSpec, graph, graphdef, rest, norm: Normalisation, t: TrainConfig,
+                  weights: jax.Array | None):
+    """``loss_of(params, key, mean, spread, z)``: the EDM loss of the denoiser
+    ``nnx.merge(graphdef, params, rest)`` on a batch with random networks and observation
+    noise (``batch_condition``)."""
 
     def loss_of(params, key, mean, spread, z):
         k_cond, k_loss = jax.random.split(key)
         cond = batch_condition(k_cond, norm, mean, spread, z, t, spec)
         net = network_fn(nnx.merge(graphdef, params, rest), graph, cond, spec.n_channels)
         return spec.edm.loss(net, k_loss, z, weights)
+
+    return loss_of
+
+
+def update_step(loss_of, t: TrainConfig, tx: optax.GradientTransformation):
+    """``step(carry, step, key, data) -> (carry, loss)`` with ``carry = (params, opt_state,
+    ema)``: the loss ``loss_of(params, key, *batch)`` and its gradient on ``t.batch`` random
+    examples of ``data`` (a tuple of arrays with a leading example axis), an update by ``tx``
+    and the EMA update, all keyed by ``fold_in(key, step)`` (a ``lax.scan`` body over step
+    numbers, as ``fit`` runs it)."""
 
     def step(carry, step, key, data):
         params, opt_state, ema = carry
@@ -267,7 +273,66 @@ def training_step(spec: ModelSpec, graph, graphdef, rest, norm: Normalisation, t
         ema = jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema, params)
         return (params, opt_state, ema), loss
 
-    return loss_of, step
+    return step
+
+
+def training_step(spec: ModelSpec, graph, graphdef, rest, norm: Normalisation, t: TrainConfig,
+                  tx: optax.GradientTransformation, weights: jax.Array | None):
+    """``(loss_of, step)`` of the increment denoiser: ``training_loss`` and its ``update_step``."""
+    loss_of = training_loss(spec, graph, graphdef, rest, norm, t, weights)
+    return loss_of, update_step(loss_of, t, tx)
+
+
+@dataclasses.dataclass(frozen=True)
+class Fitted:
+    ema: object  # the EMA parameters
+    steps: list[int]
+    loss: list[float]  # training loss, mean over each logging interval
+    val_loss: list[float]  # validation loss (EMA weights) at the same steps
+    train_s: float
+
+
+def fit(loss_of, params, data: tuple, valid: tuple, t: TrainConfig, n_steps: int,
+        progress: Callable[[int, float, float], None] | None = None, log: Callable[[int, dict], None] | None = None,
+        first_step: int = 0, seed_offset: int = 0) -> Fitted:
+    """Minimise ``loss_of(params, key, *batch)`` over ``data`` for ``n_steps`` steps (AdamW with
+    the schedule of ``optimiser``, EMA of the weights), in jitted ``lax.scan`` chunks of
+    ``t.log_every`` steps; after each chunk the validation loss of the EMA weights on ``valid``
+    (fixed key) is computed and ``progress(step, loss, val)`` / ``log(step, metrics)`` called
+    (steps counted from ``first_step``). A non-finite loss stops with ``FloatingPointError``."""
+    schedule, tx = optimiser(t, n_steps)
+    train_step = update_step(loss_of, t, tx)
+    opt_state = tx.init(params)
+    ema = params
+
+    @jax.jit
+    def chunk(params, opt_state, ema, start, key):
+        steps = start + jnp.arange(t.log_every)
+        (params, opt_state, ema), losses = jax.lax.scan(lambda carry, step: train_step(carry, step, key, data),
+                                                        (params, opt_state, ema), steps)
+        return params, opt_state, ema, losses.mean()
+
+    val_key = jax.random.key(t.seed + 3 + seed_offset)
+    validation = jax.jit(lambda ema: loss_of(ema, val_key, *valid))
+    key = jax.random.key(t.seed + 4 + seed_offset)
+    steps, losses, val_losses = [], [], []
+    t1 = time.perf_counter()
+    done = 0
+    while done < n_steps:
+        params, opt_state, ema, loss = chunk(params, opt_state, ema, done, key)
+        done += t.log_every
+        loss, val = float(loss), float(validation(ema))
+        if not np.isfinite(loss):
+            raise FloatingPointError(f"training loss became non-finite near step {first_step + done}; "
+                                     "lower train.lr or raise train.clip")
+        steps.append(first_step + min(done, n_steps))
+        losses.append(loss)
+        val_losses.append(val)
+        if progress is not None:
+            progress(steps[-1], loss, val)
+        if log is not None:
+            log(steps[-1], {"train/loss": loss, "train/val_loss": val, "train/lr": float(schedule(done))})
+    return Fitted(ema, steps, losses, val_losses, time.perf_counter() - t1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,6 +361,10 @@ def train(
     if cfg.train is None:
         raise ValueError("the config has no 'train' section: nothing to train")
     t = cfg.train
+    if t.target == "anchored":
+        from ensda.diffusion.anchored_train import train_anchored  # it imports this module
+
+        return train_anchored(cfg, progress, report, log)
     t0 = time.perf_counter()
     pairs = make_pairs(cfg, report)
     data_s = time.perf_counter() - t0
@@ -313,41 +382,11 @@ def train(
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
 
-    schedule, tx = optimiser(t)
-    opt_state = tx.init(params)
-    ema = params
     data = training_arrays(train_pairs, norm)
     valid = training_arrays(valid_pairs, norm)
-    loss_of, train_step = training_step(spec, graph, graphdef, rest, norm, t, tx, weights)
-
-    @jax.jit
-    def chunk(params, opt_state, ema, start, key):
-        steps = start + jnp.arange(t.log_every)
-        (params, opt_state, ema), losses = jax.lax.scan(lambda carry, step: train_step(carry, step, key, data),
-                                                        (params, opt_state, ema), steps)
-        return params, opt_state, ema, losses.mean()
-
-    val_key = jax.random.key(t.seed + 3)
-    validation = jax.jit(lambda ema: loss_of(ema, val_key, *valid))
-
-    key = jax.random.key(t.seed + 4)
-    steps, losses, val_losses = [], [], []
-    t1 = time.perf_counter()
-    done = 0
-    while done < t.steps:
-        params, opt_state, ema, loss = chunk(params, opt_state, ema, done, key)
-        done += t.log_every
-        loss, val = float(loss), float(validation(ema))
-        if not np.isfinite(loss):
-            raise FloatingPointError(f"training loss became non-finite near step {done}; lower train.lr or raise train.clip")
-        steps.append(min(done, t.steps))
-        losses.append(loss)
-        val_losses.append(val)
-        if progress is not None:
-            progress(steps[-1], loss, val)
-        if log is not None:
-            log(steps[-1], {"train/loss": loss, "train/val_loss": val, "train/lr": float(schedule(done))})
-    train_s = time.perf_counter() - t1
+    loss_of = training_loss(spec, graph, graphdef, rest, norm, t, weights)
+    fitted = fit(loss_of, params, data, valid, t, t.steps, progress, log)
+    ema, steps, losses, val_losses, train_s = fitted.ema, fitted.steps, fitted.loss, fitted.val_loss, fitted.train_s
 
     result = TrainResult(
         Path(t.checkpoint), np.asarray(steps), np.asarray(losses), np.asarray(val_losses),
