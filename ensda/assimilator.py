@@ -82,6 +82,7 @@ def _load_builtin_methods():
     if "diffusion" in REGISTRY:
         return
     import baselines  # noqa: F401  (registers the classic methods)
+    import ensda.diffusion.anchored  # noqa: F401  (registers ``ens-diffusion``)
     import ensda.diffusion.assimilator  # noqa: F401  (registers ``diffusion``)
 
 
