@@ -78,12 +78,19 @@ def methods() -> list[str]:
     return sorted(REGISTRY)
 
 
+_BUILTINS_LOADED = []
+
+
 def _load_builtin_methods():
-    if "diffusion" in REGISTRY:
+    """Import the modules that register the built-in methods (once; on first lookup)."""
+    if _BUILTINS_LOADED:
         return
     import baselines  # noqa: F401  (registers the classic methods)
     import ensda.diffusion.anchored  # noqa: F401  (registers ``ens-diffusion``)
     import ensda.diffusion.assimilator  # noqa: F401  (registers ``diffusion``)
+    import ensda.diffusion.ensf  # noqa: F401  (registers ``ensf``)
+
+    _BUILTINS_LOADED.append(True)
 
 
 def settings_fields(cls) -> dict[str, tuple[Any, Any]]:

@@ -10,8 +10,9 @@ Networks (``ObsNetwork``):
     (``redraw=False``) or anew each cycle (``redraw=True``);
   - an explicit ``sites`` list.
 
-Operators: ``identity`` (linear, H = index selection), ``square`` (y = x²) and ``abs``
-(y = |x|), applied site-wise after selection. Errors are Gaussian with diagonal
+Operators: ``identity`` (linear, H = index selection), ``square`` (y = x²), ``abs``
+(y = |x|) and ``arctan`` (y = arctan x, the saturating operator of Bao, Zhang & Zhang 2024),
+applied site-wise after selection. Errors are Gaussian with diagonal
 R = diag(r_std²):  y = h(x[idx]) + r_std · ε,  ε ~ N(0, I).
 
 On the sphere, ``GlobalObsNetwork`` observes columns of the lat–lon grid (random by density,
@@ -36,6 +37,7 @@ OPERATORS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "identity": lambda x: x,
     "square": jnp.square,
     "abs": jnp.abs,
+    "arctan": jnp.arctan,
 }
 
 

@@ -2,7 +2,8 @@
 
 References: site counts and sets computed directly (range, round(density·n)); operators
 applied in NumPy to the truth; the Gaussian error law y − h(x) ~ N(0, r²) checked by
-sample moments within their sampling error.
+sample moments within their sampling error; an LETKF cycled through arctan observations of
+Lorenz-96 against the free run.
 """
 
 import jax
@@ -72,7 +73,9 @@ def test_explicit_sites():
     np.testing.assert_allclose(np.asarray(obs.r_std), np.ones(4))
 
 
-@pytest.mark.parametrize("operator,fn", [("identity", lambda x: x), ("square", np.square), ("abs", np.abs)])
+@pytest.mark.parametrize(
+    "operator,fn", [("identity", lambda x: x), ("square", np.square), ("abs", np.abs), ("arctan", np.arctan)]
+)
 def test_operators_applied_to_selected_sites(operator, fn):
     rng = np.random.default_rng(3)
     truth = rng.normal(0.0, 3.0, 30)
@@ -148,3 +151,58 @@ def test_density_outside_unit_interval_is_refused(density):
 def test_invalid_networks_are_refused(kwargs, word):
     with pytest.raises(ValueError, match=word):
         ObsNetwork(n_state=40, **kwargs)
+
+
+def test_arctan_observations_of_known_values():
+    truth = jnp.asarray([0.0, 1.0, -1.0, np.sqrt(3.0), -8.0, 1e4], jnp.float32)
+    obs = ObsNetwork(n_state=6, operator="arctan").observe(truth, jax.random.key(0), 1)
+    exact = np.array([0.0, np.pi / 4, -np.pi / 4, np.pi / 3, np.arctan(-8.0), np.arctan(1e4)])
+    np.testing.assert_allclose(np.asarray(obs.h(truth)), exact, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(np.asarray(obs.h(truth)), np.arctan(np.asarray(truth, np.float64)), rtol=1e-6)
+    assert not obs.linear
+
+
+def test_unknown_operator_error_names_the_allowed_ones():
+    with pytest.raises(ValueError) as info:
+        ObsNetwork(n_state=40, operator="tanh")
+    message = str(info.value)
+    assert "'tanh'" in message and "obs.operator" in message
+    for name in ("identity", "square", "abs", "arctan"):
+        assert f"'{name}'" in message
+
+
+def test_letkf_tracks_lorenz96_through_arctan_observations():
+    """LETKF (radius 10, inflation 1.02, RTPS 0.1: the every-4th-site settings of
+    experiments/configs/l96_every4.yaml) with y = arctan(x) + N(0, 0.5²) at every 2nd site of
+    the 40-site Lorenz-96, N = 20, 400 cycles (burn-in 100). arctan flattens for |x| ≳ 2, so
+    a large part of the state is seen weakly, but the ensemble carries H through the
+    members. Measured: rmse_a 0.91 (0.71-0.91 over five truth/obs/ensemble seeds), the free
+    run 3.70 (about the climatological std 3.6, Lorenz & Emanuel 1998)."""
+    from baselines import LETKF, FreeRun
+    from ensda.cycle import run_cycles, summarize
+    from ensda.inflation import wrap
+    from ensda.testbeds import Lorenz96, RingGrid
+
+    n, n_mem, cycles = 40, 20, 400
+    tb = Lorenz96(n=n)
+    truth = tb.nature_run(jax.random.key(0), cycles)
+    net = ObsNetwork(n_state=n, every=2, operator="arctan", r_std=0.5)
+    obs = net.observe_run(truth[1:], jax.random.key(1))
+    x0 = truth[0] + jax.random.normal(jax.random.key(2), (n_mem, n))
+    rmse = {}
+    for name, assim in (("letkf", wrap(LETKF(grid=RingGrid(n), radius=10.0), inflation=1.02, rtps=0.1)),
+                        ("none", FreeRun())):
+        result = run_cycles(tb, assim, truth, obs, x0, jax.random.key(3))
+        rmse[name] = summarize(result, 100)["rmse_a"]
+    assert rmse["none"] > 2.5, rmse
+    assert rmse["letkf"] < 1.2 and rmse["letkf"] < 0.35 * rmse["none"], rmse
+
+
+def test_config_accepts_exactly_the_operators():
+    """``obs.operator`` in experiment configs lists the same names as ``OPERATORS``."""
+    import typing
+
+    from ensda.config import ObsConfig
+    from ensda.observe import OPERATORS
+
+    assert set(typing.get_args(ObsConfig.model_fields["operator"].annotation)) == set(OPERATORS)

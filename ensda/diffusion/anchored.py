@@ -34,7 +34,9 @@ Training (``ensda.diffusion.anchored_train``) uses cycled LETKF runs with random
 and, in later rounds, the method's own cycled backgrounds (DAgger-style). The anchor's
 settings (``anchor_radius``, ``anchor_inflation``, ``anchor_rtps``) are those of the LETKF
 (Hunt et al. 2007); inflation / RTPS of the method itself wrap the whole analysis as for
-every ensemble method. Lorenz-96 only for now.
+every ensemble method. With ``guidance_strength`` λ > 0 the denoiser is also guided by the
+likelihood of the observations through h(x̄_a + s_a D(z, σ)) (DPS; any operator h), the
+information a Gaussian anchor update leaves unused with a nonlinear h. Lorenz-96 only for now.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from pydantic import Field
 from ensda import assimilator as registry
 from ensda.diffusion.checkpoint import CheckpointError, read_meta, read_params, testbed_record, write_checkpoint
 from ensda.diffusion.edm import EDM
+from ensda.diffusion.guidance import likelihood_guided
 from ensda.diffusion.samplers import SamplerConfig, nfe, sample
 from ensda.inflation import inflate, relax_to_prior_spread
 from ensda.nn import GNNConfig, GraphNetwork, ring_graph
@@ -278,6 +281,9 @@ class AnchoredDiffusionDA:
     steps: Annotated[int, Field(ge=1)] = static(20)
     #: member j's initial noise: its standardised anchor anomaly, or fresh noise
     coupling: Literal["anchor", "independent"] = static("anchor")
+    #: likelihood guidance λ ≥ 0 and γ (``ensda.diffusion.guidance``) with h(x̄_a + s_a D(z, σ))
+    guidance_strength: Annotated[float, Field(ge=0)] = static(0.0)
+    guidance_gamma: Annotated[float, Field(ge=0)] = static(1.0)
 
     @classmethod
     def build(cls, ctx, **settings) -> AnchoredDiffusionDA:
@@ -315,12 +321,16 @@ class AnchoredDiffusionDA:
         xa = self.anchor.analyse(background, obs, k_anchor)
         summary = summarise(background, xa, obs, self.distance)
         scale = self.norm.scale(summary.spread_a)
-        return self.sample(xa, summary, scale, k_sample), summary
+        return self.sample(xa, summary, scale, obs, k_sample), summary
 
-    def sample(self, anchor_members: jax.Array, summary: AnchorSummary, scale: jax.Array, key: jax.Array) -> jax.Array:
+    def sample(self, anchor_members: jax.Array, summary: AnchorSummary, scale: jax.Array, obs: Observations,
+               key: jax.Array) -> jax.Array:
         """Members x̄_a + s_a z_j, z_j from the sampler (module docstring, ``coupling``)."""
         n_members, n = anchor_members.shape
         denoise = self.denoiser(features(self.norm, summary))
+        if self.guidance_strength > 0:
+            denoise = likelihood_guided(denoise, lambda z: obs.h(summary.mean_a + scale * z), obs.y, obs.r_std**2,
+                                        self.guidance_strength, self.guidance_gamma)
         keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(n_members))
         # the start at σ_max: ε √(σ_max² + σ_d²), the marginal of unit-variance residuals there
         width = np.sqrt(self.edm.sigma_max**2 + self.edm.sigma_data**2)
