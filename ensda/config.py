@@ -325,10 +325,14 @@ class TrainSource(_Strict):
     #: the method's settings for this network (validated); empty: the method's defaults
     settings: dict[str, Any] = Field(default_factory=dict)
     cycles: int = Field(5000, ge=10)
+    #: ``train.target: anchored`` only: this network's range of anchor radii (default train.anchor_radius)
+    anchor_radius: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
 
     @pydantic.model_validator(mode="after")
     def _check(self):
         registry.validate_settings(self.method, self.settings)
+        if self.anchor_radius is not None and self.anchor_radius[0] > self.anchor_radius[1]:
+            raise ValueError(f"anchor_radius: low ({self.anchor_radius[0]}) must not exceed high ({self.anchor_radius[1]})")
         return self
 
 
@@ -404,12 +408,13 @@ class TrainConfig(_Strict):
     #: anchored: cycled runs per source network and round (one vmapped scan)
     runs: int = Field(16, ge=1)
     #: anchored: ranges [low, high] of each run's anchor LETKF inflation, RTPS and radius (sites)
-    anchor_inflation: tuple[Annotated[float, Field(ge=1)], Annotated[float, Field(ge=1)]] = (1.0, 1.1)
-    anchor_rtps: tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]] = (0.0, 0.5)
-    anchor_radius: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (4.0, 20.0)
-    #: anchored: self-cycled (DAgger) rounds after the first model, their cycles per run, fine-tune
-    #: steps, and the sampler the rounds cycle with
+    anchor_inflation: tuple[Annotated[float, Field(ge=1)], Annotated[float, Field(ge=1)]] = (1.0, 1.04)
+    anchor_rtps: tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]] = (0.0, 0.4)
+    anchor_radius: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (4.0, 14.0)
+    #: anchored: self-cycled (DAgger) rounds after the first model, their runs per source and cycles
+    #: per run, fine-tune steps, and the sampler the rounds cycle with
     rounds: int = Field(0, ge=0)
+    round_runs: int = Field(4, ge=1)
     round_cycles: int = Field(500, ge=2 * 50 + 10)
     round_steps: int = Field(1000, ge=1)
     round_sampler: Literal["heun", "dpm2s"] = "heun"

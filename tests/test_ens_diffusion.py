@@ -113,8 +113,11 @@ def test_features_against_numpy():
     innov = np.zeros(n)
     innov[sites] = np.array([1.0, -2.0]) - np.arctan(an[:, sites]).mean(0)
     nearest = np.min(d[:, sites], axis=1)
+    expected_std = np.ones(n)
+    expected_std[sites] = np.sqrt(np.arctan(an[:, sites]).var(0, ddof=1) + 1.0)
     expect = np.stack([(bg.mean(0) - 1) / 2, bg.std(0, ddof=1) / 0.5, (an.mean(0) - bg.mean(0)) / 0.5,
-                       an.std(0, ddof=1) / 0.5, innov / 0.5, np.isin(np.arange(n), sites), np.minimum(nearest / 10, 1)], -1)
+                       an.std(0, ddof=1) / 0.5, innov / 0.5, innov / expected_std, np.isin(np.arange(n), sites),
+                       np.minimum(nearest / 10, 1)], -1)
     np.testing.assert_allclose(f, expect, rtol=1e-5, atol=1e-6)
 
 
@@ -147,7 +150,7 @@ def test_training_writes_a_checkpoint_the_method_loads(tmp_path):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"sources": []}, "needs train.sources"),
+    ({"sources": [], "perturbed_samples": 10}, "needs train.sources"),
     ({"sources": [{"obs": {"every": 4}, "method": "letkf", "settings": {"radius": 4.0}, "cycles": 100}]},
      "without settings"),
     ({"anchor_radius": [10.0, 4.0]}, "anchor_radius: low"),

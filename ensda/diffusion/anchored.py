@@ -10,8 +10,9 @@ residual the anchor leaves,
     z = (t − x̄_a) / s_a,   s_a = √(σ_a² + (f u)²)   (f = ``SPREAD_FLOOR``, u: ``AnchorNormalisation``),
 
 conditioned per site on (``features``): the background mean and spread, the anchor's mean
-increment x̄_a − x̄_b and spread σ_a, the residual innovation y − mean_j h(x_a,j) and the
-observation mask at observed sites, and the distance to the nearest observation. The
+increment x̄_a − x̄_b and spread σ_a, the residual innovation y − mean_j h(x_a,j) (raw and
+relative to its expected spread) and the observation mask at observed sites, and the
+distance to the nearest observation. The
 analysis members are x_j = x̄_a + s_a z_j, with z_j drawn by an EDM sampler.
 
 ``coupling`` sets where member j's reverse process starts:
@@ -61,7 +62,7 @@ from ensda.observe import Observations
 from ensda.pytree import pytree_dataclass, static
 
 #: per-site conditioning channels (``features``) and network inputs (z_σ + those)
-N_FEATURES = 7
+N_FEATURES = 8
 FORMAT = 1
 MODEL_KIND = "anchored"
 #: the floor f of the residual scale s_a, as a fraction of the residual std u
@@ -117,6 +118,7 @@ class AnchorSummary:
     mean_a: jax.Array
     spread_a: jax.Array
     innovation: jax.Array  # y − mean_j h(x_a,j) at observed sites, 0 elsewhere
+    innovation_std: jax.Array  # √(var_j h(x_a,j) + r²) at observed sites, 1 elsewhere
     mask: jax.Array  # 1 at observed sites
     distance: jax.Array  # to the nearest observed site
 
@@ -126,11 +128,13 @@ def summarise(background: jax.Array, analysis: jax.Array, obs: Observations, dis
     observations and the ``(n, n)`` distances between sites."""
     n = background.shape[-1]
     sites = obs.sites
-    innovation = jnp.zeros((n,), background.dtype).at[sites].set(obs.y - obs.h(analysis).mean(0))
+    hx = obs.h(analysis)
+    innovation = jnp.zeros((n,), background.dtype).at[sites].set(obs.y - hx.mean(0))
+    std = jnp.ones((n,), background.dtype).at[sites].set(jnp.sqrt(hx.var(0, ddof=1) + obs.r_std**2))
     mask = jnp.zeros((n,), background.dtype).at[sites].set(1.0)
     nearest = jnp.min(jnp.where(mask[None, :] > 0, distance, jnp.inf), axis=-1)
     return AnchorSummary(background.mean(0), background.std(0, ddof=1), analysis.mean(0), analysis.std(0, ddof=1),
-                         innovation, mask, nearest)
+                         innovation, std, mask, nearest)
 
 
 @pytree_dataclass
@@ -161,13 +165,17 @@ class AnchorNormalisation:
 
 
 def features(norm: AnchorNormalisation, s: AnchorSummary) -> jax.Array:
-    """The ``N_FEATURES`` conditioning channels ``(..., n, 7)``:
+    """The ``N_FEATURES`` conditioning channels ``(..., n, 8)``:
 
-    [ (x̄_b − μ)/σ_c,  σ_b/u,  (x̄_a − x̄_b)/u,  σ_a/u,  m (y − h̄_a)/u,  m,  min(d/10, 1) ].
+    [ (x̄_b − μ)/σ_c,  σ_b/u,  (x̄_a − x̄_b)/u,  σ_a/u,  m (y − h̄_a)/u,  m (y − h̄_a)/√(var h_a + r²),  m,
+      min(d/10, 1) ]
+
+    (the residual innovation both in state units and relative to what the anchor expects
+    of it, a direct sign of an over- or under-confident anchor).
     """
     u = norm.residual_std
     return jnp.stack([(s.mean_b - norm.clim_mean) / norm.clim_std, s.spread_b / u, (s.mean_a - s.mean_b) / u,
-                      s.spread_a / u, s.innovation * s.mask / u, s.mask,
+                      s.spread_a / u, s.innovation * s.mask / u, s.innovation * s.mask / s.innovation_std, s.mask,
                       jnp.minimum(s.distance / DISTANCE_SCALE, 1.0)], axis=-1)
 
 
