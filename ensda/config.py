@@ -415,6 +415,12 @@ class TrainConfig(_Strict):
     #: per run, fine-tune steps, and the sampler the rounds cycle with
     rounds: int = Field(0, ge=0)
     round_runs: int = Field(4, ge=1)
+    #: anchored: leave out cycles whose anchor analysis error (RMSE of x̄_a, state units) exceeds
+    #: this (a filter that has lost track); None: keep them
+    max_anchor_rmse: float | None = Field(None, gt=0)
+    #: anchored: start from this checkpoint's weights and normalisation (its round-0 training is
+    #: skipped; the round-0 data are remade for the rounds); None: train from scratch
+    init: str | None = None
     round_cycles: int = Field(500, ge=2 * 50 + 10)
     round_steps: int = Field(1000, ge=1)
     round_sampler: Literal["heun", "dpm2s"] = "heun"
@@ -434,6 +440,8 @@ class TrainConfig(_Strict):
             low, high = getattr(self, name)
             if low > high:
                 raise ValueError(f"train.{name}: low ({low}) must not exceed high ({high})")
+        if self.init is not None and (self.target != "anchored" or self.rounds < 1):
+            raise ValueError("train.init needs train.target anchored and train.rounds >= 1 (it skips round 0's training)")
         if self.target == "anchored":
             if not self.sources:
                 raise ValueError("train.target anchored needs train.sources (the networks its LETKF runs cycle on)")

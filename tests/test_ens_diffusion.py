@@ -58,7 +58,7 @@ def test_zero_residual_reproduces_the_letkf_mean(tmp_path, monkeypatch):
     method, letkf, background, obs = setup(tmp_path)
     key = jax.random.key(5)
     reference = letkf.analyse(background, obs, jax.random.split(key)[0]).mean(0)
-    for coupling in ("anchor", "independent"):
+    for coupling in ("anchor", "independent", "ecc"):
         out = dataclasses.replace(method, coupling=coupling).analyse(background, obs, key)
         np.testing.assert_allclose(np.asarray(out), np.broadcast_to(np.asarray(reference), out.shape), atol=1e-5)
     assert float(jnp.abs(reference - background.mean(0)).max()) > 0.1  # the LETKF moved the mean
@@ -72,7 +72,7 @@ def _correlation(ens):
 
 
 def test_coupled_members_keep_the_anchor_structure_when_the_residual_is_gaussian(tmp_path):
-    method, letkf, background, obs = setup(tmp_path)
+    method, letkf, background, obs = setup(tmp_path, coupling="anchor")
     key = jax.random.key(5)
     anchor_ens = letkf.analyse(background, obs, jax.random.split(key)[0])
     out = method.analyse(background, obs, key)
@@ -85,6 +85,22 @@ def test_coupled_members_keep_the_anchor_structure_when_the_residual_is_gaussian
     assert np.abs(corr_anchor[near]).mean() > 0.3  # there is structure to keep
     independent = dataclasses.replace(method, coupling="independent").analyse(background, obs, key)
     assert np.abs(_correlation(independent) - corr_anchor)[near].mean() > 0.3
+
+
+def test_ecc_members_take_the_anchor_ranks_and_the_model_marginals(tmp_path):
+    method, letkf, background, obs = setup(tmp_path)  # coupling: ecc (the default)
+    key = jax.random.key(5)
+    anchor_ens = np.asarray(letkf.analyse(background, obs, jax.random.split(key)[0]))
+    out = np.asarray(method.analyse(background, obs, key))
+    independent = np.asarray(dataclasses.replace(method, coupling="independent").analyse(background, obs, key))
+    ranks = lambda e: np.argsort(np.argsort(e, axis=0), axis=0)  # noqa: E731
+    np.testing.assert_array_equal(ranks(out), ranks(anchor_ens))  # the anchor's rank structure
+    np.testing.assert_allclose(np.sort(out, axis=0), np.sort(independent, axis=0), atol=1e-5)  # the samples
+    # antithetic pairs: the F = 0 model's samples are symmetric about the anchor mean
+    np.testing.assert_allclose(out.mean(0), anchor_ens.mean(0), atol=1e-4)
+    ratio = out.std(0, ddof=1) / anchor_ens.std(0, ddof=1)
+    assert 0.6 < np.median(ratio) < 1.5  # N(0, 1) z: the anchor's spread up to sampling error
+    assert np.abs(_correlation(out) - _correlation(anchor_ens)).mean() < 0.15
 
 
 def test_sampler_scale():
@@ -138,7 +154,7 @@ TINY = {"target": "anchored", "perturbed_samples": 0, "runs": 2, "members": 8, "
 def test_training_writes_a_checkpoint_the_method_loads(tmp_path):
     cfg = validate({"cycles": 30, "burn_in": 5, "obs": {"every": 4}, "ensemble": {"size": 8},
                     "method": "ens-diffusion", "tracking": {"enabled": False},
-                    "methods": {"ens-diffusion": {"checkpoint": str(tmp_path / "ck"), "steps": 4}},
+                    "methods": {"ens-diffusion": {"checkpoint": str(tmp_path / "ck"), "steps": 20}},
                     "train": TINY | {"checkpoint": str(tmp_path / "ck")}})
     lines = []
     result = train_anchored(cfg, report=lines.append)
@@ -146,7 +162,7 @@ def test_training_writes_a_checkpoint_the_method_loads(tmp_path):
     assert result.n_train == kept - min(50, kept // 5) and np.isfinite(result.val_loss).all()
     assert any("round 0, source 0" in line for line in lines)
     run = experiment.run_method(cfg, experiment.make_osse(cfg), "ens-diffusion")
-    assert np.isfinite(run.summary["crps_a"]) and run.summary["nfe"] == 7
+    assert np.isfinite(run.summary["crps_a"]) and run.summary["nfe"] == 39
 
 
 @pytest.mark.parametrize("change, message", [

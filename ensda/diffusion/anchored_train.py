@@ -8,7 +8,8 @@ U``train.anchor_inflation``, RTPS U``train.anchor_rtps``, radius U of the source
 backgrounds and anchors. The ranges must be ones where the LETKF keeps track: with
 inflation up to 1.1 and radii up to 20, half of the every-4th-site cycles and 80 % of the
 random-25 % ones had lost track (error > 1.5), the residuals z had std 1.9–2.5 against 0.9
-where it kept track, and the model learnt to widen every analysis ×1.6 (experiments/README). Every cycle gives
+where it kept track, and the model learnt to widen every analysis ×1.6 (experiments/README).
+``train.max_anchor_rmse`` leaves out the cycles in which the anchor has lost track. Every cycle gives
 one example: the ``AnchorSummary`` (features) and the truth (target z = (t − x̄_a)/s_a).
 
 Round 0 cycles the anchor LETKF itself. Each of ``train.rounds`` later rounds (DAgger,
@@ -36,6 +37,7 @@ from ensda import metrics
 from ensda.config import ExperimentConfig
 from ensda.diffusion.anchored import (
     AnchoredDiffusionDA,
+    load,
     AnchoredSpec,
     AnchorNormalisation,
     AnchorSummary,
@@ -155,13 +157,17 @@ def cycled_examples(cfg: ExperimentConfig, src_index: int, round_index: int, met
 
     summary, (mse, spread2, crps) = jax.jit(jax.vmap(one))(anchors, truths, obs, x0, keys)
     keep = kept_cycles(np.isfinite(np.asarray(summary.spread_a)).all(-1) & np.isfinite(np.asarray(crps)))
+    score_keep = keep.copy()
+    if cfg.train.max_anchor_rmse is not None:
+        anchor_rmse = np.sqrt(np.mean((np.asarray(summary.mean_a) - np.asarray(truths[:, 1:])) ** 2, axis=-1))
+        keep &= ~(anchor_rmse > cfg.train.max_anchor_rmse)
     if not keep.any():
         raise FloatingPointError(f"every training run of train.sources[{src_index}] diverged before cycle "
                                  f"{SKIP_CYCLES + DIVERGENCE_MARGIN} (round {round_index})")
-    mse, spread2 = np.asarray(mse, np.float64)[keep], np.asarray(spread2, np.float64)[keep]
-    score = RoundScore(round_index, float(np.asarray(crps)[keep].mean()), float(np.sqrt(mse).mean()),
+    mse, spread2 = np.asarray(mse, np.float64)[score_keep], np.asarray(spread2, np.float64)[score_keep]
+    score = RoundScore(round_index, float(np.asarray(crps)[score_keep].mean()), float(np.sqrt(mse).mean()),
                        float(metrics.spread_skill_ratio(spread2.mean(), mse.mean(), cfg.train.members)),
-                       int(keep[:, -1].sum()), keep.shape[0])
+                       int(score_keep[:, -1].sum()), keep.shape[0])
     return Examples(jax.tree.map(lambda a: np.asarray(a)[keep], summary), np.asarray(truths[:, 1:])[keep]), score
 
 
@@ -198,6 +204,12 @@ def train_anchored(cfg: ExperimentConfig, progress: Callable[[int, float, float]
     data_s = train_s = 0.0
     parts, scores, steps, losses, val_losses = [], [], [], [], []
     norm, valid, method = None, None, None
+    if t.init is not None:  # a trained model: its weights and normalisation, rounds from 1
+        start = load(t.init, testbed_record(cfg.testbed))
+        if start.spec != spec:
+            raise ValueError(f"train.init: {t.init} has network {start.spec}, this config {spec}")
+        params, norm = start.params, start.norm
+        report(f"starting from {t.init} (residual std u = {float(norm.residual_std):.4f})")
     for rnd in range(1 + t.rounds):
         t0 = time.perf_counter()
         for i, src in enumerate(t.sources):
@@ -212,23 +224,26 @@ def train_anchored(cfg: ExperimentConfig, progress: Callable[[int, float, float]
                 log(rnd, {f"train/round_crps_a.src{i}": score.crps_a, f"train/round_ssr_a.src{i}": score.ssr_a})
         data = Examples.concat(parts)
         data_s += time.perf_counter() - t0
-        if norm is None:  # the normalisation and validation set come from round 0
+        if valid is None:  # the validation set (and the normalisation) come from round 0
             perm = np.asarray(jax.random.permutation(jax.random.key(t.seed + 2), len(data)))
             n_valid = min(t.validation, len(data) // 5)
             valid_ex, parts = data.take(perm[:n_valid]), [data.take(perm[n_valid:])]
             data = parts[0]
-            norm = AnchorNormalisation.fit(data.summary, data.truth)
+            norm = AnchorNormalisation.fit(data.summary, data.truth) if norm is None else norm
             valid = _arrays(norm, valid_ex)
             report(f"{len(data)} training and {n_valid} validation examples; residual std u = "
                    f"{float(norm.residual_std):.4f}")
         n_steps = t.steps if rnd == 0 else t.round_steps
-        fitted = fit(loss_of, params, _arrays(norm, data), valid, t, n_steps, progress, log,
-                     first_step=steps[-1] if steps else 0, seed_offset=100 * rnd)
-        params = fitted.ema
-        train_s += fitted.train_s
-        steps += fitted.steps
-        losses += fitted.loss
-        val_losses += fitted.val_loss
+        if rnd == 0 and t.init is not None:
+            n_steps = 0
+        if n_steps:
+            fitted = fit(loss_of, params, _arrays(norm, data), valid, t, n_steps, progress, log,
+                         first_step=steps[-1] if steps else 0, seed_offset=100 * rnd)
+            params = fitted.ema
+            train_s += fitted.train_s
+            steps += fitted.steps
+            losses += fitted.loss
+            val_losses += fitted.val_loss
         if rnd < t.rounds:  # the next round cycles this model
             method = AnchoredDiffusionDA(params=params, graph=graph, norm=norm, anchor=None, distance=None,
                                          graphdef=graphdef, edm=spec.edm, sampler=t.round_sampler,
