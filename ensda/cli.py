@@ -109,6 +109,8 @@ def _record(run) -> dict:
         return {"method": run.method, "diverged": str(run), "diverged_at_cycle": run.cycle}
     rec = {"method": run.method}
     rec.update({k: run.summary[k] for k in SUMMARY_KEYS})
+    if "lost_track_a" in run.summary:
+        rec["lost_track_a"] = run.summary["lost_track_a"]
     if run.lead_time is not None:  # JSON has no inf: null when off the curve, the text says "> max lead"
         loss = run.lead_time.loss
         rec.update(lead_time_loss_h=float(loss.loss_h) if not bool(loss.off_curve) else None,

@@ -269,12 +269,23 @@ def run_method(cfg: ExperimentConfig, osse: OSSE, method: str, settings: dict | 
     sphere = sphere_run(cfg, osse) if cfg.sphere else None
     summary = summarize(timed.result, cfg.burn_in, {} if sphere is None else sphere.headline_index)
     summary.update(n_cycles=cfg.cycles, n_members=n_members, nfe=registry.network_calls(assim))
+    if not cfg.sphere:
+        summary["lost_track_a"] = lost_track_fraction(timed.result, osse, cfg.burn_in)
     lead = None
     if osse.lead_time is not None:
         lead = metrics.score_analyses(osse.lead_time, timed.result)
         summary.update(lead_time_loss_h=float(lead.loss.loss_h), lead_time_rmse=float(lead.loss.rmse),
                        lead_time_off_curve=bool(lead.loss.off_curve))
     return MethodRun(method, settings, n_members, timed.result, summary, timed.compile_s, timed.run_s, lead, sphere)
+
+
+def lost_track_fraction(result, osse: OSSE, burn_in: int) -> float:
+    """The fraction of cycles after ``burn_in`` whose analysis-mean RMSE exceeds that of the
+    climatological mean (the mean of the OSSE's climatological samples) against the same
+    truth: the cycles in which the filter has lost track."""
+    truth = osse.truth[1:][burn_in:]
+    clim_mse = metrics.ensemble_mean_mse(osse.climatology.mean(0)[None, None], truth, osse.testbed.grid.weights, axis=-1)
+    return float(jnp.mean(result.mse_a[burn_in:] > clim_mse))
 
 
 def sphere_run(cfg: ExperimentConfig, osse: OSSE) -> SphereRun:

@@ -42,12 +42,15 @@ def table(records: list[dict]) -> str:
             if res and "crps_a" in res[0]:
                 x = res[0]
                 values.append((x["crps_a"], x["rmse_a"], x["ssr_a"]))
-                cells.append(f"{x['crps_a']:.3f} / {x['rmse_a']:.3f} / {x['ssr_a']:.2f}")
+                lost = f" ({100 * x['lost_track_a']:.0f} %)" if "lost_track_a" in x else ""
+                cells.append(f"{x['crps_a']:.3f} / {x['rmse_a']:.3f} / {x['ssr_a']:.2f}{lost}")
             else:
-                cells.append(res[0].get("error", "–") if res else "–")
+                cells.append(f"diverged at cycle {res[0]['diverged_at_cycle']}" if res and "diverged_at_cycle" in res[0]
+                             else "–")
         mean = " / ".join(f"{v:.3f}" for v in np.mean(values, axis=0)) if values else "–"
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {mean} |")
-    return "\n".join(["crps_a / rmse_a / ssr_a", "", *lines])
+    return "\n".join(["crps_a / rmse_a / ssr_a (% of cycles lost: analysis error above the climatological mean's)",
+                      "", *lines])
 
 
 def main() -> None:

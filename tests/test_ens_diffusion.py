@@ -58,7 +58,7 @@ def test_zero_residual_reproduces_the_letkf_mean(tmp_path, monkeypatch):
     method, letkf, background, obs = setup(tmp_path)
     key = jax.random.key(5)
     reference = letkf.analyse(background, obs, jax.random.split(key)[0]).mean(0)
-    for coupling in ("anchor", "independent", "ecc"):
+    for coupling in ("affine", "anchor", "independent", "ecc"):
         out = dataclasses.replace(method, coupling=coupling).analyse(background, obs, key)
         np.testing.assert_allclose(np.asarray(out), np.broadcast_to(np.asarray(reference), out.shape), atol=1e-5)
     assert float(jnp.abs(reference - background.mean(0)).max()) > 0.1  # the LETKF moved the mean
@@ -88,7 +88,7 @@ def test_coupled_members_keep_the_anchor_structure_when_the_residual_is_gaussian
 
 
 def test_ecc_members_take_the_anchor_ranks_and_the_model_marginals(tmp_path):
-    method, letkf, background, obs = setup(tmp_path)  # coupling: ecc (the default)
+    method, letkf, background, obs = setup(tmp_path, coupling="ecc")
     key = jax.random.key(5)
     anchor_ens = np.asarray(letkf.analyse(background, obs, jax.random.split(key)[0]))
     out = np.asarray(method.analyse(background, obs, key))
@@ -101,6 +101,17 @@ def test_ecc_members_take_the_anchor_ranks_and_the_model_marginals(tmp_path):
     ratio = out.std(0, ddof=1) / anchor_ens.std(0, ddof=1)
     assert 0.6 < np.median(ratio) < 1.5  # N(0, 1) z: the anchor's spread up to sampling error
     assert np.abs(_correlation(out) - _correlation(anchor_ens)).mean() < 0.15
+
+
+def test_affine_members_keep_the_anchor_correlations_exactly(tmp_path):
+    method, letkf, background, obs = setup(tmp_path)  # coupling: affine (the default)
+    key = jax.random.key(5)
+    anchor_ens = np.asarray(letkf.analyse(background, obs, jax.random.split(key)[0]))
+    out = np.asarray(method.analyse(background, obs, key))
+    samples = np.asarray(dataclasses.replace(method, coupling="independent").analyse(background, obs, key))
+    np.testing.assert_allclose(_correlation(out), _correlation(anchor_ens), atol=1e-4)
+    np.testing.assert_allclose(out.mean(0), samples.mean(0), atol=1e-4)  # the model's mean ...
+    np.testing.assert_allclose(out.std(0, ddof=1), samples.std(0, ddof=1), rtol=1e-3)  # ... and spread
 
 
 def test_sampler_scale():

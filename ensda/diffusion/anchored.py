@@ -33,7 +33,11 @@ analysis members are x_j = x̄_a + s_a z_j, with z_j drawn by an EDM sampler.
   the members are posterior samples of z whose mean has little sampling noise (with
   independent ε the analysis mean of an on-track every-4th-site cycle was 3 % worse than
   the anchor's: the s_a/√N noise of a sample mean).
-* ``ecc`` (default): independent samples, then at each site the sorted samples are handed to
+* ``affine`` (default): independent samples give each site's mean μ̂ and spread ĉ of z, and
+  member j is x̄_a + s_a (μ̂ + ĉ ε̃_j), ε̃_j its anchor anomaly standardised per site: the
+  linear transport the ODE makes of Gaussian residuals, with the network only ever fed white
+  noise; the members keep exactly the anchor's anomaly correlations across sites.
+* ``ecc``: independent samples, then at each site the sorted samples are handed to
   the members in the order of the anchor members' ranks there (ensemble copula coupling,
   Schefzik et al. 2013): the model's marginals with the anchor ensemble's flow-dependent rank
   structure across sites.
@@ -274,6 +278,16 @@ def load(path, testbed: dict | None = None) -> AnchoredCheckpoint:
                               graphdef, meta)
 
 
+def affine_coupled(samples: jax.Array, members: jax.Array) -> jax.Array:
+    """The members' anomalies, standardised per site, scaled to the ``samples``' std and moved
+    to their mean: μ̂ + ĉ (x_j − x̄)/std(x) at each site (N, n). The result has the samples'
+    mean and spread and exactly the members' anomaly correlations across sites (the linear
+    transport a Gaussian model's probability-flow ODE would make of those anomalies)."""
+    anomalies = members - members.mean(0)
+    unit = anomalies / jnp.maximum(anomalies.std(0, ddof=1), 1e-12)
+    return samples.mean(0) + samples.std(0, ddof=1) * unit
+
+
 def copula_coupled(samples: jax.Array, members: jax.Array) -> jax.Array:
     """Ensemble copula coupling (Schefzik, Thorarinsdottir & Gneiting 2013): at each site the
     sorted ``samples`` (N, n) are given to the members in the order of ``members``' ranks there,
@@ -308,7 +322,7 @@ class AnchoredDiffusionDA:
     steps: Annotated[int, Field(ge=1)] = static(20)
     #: how members relate to the anchor's: ``ecc`` (independent samples in the anchor members'
     #: ranks), ``anchor`` (member j starts from its standardised anchor anomaly), ``independent``
-    coupling: Literal["ecc", "anchor", "independent"] = static("ecc")
+    coupling: Literal["affine", "ecc", "anchor", "independent"] = static("affine")
     #: likelihood guidance λ ≥ 0 and γ (``ensda.diffusion.guidance``) with h(x̄_a + s_a D(z, σ))
     guidance_strength: Annotated[float, Field(ge=0)] = static(0.0)
     guidance_gamma: Annotated[float, Field(ge=0)] = static(1.0)
@@ -371,6 +385,8 @@ class AnchoredDiffusionDA:
         z = jax.vmap(lambda k, x: sample(denoise, k, (n,), self.edm, self.sampler_config, x)[0])(keys, width * eps)
         if self.coupling == "ecc":
             z = copula_coupled(z, anchor_members)
+        elif self.coupling == "affine":
+            z = affine_coupled(z, anchor_members)
         return summary.mean_a + scale * z
 
     def analyse(self, background: jax.Array, obs: Observations, key: jax.Array) -> jax.Array:
