@@ -16,15 +16,16 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # A small real experiment end to end (experiments/configs/quickstart.yaml, about ten
-# minutes on 2 CPU cores): train a small diffusion denoiser (skipped when its checkpoint
-# exists; delete checkpoints/quickstart to retrain), sweep observation density × guidance
-# strength with diffusion next to LETKF, EnKF and 3D-Var on Lorenz-96 (2 workers, Optuna
-# in sqlite:///optuna.db, MLflow in sqlite:///mlflow.db; the same command resumes an
-# interrupted sweep), then the report (figures and report.html in outputs/quickstart/).
+# minutes on 2 CPU cores): train a small ens-diffusion residual denoiser on randomised LETKF
+# runs (skipped when its checkpoint exists; delete checkpoints/quickstart to retrain), sweep
+# observation density × guidance strength with ens-diffusion next to LETKF, EnKF and 3D-Var
+# on Lorenz-96 (2 workers, Optuna in sqlite:///optuna.db, MLflow in sqlite:///mlflow.db; the
+# same command resumes an interrupted sweep), then the report (figures and report.html in
+# outputs/quickstart/).
 QUICKSTART := experiments/configs/quickstart.yaml
 quickstart: venv
 	@mkdir -p outputs
-	@if [ -f checkpoints/quickstart/meta.json ]; then echo "checkpoints/quickstart exists: training skipped"; \
+	@if grep -qs '"model": "anchored"' checkpoints/quickstart/meta.json; then echo "checkpoints/quickstart exists: training skipped"; \
 	else $(BIN)/ensda train $(QUICKSTART); fi
 	$(BIN)/ensda sweep $(QUICKSTART) --workers 2
 	$(BIN)/ensda report study:quickstart --out outputs/quickstart

@@ -112,6 +112,9 @@ def test_affine_members_keep_the_anchor_correlations_exactly(tmp_path):
     np.testing.assert_allclose(_correlation(out), _correlation(anchor_ens), atol=1e-4)
     np.testing.assert_allclose(out.mean(0), samples.mean(0), atol=1e-4)  # the model's mean ...
     np.testing.assert_allclose(out.std(0, ddof=1), samples.std(0, ddof=1), rtol=1e-3)  # ... and spread
+    mean_only = np.asarray(dataclasses.replace(method, spread="anchor").analyse(background, obs, key))
+    np.testing.assert_allclose(mean_only - mean_only.mean(0), anchor_ens - anchor_ens.mean(0), atol=1e-4)
+    np.testing.assert_allclose(mean_only.mean(0), samples.mean(0), atol=1e-4)
 
 
 def test_sampler_scale():

@@ -9,13 +9,15 @@ backgrounds and anchors. The ranges must be ones where the LETKF keeps track: wi
 inflation up to 1.1 and radii up to 20, half of the every-4th-site cycles and 80 % of the
 random-25 % ones had lost track (error > 1.5), the residuals z had std 1.9–2.5 against 0.9
 where it kept track, and the model learnt to widen every analysis ×1.6 (experiments/README).
-``train.max_anchor_rmse`` leaves out the cycles in which the anchor has lost track. Every cycle gives
+``train.max_anchor_rmse`` leaves out the cycles in which the anchor has lost track (round 0
+only: in the later rounds those states are what the model must learn to leave). Every cycle gives
 one example: the ``AnchorSummary`` (features) and the truth (target z = (t − x̄_a)/s_a).
 
 Round 0 cycles the anchor LETKF itself. Each of ``train.rounds`` later rounds (DAgger,
 Ross et al. 2011) cycles the current ``ens-diffusion`` model on new truths, with the
-features recomputed on its own backgrounds, adds those examples and fine-tunes for
-``train.round_steps`` steps. Each round reports its cycled analysis CRPS and spread-skill
+features recomputed on its own backgrounds, adds those examples (repeated up to
+``ROUND_SHARE`` of the round-0 examples per source, so that a few hundred cycles count) and
+fine-tunes for ``train.round_steps`` steps. Each round reports its cycled analysis CRPS and spread-skill
 ratio on its training truths (``train.round_runs`` runs of ``train.round_cycles`` cycles).
 
 Optimisation: ``ensda.diffusion.train.fit`` (AdamW, cosine schedule, EMA), the EDM loss.
@@ -58,6 +60,8 @@ from ensda.nn import GNNConfig
 SKIP_CYCLES = 50
 #: cycles before a diverged run's first non-finite state that are left out too
 DIVERGENCE_MARGIN = 50
+#: each source's examples of a self-cycled round are repeated up to this share of round 0's
+ROUND_SHARE = 0.25
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,7 +162,7 @@ def cycled_examples(cfg: ExperimentConfig, src_index: int, round_index: int, met
     summary, (mse, spread2, crps) = jax.jit(jax.vmap(one))(anchors, truths, obs, x0, keys)
     keep = kept_cycles(np.isfinite(np.asarray(summary.spread_a)).all(-1) & np.isfinite(np.asarray(crps)))
     score_keep = keep.copy()
-    if cfg.train.max_anchor_rmse is not None:
+    if cfg.train.max_anchor_rmse is not None and method is None:
         anchor_rmse = np.sqrt(np.mean((np.asarray(summary.mean_a) - np.asarray(truths[:, 1:])) ** 2, axis=-1))
         keep &= ~(anchor_rmse > cfg.train.max_anchor_rmse)
     if not keep.any():
@@ -203,7 +207,7 @@ def train_anchored(cfg: ExperimentConfig, progress: Callable[[int, float, float]
 
     data_s = train_s = 0.0
     parts, scores, steps, losses, val_losses = [], [], [], [], []
-    norm, valid, method = None, None, None
+    norm, valid, method, n_first = None, None, None, 0
     if t.init is not None:  # a trained model: its weights and normalisation, rounds from 1
         start = load(t.init, testbed_record(cfg.testbed))
         if start.spec != spec:
@@ -214,6 +218,8 @@ def train_anchored(cfg: ExperimentConfig, progress: Callable[[int, float, float]
         t0 = time.perf_counter()
         for i, src in enumerate(t.sources):
             ex, score = cycled_examples(cfg, i, rnd, method, report)
+            if rnd > 0:  # oversampled to a ROUND_SHARE of the round-0 examples, or it would not count
+                ex = ex.take(np.resize(np.arange(len(ex)), max(len(ex), int(ROUND_SHARE * n_first))))
             parts.append(ex)
             scores.append(score)
             what = "LETKF anchor" if method is None else "ens-diffusion"
@@ -223,6 +229,7 @@ def train_anchored(cfg: ExperimentConfig, progress: Callable[[int, float, float]
             if log is not None:
                 log(rnd, {f"train/round_crps_a.src{i}": score.crps_a, f"train/round_ssr_a.src{i}": score.ssr_a})
         data = Examples.concat(parts)
+        n_first = n_first or len(data)
         data_s += time.perf_counter() - t0
         if valid is None:  # the validation set (and the normalisation) come from round 0
             perm = np.asarray(jax.random.permutation(jax.random.key(t.seed + 2), len(data)))
