@@ -278,15 +278,22 @@ def load(path, testbed: dict | None = None) -> AnchoredCheckpoint:
                               graphdef, meta)
 
 
-def affine_coupled(samples: jax.Array, members: jax.Array, keep_spread: bool = False) -> jax.Array:
+def affine_coupled(samples: jax.Array, members: jax.Array, spread: str = "model") -> jax.Array:
     """The members' anomalies, standardised per site, scaled to the ``samples``' std and moved
     to their mean: μ̂ + ĉ (x_j − x̄)/std(x) at each site (N, n). The result has the samples'
     mean and spread and exactly the members' anomaly correlations across sites (the linear
-    transport a Gaussian model's probability-flow ODE would make of those anomalies). With
-    ``keep_spread`` only the mean moves: μ̂ + (x_j − x̄) (the members' own spread)."""
+    transport a Gaussian model's probability-flow ODE would make of those anomalies).
+    ``spread``: ``model`` as above; ``global``: μ̂ + g (x_j − x̄), one gain g for all sites (the
+    ratio of the samples' mean variance to the members'), so the anomalies keep their
+    structure site by site; ``anchor``: μ̂ + (x_j − x̄), only the mean moves."""
     anomalies = members - members.mean(0)
+    if spread == "anchor":
+        return samples.mean(0) + anomalies
+    if spread == "global":
+        gain = jnp.sqrt(jnp.mean(samples.var(0, ddof=1)) / jnp.maximum(jnp.mean(anomalies.var(0, ddof=1)), 1e-24))
+        return samples.mean(0) + gain * anomalies
     unit = anomalies / jnp.maximum(anomalies.std(0, ddof=1), 1e-12)
-    return samples.mean(0) + (anomalies if keep_spread else samples.std(0, ddof=1) * unit)
+    return samples.mean(0) + samples.std(0, ddof=1) * unit
 
 
 def copula_coupled(samples: jax.Array, members: jax.Array) -> jax.Array:
@@ -324,9 +331,9 @@ class AnchoredDiffusionDA:
     #: how members relate to the anchor's: ``ecc`` (independent samples in the anchor members'
     #: ranks), ``anchor`` (member j starts from its standardised anchor anomaly), ``independent``
     coupling: Literal["affine", "ecc", "anchor", "independent"] = static("affine")
-    #: ``affine`` coupling: the analysis spread is the model's (``model``) or the anchor's, the model
-    #: moving only the mean (``anchor``)
-    spread: Literal["model", "anchor"] = static("model")
+    #: ``affine`` coupling: the analysis spread is the model's per site (``model``), the anchor's
+    #: scaled by one gain to the model's mean spread (``global``), or the anchor's (``anchor``)
+    spread: Literal["model", "global", "anchor"] = static("model")
     #: likelihood guidance λ ≥ 0 and γ (``ensda.diffusion.guidance``) with h(x̄_a + s_a D(z, σ))
     guidance_strength: Annotated[float, Field(ge=0)] = static(0.0)
     guidance_gamma: Annotated[float, Field(ge=0)] = static(1.0)
@@ -390,7 +397,7 @@ class AnchoredDiffusionDA:
         if self.coupling == "ecc":
             z = copula_coupled(z, anchor_members)
         elif self.coupling == "affine":
-            z = affine_coupled(z, (anchor_members - summary.mean_a) / scale, keep_spread=self.spread == "anchor")
+            z = affine_coupled(z, (anchor_members - summary.mean_a) / scale, self.spread)
         return summary.mean_a + scale * z
 
     def analyse(self, background: jax.Array, obs: Observations, key: jax.Array) -> jax.Array:
