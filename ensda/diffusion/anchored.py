@@ -58,6 +58,7 @@ information a Gaussian anchor update leaves unused with a nonlinear h. Lorenz-96
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import jax
@@ -66,8 +67,16 @@ import numpy as np
 from flax import nnx
 from pydantic import Field
 
+from baselines.localization import gaspari_cohn
 from ensda import assimilator as registry
-from ensda.diffusion.checkpoint import CheckpointError, read_meta, read_params, testbed_record, write_checkpoint
+from ensda.diffusion.checkpoint import (
+    CheckpointError,
+    check_testbed,
+    read_meta,
+    read_params,
+    testbed_record,
+    write_checkpoint,
+)
 from ensda.diffusion.edm import EDM
 from ensda.diffusion.guidance import likelihood_guided
 from ensda.diffusion.samplers import SamplerConfig, nfe, sample
@@ -113,8 +122,6 @@ def make_anchor(ctx, radius: float, inflation: float, rtps: float) -> Anchor:
 def with_radius(anchor: Anchor, radius: jax.Array) -> Anchor:
     """The anchor with its Gaspari–Cohn taper recomputed for ``radius`` (≤ the radius it was
     built with, whose neighbourhoods it keeps), so anchors of several radii share one shape."""
-    from baselines.localization import gaspari_cohn  # the taper function, not a method
-
     letkf = anchor.letkf
     sites = jnp.arange(letkf.neighbours.shape[0])[:, None]
     taper = gaspari_cohn(letkf.grid.distance(sites, letkf.neighbours), radius)
@@ -122,6 +129,12 @@ def with_radius(anchor: Anchor, radius: jax.Array) -> Anchor:
 
 
 # ---------------------------------------------------------------------------- features
+
+
+def site_distances(grid) -> jax.Array:
+    """Distances ``(n, n)`` between the sites of a 1-D ``grid`` (``RingGrid``)."""
+    sites = jnp.arange(grid.n)
+    return grid.distance(sites[:, None], sites[None, :])
 
 
 @pytree_dataclass
@@ -225,7 +238,7 @@ class AnchoredSpec:
 
 
 def network_fn(model: GraphNetwork, graph, condition: jax.Array):
-    """``net(z_in, c_noise) -> F`` with the conditioning ``(..., n, 7)`` bound (the EDM ``net``)."""
+    """``net(z_in, c_noise) -> F`` with the conditioning ``(..., n, N_FEATURES)`` bound (the EDM ``net``)."""
 
     def net(z_in: jax.Array, c_noise: jax.Array) -> jax.Array:
         cond = jnp.broadcast_to(condition, z_in.shape + (N_FEATURES,))
@@ -240,8 +253,6 @@ def network_fn(model: GraphNetwork, graph, condition: jax.Array):
 def save(path, params, spec: AnchoredSpec, norm: AnchorNormalisation, testbed: dict, obs: dict, config: dict,
          summary: dict) -> None:
     """Write an ``ens-diffusion`` checkpoint (atomically: ``checkpoint.write_checkpoint``)."""
-    from pathlib import Path
-
     write_checkpoint(Path(path), params, {"format": FORMAT, "model": MODEL_KIND, "testbed": testbed,
                                           "spec": spec.to_dict(), "normalisation": norm.to_dict(), "obs": obs,
                                           "training": summary, "config": config})
@@ -259,19 +270,13 @@ class AnchoredCheckpoint:
 def load(path, testbed: dict | None = None) -> AnchoredCheckpoint:
     """Load an ``ens-diffusion`` checkpoint; with ``testbed`` (``testbed_record``), check it
     was made for it."""
-    from pathlib import Path
-
     path = Path(path)
     meta = read_meta(path, FORMAT, (f"no ens-diffusion checkpoint at {path} (expected meta.json and params.npz); "
                                     "train one with `ensda train CONFIG` (train.target: anchored)"))
     if meta.get("model") != MODEL_KIND:
         raise CheckpointError(f"{path} holds a {meta.get('model', 'diffusion')!r} model, not an ens-diffusion "
                               "(LETKF-anchored) one; train it with train.target: anchored")
-    if testbed is not None:
-        diff = [f"{k}: checkpoint {meta['testbed'].get(k)!r}, run {v!r}" for k, v in testbed.items()
-                if meta["testbed"].get(k) != v]
-        if diff:
-            raise CheckpointError(f"checkpoint {path} was made for another testbed ({'; '.join(diff)})")
+    check_testbed(path, meta, testbed)
     spec = AnchoredSpec.from_dict(meta["spec"])
     graphdef, params = nnx.split(nnx.eval_shape(spec.build))
     return AnchoredCheckpoint(spec, AnchorNormalisation.from_dict(meta["normalisation"]), read_params(path, params),
@@ -349,11 +354,9 @@ class AnchoredDiffusionDA:
         if trained and (trained.get("operator") != here["operator"] or not np.isclose(trained.get("r_std"), here["r_std"])):
             raise ValueError(f"the model was trained for observations {trained}, the network has {here}; "
                              "retrain for this operator and error")
-        n = ctx.testbed.grid.n
-        sites = jnp.arange(n)
         anchor = make_anchor(ctx, settings["anchor_radius"], settings["anchor_inflation"], settings["anchor_rtps"])
         return cls(params=ck.params, graph=ck.spec.graph(), norm=ck.norm, anchor=anchor,
-                   distance=ctx.testbed.grid.distance(sites[:, None], sites[None, :]), graphdef=ck.graphdef,
+                   distance=site_distances(ctx.testbed.grid), graphdef=ck.graphdef,
                    edm=ck.spec.edm, **settings)
 
     @property

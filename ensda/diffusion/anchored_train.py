@@ -39,14 +39,15 @@ from ensda import metrics
 from ensda.config import ExperimentConfig
 from ensda.diffusion.anchored import (
     AnchoredDiffusionDA,
-    load,
     AnchoredSpec,
     AnchorNormalisation,
     AnchorSummary,
     features,
+    load,
     make_anchor,
     network_fn,
     save,
+    site_distances,
     summarise,
     target,
     with_radius,
@@ -96,8 +97,8 @@ class RoundScore:
 
 
 def _setup(cfg: ExperimentConfig, src_index: int, round_index: int):
-    """The OSSE pieces of one source network and round: forecast model, network, truths
-    ``(R, K+1, n)``, stacked observations, initial ensembles, anchors and keys."""
+    """The OSSE pieces of one source network and round: forecast model, truths ``(R, K+1, n)``,
+    stacked observations, initial ensembles, anchors, site distances and keys."""
     from ensda import experiment
     from ensda.assimilator import SetupContext
     from ensda.config import validate
@@ -130,16 +131,15 @@ def _setup(cfg: ExperimentConfig, src_index: int, round_index: int):
     base = make_anchor(ctx, hi_r, 1.0, 0.0)
     anchors = jax.vmap(lambda r, f, a: dataclasses.replace(with_radius(base, r), inflation=f, rtps=a))(
         lo_r + (hi_r - lo_r) * u[0], lo_f + (hi_f - lo_f) * u[1], lo_a + (hi_a - lo_a) * u[2])
-    sites = jnp.arange(truths.shape[-1])
-    distance = model.grid.distance(sites[:, None], sites[None, :])
-    return model, ctx, truths, obs, x0, anchors, distance, jax.random.split(jax.random.fold_in(key, 4), n_runs)
+    distance = site_distances(model.grid)
+    return model, truths, obs, x0, anchors, distance, jax.random.split(jax.random.fold_in(key, 4), n_runs)
 
 
-def cycled_examples(cfg: ExperimentConfig, src_index: int, round_index: int, method: AnchoredDiffusionDA | None,
-                    report: Callable[[str], None]) -> tuple[Examples, RoundScore]:
+def cycled_examples(cfg: ExperimentConfig, src_index: int, round_index: int,
+                    method: AnchoredDiffusionDA | None) -> tuple[Examples, RoundScore]:
     """Examples of one source network: its ``train.runs`` runs cycled with their anchors
     (``method`` None) or with ``method`` on their anchors; diverged runs are left out."""
-    model, _, truths, obs, x0, anchors, distance, keys = _setup(cfg, src_index, round_index)
+    model, truths, obs, x0, anchors, distance, keys = _setup(cfg, src_index, round_index)
 
     def step(anchor, xf, y, key):
         if method is None:
@@ -217,7 +217,7 @@ def train_anchored(cfg: ExperimentConfig, progress: Callable[[int, float, float]
     for rnd in range(1 + t.rounds):
         t0 = time.perf_counter()
         for i, src in enumerate(t.sources):
-            ex, score = cycled_examples(cfg, i, rnd, method, report)
+            ex, score = cycled_examples(cfg, i, rnd, method)
             if rnd > 0:  # oversampled to a ROUND_SHARE of the round-0 examples, or it would not count
                 ex = ex.take(np.resize(np.arange(len(ex)), max(len(ex), int(ROUND_SHARE * n_first))))
             parts.append(ex)

@@ -89,6 +89,17 @@ def read_params(path: Path, template):
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)
 
 
+def check_testbed(path: Path, meta: dict, testbed: dict | None) -> None:
+    """Refuse a checkpoint whose ``meta`` testbed differs from ``testbed`` (as ``testbed_record``;
+    None: no check), naming each differing field."""
+    if testbed is None:
+        return
+    made = meta["testbed"]
+    diff = [f"{k}: checkpoint {made.get(k)!r}, run {v!r}" for k, v in testbed.items() if made.get(k) != v]
+    if diff:
+        raise CheckpointError(f"checkpoint {path} was made for another testbed ({'; '.join(diff)}); retrain with `ensda train`")
+
+
 def save_checkpoint(path: Path, params, spec: ModelSpec, norm: Normalisation, testbed: dict, config: dict, summary: dict) -> None:
     """Write ``params.npz`` and ``meta.json`` into ``path`` (atomically: temp files, then rename)."""
     meta = {
@@ -117,11 +128,7 @@ def load_checkpoint(path: str | Path, testbed: dict | None = None) -> Checkpoint
         f"no diffusion checkpoint at {path} (expected meta.json and params.npz); "
         "train one with `ensda train CONFIG` (the config's train.checkpoint sets where it goes)"
     ))
-    if testbed is not None:
-        made = meta["testbed"]
-        diff = [f"{k}: checkpoint {made.get(k)!r}, run {v!r}" for k, v in testbed.items() if made.get(k) != v]
-        if diff:
-            raise CheckpointError(f"checkpoint {path} was made for another testbed ({'; '.join(diff)}); retrain with `ensda train`")
+    check_testbed(path, meta, testbed)
     spec = ModelSpec.from_dict(meta["spec"])
     norm = Normalisation.from_dict(meta["normalisation"])
     abstract = nnx.eval_shape(lambda: build_network(spec, spec.graph()))
