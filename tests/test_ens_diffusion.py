@@ -197,3 +197,11 @@ def test_an_increment_checkpoint_is_refused_with_the_reason(tmp_path):
     with pytest.raises(CheckpointError, match="not an ens-diffusion"):
         anchored.load(tmp_path)
     assert "ens-diffusion" in registry.methods()
+
+
+def test_an_ens_diffusion_checkpoint_is_refused_by_the_diffusion_loader(tmp_path):
+    from ensda.diffusion.checkpoint import load_checkpoint, write_checkpoint
+
+    write_checkpoint(tmp_path, {"w": np.zeros(1)}, {"format": 1, "model": "anchored", "testbed": {}, "spec": {}})
+    with pytest.raises(CheckpointError, match="use it with method ens-diffusion"):
+        load_checkpoint(tmp_path)

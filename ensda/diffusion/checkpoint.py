@@ -128,6 +128,9 @@ def load_checkpoint(path: str | Path, testbed: dict | None = None) -> Checkpoint
         f"no diffusion checkpoint at {path} (expected meta.json and params.npz); "
         "train one with `ensda train CONFIG` (the config's train.checkpoint sets where it goes)"
     ))
+    if meta.get("model", "increment") != "increment":
+        raise CheckpointError(f"{path} holds an {meta['model']!r} (ens-diffusion) model, not a diffusion increment "
+                              "model; use it with method ens-diffusion, or train one with train.target: increment")
     check_testbed(path, meta, testbed)
     spec = ModelSpec.from_dict(meta["spec"])
     norm = Normalisation.from_dict(meta["normalisation"])
