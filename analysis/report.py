@@ -481,7 +481,7 @@ def _html(data: ReportData, images: dict[str, str], notes: dict[str, str], maps:
         if name == "channel_skill.png":
             parts.append(_headline_html(data, notes, maps or {}))
     parts.append("<h2>Results</h2>")
-    parts.append("<p>Time means after burn-in (DESIGN §5); links open the MLflow UI "
+    parts.append("<p>Time means after burn-in (docs/design.md §5); links open the MLflow UI "
                  f"({'the tracking server' if data.uri.startswith('http') else '<code>ensda ui</code>'}).</p>")
     parts.append(_results_table(data))
     parts.append("</body></html>")
@@ -514,7 +514,7 @@ def _sig(value) -> str:
 def _headline_html(data: ReportData, notes: dict[str, str], maps: dict) -> str:
     """The headline channels: their summary metrics per run in one table, then a section per
     channel with each run's last-cycle maps."""
-    from ensda.sphere_figures import UNITS
+    from ensda.testbeds.sphere.figures import UNITS
 
     e = html.escape
     channels = data.headline

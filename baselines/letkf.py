@@ -52,7 +52,8 @@ from pydantic import Field
 from baselines.localization import gaspari_cohn, log_pressure_taper
 from baselines.transform import anomalies, local_update, observed_anomalies, weights_from_moments
 from ensda.assimilator import register
-from ensda.observe import GlobalObsNetwork, Observations
+from ensda.observe import Observations
+from ensda.testbeds.sphere.observe import GlobalObsNetwork
 from ensda.pytree import pytree_dataclass, static
 
 #: float32 elements of working memory per batch of sites (bounds memory at large n)

@@ -3,7 +3,7 @@ r"""Optimal interpolation with the climatological background-error covariance.
 δx = B Hᵀ (H B Hᵀ + R)⁻¹ (y − H(x_b)) with B the (unscaled) covariance of attractor
 states, optionally Schur-multiplied by a Gaspari–Cohn correlation of half-width
 ``radius`` (OI's local data selection, as a smooth taper). The gain is that of 3D-Var's
-exact solver (``baselines.threedvar.exact_increment``); what makes it OI is the untuned
+exact solver (``baselines.variational.exact_increment``); what makes it OI is the untuned
 climatological B (Gandin 1963; Lorenc 1981).
 """
 
@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from pydantic import Field
 
 from baselines.localization import gaspari_cohn
-from baselines.threedvar import climatological_covariance, exact_increment
+from baselines.variational import climatological_covariance, exact_increment
 from ensda.assimilator import register
 from ensda.observe import Observations
 from ensda.pytree import pytree_dataclass, static

@@ -31,7 +31,7 @@ Parrish & Derber 1992), with a statistical column balance at most (no balance op
 
 The analysis minimises J(v) = ½ vᵀv + ½ |y − H(x_b + U v)|²_R⁻¹ (one outer loop, H
 linearised at x_b): (I + Uᵀ Hᵀ R⁻¹ H U) v = Uᵀ Hᵀ R⁻¹ d by conjugate gradients
-(``threedvar.cg_increment``; the B^{1/2} transform is the preconditioner), δx = U v. The
+(``variational.cg_increment``; the B^{1/2} transform is the preconditioner), δx = U v. The
 control vector v holds one set of spectral coefficients per channel.
 
 NMC-style Σ on the sphere: the climatological samples are at random store times, not one
@@ -49,8 +49,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from baselines.threedvar import cg_increment, matrix_sqrt
-from ensda.observe import GlobalObsNetwork, Observations
+from baselines.variational import cg_increment, matrix_sqrt
+from ensda.observe import Observations
+from ensda.testbeds.sphere.observe import GlobalObsNetwork
 from ensda.pytree import pytree_dataclass, static
 from ensda.testbeds.sphere.grid import EARTH_RADIUS_KM, LatLonGrid
 from ensda.testbeds.sphere.spectral import evaluate, evaluate_adjoint, modal_degrees

@@ -40,7 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ensda.observe import GlobalObsNetwork, Observations
+from ensda.observe import Observations
+from ensda.testbeds.sphere.observe import GlobalObsNetwork
 from ensda.testbeds.sphere import analyses as an
 
 
@@ -149,7 +150,7 @@ def assimilate(cfg, background: str | Path, observations: str | Path, out: str |
     from ensda.experiment import OSSE, build_assimilator, make_forecast_model, make_network, make_testbed
     from ensda.testbeds.sphere.testbed import StoreReader
 
-    if not cfg.sphere:
+    if not cfg.testbed_kind.lat_lon_stores:
         raise ValueError("ensda assimilate works on sphere configs (testbed.kind: sphere): the stores are lat-lon fields")
     method = method or cfg.method
     cls = registry.get(method)

@@ -7,7 +7,9 @@ it needs (a static B, climatological samples, ...) are data fields. It has one m
 
 pure and jit-able. Deterministic methods (3D-Var, OI) work on an ensemble of one.
 
-Methods register themselves by name; ``build(method, settings, context)`` validates the
+Methods register themselves by name (``@register``; the built-in ones when
+``ensda.methods`` is imported, which the experiment layer does: this core module imports
+no method); ``build(method, settings, context)`` validates the
 settings (unknown keys, wrong types and impossible values are named in the error) and
 returns the assimilator, wrapped in multiplicative inflation and RTPS when asked.
 """
@@ -21,6 +23,8 @@ from typing import Annotated, Any, ClassVar, Protocol
 import jax
 import pydantic
 
+from ensda.inflation import wrap
+from ensda.schema import format_errors
 from ensda.observe import ObsNetwork, Observations
 
 
@@ -65,32 +69,14 @@ def register(cls):
 
 
 def get(method: str) -> type:
-    _load_builtin_methods()
     if method not in REGISTRY:
-        raise UnknownMethodError(
-            f"unknown method {method!r}; known methods: {', '.join(sorted(REGISTRY))}"
-        )
+        known = ", ".join(sorted(REGISTRY)) or "none registered (import ensda.methods for the built-in ones)"
+        raise UnknownMethodError(f"unknown method {method!r}; known methods: {known}")
     return REGISTRY[method]
 
 
 def methods() -> list[str]:
-    _load_builtin_methods()
     return sorted(REGISTRY)
-
-
-_BUILTINS_LOADED = []
-
-
-def _load_builtin_methods():
-    """Import the modules that register the built-in methods (once; on first lookup)."""
-    if _BUILTINS_LOADED:
-        return
-    import baselines  # noqa: F401  (registers the classic methods)
-    import ensda.diffusion.anchored  # noqa: F401  (registers ``ens-diffusion``)
-    import ensda.diffusion.assimilator  # noqa: F401  (registers ``diffusion``)
-    import ensda.diffusion.ensf  # noqa: F401  (registers ``ensf``)
-
-    _BUILTINS_LOADED.append(True)
 
 
 def settings_fields(cls) -> dict[str, tuple[Any, Any]]:
@@ -125,13 +111,11 @@ def validate_settings(method: str, settings: dict) -> dict:
     try:
         return settings_model(cls)(**settings).model_dump()
     except pydantic.ValidationError as err:
-        raise ValueError(_format_validation(f"assimilator settings for {method!r}", err)) from None
+        raise ValueError(format_errors(f"invalid assimilator settings for {method!r}", err)) from None
 
 
 def build(method: str, settings: dict, ctx: SetupContext) -> Assimilator:
     """Validate ``settings`` and build the method, wrapped in inflation / RTPS if asked."""
-    from ensda.inflation import wrap
-
     cls = get(method)
     values = validate_settings(method, settings)
     wrappers = {k: values.pop(k) for k in WRAPPER_SETTINGS if k in values}
@@ -148,11 +132,3 @@ def network_calls(assim) -> int:
     while not hasattr(assim, "nfe") and hasattr(assim, "inner"):
         assim = assim.inner
     return int(getattr(assim, "nfe", 0))
-
-
-def _format_validation(what: str, err: pydantic.ValidationError) -> str:
-    lines = [f"invalid {what}:"]
-    for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
-        lines.append(f"  {loc}: {e['msg']}")
-    return "\n".join(lines)

@@ -154,18 +154,16 @@ def run(
 ):
     """Run one cycled experiment (OSSE) and print its time-mean scores."""
     from ensda import tracking
-    from ensda.config import flatten
 
     cfg = _load(config, sets, ([f"method={method}"] if method else []) + ([] if track else ["tracking.enabled=false"]))
-    if analyses is not None and not cfg.sphere:
+    if analyses is not None and not cfg.testbed_kind.lat_lon_stores:
         _fail(f"--analyses writes lat-lon analysis stores: it needs a sphere config (testbed.kind: sphere); {config} is "
               f"a {cfg.testbed.kind} experiment")
     console = _console(as_json)
     osse, (result,) = _run_methods(cfg, [cfg.method], console, analyses=analyses)
     record = _record(result)
-    with _tracked(cfg, tracking, f"{cfg.name}:{cfg.method}", flatten(cfg) | {"n_members": result.n_members}) as mlrun:
-        tracking.log_method_run(mlrun, result, cfg.burn_in, cfg.tracking.figures)
-        tracking.log_observations(mlrun, osse)
+    with tracking.method_run(cfg, f"{cfg.name}:{cfg.method}") as mlrun:
+        tracking.log_result(mlrun, cfg, result, osse)
     console.print(_table([record], f"{cfg.name} — {cfg.cycles} cycles, burn-in {cfg.burn_in}"))
     if mlrun.run_id:
         console.print(f"MLflow run {mlrun.run_id} in {tracking.tracking_uri(cfg.tracking.uri)} (see `ensda ui`)", highlight=False)
@@ -234,12 +232,6 @@ def _maybe(value) -> str:
     return "-" if value is None else f"{value:.3f}"
 
 
-def _tracked(cfg, tracking, run_name, params, parent=None):
-    """``tracking.tracked_run`` with the config and method as tags."""
-    tags = {"ensda.config": cfg.name, "ensda.method": cfg.method}
-    return tracking.tracked_run(cfg.tracking, run_name, params=params, tags=tags, parent=parent)
-
-
 #: ``ensda compare``'s methods when ``--methods`` is not given
 COMPARE_DEFAULT = ("letkf", "etkf", "enkf", "3dvar", "oi", "climatology")
 
@@ -287,15 +279,15 @@ def compare(
     params.pop("method", None)
     if tuned:
         params["tuned_file"] = str(tuned[0])
-    with _tracked(cfg, tracking, f"{cfg.name}:compare", params | {"methods": ",".join(names)}) as parent:
+    with tracking.tracked_run(cfg.tracking, f"{cfg.name}:compare", params | {"methods": ",".join(names)},
+                              tracking.config_tags(cfg)) as parent:
         for r in runs:
             child_cfg = cfg.model_copy(update={"method": r.method})
-            child_params = flatten(child_cfg) | {"n_members": cfg.members_for(r.method)}
-            with _tracked(child_cfg, tracking, f"{cfg.name}:{r.method}", child_params, parent=parent) as child:
+            with tracking.method_run(child_cfg, f"{cfg.name}:{r.method}", parent=parent) as child:
                 if isinstance(r, Exception):
                     child.fail(str(r))
                 else:
-                    tracking.log_method_run(child, r, cfg.burn_in, cfg.tracking.figures)
+                    tracking.log_result(child, cfg, r)
         parent.log_dict({"results": records}, "comparison.json")
         tracking.log_observations(parent, osse)
         parent.log_metrics({"wall_s": time.perf_counter() - t0})
@@ -343,6 +335,24 @@ def sweep(
     _run_study(cfg, study or cfg.name, storage, trials, workers, console)
 
 
+@app.command("sweep-worker", hidden=True)
+def sweep_worker(
+    storage: str = StorageOpt,
+    study: str = typer.Option(..., "--study", help="Study name."),
+    index: int = typer.Option(0, "--index", min=0, help="Worker number (seeds the sampler with sweep.seed + index)."),
+    device: str = typer.Option("", "--device", help="Label stored with each trial."),
+    cpus: Optional[str] = typer.Option(None, "--cpus", help="Comma-separated CPU cores to run on."),
+):
+    """A sweep worker: take trials from a study until its budget is done (machines beyond the
+    first join a sweep with this; `ensda sweep --workers K` starts K of them)."""
+    from ensda import sweep as sw
+
+    try:
+        sw.worker_main(storage, study, index, device, cpus)
+    except sw.SweepError as err:
+        _fail(f"sweep worker {index}: {err}")
+
+
 def _run_study(cfg, name: str, storage: str, trials: int | None, workers: int, console: Console):
     """Create or resume the study of ``cfg.sweep``, run its workers with a progress bar, close
     it and print the best trials; exits 1 when the budget is not done. Returns the study."""
@@ -384,7 +394,7 @@ def _run_study(cfg, name: str, storage: str, trials: int | None, workers: int, c
 @app.command()
 def tune(
     config: Path = typer.Argument(..., help="Experiment YAML, e.g. experiments/configs/l96_every4.yaml"),
-    method: str = typer.Option(..., "--method", "-m", help="Method to tune (its search space: ensda.tune.SEARCH_SPACES; on the sphere SPHERE_SEARCH_SPACES)."),
+    method: str = typer.Option(..., "--method", "-m", help="Method to tune (its search space: ensda.tune.SEARCH_SPACES; per testbed TESTBED_SEARCH_SPACES)."),
     trials: int = typer.Option(30, "--trials", min=1, help="TPE trials to finish (the same command with more resumes)."),
     objective: str = typer.Option("rmse_a", "--objective", help="Summary metric to minimise (mean over the tuning seeds)."),
     seeds: str = typer.Option("300,400", "--seeds", help="Tuning truth seeds (comma list), not the config's own."),
@@ -602,7 +612,7 @@ def train(
     """Train the diffusion denoiser of the config's 'train' section and save its checkpoint."""
     from ensda import tracking
     from ensda.config import flatten
-    from ensda.diffusion.train import train as train_model
+    from ensda.training import train as train_model
     from ensda.figures import close, training_figure
 
     cfg = _load(config, sets, [] if track else ["tracking.enabled=false"])
@@ -610,7 +620,7 @@ def train(
         _fail(f"{config} has no 'train' section: nothing to train")
     console = _console(False)
     params = {k: v for k, v in flatten(cfg).items() if k.startswith(("train.", "testbed.", "obs.r_std"))}
-    with _tracked(cfg, tracking, f"{cfg.name}:train", params) as mlrun, Progress(
+    with tracking.tracked_run(cfg.tracking, f"{cfg.name}:train", params, tracking.config_tags(cfg)) as mlrun, Progress(
         TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
         TimeElapsedColumn(), console=console, transient=False,
     ) as bar:

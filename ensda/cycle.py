@@ -261,7 +261,7 @@ def _check_burn_in(result: CycleResult, burn_in: int) -> None:
 
 
 def summarize(result: CycleResult, burn_in: int, channels: dict[str, int] | None = None) -> dict[str, float]:
-    """Time means after ``burn_in`` cycles (DESIGN §5).
+    """Time means after ``burn_in`` cycles (docs/design.md §5).
 
     rmse_* is the mean of per-cycle RMSE; spread_* the mean of per-cycle spread; ssr_* is
     sqrt((N+1)/N) · sqrt(mean spread² / mean MSE); crps_* the mean per-cycle CRPS. On the

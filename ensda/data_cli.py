@@ -117,7 +117,7 @@ def info(
 def _climatology(store: Path, out: Path, times: int | None, console: Console) -> dict:
     """Write the climatology figure of ``store`` to ``out``; its numbers, with the figure's path."""
     from ensda.figures import plt
-    from ensda.sphere_figures import climatology_figure
+    from ensda.testbeds.sphere.figures import climatology_figure
     from ensda.testbeds.sphere.climate import climatology_numbers
     from ensda.testbeds.sphere.store import open_store
 

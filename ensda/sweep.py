@@ -27,14 +27,13 @@ Bookkeeping (all state lives in the storage, so any number of workers and launch
 Trials are MLflow child runs of the parent run (tags ``optuna.study`` and
 ``optuna.trial_number``; the trial's user attr ``ensda.mlflow_run_id`` points back).
 
-Workers: ``python -m ensda.sweep worker --storage URL --study NAME`` (``start_workers``
+Workers: ``ensda sweep-worker --storage URL --study NAME`` (``worker_main``; ``start_workers``
 pins each to one GPU with ``CUDA_VISIBLE_DEVICES``, or to one CPU device and a share of
 the cores).
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import json
@@ -361,12 +360,10 @@ def run_trial(base: ExperimentConfig, values: dict, trial, study_name: str, pare
     cfg = cfgs[0]
     objective = base.sweep.objective
     parent = tracking.attach_run(cfg.tracking, parent_id)
-    tags = {"optuna.study": study_name, "optuna.trial_number": trial.number, "ensda.config": cfg.name, "ensda.method": cfg.method,
-            "ensda.device": _jax_device()}
+    tags = {"optuna.study": study_name, "optuna.trial_number": trial.number, "ensda.device": _jax_device()}
     if base.sweep.replicates:
         tags["ensda.replicates"] = json.dumps(base.sweep.replicates)
-    params = flatten(cfg) | {"n_members": cfg.members_for(cfg.method)}
-    with tracking.tracked_run(cfg.tracking, f"{study_name}:{trial.number}", params, tags, parent=parent) as run:
+    with tracking.method_run(cfg, f"{study_name}:{trial.number}", parent=parent, tags=tags) as run:
         trial.set_user_attr(RUN_ID, run.run_id)
         try:
             osses = [make_osse(c) for c in cfgs]
@@ -377,8 +374,7 @@ def run_trial(base: ExperimentConfig, values: dict, trial, study_name: str, pare
         result = results[0] if len(results) == 1 else replicate_mean(results, run, objective)
         value = objective_value(result.summary, objective)
         trial.set_user_attr(SUMMARY, {k: v for k, v in result.summary.items() if math.isfinite(v)})
-        tracking.log_method_run(run, result, cfg.burn_in, cfg.tracking.figures)
-        tracking.log_observations(run, osses[0])
+        tracking.log_result(run, cfg, result, osses[0])
         if not math.isfinite(value):
             run.fail(f"objective {objective} is {value} for method {cfg.method}")
             raise failed(f"objective {objective} is {value} for method {cfg.method}")
@@ -542,7 +538,7 @@ def start_workers(storage_url: str, study_name: str, k: int) -> list[subprocess.
     cores = sorted(os.sched_getaffinity(0))
     procs = []
     for i, (env, label, cpus) in enumerate(worker_setups(k, gpu_count(), cores)):
-        cmd = [sys.executable, "-m", "ensda.sweep", "worker", "--storage", storage_url, "--study", study_name,
+        cmd = [sys.executable, "-m", "ensda.cli", "sweep-worker", "--storage", storage_url, "--study", study_name,
                "--index", str(i), "--device", label]
         if cpus is not None:
             cmd += ["--cpus", ",".join(map(str, cpus))]
@@ -550,29 +546,14 @@ def start_workers(storage_url: str, study_name: str, k: int) -> list[subprocess.
     return procs
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ensda.sweep", description="Sweep worker: take trials from a study until its budget is done.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    w = sub.add_parser("worker")
-    w.add_argument("--storage", default=DEFAULT_STORAGE)
-    w.add_argument("--study", required=True)
-    w.add_argument("--index", type=int, default=0, help="worker number (seeds the sampler with sweep.seed + index)")
-    w.add_argument("--device", default="", help="label stored with each trial")
-    w.add_argument("--cpus", default=None, help="comma-separated CPU cores to run on")
-    args = parser.parse_args(argv)
-    if args.cpus:
-        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
+def worker_main(storage_url: str, study_name: str, index: int = 0, device: str = "", cpus: str | None = None) -> None:
+    """One worker process (``ensda sweep-worker``, as ``start_workers`` starts it): pinned to
+    the cores ``cpus`` (comma-separated) and to the JAX device of ``$ENSDA_JAX_DEVICE`` when
+    set, it takes trials of the study until its budget is done."""
+    if cpus:
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
     if JAX_DEVICE_ENV in os.environ:
         import jax
 
         jax.config.update("jax_default_device", jax.devices()[int(os.environ[JAX_DEVICE_ENV])])
-    try:
-        run_worker(args.storage, args.study, args.index, args.device)
-    except SweepError as err:
-        print(f"ensda sweep worker {args.index}: {err}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    run_worker(storage_url, study_name, index, device)

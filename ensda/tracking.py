@@ -27,6 +27,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ensda.schema import flatten
+
 DEFAULT_URI = "sqlite:///mlflow.db"
 #: per-cycle metrics logged by ``log_cycle_metrics`` as ``cycle/<name>`` with step = cycle
 #: (name -> CycleResult field, take sqrt?); the plain names hold the time means.
@@ -147,6 +149,28 @@ def tracked_run(
     run.client.set_terminated(run.run_id, status="FAILED" if run.failed else "FINISHED")
 
 
+def config_tags(cfg) -> dict[str, str]:
+    """The tags every run of ``cfg`` carries: its config and method names."""
+    return {"ensda.config": cfg.name, "ensda.method": cfg.method}
+
+
+def method_run(cfg, run_name: str, parent: Run | None = None, tags: dict[str, Any] | None = None):
+    """``tracked_run`` of one method's run of ``cfg`` (the method of ``cfg.method``): the
+    flattened config and the member count as params, the config and method names (and
+    ``tags``) as tags; the one way ``ensda run``, ``compare`` and sweep trials open a run."""
+    params = flatten(cfg) | {"n_members": cfg.members_for(cfg.method)}
+    tags = config_tags(cfg) | (tags or {})
+    return tracked_run(cfg.tracking, run_name, params=params, tags=tags, parent=parent)
+
+
+def log_result(run: Run | NullRun, cfg, result, osse=None) -> None:
+    """Log a finished ``MethodRun`` of ``cfg`` into ``run`` (metrics, figures) and, with
+    ``osse``, its observations."""
+    log_method_run(run, result, cfg.burn_in, cfg.tracking.figures)
+    if osse is not None:
+        log_observations(run, osse)
+
+
 def _client(tracking):
     return _client_for(tracking_uri(tracking.uri))
 
@@ -224,7 +248,7 @@ def log_method_run(run: Run | NullRun, method_run, burn_in: int, figures: bool =
     ``lead_time.json`` (the two RMSE-vs-lead curves). On the sphere also
     ``channel_metrics.json`` (every channel's time-mean rmse, spread, crps, ssr of background
     and analysis in SI units, and its climatological σ) and, with figures, ``channel_rmse.png``
-    and ``maps/<channel>.png`` for each headline channel (``sphere_figures``)."""
+    and ``maps/<channel>.png`` for each headline channel (``ensda.testbeds.sphere.figures``)."""
     if isinstance(run, NullRun):
         return
     from ensda import figures as figs
@@ -287,7 +311,7 @@ def _log_sphere(run: Run, method_run, burn_in: int, figures: bool) -> None:
     if not figures:
         return
     from ensda import figures as figs
-    from ensda import sphere_figures as sfigs
+    from ensda.testbeds.sphere import figures as sfigs
 
     fig = sfigs.channel_rmse_figure(per, sphere, method_run.method)
     run.log_figure(fig, "channel_rmse.png")

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from ensda.config import ExperimentConfig, SweepRange, validate
+from ensda.experiment import runs_on
 
 #: Search spaces per method: setting -> a range (``SweepRange``: low, high, log, int) or a
 #: list of values (categorical). ``radius`` ranges are in grid units; their top is capped
@@ -49,9 +50,10 @@ SEARCH_SPACES: dict[str, dict[str, SweepRange | list]] = {
     "3dvar": {"b_source": ["climatology", "nmc"], "scale": SweepRange(low=0.01, high=5.0, log=True)},
     "oi": {"radius": [None, 1.0, 1.5, 2.0, 4.0, 8.0]},
 }
-#: On the sphere (``testbed.kind: sphere``) these replace the method's entry above: radii and
-#: correlation lengths in km (great circle) and ln p, 3D-Var's B from the climatology only.
-SPHERE_SEARCH_SPACES: dict[str, dict[str, SweepRange | list]] = {
+#: Per testbed kind, the entries that replace the method's entry above there: on the sphere
+#: radii and correlation lengths in km (great circle) and ln p, 3D-Var's B from the
+#: climatology only.
+TESTBED_SEARCH_SPACES: dict[str, dict[str, dict[str, SweepRange | list]]] = {"sphere": {
     "letkf": {
         "inflation": SweepRange(low=1.0, high=1.3),
         "rtps": SweepRange(low=0.0, high=0.95),
@@ -63,7 +65,7 @@ SPHERE_SEARCH_SPACES: dict[str, dict[str, SweepRange | list]] = {
         "length_km": SweepRange(low=200.0, high=4000.0, log=True),
         "vertical_length": [None, 0.25, 0.5, 1.0, 2.0],
     },
-}
+}}
 DEFAULT_SEEDS = (300, 400)
 TUNED_DIR = Path("tuned")
 SEED_OFFSETS = {"truth": 0, "obs": 1, "ensemble": 2, "assimilator": 3, "lead_time": 4}
@@ -75,14 +77,14 @@ class TuneError(ValueError):
 
 def search_space(cfg: ExperimentConfig, method: str) -> dict[str, Any]:
     """``sweep.params`` for ``method``: ``methods.<method>.<setting>`` -> range or values."""
-    spaces = SEARCH_SPACES | SPHERE_SEARCH_SPACES if cfg.sphere else SEARCH_SPACES
-    if method not in spaces or (cfg.sphere and method == "oi"):
-        tunable = sorted(m for m in spaces if not (cfg.sphere and m == "oi"))
+    spaces = SEARCH_SPACES | TESTBED_SEARCH_SPACES.get(cfg.testbed.kind, {})
+    if method not in spaces or not runs_on(cfg, method):
+        tunable = sorted(m for m in spaces if runs_on(cfg, m))
         raise TuneError(f"no search space for method {method!r} on this testbed; tunable methods: {', '.join(tunable)}")
     params = {}
     for key, space in spaces[method].items():
-        if key == "radius" and isinstance(space, SweepRange) and not cfg.sphere:
-            space = space.model_copy(update={"high": min(space.high, cfg.testbed.n / 2)})
+        if key == "radius" and isinstance(space, SweepRange) and (top := cfg.testbed_kind.max_radius(cfg)) is not None:
+            space = space.model_copy(update={"high": min(space.high, top)})
         params[f"methods.{method}.{key}"] = space.model_dump() if isinstance(space, SweepRange) else list(space)
     return params
 

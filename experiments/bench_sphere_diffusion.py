@@ -107,7 +107,7 @@ from ensda.config import load
 from ensda.diffusion.checkpoint import save_checkpoint, testbed_record
 from ensda.diffusion.data import Normalisation, Pairs
 from ensda.diffusion.model import build_network
-from ensda.diffusion.train import (
+from ensda.training.increment import (
     loss_weights,
     model_spec,
     normalisation_groups,

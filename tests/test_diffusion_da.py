@@ -23,7 +23,7 @@ from ensda import experiment
 from ensda.config import ConfigError, validate
 from ensda.diffusion import checkpoint
 from ensda.diffusion.samplers import SamplerConfig, nfe
-from ensda.diffusion.train import train
+from ensda.training import train
 from ensda.nn import ring_graph
 
 TINY_TRAIN = {

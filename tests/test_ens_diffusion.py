@@ -24,9 +24,9 @@ from ensda import assimilator as registry
 from ensda import experiment
 from ensda.config import validate
 from ensda.diffusion import anchored
-from ensda.diffusion.anchored_train import DIVERGENCE_MARGIN, SKIP_CYCLES, kept_cycles, train_anchored
+from ensda.training.anchored import DIVERGENCE_MARGIN, SKIP_CYCLES, kept_cycles, train_anchored
 from ensda.diffusion import checkpoint
-from ensda.diffusion.checkpoint import CheckpointError
+from ensda.checkpoint import CheckpointError
 from ensda.diffusion.edm import EDM
 from ensda.nn import GNNConfig
 
@@ -191,7 +191,7 @@ def test_config_errors(change, message):
 
 
 def test_an_increment_checkpoint_is_refused_with_the_reason(tmp_path):
-    from ensda.diffusion.checkpoint import write_checkpoint
+    from ensda.checkpoint import write_checkpoint
 
     write_checkpoint(tmp_path, {"w": np.zeros(1)}, {"format": 1, "testbed": {}, "spec": {}})
     with pytest.raises(CheckpointError, match="not an ens-diffusion"):
@@ -200,7 +200,8 @@ def test_an_increment_checkpoint_is_refused_with_the_reason(tmp_path):
 
 
 def test_an_ens_diffusion_checkpoint_is_refused_by_the_diffusion_loader(tmp_path):
-    from ensda.diffusion.checkpoint import load_checkpoint, write_checkpoint
+    from ensda.diffusion.checkpoint import load_checkpoint
+    from ensda.checkpoint import write_checkpoint
 
     write_checkpoint(tmp_path, {"w": np.zeros(1)}, {"format": 1, "model": "anchored", "testbed": {}, "spec": {}})
     with pytest.raises(CheckpointError, match="use it with method ens-diffusion"):

@@ -17,7 +17,8 @@ import pytest
 
 from ensda import assimilator as registry
 from ensda.diffusion.ensf import EnSF
-from ensda.observe import GlobalObsNetwork, Observations
+from ensda.observe import Observations
+from ensda.testbeds.sphere.observe import GlobalObsNetwork
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments/configs"
 

@@ -1,4 +1,4 @@
-"""Lead-time loss (DESIGN §5) against hand-computed and analytic references.
+"""Lead-time loss (docs/design.md §5) against hand-computed and analytic references.
 
 References:
 - interpolation: values worked out by hand on small synthetic curves (inside, on points,

@@ -1,4 +1,4 @@
-"""Verification metrics against brute-force NumPy formulas (DESIGN §5) and closed forms.
+"""Verification metrics against brute-force NumPy formulas (docs/design.md §5) and closed forms.
 
 References: weighted RMSE / spread / SSR written out in NumPy; CRPS and energy score as
 explicit double loops over members; the closed-form CRPS of a Gaussian (Gneiting et al.

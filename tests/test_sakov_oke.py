@@ -1,4 +1,4 @@
-"""The classic baselines reproduce the published Lorenz-96 numbers (DESIGN §7).
+"""The classic baselines reproduce the published Lorenz-96 numbers (Sakov & Oke 2008).
 
 Sakov & Oke (2008) set-up: n = 40, F = 8, dt = 0.05, every variable observed every cycle
 with R = I, N = 40; 5,000 cycles after a burn-in of 500, with the tuned settings of

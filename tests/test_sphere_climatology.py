@@ -13,7 +13,7 @@ import xarray as xr
 from typer.testing import CliRunner
 
 from ensda.cli import app
-from ensda.sphere_figures import climatology_figure
+from ensda.testbeds.sphere.figures import climatology_figure
 from ensda.testbeds.sphere.climate import climatology_numbers, format_numbers
 from ensda.testbeds.sphere.store import open_store
 

@@ -67,12 +67,12 @@ def test_cycled_letkf_beats_the_free_run_in_cos_latitude_weighted_rmse(sw_store)
 
 def test_sphere_configs_load_and_errors_name_the_field(tmp_path):
     cfg = load(CONFIGS / "sphere.yaml")
-    assert cfg.sphere and cfg.obs.kind == "random" and cfg.obs.density == 0.01 and cfg.ensemble.size == 32
+    assert cfg.testbed.kind == "sphere" and cfg.obs.kind == "random" and cfg.obs.density == 0.01 and cfg.ensemble.size == 32
     assert cfg.hours_per_cycle == 6.0 and cfg.method_settings("letkf")["radius"] > 100  # km
     assert cfg.perfect_model and not load(CONFIGS / "sphere.yaml", ["testbed.forecast.emulator=ckpt"]).perfect_model
     assert not load(CONFIGS / "sphere.yaml", ["testbed.forecast.resolution=T21"]).perfect_model
     l96 = load(CONFIGS / "l96.yaml")
-    assert not l96.sphere and l96.obs.every == 1 and l96.testbed.n == 40
+    assert l96.testbed.kind == "lorenz96" and l96.obs.every == 1 and l96.testbed.n == 40
     base = sw_experiment(tmp_path / "x.zarr")
     # channel names as the testbed's; headline channels: z500 and t850 where the state has them
     from ensda.testbeds.sphere.testbed import channels_of

@@ -26,7 +26,7 @@ from ensda.diffusion.data import Normalisation, Pairs, anomaly_perturbed_pairs  
 from ensda.diffusion.edm import EDM  # noqa: E402
 from ensda.diffusion.model import ModelSpec, SphereMesh, WithElementwise, build_network, from_nodes, network_fn, to_nodes  # noqa: E402
 from ensda.nn import GNNConfig  # noqa: E402
-from ensda.diffusion.train import train  # noqa: E402
+from ensda.training import train  # noqa: E402
 
 TINY_TRAIN = {
     "perturbed_samples": 60, "members": 4, "error_min": 0.1, "error_max": 1.0, "validation": 12,
@@ -133,7 +133,7 @@ def test_normalisation_pools_within_groups():
     for k in range(4):
         cols = groups == k
         np.testing.assert_allclose(np.asarray(debiased.increment_bias)[cols], (truth - mean)[:, cols].mean(), rtol=1e-5)
-    from ensda.diffusion.train import training_arrays
+    from ensda.training.increment import training_arrays
 
     z = np.asarray(training_arrays(Pairs(mean, spread, truth), debiased)[2])
     np.testing.assert_allclose(z, (truth - np.asarray(debiased.increment_bias) - mean) / np.asarray(debiased.increment_std),
@@ -230,7 +230,7 @@ def untrained_checkpoint(cfg, trained_path, out, gain=None):
     """A checkpoint of the untrained network (F = 0) with the trained one's normalisation
     (and spread gain ``gain``)."""
     from ensda.diffusion.model import build_network
-    from ensda.diffusion.train import model_spec
+    from ensda.training.increment import model_spec
 
     ck = checkpoint.load_checkpoint(trained_path)
     norm = type(ck.norm)(ck.norm.clim_mean, ck.norm.clim_std, ck.norm.increment_std, gain)
@@ -371,7 +371,7 @@ def test_cycled_source_on_the_sphere_gives_the_cyclers_backgrounds(sw_store, tmp
     """A cycled LETKF source runs over the training truths (store times from
     ``train.store_times[0]``) with its own seeds; its pairs are the backgrounds of the same
     run through ``run_method`` (the cycler), after the spin-up skip, and the next truths."""
-    from ensda.diffusion.train import make_pairs
+    from ensda.training.increment import make_pairs
 
     source = {"obs": {"kind": "random", "density": 0.1}, "method": "letkf",
               "settings": {"radius": 1500.0, "inflation": 1.05}, "cycles": 12}

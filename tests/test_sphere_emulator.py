@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ensda.diffusion.checkpoint import CheckpointError
+from ensda.checkpoint import CheckpointError
 from ensda.nn import GNNConfig
 from ensda.testbeds.sphere.grid import mesh_graphs
 from ensda.testbeds.sphere.emulator import (

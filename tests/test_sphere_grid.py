@@ -117,7 +117,7 @@ def test_truncation_removes_unresolved_scales_and_keeps_the_global_mean():
     h = spectral.harmonics(g, g.truncation)
     exact_w = np.asarray(h.quadrature_weights).T / (4 * np.pi)  # (lat, lon), exact for degree < 32
     assert (exact_w * out[0]).sum() == pytest.approx(true_mean, rel=1e-6)
-    # with the cos-lat metric weights (DESIGN §5) the mean is kept within 0.01 %
+    # with the cos-lat metric weights (docs/design.md §5) the mean is kept within 0.01 %
     assert (np.asarray(g.weights) * out[0]).mean() == pytest.approx(true_mean, rel=1e-4)
 
 

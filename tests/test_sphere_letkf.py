@@ -16,7 +16,7 @@ import pytest
 from baselines.letkf import LETKF, ColumnLETKF, column_taper
 from baselines.localization import log_pressure_taper
 from ensda import assimilator as registry
-from ensda.observe import GlobalObsNetwork
+from ensda.testbeds.sphere.observe import GlobalObsNetwork
 from ensda.testbeds.sphere.grid import EARTH_RADIUS_KM, LatLonGrid
 from ensda.testbeds.sphere.testbed import Channels
 from reference import gc_ref

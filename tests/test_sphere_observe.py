@@ -12,7 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ensda.observe import GlobalObsNetwork, Observations, ObsNetwork
+from ensda.observe import Observations, ObsNetwork
+from ensda.testbeds.sphere.observe import GlobalObsNetwork
 from ensda.testbeds.sphere.grid import LatLonGrid
 from ensda.testbeds.sphere.testbed import Channels
 

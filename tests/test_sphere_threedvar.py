@@ -25,7 +25,8 @@ from test_sphere_cycle import (
 from baselines import ThreeDVar
 from baselines.threedvar_sphere import SphereThreeDVar
 from ensda.assimilator import SetupContext, build
-from ensda.observe import GlobalObsNetwork, Observations, ObsNetwork
+from ensda.observe import Observations, ObsNetwork
+from ensda.testbeds.sphere.observe import GlobalObsNetwork
 from ensda.testbeds.sphere.grid import LatLonGrid
 from ensda.testbeds.sphere.testbed import Channels
 

@@ -311,7 +311,7 @@ def test_resume_after_kill_9_mid_trial(env):
     cfg = config.load(env["config"], [*SHORT, f"tracking.experiment={env['experiment']}", GRID])
     study, budget = sweep.prepare(cfg, env["storage"], name)
     assert budget == 4 and sweep.study_tally(study, cfg.sweep).waiting == 4
-    worker = subprocess.Popen([sys.executable, "-m", "ensda.sweep", "worker", "--storage", env["storage"], "--study", name])
+    worker = subprocess.Popen([sys.executable, "-m", "ensda.cli", "sweep-worker", "--storage", env["storage"], "--study", name])
     try:
         deadline = time.monotonic() + 120
         while True:  # a trial with its MLflow run open: the worker is inside run_method

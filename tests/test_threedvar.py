@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from baselines import OptimalInterpolation, ThreeDVar
-from baselines.threedvar import matrix_sqrt
+from baselines.variational import matrix_sqrt
 from ensda.assimilator import SetupContext
 from ensda.observe import ObsNetwork, Observations
 from ensda.testbeds import Lorenz96

@@ -46,7 +46,7 @@ The residuals are O(1), so the model is trained and sampled with σ_max ≈ 5 (n
 at 20 Heun steps the probability-flow map of exact N(0, 1) residuals then scales the members
 by 1.011 (1.035 at σ_max 80; 1.29 at 5 steps), ``experiments/README``.
 
-Training (``ensda.diffusion.anchored_train``) uses cycled LETKF runs with random settings
+Training (``ensda.training.anchored``) uses cycled LETKF runs with random settings
 and, in later rounds, the method's own cycled backgrounds (DAgger-style). The anchor's
 settings (``anchor_radius``, ``anchor_inflation``, ``anchor_rtps``) are those of the LETKF
 (Hunt et al. 2007); inflation / RTPS of the method itself wrap the whole analysis as for
@@ -69,14 +69,8 @@ from pydantic import Field
 
 from baselines.localization import gaspari_cohn
 from ensda import assimilator as registry
-from ensda.diffusion.checkpoint import (
-    CheckpointError,
-    check_testbed,
-    read_meta,
-    read_params,
-    testbed_record,
-    write_checkpoint,
-)
+from ensda.diffusion.checkpoint import check_testbed, testbed_record
+from ensda.checkpoint import CheckpointError, read_meta, read_params, write_checkpoint
 from ensda.diffusion.edm import EDM
 from ensda.diffusion.guidance import likelihood_guided
 from ensda.diffusion.samplers import SamplerConfig, nfe, sample

@@ -1,4 +1,4 @@
-r"""``DiffusionDA``: the diffusion analysis ensemble (method ``diffusion``; DESIGN §4).
+r"""``DiffusionDA``: the diffusion analysis ensemble (method ``diffusion``; docs/design.md §4).
 
 Given the background ensemble (mean x̄_b, spread σ_b) and the observations y of a cycle,
 each of the N members is an independent sample z ~ p(z | x̄_b, σ_b, y) of the normalised
@@ -20,7 +20,7 @@ the checkpoint says which.
 Member j uses the key ``fold_in(key, j)``; members are ``vmap``-ped and, with several
 devices, sharded along a mesh axis ``ens`` (the result equals the unsharded one).
 
-``coupling`` sets where each member's sampler starts: ``independent`` (DESIGN §4) draws
+``coupling`` sets where each member's sampler starts: ``independent`` (docs/design.md §4) draws
 x_T = σ_max ε with fresh noise, so the N members are independent posterior samples and the
 analysis mean carries a sampling error of variance s²/N per element; cycled with few
 observations that error accumulates, a random walk of the ensemble mean (experiments/README,
@@ -108,7 +108,6 @@ def _trained_and_network_r_std(spec, network) -> tuple[np.ndarray, np.ndarray]:
 class DiffusionDA:
     name: ClassVar[str] = "diffusion"
     ensemble: ClassVar[bool] = True
-    supports_sphere: ClassVar[bool] = True
 
     params: Any  # network weights (pytree)
     graph: Any  # the ring ``Graph`` or the sphere's ``GridMeshGraphs``

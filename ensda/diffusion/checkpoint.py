@@ -3,40 +3,31 @@
 ``params.npz``: the network parameters keyed by their pytree path; ``meta.json``: format
 version, the testbed the model was trained for, the network spec (``ModelSpec``), the
 normalisation statistics, the training config and a training summary. Both files are
-written to temporary names and renamed, so a killed ``ensda train`` never leaves a
-half-written checkpoint. ``write_checkpoint`` / ``read_meta`` / ``read_params`` are the
-network-agnostic part, shared with the sphere emulator (``ensda.testbeds.sphere.emulator``).
+written atomically by the network-agnostic ``ensda.checkpoint``.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
+from ensda.checkpoint import CheckpointError, read_meta, read_params, write_checkpoint
 from ensda.diffusion.data import Normalisation
 from ensda.diffusion.model import ModelSpec, build_network
+from ensda.testbeds.sphere.testbed import FlatSphere, channels_of
 
 FORMAT = 1
 #: testbed fields a checkpoint must match
 TESTBED_FIELDS = ("kind", "n", "forcing", "dt", "steps_per_cycle")
 
 
-class CheckpointError(ValueError):
-    """A checkpoint that is missing, unreadable or made for another testbed or network."""
-
-
 def testbed_record(testbed) -> dict:
     """The fields of a testbed (config or object) that a checkpoint is specific to: on the
     sphere (a ``SphereTestbedConfig`` or a ``FlatSphere``) the grid, the channels and the
     cycle length."""
-    from ensda.testbeds.sphere.testbed import FlatSphere, channels_of
-
     if isinstance(testbed, FlatSphere):
         tb = testbed.testbed
         return {"kind": "sphere", "grid": [tb.grid.n_lon, tb.grid.n_lat], "channels": list(tb.channels.names),
@@ -46,47 +37,6 @@ def testbed_record(testbed) -> dict:
                 "channels": list(channels_of(testbed).names), "cycle_hours": testbed.cycle_hours}
     get = (lambda k: getattr(testbed, k, "lorenz96" if k == "kind" else None))
     return {k: get(k) for k in TESTBED_FIELDS}
-
-
-def write_checkpoint(path: Path, params, meta: dict) -> None:
-    """Write the parameter pytree ``params`` (``params.npz``, keyed by pytree path) and
-    ``meta`` (``meta.json``) into ``path``, atomically: temp files, then rename."""
-    path.mkdir(parents=True, exist_ok=True)
-    flat = {jax.tree_util.keystr(p): np.asarray(leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
-    tmp_params, tmp_meta = path / "params.tmp.npz", path / "meta.json.tmp"
-    np.savez(tmp_params, **flat)
-    tmp_meta.write_text(json.dumps(meta, indent=1))
-    tmp_params.replace(path / "params.npz")
-    tmp_meta.replace(path / "meta.json")
-
-
-def read_meta(path: Path, fmt: int, missing: str) -> dict:
-    """``meta.json`` of the checkpoint at ``path``, checked to be there (with ``params.npz``;
-    else ``CheckpointError(missing)``), valid JSON and of format ``fmt``."""
-    if not (path / "meta.json").exists() or not (path / "params.npz").exists():
-        raise CheckpointError(missing)
-    try:
-        meta = json.loads((path / "meta.json").read_text())
-    except json.JSONDecodeError as err:
-        raise CheckpointError(f"{path / 'meta.json'} is not valid JSON: {err}") from None
-    if meta.get("format") != fmt:
-        raise CheckpointError(f"{path}: checkpoint format {meta.get('format')!r}, this ensda reads format {fmt}")
-    return meta
-
-
-def read_params(path: Path, template):
-    """The parameters of ``params.npz`` in the structure of ``template`` (a pytree of arrays
-    or shape structs, e.g. from ``nnx.eval_shape``), each checked for presence and shape."""
-    stored = np.load(path / "params.npz")
-    leaves = []
-    for p, leaf in jax.tree_util.tree_flatten_with_path(template)[0]:
-        name = jax.tree_util.keystr(p)
-        if name not in stored:
-            raise CheckpointError(f"{path}: parameter {name} missing from params.npz (a different network?)")
-        if stored[name].shape != leaf.shape:
-            raise CheckpointError(f"{path}: parameter {name} has shape {stored[name].shape}, the network expects {leaf.shape}")
-        leaves.append(jnp.asarray(stored[name]))
-    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)
 
 
 def check_testbed(path: Path, meta: dict, testbed: dict | None) -> None:

@@ -1,4 +1,4 @@
-r"""Training data for the diffusion analysis model (DESIGN §4).
+r"""Training data for the diffusion analysis model (docs/design.md §4).
 
 A training example is a background ensemble summary and the truth it should be moved to:
 

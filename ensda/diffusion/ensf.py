@@ -70,7 +70,6 @@ from ensda.pytree import pytree_dataclass, static
 class EnSF:
     name: ClassVar[str] = "ensf"
     ensemble: ClassVar[bool] = True
-    supports_sphere: ClassVar[bool] = True
 
     #: Euler–Maruyama steps K of the reverse SDE
     steps: Annotated[int, Field(ge=1)] = static(100)

@@ -1,4 +1,4 @@
-r"""The conditional denoiser network of the analysis increment (DESIGN §4).
+r"""The conditional denoiser network of the analysis increment (docs/design.md §4).
 
 States are flat vectors of ``n = C · G`` elements: C channels at each of G grid nodes,
 channel-major (element ``c · G + g``). On Lorenz-96 C = 1 and the nodes are the ring's

@@ -1,4 +1,4 @@
-"""Ensemble verification metrics (DESIGN §5). Pure functions of (ensemble, truth, weights).
+"""Ensemble verification metrics (docs/design.md §5). Pure functions of (ensemble, truth, weights).
 
 Ensembles have the member axis first: ``(N, ...)``; truth and weights have the shape of
 one member. Weights are area weights (ones on Lorenz-96, cos-latitude on the sphere).

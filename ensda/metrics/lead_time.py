@@ -1,4 +1,4 @@
-r"""Lead-time loss (DiffDA; DESIGN §5).
+r"""Lead-time loss (DiffDA; docs/design.md §5).
 
 Forecasts started from the analyses reach an RMSE ``r`` at lead ``L``. Forecasts with the
 same forecast model started from a *reference* initial state (the truth plus small
@@ -19,7 +19,7 @@ Conventions
   cycle ``k`` is ``mean_a[k - 1]``.
 * **Averaging.** RMSE(ℓ) is the *mean over start cycles of the per-start area-weighted
   RMSE* at lead ℓ, ``mean_s sqrt(Σ w (x_s(ℓ) − t_{s+ℓ})² / Σ w)``, the same order of
-  averaging as the time-mean analysis RMSE of DESIGN §5 (mean of per-cycle RMSE).
+  averaging as the time-mean analysis RMSE of docs/design.md §5 (mean of per-cycle RMSE).
   A forecast that is not finite makes the mean non-finite (and the loss off the curve).
 * **Interpolation.** ℓ* is where the piecewise-linear interpolant of the reference curve
   (through the points (ℓ_j, RMSE_ref(ℓ_j))) *first* reaches ``r``. On an increasing curve
@@ -395,7 +395,7 @@ def score_analyses(reference: LeadTimeReference, analyses) -> LeadTimeCurves:
 
 
 def analysis_lead_time_loss(analyses, truth: jax.Array, forecast_step: ForecastStep, lead_cycles: int, **options) -> LeadTimeLoss:
-    """Lead-time loss of the analyses of a cycled run (DESIGN §5).
+    """Lead-time loss of the analyses of a cycled run (docs/design.md §5).
 
     ``analyses``: a ``CycleResult`` (its ``mean_a``) or analysis means ``(K, ...)`` of cycles
     1..K; ``truth`` ``(K+1, ...)``. Forecasts with ``forecast_step`` start at the cycles of

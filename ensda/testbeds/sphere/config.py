@@ -18,7 +18,7 @@ Example (``experiments/configs/sphere.yaml``)::
     obs: {kind: random, density: 0.01}   # SphereObsConfig: observed columns, variables, R
 
 ``SphereObsConfig`` is the ``obs:`` section of an experiment on this testbed
-(``ensda.observe.GlobalObsNetwork``).
+(``ensda.testbeds.sphere.observe.GlobalObsNetwork``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ import itertools
 from typing import Annotated, Literal
 
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from ensda.schema import ConfigError, Strict, apply_overrides, format_errors, read_yaml
 
 #: dycore truncations known to dinosaur's ``spherical_harmonic.Grid`` constructors
 RESOLUTIONS = ("T21", "T31", "T42", "T63", "T85")
@@ -42,11 +44,7 @@ MODEL_VARIABLES = {
 Variable = Literal["geopotential", "temperature", "u_component_of_wind", "v_component_of_wind", "surface_pressure"]
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class SphereGridConfig(_Strict):
+class SphereGridConfig(Strict):
     """The equiangular analysis grid (WeatherBench 2 convention, no poles)."""
 
     n_lon: int = Field(64, ge=8)
@@ -59,7 +57,7 @@ class SphereGridConfig(_Strict):
         return self
 
 
-class NatureConfig(_Strict):
+class NatureConfig(Strict):
     """The nature run written by ``ensda data nature``."""
 
     store: str = "data/sphere/nature.zarr"
@@ -74,7 +72,7 @@ class NatureConfig(_Strict):
     time_chunk: int = Field(4, ge=1)
 
 
-class SphereForecastConfig(_Strict):
+class SphereForecastConfig(Strict):
     """The forecast model of the experiments (backgrounds): the nature run's dycore at this
     resolution and time step; unset values are the nature run's (a perfect model). Or,
     with ``emulator``, a learned forecast model: the checkpoint directory of a
@@ -91,7 +89,7 @@ class SphereForecastConfig(_Strict):
         return self
 
 
-class SphereTestbedConfig(_Strict):
+class SphereTestbedConfig(Strict):
     kind: Literal["sphere"] = "sphere"
     model: Literal["held_suarez", "shallow_water"] = "held_suarez"
     resolution: Literal[RESOLUTIONS] = "T42"
@@ -166,12 +164,12 @@ class SphereTestbedConfig(_Strict):
         return self
 
 
-class SphereObsConfig(_Strict):
-    """A global observation network on the analysis grid (``ensda.observe.GlobalObsNetwork``):
+class SphereObsConfig(Strict):
+    """A global observation network on the analysis grid (``ensda.testbeds.sphere.observe.GlobalObsNetwork``):
     where the observed columns are (``kind``: random, stations, swaths), the fraction of
     columns observed each cycle, which variables and levels each column observes (null: all
     of the state's) and the error std per variable (SI; variables not listed keep
-    ``observe.GLOBAL_R_STD``: 100 m²/s², 1 K, 2 m/s, 2 m/s, 100 Pa)."""
+    ``ensda.testbeds.sphere.observe.GLOBAL_R_STD``: 100 m²/s², 1 K, 2 m/s, 2 m/s, 100 Pa)."""
 
     kind: Literal["random", "stations", "swaths"] = "random"
     density: float = Field(0.01, gt=0, le=1)
@@ -208,18 +206,12 @@ def load_testbed(path, overrides: list[str] | None = None) -> SphereTestbedConfi
     """The ``testbed:`` section of an experiment YAML as a sphere testbed config.
 
     ``overrides`` are ``--set`` items on the whole file (e.g. ``testbed.nature.days=30``).
-    Raises ``ensda.config.ConfigError`` naming the offending fields.
+    Raises ``ensda.schema.ConfigError`` naming the offending fields.
     """
-    from ensda.config import ConfigError, apply_overrides, read_yaml
-
     section = apply_overrides(read_yaml(path), overrides or []).get("testbed") or {}
     if not isinstance(section, dict) or section.get("kind") != "sphere":
         raise ConfigError(f"{path}: testbed.kind must be 'sphere' for a sphere nature run, got {section.get('kind') if isinstance(section, dict) else section!r}")
     try:
         return SphereTestbedConfig.model_validate(section)
     except pydantic.ValidationError as err:
-        lines = ["invalid config:"]
-        for e in err.errors():
-            loc = ".".join(["testbed", *(str(p) for p in e["loc"])])
-            lines.append(f"  {loc}: {e['msg'].removeprefix('Value error, ')}")
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(format_errors("invalid config", err, prefix=("testbed",))) from None

@@ -62,17 +62,12 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ensda.diffusion.checkpoint import (
-    CheckpointError,
-    read_meta,
-    read_params,
-    write_checkpoint,
-)
+from ensda.checkpoint import CheckpointError, read_meta, read_params, write_checkpoint
 from ensda.nn import GNNConfig, SphereGraphNetwork
 from ensda.nn.grid_mesh import GridMeshGraphs
 from ensda.pytree import pytree_dataclass
 from ensda.testbeds.sphere.grid import LatLonGrid, mesh_graphs
-from ensda.testbeds.sphere.testbed import Channels
+from ensda.testbeds.sphere.channels import Channels
 
 FORMAT = 1
 KIND = "sphere_emulator"

@@ -9,7 +9,7 @@ ascending from south to north (64×32: −87.1875° … 87.1875°, Δ = 5.625°)
 longitudes :math:`\lambda_i = i \cdot 360° / n_\text{lon}` starting at 0°.
 
 A field is an array ``(..., n_lat, n_lon)``; a column (site) is the flat index
-``j * n_lon + i``. Area weights are cos φ normalised to mean 1 over the grid (DESIGN §5).
+``j * n_lon + i``. Area weights are cos φ normalised to mean 1 over the grid (docs/design.md §5).
 Distances are great-circle distances on a sphere of radius 6371.0 km.
 """
 

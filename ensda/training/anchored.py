@@ -20,7 +20,7 @@ features recomputed on its own backgrounds, adds those examples (repeated up to
 fine-tunes for ``train.round_steps`` steps. Each round reports its cycled analysis CRPS and spread-skill
 ratio on its training truths (``train.round_runs`` runs of ``train.round_cycles`` cycles).
 
-Optimisation: ``ensda.diffusion.train.fit`` (AdamW, cosine schedule, EMA), the EDM loss.
+Optimisation: ``ensda.training.increment.fit`` (AdamW, cosine schedule, EMA), the EDM loss.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ import numpy as np
 from flax import nnx
 
 from ensda import metrics
-from ensda.config import ExperimentConfig
+from ensda import experiment
+from ensda.assimilator import SetupContext
+from ensda.config import ExperimentConfig, validate
 from ensda.diffusion.anchored import (
     AnchoredDiffusionDA,
     AnchoredSpec,
@@ -54,7 +56,7 @@ from ensda.diffusion.anchored import (
 )
 from ensda.diffusion.checkpoint import testbed_record
 from ensda.diffusion.edm import EDM
-from ensda.diffusion.train import TrainResult, fit
+from ensda.training.increment import TrainResult, fit
 from ensda.nn import GNNConfig
 
 #: cycles at the start of each training run left out (the filter's spin-up)
@@ -99,10 +101,6 @@ class RoundScore:
 def _setup(cfg: ExperimentConfig, src_index: int, round_index: int):
     """The OSSE pieces of one source network and round: forecast model, truths ``(R, K+1, n)``,
     stacked observations, initial ensembles, anchors, site distances and keys."""
-    from ensda import experiment
-    from ensda.assimilator import SetupContext
-    from ensda.config import validate
-
     t = cfg.train
     src = t.sources[src_index]
     cycles = src.cycles if round_index == 0 else t.round_cycles

@@ -2,7 +2,7 @@
 at the last cycle, the per-channel time-mean errors, and the climatology of a nature run.
 
 Inputs of the cycled-run figures are a ``CycleResult`` and the run's
-``experiment.SphereRun`` (grid, channel names, climatological σ_c, truth at the last cycle).
+``plugin.SphereRun`` (grid, channel names, climatological σ_c, truth at the last cycle).
 Flat states are channel-major ``(C · n_lat · n_lon)``; latitudes run south to north. The
 climatology figure takes a store's ``xarray.Dataset`` (``store.open_store``) in either
 latitude order.

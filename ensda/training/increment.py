@@ -1,4 +1,5 @@
-r"""``ensda train``: make training data, train the denoiser with EDM, save a checkpoint.
+r"""Training the increment denoiser of method ``diffusion`` (``train.target: increment``):
+make training data, train it with EDM, save a checkpoint.
 
 Data (``ensda.diffusion.data``): backgrounds from one-cycle forecasts of perturbed truths
 and from cycled classic methods, on truth runs seeded by ``train.seed`` (never the
@@ -30,7 +31,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ensda.config import ExperimentConfig, TrainConfig
+from ensda import experiment
+from ensda.config import ExperimentConfig, TrainConfig, validate
 from ensda.diffusion.checkpoint import save_checkpoint, testbed_record
 from ensda.diffusion.data import (
     Normalisation,
@@ -48,16 +50,24 @@ from ensda.diffusion.model import (
     network_fn,
 )
 from ensda.nn import GNNConfig
-from ensda.observe import GLOBAL_R_STD
+from ensda.testbeds.sphere.observe import GLOBAL_R_STD
 from ensda.testbeds.sphere.grid import LatLonGrid
+from ensda.testbeds.sphere.store import open_store
 from ensda.testbeds.sphere.testbed import FlatGrid, channels_of
+
+
+def on_sphere(cfg: ExperimentConfig) -> bool:
+    """Whether the increment model is trained on the sphere (mesh GNN, store truths, cos φ
+    loss weights) rather than on the ring: the one testbed switch left in training, until
+    the testbed kinds provide the training geometry themselves."""
+    return cfg.testbed.kind == "sphere"
 
 
 def model_spec(cfg: ExperimentConfig) -> ModelSpec:
     t = cfg.train
     gnn = GNNConfig(latent=t.latent, steps=t.message_steps, hidden_layers=t.hidden_layers, n_frequencies=t.frequencies)
     edm = EDM(sigma_data=1.0, sigma_min=t.sigma_min, sigma_max=t.sigma_max, p_mean=t.p_mean, p_std=t.p_std)
-    if not cfg.sphere:
+    if not on_sphere(cfg):
         return ModelSpec(n=cfg.testbed.n, gnn=gnn, edm=edm, obs_r_std=(cfg.obs.r_std,), elementwise=t.elementwise,
                          elementwise_observed_only=t.elementwise_observed_only)
     channels, grid = channels_of(cfg.testbed), cfg.testbed.grid
@@ -77,12 +87,9 @@ def make_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: 
     On the sphere the cycled sources run over the training truths of ``store_window`` with
     the experiment's forecast model (the emulator), as the perturbed truths do.
     """
-    from ensda import experiment
-    from ensda.config import validate
-
     t = cfg.train
     parts = []
-    if t.perturbed_samples and cfg.sphere:
+    if t.perturbed_samples and on_sphere(cfg):
         parts.append(sphere_pairs(cfg, report))
     elif t.perturbed_samples:
         report(f"perturbed truths: {t.perturbed_samples} examples")
@@ -90,7 +97,7 @@ def make_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: 
         truth = testbed.nature_run(jax.random.key(t.seed), t.perturbed_samples)
         parts.append(perturbed_truth_pairs(testbed, truth, jax.random.key(t.seed + 1), t.members, t.error_min, t.error_max))
     base = cfg.model_dump(exclude={"sweep", "train"})
-    truth_window = _sphere_truth_cycles(cfg) if cfg.sphere and t.sources else None
+    truth_window = _sphere_truth_cycles(cfg) if on_sphere(cfg) and t.sources else None
     for i, src in enumerate(t.sources):
         report(f"cycled {src.method} on {_describe(src.obs.model_dump())}: {src.cycles} cycles")
         seed = t.seed + 10 * (i + 1)
@@ -120,8 +127,6 @@ def make_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: 
 def store_window(cfg: ExperimentConfig) -> tuple[int, int]:
     """Store time indices [first, stop) of the sphere training truths (``train.store_times``,
     default the first 80 % of the config's nature-run store, the emulator's training window)."""
-    from ensda.testbeds.sphere.store import open_store
-
     n_times = open_store(cfg.testbed.nature.store).sizes["time"]
     first, stop = cfg.train.store_times or (0, int(0.8 * n_times))
     if stop > n_times:
@@ -131,8 +136,6 @@ def store_window(cfg: ExperimentConfig) -> tuple[int, int]:
 
 def _sphere_truth_cycles(cfg: ExperimentConfig, model=None) -> tuple[int, int]:
     """The first store time of the sphere training truths and the cycles they span."""
-    from ensda import experiment
-
     model = experiment.make_forecast_model(cfg) if model is None else model
     first, stop = store_window(cfg)
     return first, (stop - 1 - first) // model.testbed._stride
@@ -142,8 +145,6 @@ def sphere_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _
     """Sphere training examples: store truths in ``store_window``, perturbed by
     climatological anomalies of the same window and forecast one cycle with the
     experiment's forecast model (``anomaly_perturbed_pairs``)."""
-    from ensda import experiment
-
     t = cfg.train
     model = experiment.make_forecast_model(cfg)
     tb = model.testbed
@@ -205,7 +206,7 @@ def batch_condition(key, norm: Normalisation, mean, spread, z, t: TrainConfig, s
 def loss_weights(cfg: ExperimentConfig) -> jax.Array | None:
     """Per-element loss weights on the sphere: cos φ (mean 1) × ``train.variable_weights``
     (normalised to mean 1 over channels); None on Lorenz-96 (uniform)."""
-    if not cfg.sphere:
+    if not on_sphere(cfg):
         return None
     channels, grid = channels_of(cfg.testbed), cfg.testbed.grid
     w_var = np.asarray([cfg.train.variable_weights.get(channels.variable(c), 1.0) for c in range(channels.n)])
@@ -215,7 +216,7 @@ def loss_weights(cfg: ExperimentConfig) -> jax.Array | None:
 
 def normalisation_groups(cfg: ExperimentConfig) -> np.ndarray | None:
     """Pooling groups of the normalisation: one (Lorenz-96), or each channel × latitude."""
-    if not cfg.sphere:
+    if not on_sphere(cfg):
         return None
     channels, grid = channels_of(cfg.testbed), cfg.testbed.grid
     return np.repeat(np.arange(channels.n * grid.n_lat), grid.n_lon)
@@ -347,7 +348,7 @@ class TrainResult:
     train_s: float
 
 
-def train(
+def train_increment(
     cfg: ExperimentConfig,
     progress: Callable[[int, float, float], None] | None = None,
     report: Callable[[str], None] = lambda _: None,
@@ -361,10 +362,6 @@ def train(
     if cfg.train is None:
         raise ValueError("the config has no 'train' section: nothing to train")
     t = cfg.train
-    if t.target == "anchored":
-        from ensda.diffusion.anchored_train import train_anchored  # it imports this module
-
-        return train_anchored(cfg, progress, report, log)
     t0 = time.perf_counter()
     pairs = make_pairs(cfg, report)
     data_s = time.perf_counter() - t0
@@ -396,7 +393,7 @@ def train(
         "steps": int(steps[-1]), "final_loss": losses[-1], "final_val_loss": val_losses[-1],
         "n_train": len(train_pairs), "n_params": n_params, "data_s": data_s, "train_s": train_s,
     }
-    if cfg.sphere:  # the store times the training truths came from
+    if on_sphere(cfg):  # the store times the training truths came from
         summary["store_times"] = list(store_window(cfg))
     save_checkpoint(Path(t.checkpoint), ema, spec, norm, testbed_record(cfg.testbed), cfg.model_dump(mode="json"), summary)
     return result
