@@ -1,3 +1,3 @@
 """Reports and figures built from MLflow runs: ``analysis.report`` (collect a sweep's or a
 comparison's runs, write the PNGs, results table and self-contained HTML) and
-``analysis.figures`` (the figures over many runs). The command is ``ensda report``."""
+``analysis.report_figures`` (the figures over many runs). The command is ``ensda report``."""

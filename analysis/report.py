@@ -21,7 +21,7 @@ channel's time-mean errors and climatological σ_c), the headline channels' summ
 ``maps/<channel>.png`` (downloaded; of at most ``MAX_MAP_RUNS`` runs) and, from the parent
 run (a comparison, or one run), the observed columns of ``observations.zarr``.
 
-``write`` draws the figures of ``analysis.figures`` (each left out, with the reason in the
+``write`` draws the figures of ``analysis.report_figures`` (each left out, with the reason in the
 HTML, when the runs cannot show it) and one self-contained ``report.html`` (the PNGs inline
 as base64, the results table, the parent run, each child run's id, MLflow UI link and Optuna
 trial number). On the sphere also the per-channel skill figure and its data
@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from analysis import figures
+from analysis import report_figures as figures
 from ensda import tracking
 
 #: summary metrics of the results table and results.csv, in order, with the table's decimals
@@ -87,7 +87,9 @@ class RunRecord:
     series: str = ""  # the line it belongs to: method, or "diffusion λ=0.5"
     sphere: bool = False  # a sphere run (testbed.kind: sphere)
     channel_metrics: dict | None = None  # channel_metrics.json (sphere)
-    maps: dict[str, bytes] | None = None  # headline channel -> maps/<channel>.png (sphere, figures on)
+    maps: dict[str, bytes] | None = (
+        None  # headline channel -> maps/<channel>.png (sphere, figures on)
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +116,9 @@ class ReportData:
     kind: str  # sweep | compare | run
     records: list[RunRecord]
     observations: ObservedColumns | None = None  # the parent's observations.zarr (sphere)
-    notes: dict = dataclasses.field(default_factory=dict)  # what collecting left out: figure name -> why
+    notes: dict = dataclasses.field(
+        default_factory=dict
+    )  # what collecting left out: figure name -> why
 
     @property
     def finished(self) -> list[RunRecord]:
@@ -141,8 +145,12 @@ class ReportData:
     @property
     def headline(self) -> list[str]:
         """The headline channels: those with summary metrics ``rmse_a.<channel>``, in channel order."""
-        found = {k.split(".", 1)[1] for r in self.finished for k in r.metrics if k.startswith("rmse_a.")}
-        order = next((r.channel_metrics["channels"] for r in self.finished if r.channel_metrics), [])
+        found = {
+            k.split(".", 1)[1] for r in self.finished for k in r.metrics if k.startswith("rmse_a.")
+        }
+        order = next(
+            (r.channel_metrics["channels"] for r in self.finished if r.channel_metrics), []
+        )
         rank = {c: i for i, c in enumerate(order)}
         return sorted(found, key=lambda c: (rank.get(c, len(rank)), c))
 
@@ -165,7 +173,9 @@ def study_parent(study: str, storage: str) -> str:
         raise ReportError(f"no study {study!r} in {storage}") from None
     parent = attrs.get(sweep.STUDY_PARENT)
     if parent is None:
-        raise ReportError(f"study {study!r} in {storage} has no MLflow parent run (tracking was off, or not an `ensda sweep` study)")
+        raise ReportError(
+            f"study {study!r} in {storage} has no MLflow parent run (tracking was off, or not an `ensda sweep` study)"
+        )
     return parent
 
 
@@ -178,27 +188,41 @@ def collect(store: tracking.Store, run_id: str) -> ReportData:
         raise ReportError(str(err)) from None
     children = store.children(parent)
     if children:
-        kind = "sweep" if "ensda.sweep" in parent.tags or "optuna.study" in parent.tags else "compare"
+        kind = (
+            "sweep" if "ensda.sweep" in parent.tags or "optuna.study" in parent.tags else "compare"
+        )
         runs = children
     elif _has_summary(parent):
         kind, runs = "run", [parent]
     else:
-        raise ReportError(f"run {run_id} ({parent.name}) has no child runs and no metrics: nothing to report "
-                          "(give the id of a sweep or compare parent run, or of one `ensda run`)")
+        raise ReportError(
+            f"run {run_id} ({parent.name}) has no child runs and no metrics: nothing to report "
+            "(give the id of a sweep or compare parent run, or of one `ensda run`)"
+        )
     notes = {}
     with_maps = len(runs) <= MAX_MAP_RUNS
     records = [_record(store, r, with_maps) for r in runs]
     if not with_maps and any(r.sphere for r in records):
-        notes[MAPS_DIR] = (f"left out: {len(runs)} runs, more than {MAX_MAP_RUNS}: each run's maps/ are in MLflow")
+        notes[MAPS_DIR] = (
+            f"left out: {len(runs)} runs, more than {MAX_MAP_RUNS}: each run's maps/ are in MLflow"
+        )
     observations = None
     if any(r.sphere for r in records) or parent.params.get("testbed.kind") == "sphere":
         if "observations.zarr" in store.artifacts(parent.run_id):
             observations = _observed_columns(store, parent.run_id)
         else:
-            notes["observed_columns.png"] = ("left out: the parent run has no observations.zarr"
-                                             + (" (a sweep's trials log their own)" if kind == "sweep" else ""))
-    return ReportData(store.uri, parent, store.experiment_name(parent.experiment_id), kind, _with_series(records),
-                      observations, notes)
+            notes["observed_columns.png"] = "left out: the parent run has no observations.zarr" + (
+                " (a sweep's trials log their own)" if kind == "sweep" else ""
+            )
+    return ReportData(
+        store.uri,
+        parent,
+        store.experiment_name(parent.experiment_id),
+        kind,
+        _with_series(records),
+        observations,
+        notes,
+    )
 
 
 def _has_summary(run: tracking.StoredRun) -> bool:
@@ -212,20 +236,38 @@ def _record(store: tracking.Store, run: tracking.StoredRun, with_maps: bool = Tr
     trial = run.tags.get("optuna.trial_number")
     artifacts = store.artifacts(run.run_id) if _has_summary(run) else set()
     lead = store.load_json(run.run_id, "lead_time.json") if "lead_time.json" in artifacts else None
-    ranks = store.load_json(run.run_id, "rank_histogram.json") if "rank_histogram.json" in artifacts else None
+    ranks = (
+        store.load_json(run.run_id, "rank_histogram.json")
+        if "rank_histogram.json" in artifacts
+        else None
+    )
     n_members = _number(p.get("n_members"))
     if n_members is None:
         n_members = run.metrics.get("n_members")
-    channels = store.load_json(run.run_id, "channel_metrics.json") if "channel_metrics.json" in artifacts else None
+    channels = (
+        store.load_json(run.run_id, "channel_metrics.json")
+        if "channel_metrics.json" in artifacts
+        else None
+    )
     maps = _maps(store, run.run_id) if with_maps and MAPS_DIR in artifacts else None
     return RunRecord(
-        run.run_id, run.name, run.experiment_id, run.status, method, observation_density(p), guidance,
+        run.run_id,
+        run.name,
+        run.experiment_id,
+        run.status,
+        method,
+        observation_density(p),
+        guidance,
         int(trial) if trial is not None and trial.isdigit() else None,
         int(n_members) if n_members is not None else None,
         {k: v for k, v in run.metrics.items() if "/" not in k},
-        run.tags.get("ensda.lead_time_loss"), run.tags.get("ensda.failure"),
-        lead, ranks["counts"] if ranks else None,
-        sphere=p.get("testbed.kind") == "sphere" or channels is not None, channel_metrics=channels, maps=maps,
+        run.tags.get("ensda.lead_time_loss"),
+        run.tags.get("ensda.failure"),
+        lead,
+        ranks["counts"] if ranks else None,
+        sphere=p.get("testbed.kind") == "sphere" or channels is not None,
+        channel_metrics=channels,
+        maps=maps,
     )
 
 
@@ -246,23 +288,47 @@ def _observed_columns(store: tracking.Store, run_id: str) -> ObservedColumns:
         column, lat, lon = (np.asarray(ds[k].values) for k in ("column", "latitude", "longitude"))
         attrs = dict(ds.attrs)
         ds.close()
-    cycles = [np.unique(c, return_counts=True) for c in column]  # each cycle's columns, and its slots per column
+    cycles = [
+        np.unique(c, return_counts=True) for c in column
+    ]  # each cycle's columns, and its slots per column
     _, n_cycles = np.unique(np.concatenate([c for c, _ in cycles]), return_counts=True)
-    _, first = np.unique(column.ravel(), return_index=True)  # an observation of each column, in the same order
+    _, first = np.unique(
+        column.ravel(), return_index=True
+    )  # an observation of each column, in the same order
     per_cycle = attrs.get("n_columns")
     return ObservedColumns(
-        lat.ravel()[first].astype(np.float64), lon.ravel()[first].astype(np.float64), n_cycles, int(column.shape[0]),
-        int(per_cycle) if per_cycle is not None else None, str(attrs.get("grid", "")), str(attrs.get("kind", "")),
-        float(attrs["density"]) if isinstance(attrs.get("density"), (int, float)) else None, bool(attrs.get("redraw", False)),
-        max((int(n.max()) for _, n in cycles if n.size), default=0))
+        lat.ravel()[first].astype(np.float64),
+        lon.ravel()[first].astype(np.float64),
+        n_cycles,
+        int(column.shape[0]),
+        int(per_cycle) if per_cycle is not None else None,
+        str(attrs.get("grid", "")),
+        str(attrs.get("kind", "")),
+        float(attrs["density"]) if isinstance(attrs.get("density"), (int, float)) else None,
+        bool(attrs.get("redraw", False)),
+        max((int(n.max()) for _, n in cycles if n.size), default=0),
+    )
 
 
 def _with_series(records: list[RunRecord]) -> list[RunRecord]:
     """Name each run's line: its method, with the guidance strength when diffusion runs have several."""
     several = len({r.guidance for r in records if r.guidance is not None}) > 1
-    named = [dataclasses.replace(r, series=f"{r.method} λ={r.guidance:g}" if several and r.guidance is not None else r.method)
-             for r in records]
-    order = lambda r: (r.method != "diffusion", r.method, r.guidance or 0.0, r.density or 0.0, r.trial or 0)
+    named = [
+        dataclasses.replace(
+            r,
+            series=f"{r.method} λ={r.guidance:g}"
+            if several and r.guidance is not None
+            else r.method,
+        )
+        for r in records
+    ]
+    order = lambda r: (
+        r.method != "diffusion",
+        r.method,
+        r.guidance or 0.0,
+        r.density or 0.0,
+        r.trial or 0,
+    )
     return sorted(named, key=order)
 
 
@@ -307,7 +373,9 @@ class Written:
     csv: Path
     pngs: list[Path]  # figures, and on the sphere the runs' maps (maps/<series>_<channel>.png)
     notes: dict[str, str]  # figure name -> why left out, or what it could not show
-    tables: list[Path] = dataclasses.field(default_factory=list)  # sphere: headline_channels.csv, channel_skill.csv
+    tables: list[Path] = dataclasses.field(
+        default_factory=list
+    )  # sphere: headline_channels.csv, channel_skill.csv
 
     @property
     def files(self) -> list[Path]:
@@ -363,12 +431,37 @@ def log(store: tracking.Store, data: ReportData, written: Written) -> None:
 def _write_csv(data: ReportData, path: Path) -> None:
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["run_id", "run_name", "status", "trial", "method", "density", "guidance_strength", "n_members",
-                    *TABLE_METRICS, "lead_time_loss_h", "lead_time_loss"])
+        w.writerow(
+            [
+                "run_id",
+                "run_name",
+                "status",
+                "trial",
+                "method",
+                "density",
+                "guidance_strength",
+                "n_members",
+                *TABLE_METRICS,
+                "lead_time_loss_h",
+                "lead_time_loss",
+            ]
+        )
         for r in data.records:
-            w.writerow([r.run_id, r.name, r.status, _blank(r.trial), r.method, _blank(r.density), _blank(r.guidance),
-                        _blank(r.n_members), *[_blank(r.metrics.get(k)) for k in TABLE_METRICS],
-                        _blank(r.metrics.get("lead_time_loss_h")), r.lead_time_loss or ""])
+            w.writerow(
+                [
+                    r.run_id,
+                    r.name,
+                    r.status,
+                    _blank(r.trial),
+                    r.method,
+                    _blank(r.density),
+                    _blank(r.guidance),
+                    _blank(r.n_members),
+                    *[_blank(r.metrics.get(k)) for k in TABLE_METRICS],
+                    _blank(r.metrics.get("lead_time_loss_h")),
+                    r.lead_time_loss or "",
+                ]
+            )
 
 
 def headline_rows(data: ReportData) -> list[dict]:
@@ -379,10 +472,23 @@ def headline_rows(data: ReportData) -> list[dict]:
     for r in data.finished:
         names = (r.channel_metrics or {}).get("channels", [])
         for channel in data.headline:
-            std = r.channel_metrics["climatological_std"][names.index(channel)] if channel in names else None
-            rows.append({"run_id": r.run_id, "run_name": r.name, "method": r.method, "series": r.series, "density": r.density,
-                         "channel": channel, **{m: r.metrics.get(f"{m}.{channel}") for m in HEADLINE_METRICS},
-                         "climatological_std": std})
+            std = (
+                r.channel_metrics["climatological_std"][names.index(channel)]
+                if channel in names
+                else None
+            )
+            rows.append(
+                {
+                    "run_id": r.run_id,
+                    "run_name": r.name,
+                    "method": r.method,
+                    "series": r.series,
+                    "density": r.density,
+                    "channel": channel,
+                    **{m: r.metrics.get(f"{m}.{channel}") for m in HEADLINE_METRICS},
+                    "climatological_std": std,
+                }
+            )
     return rows
 
 
@@ -409,7 +515,9 @@ def _write_maps(data: ReportData, out: Path) -> tuple[dict, str]:
     runs = [r for r in data.finished if r.sphere]
     with_maps = [r for r in runs if r.maps]
     if not with_maps:
-        return {}, data.notes.get(MAPS_DIR, "left out: no run logged maps/ (sphere runs with tracking.figures on)")
+        return {}, data.notes.get(
+            MAPS_DIR, "left out: no run logged maps/ (sphere runs with tracking.figures on)"
+        )
     shared = {s for s in (r.series for r in with_maps) if sum(q.series == s for q in with_maps) > 1}
     (out / MAPS_DIR).mkdir(exist_ok=True)
     written = {}
@@ -449,27 +557,56 @@ th{background:#f0f0f0}tr.FAILED td{color:#a00}img{max-width:100%;border:1px soli
 """
 
 
-def _html(data: ReportData, images: dict[str, str], notes: dict[str, str], maps: dict | None = None) -> str:
+def _html(
+    data: ReportData, images: dict[str, str], notes: dict[str, str], maps: dict | None = None
+) -> str:
     e = html.escape
     p = data.parent
     title = f"ensda report: {p.name or p.run_id}"
-    started = (datetime.datetime.fromtimestamp(p.start_time / 1000, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-               if p.start_time else "-")
-    about = [("kind", {"sweep": "Optuna sweep (parent run; trials are child runs)", "compare": "`ensda compare` (parent run; methods are child runs)",
-                       "run": "a single run"}[data.kind]),
-             ("run", f'<a href="{e(ui_link(data, p))}">{e(p.name)}</a> <code>{e(p.run_id)}</code>'),
-             ("experiment", f"{e(data.experiment)} (id {e(p.experiment_id)})"),
-             ("status", e(p.status)), ("started", started), ("tracking store", f"<code>{e(data.uri)}</code>")]
-    for tag, label in (("optuna.study", "Optuna study"), ("ensda.sweep", "sampler"), ("ensda.config", "config"),
-                       ("optuna.best_trial", "best trial")):
+    started = (
+        datetime.datetime.fromtimestamp(p.start_time / 1000, datetime.UTC).strftime(
+            "%Y-%m-%d %H:%M UTC"
+        )
+        if p.start_time
+        else "-"
+    )
+    about = [
+        (
+            "kind",
+            {
+                "sweep": "Optuna sweep (parent run; trials are child runs)",
+                "compare": "`ensda compare` (parent run; methods are child runs)",
+                "run": "a single run",
+            }[data.kind],
+        ),
+        ("run", f'<a href="{e(ui_link(data, p))}">{e(p.name)}</a> <code>{e(p.run_id)}</code>'),
+        ("experiment", f"{e(data.experiment)} (id {e(p.experiment_id)})"),
+        ("status", e(p.status)),
+        ("started", started),
+        ("tracking store", f"<code>{e(data.uri)}</code>"),
+    ]
+    for tag, label in (
+        ("optuna.study", "Optuna study"),
+        ("ensda.sweep", "sampler"),
+        ("ensda.config", "config"),
+        ("optuna.best_trial", "best trial"),
+    ):
         if tag in p.tags:
             about.append((label, e(p.tags[tag])))
     if "methods" in p.params:
         about.append(("methods", e(p.params["methods"])))
     n_done = len(data.finished)
-    about.append(("runs", f"{len(data.records)} ({n_done} with results, {len(data.records) - n_done} failed or unfinished)"))
-    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS}</style></head><body>",
-             f"<h1>{e(title)}</h1>", "<table>"]
+    about.append(
+        (
+            "runs",
+            f"{len(data.records)} ({n_done} with results, {len(data.records) - n_done} failed or unfinished)",
+        )
+    )
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+        "<table>",
+    ]
     parts += [f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in about]
     parts.append("</table>")
     for name, caption in figures.figures_for(data):
@@ -481,8 +618,10 @@ def _html(data: ReportData, images: dict[str, str], notes: dict[str, str], maps:
         if name == "channel_skill.png":
             parts.append(_headline_html(data, notes, maps or {}))
     parts.append("<h2>Results</h2>")
-    parts.append("<p>Time means after burn-in (docs/design.md §5); links open the MLflow UI "
-                 f"({'the tracking server' if data.uri.startswith('http') else '<code>ensda ui</code>'}).</p>")
+    parts.append(
+        "<p>Time means after burn-in (docs/design.md §5); links open the MLflow UI "
+        f"({'the tracking server' if data.uri.startswith('http') else '<code>ensda ui</code>'}).</p>"
+    )
     parts.append(_results_table(data))
     parts.append("</body></html>")
     return "\n".join(parts)
@@ -490,16 +629,35 @@ def _html(data: ReportData, images: dict[str, str], notes: dict[str, str], maps:
 
 def _results_table(data: ReportData) -> str:
     e = html.escape
-    head = ["trial", "method", "density", "λ", *TABLE_METRICS, "lead-time loss", "status", "MLflow run"]
+    head = [
+        "trial",
+        "method",
+        "density",
+        "λ",
+        *TABLE_METRICS,
+        "lead-time loss",
+        "status",
+        "MLflow run",
+    ]
     rows = ['<table id="results">', "<tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr>"]
     for r in data.records:
         lead = r.lead_time_loss or cell(r.metrics.get("lead_time_loss_h"), 1)
         status = r.status + (f": {r.failure[:200]}" if r.failure else "")
-        cells = [("n", cell(r.trial)), ("", e(r.method)), ("n", cell(r.density, 3)), ("n", cell(r.guidance, 3)),
-                 *[("n", cell(r.metrics.get(k), DIGITS.get(k, 4))) for k in TABLE_METRICS], ("n", e(lead)), ("", e(status)),
-                 ("", f'<a href="{e(ui_link(data, r))}"><code>{e(r.run_id)}</code></a>')]
-        rows.append(f'<tr class="{e(r.status)}" data-run="{e(r.run_id)}">'
-                    + "".join(f'<td class="{c}">{v}</td>' if c else f"<td>{v}</td>" for c, v in cells) + "</tr>")
+        cells = [
+            ("n", cell(r.trial)),
+            ("", e(r.method)),
+            ("n", cell(r.density, 3)),
+            ("n", cell(r.guidance, 3)),
+            *[("n", cell(r.metrics.get(k), DIGITS.get(k, 4))) for k in TABLE_METRICS],
+            ("n", e(lead)),
+            ("", e(status)),
+            ("", f'<a href="{e(ui_link(data, r))}"><code>{e(r.run_id)}</code></a>'),
+        ]
+        rows.append(
+            f'<tr class="{e(r.status)}" data-run="{e(r.run_id)}">'
+            + "".join(f'<td class="{c}">{v}</td>' if c else f"<td>{v}</td>" for c, v in cells)
+            + "</tr>"
+        )
     rows.append("</table>")
     return "\n".join(rows)
 
@@ -523,28 +681,48 @@ def _headline_html(data: ReportData, notes: dict[str, str], maps: dict) -> str:
     several = len({r.density for r in data.finished}) > 1
     unit = lambda c: UNITS.get(figures.channel_level(c)[0], "")
     label = {"rmse_a": "RMSE", "crps_a": "CRPS", "ssr_a": "SSR"}
-    parts = ["<h2>Headline channels</h2>",
-             ("<p>Time means after burn-in of each run's analysis, in SI units (SSR: spread / RMSE); "
-              "also in <code>headline_channels.csv</code>.</p>"), '<table id="headline">',
-             "<tr><th rowspan=2>method</th>" + ("<th rowspan=2>density</th>" if several else "")
-             + "".join(f"<th colspan={len(HEADLINE_METRICS)}>{e(c)} ({e(unit(c))})</th>" for c in channels)
-             + "<th rowspan=2>MLflow run</th></tr>",
-             "<tr>" + "".join(f"<th>{label.get(m, m)}</th>" for _ in channels for m in HEADLINE_METRICS) + "</tr>"]
+    parts = [
+        "<h2>Headline channels</h2>",
+        (
+            "<p>Time means after burn-in of each run's analysis, in SI units (SSR: spread / RMSE); "
+            "also in <code>headline_channels.csv</code>.</p>"
+        ),
+        '<table id="headline">',
+        "<tr><th rowspan=2>method</th>"
+        + ("<th rowspan=2>density</th>" if several else "")
+        + "".join(
+            f"<th colspan={len(HEADLINE_METRICS)}>{e(c)} ({e(unit(c))})</th>" for c in channels
+        )
+        + "<th rowspan=2>MLflow run</th></tr>",
+        "<tr>"
+        + "".join(f"<th>{label.get(m, m)}</th>" for _ in channels for m in HEADLINE_METRICS)
+        + "</tr>",
+    ]
     for r in data.finished:
-        cells = [f"<td>{e(r.series)}</td>"] + ([f'<td class="n">{cell(r.density, 3)}</td>'] if several else [])
-        cells += [f'<td class="n">{_sig(r.metrics.get(f"{m}.{c}"))}</td>' for c in channels for m in HEADLINE_METRICS]
+        cells = [f"<td>{e(r.series)}</td>"] + (
+            [f'<td class="n">{cell(r.density, 3)}</td>'] if several else []
+        )
+        cells += [
+            f'<td class="n">{_sig(r.metrics.get(f"{m}.{c}"))}</td>'
+            for c in channels
+            for m in HEADLINE_METRICS
+        ]
         cells.append(f'<td><a href="{e(ui_link(data, r))}"><code>{e(r.run_id)}</code></a></td>')
         parts.append(f'<tr data-run="{e(r.run_id)}">' + "".join(cells) + "</tr>")
     parts.append("</table>")
     for channel in channels:
         parts.append(f"<h3>{e(channel)}: maps at the last cycle</h3>")
-        shown = [(r, maps[(r.run_id, channel)]) for r in data.finished if (r.run_id, channel) in maps]
+        shown = [
+            (r, maps[(r.run_id, channel)]) for r in data.finished if (r.run_id, channel) in maps
+        ]
         for r, (path, b64) in shown:
             name = f"{MAPS_DIR}/{path.name}"
-            parts.append(f'<p>{e(r.series)} <code>{e(name)}</code></p>')
+            parts.append(f"<p>{e(r.series)} <code>{e(name)}</code></p>")
             parts.append(f'<img alt="{e(name)}" src="data:image/png;base64,{b64}">')
         if not shown:
-            parts.append(f'<p class="note">{MAPS_DIR}: {e(notes.get(MAPS_DIR, "left out: no run logged maps of this channel"))}</p>')
+            parts.append(
+                f'<p class="note">{MAPS_DIR}: {e(notes.get(MAPS_DIR, "left out: no run logged maps of this channel"))}</p>'
+            )
     if maps and notes.get(MAPS_DIR):
         parts.append(f'<p class="note">{MAPS_DIR}: {e(notes[MAPS_DIR])}</p>')
     return "\n".join(parts)

@@ -10,4 +10,12 @@ from baselines.letkf import LETKF
 from baselines.oi import OptimalInterpolation
 from baselines.threedvar import ThreeDVar
 
-__all__ = ["Climatology", "ETKF", "FreeRun", "LETKF", "OptimalInterpolation", "StochasticEnKF", "ThreeDVar"]
+__all__ = [
+    "Climatology",
+    "ETKF",
+    "FreeRun",
+    "LETKF",
+    "OptimalInterpolation",
+    "StochasticEnKF",
+    "ThreeDVar",
+]

@@ -53,8 +53,8 @@ from baselines.localization import gaspari_cohn, log_pressure_taper
 from baselines.transform import anomalies, local_update, observed_anomalies, weights_from_moments
 from ensda.assimilator import register
 from ensda.observe import Observations
-from ensda.testbeds.sphere.observe import GlobalObsNetwork
 from ensda.pytree import pytree_dataclass, static
+from ensda.testbeds.sphere.observe import GlobalObsNetwork
 
 #: float32 elements of working memory per batch of sites (bounds memory at large n)
 _BATCH_ELEMENTS = 1 << 22
@@ -122,7 +122,9 @@ class LETKF:
             with jax.ensure_compile_time_eval():
                 return local_neighbourhoods(self.grid, n_sites, self.radius)
         if self.neighbours.shape[0] != n_sites:
-            raise ValueError(f"LETKF neighbourhoods are for {self.neighbours.shape[0]} sites, the state has {n_sites}")
+            raise ValueError(
+                f"LETKF neighbourhoods are for {self.neighbours.shape[0]} sites, the state has {n_sites}"
+            )
         return self.neighbours, self.taper
 
     def analyse(self, background: jax.Array, obs: Observations, key: jax.Array) -> jax.Array:
@@ -168,7 +170,9 @@ def _map_sites(fn, sites, n: int, per_site: int):
     return out.reshape(n_batches * size, *out.shape[2:])[:n]
 
 
-def column_taper(grid, columns: jax.Array, obs_columns: jax.Array, radius: float, k: int) -> tuple[jax.Array, jax.Array]:
+def column_taper(
+    grid, columns: jax.Array, obs_columns: jax.Array, radius: float, k: int
+) -> tuple[jax.Array, jax.Array]:
     """For each of ``columns``, its ``k`` nearest ``obs_columns`` (positions in that array,
     ``(..., k)``) and their horizontal Gaspari–Cohn taper of the great-circle distance."""
     neg_d, near = jax.lax.top_k(-grid.distance(columns[..., None], obs_columns), k)
@@ -196,21 +200,36 @@ class ColumnLETKF:
     ensemble: ClassVar[bool] = True
 
     @classmethod
-    def build(cls, network: GlobalObsNetwork, radius: float, vertical_radius: float | None) -> ColumnLETKF:
+    def build(
+        cls, network: GlobalObsNetwork, radius: float, vertical_radius: float | None
+    ) -> ColumnLETKF:
         ch = network.channels
         p = list(ch.pressures)
         levels = sorted(set(p))
         p_obs = jnp.asarray([p[c] for c in network.observed_channels])
         vertical = log_pressure_taper(jnp.asarray(levels)[:, None], p_obs[None, :], vertical_radius)
-        return cls(grid=network.grid, radius=radius, n_channels=ch.n, obs_channels=len(network.observed_channels),
-                   obs_columns=network.n_columns, vertical=vertical,
-                   level_of=jnp.asarray([levels.index(v) for v in p], jnp.int32))
+        return cls(
+            grid=network.grid,
+            radius=radius,
+            n_channels=ch.n,
+            obs_channels=len(network.observed_channels),
+            obs_columns=network.n_columns,
+            vertical=vertical,
+            level_of=jnp.asarray([levels.index(v) for v in p], jnp.int32),
+        )
 
     def analyse(self, background: jax.Array, obs: Observations, key: jax.Array) -> jax.Array:
-        n_members, n_cols, pc, m = background.shape[0], self.grid.n, self.obs_channels, self.obs_columns
+        n_members, n_cols, pc, m = (
+            background.shape[0],
+            self.grid.n,
+            self.obs_channels,
+            self.obs_columns,
+        )
         if background[0].size != self.n_channels * n_cols or obs.y.shape[-1] != pc * m:
-            raise ValueError(f"LETKF built for {self.n_channels} channels x {n_cols} columns and {pc} x {m} "
-                             f"observations per cycle, got a state of {background[0].size} and {obs.y.shape[-1]} observations")
+            raise ValueError(
+                f"LETKF built for {self.n_channels} channels x {n_cols} columns and {pc} x {m} "
+                f"observations per cycle, got a state of {background[0].size} and {obs.y.shape[-1]} observations"
+            )
         x_mean, x_anom = anomalies(background.reshape(n_members, self.n_channels, n_cols))
         y_mean, y_anom = observed_anomalies(background, obs)
         # observations are channel-major: (observed channel c, observed column j)
@@ -225,12 +244,15 @@ class ColumnLETKF:
         def column(args):
             i, xm, xa = args  # column index, mean (n_channels,), anomalies (N, n_channels)
             near, h = column_taper(self.grid, i, obs_cols, self.radius, k)
-            weights = jax.vmap(weights_from_moments)(jnp.einsum("j,jlnk->lnk", h, gram[near]),
-                                                     jnp.einsum("j,jln->ln", h, rhs[near]))  # (L, N, N)
+            weights = jax.vmap(weights_from_moments)(
+                jnp.einsum("j,jlnk->lnk", h, gram[near]), jnp.einsum("j,jln->ln", h, rhs[near])
+            )  # (L, N, N)
             return xm + jnp.einsum("cnk,nc->kc", weights[self.level_of], xa)
 
         n_levels = self.vertical.shape[0]
-        per_column = k * n_levels * n_members * (n_members + 1) + 3 * self.n_channels * n_members * n_members
+        per_column = (
+            k * n_levels * n_members * (n_members + 1) + 3 * self.n_channels * n_members * n_members
+        )
         cols = (jnp.arange(n_cols), x_mean.T, jnp.moveaxis(x_anom, 2, 0))
         xa = _map_sites(column, cols, n_cols, per_site=per_column)  # (n_cols, N, n_channels)
         return jnp.moveaxis(xa, 0, 2).reshape(background.shape)

@@ -18,7 +18,12 @@ def gaspari_cohn(distance: jax.Array, radius: float) -> jax.Array:
     r = jnp.abs(distance) / radius
     inner = ((-0.25 * r + 0.5) * r + 0.625) * r**3 - (5.0 / 3.0) * r**2 + 1.0
     rs = jnp.maximum(r, 1e-12)
-    outer = ((((1.0 / 12.0) * r - 0.5) * r + 0.625) * r + 5.0 / 3.0) * r**2 - 5.0 * r + 4.0 - 2.0 / (3.0 * rs)
+    outer = (
+        ((((1.0 / 12.0) * r - 0.5) * r + 0.625) * r + 5.0 / 3.0) * r**2
+        - 5.0 * r
+        + 4.0
+        - 2.0 / (3.0 * rs)
+    )
     # near r = 2 the outer branch is a difference of O(1) terms: round-off would make it
     # slightly negative (≈ −1e-7 in float32) where the exact value is ≥ 0
     return jnp.where(r <= 1.0, inner, jnp.where(r < 2.0, jnp.maximum(outer, 0.0), 0.0))

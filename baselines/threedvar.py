@@ -38,8 +38,8 @@ from baselines.variational import (
 )
 from ensda.assimilator import register
 from ensda.observe import Observations
-from ensda.testbeds.sphere.observe import GlobalObsNetwork
 from ensda.pytree import pytree_dataclass, static
+from ensda.testbeds.sphere.observe import GlobalObsNetwork
 
 #: above this state size ``solver='auto'`` picks conjugate gradients
 EXACT_MAX_N = 1000
@@ -70,30 +70,64 @@ class ThreeDVar:
     ensemble: ClassVar[bool] = False
 
     @classmethod
-    def build(cls, ctx, b_source="climatology", scale=0.05, solver="auto", nmc_init_std=0.3, cg_tol=1e-5, cg_maxiter=200,
-              length_km=None, vertical_length=None, sigma_by_latitude=False, balance=False):
+    def build(
+        cls,
+        ctx,
+        b_source="climatology",
+        scale=0.05,
+        solver="auto",
+        nmc_init_std=0.3,
+        cg_tol=1e-5,
+        cg_maxiter=200,
+        length_km=None,
+        vertical_length=None,
+        sigma_by_latitude=False,
+        balance=False,
+    ):
         if isinstance(ctx.network, GlobalObsNetwork):
             if solver == "exact":
-                raise ValueError("solver 'exact' needs a dense B; on the sphere B is an operator: use 'cg' (or 'auto')")
-            return SphereThreeDVar.build(ctx, b_source, scale, nmc_init_std, length_km, vertical_length,
-                                         sigma_by_latitude, cg_tol, cg_maxiter, balance)
-        sphere_only = {"length_km": length_km, "vertical_length": vertical_length, "sigma_by_latitude": sigma_by_latitude,
-                       "balance": balance}
+                raise ValueError(
+                    "solver 'exact' needs a dense B; on the sphere B is an operator: use 'cg' (or 'auto')"
+                )
+            return SphereThreeDVar.build(
+                ctx,
+                b_source,
+                scale,
+                nmc_init_std,
+                length_km,
+                vertical_length,
+                sigma_by_latitude,
+                cg_tol,
+                cg_maxiter,
+                balance,
+            )
+        sphere_only = {
+            "length_km": length_km,
+            "vertical_length": vertical_length,
+            "sigma_by_latitude": sigma_by_latitude,
+            "balance": balance,
+        }
         given = [k for k, v in sphere_only.items() if v not in (None, False)]
         if given:
             raise ValueError(f"{', '.join(given)} apply to the sphere testbed only")
         if b_source == "climatology":
             b0 = climatological_covariance(ctx.climatology)
         else:
-            b0 = nmc_covariance(ctx.testbed, ctx.climatology, jax.random.fold_in(ctx.key, 3), nmc_init_std)
+            b0 = nmc_covariance(
+                ctx.testbed, ctx.climatology, jax.random.fold_in(ctx.key, 3), nmc_init_std
+            )
         b = scale * b0
         if solver == "auto":
             solver = "exact" if b.shape[0] <= EXACT_MAX_N else "cg"
         return cls(
             b=b if solver == "exact" else None,
             b_sqrt=matrix_sqrt(b) if solver == "cg" else None,
-            b_source=b_source, scale=scale, solver=solver,
-            nmc_init_std=nmc_init_std, cg_tol=cg_tol, cg_maxiter=cg_maxiter,
+            b_source=b_source,
+            scale=scale,
+            solver=solver,
+            nmc_init_std=nmc_init_std,
+            cg_tol=cg_tol,
+            cg_maxiter=cg_maxiter,
         )
 
     def analyse(self, background: jax.Array, obs: Observations, key: jax.Array) -> jax.Array:
@@ -101,5 +135,12 @@ class ThreeDVar:
         if self.solver == "exact":
             dx = exact_increment(self.b, xb, obs)
         else:
-            dx, _ = cg_increment(lambda v: self.b_sqrt @ v, lambda x: self.b_sqrt.T @ x, xb, obs, self.cg_tol, self.cg_maxiter)
+            dx, _ = cg_increment(
+                lambda v: self.b_sqrt @ v,
+                lambda x: self.b_sqrt.T @ x,
+                xb,
+                obs,
+                self.cg_tol,
+                self.cg_maxiter,
+            )
         return background + dx

@@ -51,9 +51,9 @@ import numpy as np
 
 from baselines.variational import cg_increment, matrix_sqrt
 from ensda.observe import Observations
-from ensda.testbeds.sphere.observe import GlobalObsNetwork
 from ensda.pytree import pytree_dataclass, static
 from ensda.testbeds.sphere.grid import EARTH_RADIUS_KM, LatLonGrid
+from ensda.testbeds.sphere.observe import GlobalObsNetwork
 from ensda.testbeds.sphere.spectral import evaluate, evaluate_adjoint, modal_degrees
 from ensda.testbeds.sphere.testbed import channel_std
 
@@ -102,14 +102,18 @@ def climatological_channel_correlation(samples: jax.Array, grid: LatLonGrid) -> 
     return k / d[:, None] / d[None, :]
 
 
-def nmc_differences(testbed, samples: jax.Array, key: jax.Array, clim_std: jax.Array, init_std: float) -> jax.Array:
+def nmc_differences(
+    testbed, samples: jax.Array, key: jax.Array, clim_std: jax.Array, init_std: float
+) -> jax.Array:
     """f₂ − f₁ = M²(x + ε) − M(M(x) + ε') for flat samples x ``(S, n)``; ε, ε' white noise of
     std ``init_std`` · ``clim_std`` (per element)."""
     k1, k2 = jax.random.split(key)
     x = samples[:NMC_SAMPLES]
     scale = init_std * clim_std.reshape(-1)
     f2 = testbed.forecast(x + scale * jax.random.normal(k1, x.shape, x.dtype), 2)
-    f1 = testbed.cycle_forecast(testbed.cycle_forecast(x) + scale * jax.random.normal(k2, x.shape, x.dtype))
+    f1 = testbed.cycle_forecast(
+        testbed.cycle_forecast(x) + scale * jax.random.normal(k2, x.shape, x.dtype)
+    )
     return f2 - f1
 
 
@@ -133,33 +137,58 @@ class SphereThreeDVar:
     ensemble: ClassVar[bool] = False
 
     @classmethod
-    def build(cls, ctx, b_source: str, scale: float, nmc_init_std: float, length_km: float | None,
-              vertical_length: float | None, sigma_by_latitude: bool, cg_tol: float, cg_maxiter: int,
-              balance: bool = False) -> SphereThreeDVar:
+    def build(
+        cls,
+        ctx,
+        b_source: str,
+        scale: float,
+        nmc_init_std: float,
+        length_km: float | None,
+        vertical_length: float | None,
+        sigma_by_latitude: bool,
+        cg_tol: float,
+        cg_maxiter: int,
+        balance: bool = False,
+    ) -> SphereThreeDVar:
         network = ctx.network
         grid, n_var = network.grid, network.channels.n
         if balance and vertical_length is not None:
-            raise ValueError("3dvar: balance takes V (levels and variables) from the climatology; "
-                             "vertical_length applies without balance only: set one of them")
+            raise ValueError(
+                "3dvar: balance takes V (levels and variables) from the climatology; "
+                "vertical_length applies without balance only: set one of them"
+            )
         samples = ctx.climatology.reshape((-1, n_var) + grid.shape)
         sigma = channel_std(samples, grid, sigma_by_latitude)
         if b_source == "nmc":
             clim_std = jnp.broadcast_to(channel_std(samples, grid, False), (n_var,) + grid.shape)
-            diffs = nmc_differences(ctx.testbed, ctx.climatology, jax.random.fold_in(ctx.key, 3), clim_std, nmc_init_std)
+            diffs = nmc_differences(
+                ctx.testbed, ctx.climatology, jax.random.fold_in(ctx.key, 3), clim_std, nmc_init_std
+            )
             sigma = channel_std(diffs.reshape((-1, n_var) + grid.shape), grid, sigma_by_latitude)
         t = grid.truncation
         length = DEFAULT_LENGTH_KM if length_km is None else length_km
         return cls(
-            grid=grid, truncation=t, cg_tol=cg_tol, cg_maxiter=cg_maxiter,
+            grid=grid,
+            truncation=t,
+            cg_tol=cg_tol,
+            cg_maxiter=cg_maxiter,
             sigma=jnp.sqrt(scale) * sigma,
-            vertical_sqrt=matrix_sqrt(jnp.asarray(climatological_channel_correlation(samples, grid) if balance
-                                                  else vertical_correlation(network, vertical_length), jnp.float32)),
+            vertical_sqrt=matrix_sqrt(
+                jnp.asarray(
+                    climatological_channel_correlation(samples, grid)
+                    if balance
+                    else vertical_correlation(network, vertical_length),
+                    jnp.float32,
+                )
+            ),
             spectrum_sqrt=jnp.asarray(gaussian_spectrum(grid, t, length), jnp.float32),
         )
 
     def sqrt(self, v: jax.Array) -> jax.Array:
         """U v: control vector ``(n_var, 2T + 1, T + 2)`` → flat increment ``(n,)``."""
-        fields = evaluate(self.spectrum_sqrt * v, self.grid, self.truncation)  # (n_var, n_lat, n_lon)
+        fields = evaluate(
+            self.spectrum_sqrt * v, self.grid, self.truncation
+        )  # (n_var, n_lat, n_lon)
         return (self.sigma * jnp.einsum("cd,dij->cij", self.vertical_sqrt, fields)).reshape(-1)
 
     def sqrt_t(self, x: jax.Array) -> jax.Array:
@@ -176,8 +205,10 @@ class SphereThreeDVar:
         """The analysis increment δx ``(n,)`` at background ``xb`` and the CG iterations."""
         n = self.sigma.shape[0] * self.grid.n
         if xb.shape[-1] != n:
-            raise ValueError(f"3D-Var built for {self.sigma.shape[0]} channels x {self.grid.n} columns ({n}), "
-                             f"got a state of {xb.shape[-1]}")
+            raise ValueError(
+                f"3D-Var built for {self.sigma.shape[0]} channels x {self.grid.n} columns ({n}), "
+                f"got a state of {xb.shape[-1]}"
+            )
         return cg_increment(self.sqrt, self.sqrt_t, xb, obs, self.cg_tol, self.cg_maxiter)
 
     def analyse(self, background: jax.Array, obs: Observations, key: jax.Array) -> jax.Array:

@@ -16,7 +16,9 @@ def climatological_covariance(samples: jax.Array) -> jax.Array:
     return jnp.cov(samples, rowvar=False).astype(samples.dtype)
 
 
-def nmc_covariance(testbed, samples: jax.Array, key: jax.Array, init_std: float, max_pairs: int = 4000) -> jax.Array:
+def nmc_covariance(
+    testbed, samples: jax.Array, key: jax.Array, init_std: float, max_pairs: int = 4000
+) -> jax.Array:
     """Covariance of M²(x_{t−2} + ε) − M(x_{t−1} + ε'), over consecutive attractor samples.
 
     ``samples`` are states one cycle apart; ε, ε' ~ N(0, init_std²) stand for analysis errors.
@@ -45,7 +47,9 @@ def exact_increment(b: jax.Array, xb: jax.Array, obs: Observations) -> jax.Array
     return bht @ jax.scipy.linalg.cho_solve(jax.scipy.linalg.cho_factor(s), obs.y - hx)
 
 
-def conjugate_gradients(op, rhs: jax.Array, tol: float, maxiter: int) -> tuple[jax.Array, jax.Array]:
+def conjugate_gradients(
+    op, rhs: jax.Array, tol: float, maxiter: int
+) -> tuple[jax.Array, jax.Array]:
     """Solve A v = b for a symmetric positive definite A given as a function, by conjugate
     gradients (Hestenes & Stiefel 1952) from v = 0: stops when ‖b − A v‖ ≤ tol ‖b‖ or after
     ``maxiter`` iterations. Returns v and the number of iterations."""
@@ -67,7 +71,9 @@ def conjugate_gradients(op, rhs: jax.Array, tol: float, maxiter: int) -> tuple[j
     return v, k
 
 
-def cg_increment(sqrt, sqrt_t, xb: jax.Array, obs: Observations, tol: float, maxiter: int) -> tuple[jax.Array, jax.Array]:
+def cg_increment(
+    sqrt, sqrt_t, xb: jax.Array, obs: Observations, tol: float, maxiter: int
+) -> tuple[jax.Array, jax.Array]:
     """δx = U v with (I + Uᵀ Hᵀ R⁻¹ H U) v = Uᵀ Hᵀ R⁻¹ d solved by CG, for B = U Uᵀ given as
     the functions ``sqrt`` (v ↦ U v) and ``sqrt_t`` (δx ↦ Uᵀ δx). Returns δx and the CG iterations."""
     hx, h_jvp = jax.linearize(obs.h, xb)

@@ -24,8 +24,8 @@ import jax
 import pydantic
 
 from ensda.inflation import wrap
+from ensda.observe import Observations, ObsNetwork
 from ensda.schema import format_errors
-from ensda.observe import ObsNetwork, Observations
 
 
 class Assimilator(Protocol):
@@ -70,7 +70,10 @@ def register(cls):
 
 def get(method: str) -> type:
     if method not in REGISTRY:
-        known = ", ".join(sorted(REGISTRY)) or "none registered (import ensda.methods for the built-in ones)"
+        known = (
+            ", ".join(sorted(REGISTRY))
+            or "none registered (import ensda.methods for the built-in ones)"
+        )
         raise UnknownMethodError(f"unknown method {method!r}; known methods: {known}")
     return REGISTRY[method]
 
@@ -111,7 +114,9 @@ def validate_settings(method: str, settings: dict) -> dict:
     try:
         return settings_model(cls)(**settings).model_dump()
     except pydantic.ValidationError as err:
-        raise ValueError(format_errors(f"invalid assimilator settings for {method!r}", err)) from None
+        raise ValueError(
+            format_errors(f"invalid assimilator settings for {method!r}", err)
+        ) from None
 
 
 def build(method: str, settings: dict, ctx: SetupContext) -> Assimilator:

@@ -24,7 +24,10 @@ def write_checkpoint(path: Path, params, meta: dict) -> None:
     """Write the parameter pytree ``params`` (``params.npz``, keyed by pytree path) and
     ``meta`` (``meta.json``) into ``path``, atomically: temp files, then rename."""
     path.mkdir(parents=True, exist_ok=True)
-    flat = {jax.tree_util.keystr(p): np.asarray(leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    flat = {
+        jax.tree_util.keystr(p): np.asarray(leaf)
+        for p, leaf in jax.tree_util.tree_flatten_with_path(params)[0]
+    }
     tmp_params, tmp_meta = path / "params.tmp.npz", path / "meta.json.tmp"
     np.savez(tmp_params, **flat)
     tmp_meta.write_text(json.dumps(meta, indent=1))
@@ -42,7 +45,9 @@ def read_meta(path: Path, fmt: int, missing: str) -> dict:
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path / 'meta.json'} is not valid JSON: {err}") from None
     if meta.get("format") != fmt:
-        raise CheckpointError(f"{path}: checkpoint format {meta.get('format')!r}, this ensda reads format {fmt}")
+        raise CheckpointError(
+            f"{path}: checkpoint format {meta.get('format')!r}, this ensda reads format {fmt}"
+        )
     return meta
 
 
@@ -54,8 +59,12 @@ def read_params(path: Path, template):
     for p, leaf in jax.tree_util.tree_flatten_with_path(template)[0]:
         name = jax.tree_util.keystr(p)
         if name not in stored:
-            raise CheckpointError(f"{path}: parameter {name} missing from params.npz (a different network?)")
+            raise CheckpointError(
+                f"{path}: parameter {name} missing from params.npz (a different network?)"
+            )
         if stored[name].shape != leaf.shape:
-            raise CheckpointError(f"{path}: parameter {name} has shape {stored[name].shape}, the network expects {leaf.shape}")
+            raise CheckpointError(
+                f"{path}: parameter {name} has shape {stored[name].shape}, the network expects {leaf.shape}"
+            )
         leaves.append(jnp.asarray(stored[name]))
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)

@@ -1,14 +1,14 @@
 """The ``ensda`` command.
 
-    ensda run CONFIG [--method NAME] [--set key=value ...] [--json] [--no-track] [--analyses PATH]
-    ensda assimilate CONFIG --background BG.zarr --observations OBS.zarr --out AN.zarr [--method NAME]
-    ensda compare CONFIG --methods letkf,etkf,enkf,3dvar [--set ...] [--json]
-    ensda train CONFIG [--set ...]
-    ensda sweep CONFIG [--trials N] [--workers K] [--storage URL] [--study NAME] [--set ...]
-    ensda tune CONFIG --method letkf [--trials 30] [--seeds 300,400] [--workers K] [--storage URL]
-    ensda report RUN_ID | study:NAME [--out DIR] [--uri URI] [--storage URL] [--no-log]
-    ensda methods
-    ensda ui [--port 5000] [--optuna [--optuna-port 8080] [--storage URL]]
+ensda run CONFIG [--method NAME] [--set key=value ...] [--json] [--no-track] [--analyses PATH]
+ensda assimilate CONFIG --background BG.zarr --observations OBS.zarr --out AN.zarr [--method NAME]
+ensda compare CONFIG --methods letkf,etkf,enkf,3dvar [--set ...] [--json]
+ensda train CONFIG [--set ...]
+ensda sweep CONFIG [--trials N] [--workers K] [--storage URL] [--study NAME] [--set ...]
+ensda tune CONFIG --method letkf [--trials 30] [--seeds 300,400] [--workers K] [--storage URL]
+ensda report RUN_ID | study:NAME [--out DIR] [--uri URI] [--storage URL] [--no-log]
+ensda methods
+ensda ui [--port 5000] [--optuna [--optuna-port 8080] [--storage URL]]
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -28,18 +27,51 @@ from rich.table import Table
 
 from ensda.data_cli import app as data_app
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Ensemble data assimilation with diffusion models and classic baselines.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Ensemble data assimilation with diffusion models and classic baselines.",
+)
 app.add_typer(data_app, name="data")
 
-SUMMARY_KEYS = ("rmse_a", "spread_a", "crps_a", "ssr_a", "rmse_f", "crps_f", "energy_a", "rank_flatness_a", "nfe")
+SUMMARY_KEYS = (
+    "rmse_a",
+    "spread_a",
+    "crps_a",
+    "ssr_a",
+    "rmse_f",
+    "crps_f",
+    "energy_a",
+    "rank_flatness_a",
+    "nfe",
+)
 TABLE_KEYS = ("rmse_a", "spread_a", "ssr_a", "crps_a", "rmse_f")
 
-SetOpt = typer.Option([], "--set", help="Override a config value, e.g. --set obs.density=0.25 (repeatable).")
-JsonOpt = typer.Option(False, "--json", help="Print the results as one JSON object on the last stdout line.")
-TrackOpt = typer.Option(True, "--track/--no-track", help="Log to MLflow (default store: sqlite:///mlflow.db).")
-StorageOpt = typer.Option("sqlite:///optuna.db", "--storage", help="Optuna storage (SQLAlchemy URL; PostgreSQL for several machines).")
-WorkersOpt = typer.Option(1, "--workers", min=1, help="Worker processes, each pinned to one GPU, or to one CPU device and a share of the cores.")
-TunedOpt = typer.Option("tuned", "--tuned", help="Directory of tuned settings (one YAML per set-up, written by `ensda tune`).")
+SetOpt = typer.Option(
+    [], "--set", help="Override a config value, e.g. --set obs.density=0.25 (repeatable)."
+)
+JsonOpt = typer.Option(
+    False, "--json", help="Print the results as one JSON object on the last stdout line."
+)
+TrackOpt = typer.Option(
+    True, "--track/--no-track", help="Log to MLflow (default store: sqlite:///mlflow.db)."
+)
+StorageOpt = typer.Option(
+    "sqlite:///optuna.db",
+    "--storage",
+    help="Optuna storage (SQLAlchemy URL; PostgreSQL for several machines).",
+)
+WorkersOpt = typer.Option(
+    1,
+    "--workers",
+    min=1,
+    help="Worker processes, each pinned to one GPU, or to one CPU device and a share of the cores.",
+)
+TunedOpt = typer.Option(
+    "tuned",
+    "--tuned",
+    help="Directory of tuned settings (one YAML per set-up, written by `ensda tune`).",
+)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -64,7 +96,13 @@ def _load(config: Path, sets: list[str], extra: list[str] = (), presets: dict | 
         _fail(str(err))
 
 
-def _run_methods(cfg, methods: list[str], console: Console, keep_going: bool = False, analyses: Path | None = None):
+def _run_methods(
+    cfg,
+    methods: list[str],
+    console: Console,
+    keep_going: bool = False,
+    analyses: Path | None = None,
+):
     """Run each method on the same OSSE; returns (osse, [MethodRun | NonFiniteStateError]).
 
     A diverged method stops the command, or with ``keep_going`` is reported and skipped.
@@ -80,9 +118,16 @@ def _run_methods(cfg, methods: list[str], console: Console, keep_going: bool = F
         except NonFiniteStateError as err:
             _fail(str(err), code=3)
     runs = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     for i, method in enumerate(methods, 1):
-        with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
+        with Progress(
+            *columns, console=console, transient=True, disable=not console.is_terminal
+        ) as bar:
             task = bar.add_task(f"[{i}/{len(methods)}] {method} (compiling)", total=cfg.cycles)
 
             def advance(done, task=task, bar=bar, label=f"[{i}/{len(methods)}] {method}"):
@@ -100,7 +145,10 @@ def _run_methods(cfg, methods: list[str], console: Console, keep_going: bool = F
             except ValueError as err:
                 _fail(str(err))
         r = runs[-1]
-        console.print(f"  {method}: rmse_a {r.summary['rmse_a']:.4f}  (compile {r.compile_s:.1f} s, run {r.run_s:.1f} s)", highlight=False)
+        console.print(
+            f"  {method}: rmse_a {r.summary['rmse_a']:.4f}  (compile {r.compile_s:.1f} s, run {r.run_s:.1f} s)",
+            highlight=False,
+        )
     return osse, runs
 
 
@@ -111,12 +159,24 @@ def _record(run) -> dict:
     rec.update({k: run.summary[k] for k in SUMMARY_KEYS})
     if "lost_track_a" in run.summary:
         rec["lost_track_a"] = run.summary["lost_track_a"]
-    if run.lead_time is not None:  # JSON has no inf: null when off the curve, the text says "> max lead"
+    if (
+        run.lead_time is not None
+    ):  # JSON has no inf: null when off the curve, the text says "> max lead"
         loss = run.lead_time.loss
-        rec.update(lead_time_loss_h=float(loss.loss_h) if not bool(loss.off_curve) else None,
-                   lead_time_loss=loss.text, lead_time_rmse=float(loss.rmse), lead_h=float(loss.lead_h))
-    rec.update(n_cycles=run.summary["n_cycles"], n_members=run.n_members, compile_s=round(run.compile_s, 3),
-               run_s=round(run.run_s, 3), wall_s=round(run.compile_s + run.run_s, 3), settings=run.settings)
+        rec.update(
+            lead_time_loss_h=float(loss.loss_h) if not bool(loss.off_curve) else None,
+            lead_time_loss=loss.text,
+            lead_time_rmse=float(loss.rmse),
+            lead_h=float(loss.lead_h),
+        )
+    rec.update(
+        n_cycles=run.summary["n_cycles"],
+        n_members=run.n_members,
+        compile_s=round(run.compile_s, 3),
+        run_s=round(run.run_s, 3),
+        wall_s=round(run.compile_s + run.run_s, 3),
+        settings=run.settings,
+    )
     return rec
 
 
@@ -127,16 +187,25 @@ def _table(records: list[dict], title: str) -> Table:
         table.add_column(key, justify="right")
     lead = any("lead_time_loss" in r for r in records)
     if lead:
-        table.add_column(f"lead-time loss at {next(r['lead_h'] for r in records if 'lead_h' in r):g} h", justify="right")
+        table.add_column(
+            f"lead-time loss at {next(r['lead_h'] for r in records if 'lead_h' in r):g} h",
+            justify="right",
+        )
     table.add_column("N", justify="right")
     table.add_column("wall s", justify="right")
     finished = [r for r in records if "diverged" not in r]
     best = min((r["rmse_a"] for r in finished), default=None)
     for r in records:
         if "diverged" in r:
-            table.add_row(r["method"], f"[red]diverged at cycle {r['diverged_at_cycle']}[/]", *[""] * (len(TABLE_KEYS) + lead + 1))
+            table.add_row(
+                r["method"],
+                f"[red]diverged at cycle {r['diverged_at_cycle']}[/]",
+                *[""] * (len(TABLE_KEYS) + lead + 1),
+            )
             continue
-        cells = [f"{r[k]:.4f}" for k in TABLE_KEYS] + ([r.get("lead_time_loss", "-")] if lead else [])
+        cells = [f"{r[k]:.4f}" for k in TABLE_KEYS] + (
+            [r.get("lead_time_loss", "-")] if lead else []
+        )
         if r["rmse_a"] == best and len(records) > 1:
             cells[0] = f"[bold green]{cells[0]}[/]"
         table.add_row(r["method"], *cells, str(r["n_members"]), f"{r['wall_s']:.1f}")
@@ -146,19 +215,31 @@ def _table(records: list[dict], title: str) -> Table:
 @app.command()
 def run(
     config: Path = typer.Argument(..., help="Experiment YAML, e.g. experiments/configs/l96.yaml"),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="Assimilation method (see `ensda methods`)."),
+    method: str | None = typer.Option(
+        None, "--method", "-m", help="Assimilation method (see `ensda methods`)."
+    ),
     sets: list[str] = SetOpt,
     as_json: bool = JsonOpt,
     track: bool = TrackOpt,
-    analyses: Optional[Path] = typer.Option(None, "--analyses", help="Also write every cycle's analysis ensemble to this zarr store (sphere configs; WeatherBench 2 layout with a member dim)."),
+    analyses: Path | None = typer.Option(
+        None,
+        "--analyses",
+        help="Also write every cycle's analysis ensemble to this zarr store (sphere configs; WeatherBench 2 layout with a member dim).",
+    ),
 ):
     """Run one cycled experiment (OSSE) and print its time-mean scores."""
     from ensda import tracking
 
-    cfg = _load(config, sets, ([f"method={method}"] if method else []) + ([] if track else ["tracking.enabled=false"]))
+    cfg = _load(
+        config,
+        sets,
+        ([f"method={method}"] if method else []) + ([] if track else ["tracking.enabled=false"]),
+    )
     if analyses is not None and not cfg.testbed_kind.lat_lon_stores:
-        _fail(f"--analyses writes lat-lon analysis stores: it needs a sphere config (testbed.kind: sphere); {config} is "
-              f"a {cfg.testbed.kind} experiment")
+        _fail(
+            f"--analyses writes lat-lon analysis stores: it needs a sphere config (testbed.kind: sphere); {config} is "
+            f"a {cfg.testbed.kind} experiment"
+        )
     console = _console(as_json)
     osse, (result,) = _run_methods(cfg, [cfg.method], console, analyses=analyses)
     record = _record(result)
@@ -166,11 +247,23 @@ def run(
         tracking.log_result(mlrun, cfg, result, osse)
     console.print(_table([record], f"{cfg.name} — {cfg.cycles} cycles, burn-in {cfg.burn_in}"))
     if mlrun.run_id:
-        console.print(f"MLflow run {mlrun.run_id} in {tracking.tracking_uri(cfg.tracking.uri)} (see `ensda ui`)", highlight=False)
+        console.print(
+            f"MLflow run {mlrun.run_id} in {tracking.tracking_uri(cfg.tracking.uri)} (see `ensda ui`)",
+            highlight=False,
+        )
     if analyses is not None:
-        console.print(f"analysis ensembles of {result.summary['n_cycles']} cycles in {analyses}", highlight=False)
+        console.print(
+            f"analysis ensembles of {result.summary['n_cycles']} cycles in {analyses}",
+            highlight=False,
+        )
     if as_json:
-        print(json.dumps(record | {"mlflow_run_id": mlrun.run_id} | ({"analyses": str(analyses)} if analyses else {})))
+        print(
+            json.dumps(
+                record
+                | {"mlflow_run_id": mlrun.run_id}
+                | ({"analyses": str(analyses)} if analyses else {})
+            )
+        )
 
 
 def analysis_writer(cfg, osse, method: str, path: Path):
@@ -182,48 +275,97 @@ def analysis_writer(cfg, osse, method: str, path: Path):
     tb = osse.testbed.testbed
     times = osse.truth_times
     try:
-        an.start(path, {"source": "ensda run", "method": method, "settings": cfg.method_settings(method),
-                        "config": cfg.name, "truth_store": str(tb.store), "truth_start": osse.truth_start,
-                        "seeds": cfg.seeds.model_dump()})
+        an.start(
+            path,
+            {
+                "source": "ensda run",
+                "method": method,
+                "settings": cfg.method_settings(method),
+                "config": cfg.name,
+                "truth_store": str(tb.store),
+                "truth_start": osse.truth_start,
+                "seeds": cfg.seeds.model_dump(),
+            },
+        )
     except ValueError as err:
         _fail(str(err))
 
     def write(first: int, ensembles) -> None:
-        an.write(path, ensembles, times[first + 1: first + 1 + ensembles.shape[0]], tb.channels, tb.grid)
+        an.write(
+            path, ensembles, times[first + 1 : first + 1 + ensembles.shape[0]], tb.channels, tb.grid
+        )
 
     return write
 
 
 @app.command()
 def assimilate(
-    config: Path = typer.Argument(..., help="Sphere experiment YAML: testbed (grid, channels), method settings, seeds."),
-    background: Path = typer.Option(..., "--background", help="Background ensemble: zarr store in the ERA5 / WeatherBench 2 layout with a member dim."),
-    observations: Path = typer.Option(..., "--observations", help="observations.zarr as a sphere run logs it (GlobalObsNetwork.dataset)."),
-    out: Path = typer.Option(..., "--out", help="Analysis store to write (zarr, WeatherBench 2 layout with a member dim); resumed if it exists."),
-    method: Optional[str] = typer.Option(None, "--method", "-m", help="Assimilation method (default: the config's)."),
+    config: Path = typer.Argument(
+        ..., help="Sphere experiment YAML: testbed (grid, channels), method settings, seeds."
+    ),
+    background: Path = typer.Option(
+        ...,
+        "--background",
+        help="Background ensemble: zarr store in the ERA5 / WeatherBench 2 layout with a member dim.",
+    ),
+    observations: Path = typer.Option(
+        ...,
+        "--observations",
+        help="observations.zarr as a sphere run logs it (GlobalObsNetwork.dataset).",
+    ),
+    out: Path = typer.Option(
+        ...,
+        "--out",
+        help="Analysis store to write (zarr, WeatherBench 2 layout with a member dim); resumed if it exists.",
+    ),
+    method: str | None = typer.Option(
+        None, "--method", "-m", help="Assimilation method (default: the config's)."
+    ),
     sets: list[str] = SetOpt,
-    obs_start: Optional[str] = typer.Option(None, "--obs-start", help="Valid time of cycle 0 of observations without a time coordinate, e.g. 2020-01-01T00."),
+    obs_start: str | None = typer.Option(
+        None,
+        "--obs-start",
+        help="Valid time of cycle 0 of observations without a time coordinate, e.g. 2020-01-01T00.",
+    ),
     as_json: bool = JsonOpt,
 ):
     """One analysis per time of a background ensemble store, with the observations of that time."""
-    from ensda.assimilate import assimilate as run_assimilation
+    from ensda.analyse_store import assimilate as run_assimilation
 
     cfg = _load(config, sets, [f"method={method}"] if method else [])
     console = _console(as_json)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console, transient=True, disable=not console.is_terminal) as bar:
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(
+        *columns, console=console, transient=True, disable=not console.is_terminal
+    ) as bar:
         task = bar.add_task(f"{cfg.method} analyses", total=None)
 
         def advance(done, total):
             bar.update(task, completed=done, total=total)
 
         try:
-            summary = run_assimilation(cfg, background, observations, out, cfg.method, progress=advance, obs_start=obs_start)
+            summary = run_assimilation(
+                cfg,
+                background,
+                observations,
+                out,
+                cfg.method,
+                progress=advance,
+                obs_start=obs_start,
+            )
         except (ValueError, FileNotFoundError) as err:
             _fail(str(err))
-    console.print(f"{summary['method']}: {summary['n_written']} analyses of {summary['n_members']} members written to "
-                  f"{out} ({summary['n_skipped']} there already); obs - background RMS / sigma_o "
-                  f"{_maybe(summary['omb_rms'])}, obs - analysis {_maybe(summary['oma_rms'])}", highlight=False)
+    console.print(
+        f"{summary['method']}: {summary['n_written']} analyses of {summary['n_members']} members written to "
+        f"{out} ({summary['n_skipped']} there already); obs - background RMS / sigma_o "
+        f"{_maybe(summary['omb_rms'])}, obs - analysis {_maybe(summary['oma_rms'])}",
+        highlight=False,
+    )
     if as_json:
         print(json.dumps(summary))
 
@@ -239,12 +381,20 @@ COMPARE_DEFAULT = ("letkf", "etkf", "enkf", "3dvar", "oi", "climatology")
 @app.command()
 def compare(
     config: Path = typer.Argument(..., help="Experiment YAML"),
-    methods: Optional[str] = typer.Option(None, "--methods", help=f"Comma-separated methods (default {','.join(COMPARE_DEFAULT)}, less those the testbed cannot run)."),
+    methods: str | None = typer.Option(
+        None,
+        "--methods",
+        help=f"Comma-separated methods (default {','.join(COMPARE_DEFAULT)}, less those the testbed cannot run).",
+    ),
     sets: list[str] = SetOpt,
     as_json: bool = JsonOpt,
     track: bool = TrackOpt,
     tuned_dir: Path = TunedOpt,
-    use_tuned: bool = typer.Option(True, "--tuned-settings/--config-settings", help="Use the settings `ensda tune` stored for this set-up (over methods.<name>; --set still wins)."),
+    use_tuned: bool = typer.Option(
+        True,
+        "--tuned-settings/--config-settings",
+        help="Use the settings `ensda tune` stored for this set-up (over methods.<name>; --set still wins).",
+    ),
 ):
     """Run several methods on the same truth and observations; print a table."""
     from ensda import assimilator as registry
@@ -252,7 +402,11 @@ def compare(
     from ensda import tune as tn
     from ensda.config import flatten
 
-    names = list(COMPARE_DEFAULT) if methods is None else [m.strip() for m in methods.split(",") if m.strip()]
+    names = (
+        list(COMPARE_DEFAULT)
+        if methods is None
+        else [m.strip() for m in methods.split(",") if m.strip()]
+    )
     if not names:
         _fail("--methods is empty")
     for name in names:
@@ -263,7 +417,9 @@ def compare(
     console = _console(as_json)
     if methods is None and (left_out := [m for m in names if not experiment.runs_on(cfg, m)]):
         names = [m for m in names if m not in left_out]
-        console.print(f"left out (cannot run on this testbed): {', '.join(left_out)}", highlight=False)
+        console.print(
+            f"left out (cannot run on this testbed): {', '.join(left_out)}", highlight=False
+        )
     tuned = None if not use_tuned else _tuned_settings(cfg, names, tuned_dir, console)
     if tuned:
         cfg = _load(config, sets, extra, presets=tn.tuned_overrides(tuned[1], names))
@@ -279,8 +435,12 @@ def compare(
     params.pop("method", None)
     if tuned:
         params["tuned_file"] = str(tuned[0])
-    with tracking.tracked_run(cfg.tracking, f"{cfg.name}:compare", params | {"methods": ",".join(names)},
-                              tracking.config_tags(cfg)) as parent:
+    with tracking.tracked_run(
+        cfg.tracking,
+        f"{cfg.name}:compare",
+        params | {"methods": ",".join(names)},
+        tracking.config_tags(cfg),
+    ) as parent:
         for r in runs:
             child_cfg = cfg.model_copy(update={"method": r.method})
             with tracking.method_run(child_cfg, f"{cfg.name}:{r.method}", parent=parent) as child:
@@ -291,12 +451,28 @@ def compare(
         parent.log_dict({"results": records}, "comparison.json")
         tracking.log_observations(parent, osse)
         parent.log_metrics({"wall_s": time.perf_counter() - t0})
-    console.print(_table(records, f"{cfg.name} — {cfg.cycles} cycles, burn-in {cfg.burn_in}, same truth and observations"))
+    console.print(
+        _table(
+            records,
+            f"{cfg.name} — {cfg.cycles} cycles, burn-in {cfg.burn_in}, same truth and observations",
+        )
+    )
     if parent.run_id:
-        console.print(f"MLflow parent run {parent.run_id} in {tracking.tracking_uri(cfg.tracking.uri)}", highlight=False)
+        console.print(
+            f"MLflow parent run {parent.run_id} in {tracking.tracking_uri(cfg.tracking.uri)}",
+            highlight=False,
+        )
     if as_json:
-        used = {"file": str(tuned[0]), "methods": {m: tuned[1][m] for m in names if m in tuned[1]}} if tuned else None
-        print(json.dumps({"results": records, "mlflow_run_id": parent.run_id, "tuned": used}, default=str))
+        used = (
+            {"file": str(tuned[0]), "methods": {m: tuned[1][m] for m in names if m in tuned[1]}}
+            if tuned
+            else None
+        )
+        print(
+            json.dumps(
+                {"results": records, "mlflow_run_id": parent.run_id, "tuned": used}, default=str
+            )
+        )
 
 
 def _tuned_settings(cfg, names: list[str], directory: Path, console: Console):
@@ -305,24 +481,39 @@ def _tuned_settings(cfg, names: list[str], directory: Path, console: Console):
 
     found = tn.find_tuned(cfg, directory)
     if found is None or not any(m in found[1] for m in names):
-        console.print(f"tuned settings: none in {directory}/ for this set-up (id {tn.setup_id(cfg)}); using the config's", highlight=False)
+        console.print(
+            f"tuned settings: none in {directory}/ for this set-up (id {tn.setup_id(cfg)}); using the config's",
+            highlight=False,
+        )
         return None
     path, entries = found
     for m in names:
         if m in entries:
             e = entries[m]
-            console.print(f"tuned settings ({path}): {m} {_settings_text(e['settings'])} "
-                          f"({e['objective']} {e['value']:.4f} over truth seeds {e['seeds']}, study {e['study']})", highlight=False)
+            console.print(
+                f"tuned settings ({path}): {m} {_settings_text(e['settings'])} "
+                f"({e['objective']} {e['value']:.4f} over truth seeds {e['seeds']}, study {e['study']})",
+                highlight=False,
+            )
     return path, entries
 
 
 @app.command()
 def sweep(
-    config: Path = typer.Argument(..., help="Experiment YAML with a sweep: section, e.g. experiments/configs/l96_sweep.yaml"),
-    trials: Optional[int] = typer.Option(None, "--trials", min=1, help="Trials to finish (tpe/random; default sweep.trials). The grid sampler runs its whole grid."),
+    config: Path = typer.Argument(
+        ..., help="Experiment YAML with a sweep: section, e.g. experiments/configs/l96_sweep.yaml"
+    ),
+    trials: int | None = typer.Option(
+        None,
+        "--trials",
+        min=1,
+        help="Trials to finish (tpe/random; default sweep.trials). The grid sampler runs its whole grid.",
+    ),
     workers: int = WorkersOpt,
     storage: str = StorageOpt,
-    study: Optional[str] = typer.Option(None, "--study", help="Study name (default: the config's name)."),
+    study: str | None = typer.Option(
+        None, "--study", help="Study name (default: the config's name)."
+    ),
     sets: list[str] = SetOpt,
 ):
     """Run an Optuna sweep over config values; the same command again resumes it."""
@@ -331,7 +522,10 @@ def sweep(
         _fail(f"{config}: no sweep: section (objective, sampler, params; see README)")
     console = _console(False)
     if cfg.sweep.sampler == "grid" and trials is not None and trials != cfg.sweep.grid_size():
-        console.print(f"note: the grid sampler runs the whole grid of {cfg.sweep.grid_size()} points (--trials {trials} ignored)", highlight=False)
+        console.print(
+            f"note: the grid sampler runs the whole grid of {cfg.sweep.grid_size()} points (--trials {trials} ignored)",
+            highlight=False,
+        )
     _run_study(cfg, study or cfg.name, storage, trials, workers, console)
 
 
@@ -339,9 +533,11 @@ def sweep(
 def sweep_worker(
     storage: str = StorageOpt,
     study: str = typer.Option(..., "--study", help="Study name."),
-    index: int = typer.Option(0, "--index", min=0, help="Worker number (seeds the sampler with sweep.seed + index)."),
+    index: int = typer.Option(
+        0, "--index", min=0, help="Worker number (seeds the sampler with sweep.seed + index)."
+    ),
     device: str = typer.Option("", "--device", help="Label stored with each trial."),
-    cpus: Optional[str] = typer.Option(None, "--cpus", help="Comma-separated CPU cores to run on."),
+    cpus: str | None = typer.Option(None, "--cpus", help="Comma-separated CPU cores to run on."),
 ):
     """A sweep worker: take trials from a study until its budget is done (machines beyond the
     first join a sweep with this; `ensda sweep --workers K` starts K of them)."""
@@ -363,20 +559,38 @@ def _run_study(cfg, name: str, storage: str, trials: int | None, workers: int, c
     except sw.SweepError as err:
         _fail(str(err))
     before = sw.study_tally(study_obj, cfg.sweep)
-    console.print(f"sweep {name!r} in {storage}: {before.done} of {budget} trials done, "
-                  f"{workers} worker{'s' if workers > 1 else ''}", highlight=False)
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    console.print(
+        f"sweep {name!r} in {storage}: {before.done} of {budget} trials done, "
+        f"{workers} worker{'s' if workers > 1 else ''}",
+        highlight=False,
+    )
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
     with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
         task = bar.add_task("trials", total=budget, completed=before.done)
 
         def report(t):
-            bar.update(task, completed=min(t.done, budget), description=f"trials ({t.running} running, {t.failed} failed)")
+            bar.update(
+                task,
+                completed=min(t.done, budget),
+                description=f"trials ({t.running} running, {t.failed} failed)",
+            )
 
         try:
             if workers == 1:
                 sw.run_worker(storage, name, 0, "in-process", report=report)
             else:
-                _supervise(sw, sw.start_workers(storage, name, workers), lambda: sw.study_tally(study_obj, cfg.sweep), report, console)
+                _supervise(
+                    sw,
+                    sw.start_workers(storage, name, workers),
+                    lambda: sw.study_tally(study_obj, cfg.sweep),
+                    report,
+                    console,
+                )
         except sw.SweepError as err:
             _fail(str(err))
         except KeyboardInterrupt:
@@ -385,22 +599,42 @@ def _run_study(cfg, name: str, storage: str, trials: int | None, workers: int, c
     console.print(_best_table(study_obj, cfg, sw))
     parent = study_obj.user_attrs.get(sw.STUDY_PARENT)
     if parent:
-        console.print(f"MLflow parent run {parent} in {_tracking_uri(cfg)} (see `ensda ui`)", highlight=False)
+        console.print(
+            f"MLflow parent run {parent} in {_tracking_uri(cfg)} (see `ensda ui`)", highlight=False
+        )
     if t.done < budget:
-        _fail(f"sweep incomplete: {t.done} of {budget} trials done; run the same command to resume", code=1)
+        _fail(
+            f"sweep incomplete: {t.done} of {budget} trials done; run the same command to resume",
+            code=1,
+        )
     return study_obj
 
 
 @app.command()
 def tune(
-    config: Path = typer.Argument(..., help="Experiment YAML, e.g. experiments/configs/l96_every4.yaml"),
-    method: str = typer.Option(..., "--method", "-m", help="Method to tune (its search space: ensda.tune.SEARCH_SPACES; per testbed TESTBED_SEARCH_SPACES)."),
-    trials: int = typer.Option(30, "--trials", min=1, help="TPE trials to finish (the same command with more resumes)."),
-    objective: str = typer.Option("rmse_a", "--objective", help="Summary metric to minimise (mean over the tuning seeds)."),
-    seeds: str = typer.Option("300,400", "--seeds", help="Tuning truth seeds (comma list), not the config's own."),
+    config: Path = typer.Argument(
+        ..., help="Experiment YAML, e.g. experiments/configs/l96_every4.yaml"
+    ),
+    method: str = typer.Option(
+        ...,
+        "--method",
+        "-m",
+        help="Method to tune (its search space: ensda.tune.SEARCH_SPACES; per testbed TESTBED_SEARCH_SPACES).",
+    ),
+    trials: int = typer.Option(
+        30, "--trials", min=1, help="TPE trials to finish (the same command with more resumes)."
+    ),
+    objective: str = typer.Option(
+        "rmse_a", "--objective", help="Summary metric to minimise (mean over the tuning seeds)."
+    ),
+    seeds: str = typer.Option(
+        "300,400", "--seeds", help="Tuning truth seeds (comma list), not the config's own."
+    ),
     workers: int = WorkersOpt,
     storage: str = StorageOpt,
-    study: Optional[str] = typer.Option(None, "--study", help="Study name (default: tune:<config name>:<method>:<set-up id>)."),
+    study: str | None = typer.Option(
+        None, "--study", help="Study name (default: tune:<config name>:<method>:<set-up id>)."
+    ),
     tuned_dir: Path = TunedOpt,
     sets: list[str] = SetOpt,
 ):
@@ -419,20 +653,37 @@ def tune(
         _fail(str(err))
     console = _console(False)
     name = study or f"tune:{cfg.name}:{method}:{tn.setup_id(cfg)}"
-    space = ", ".join(f"{k.split('.')[-1]} {v if isinstance(v, list) else f'[{v.low:g}, {v.high:g}]' + (' log' if v.log else '')}"
-                      for k, v in tcfg.sweep.params.items())
-    console.print(f"tuning {method} on {cfg.name} ({space}) by {objective} over truth seeds {seed_list}", highlight=False)
+    space = ", ".join(
+        f"{k.split('.')[-1]} {v if isinstance(v, list) else f'[{v.low:g}, {v.high:g}]' + (' log' if v.log else '')}"
+        for k, v in tcfg.sweep.params.items()
+    )
+    console.print(
+        f"tuning {method} on {cfg.name} ({space}) by {objective} over truth seeds {seed_list}",
+        highlight=False,
+    )
     study_obj = _run_study(tcfg, name, storage, trials, workers, console)
     best = tn.best_settings(study_obj, method)
-    record = {"objective": objective, "value": float(study_obj.best_value), "trials": trials, "seeds": seed_list,
-              "study": name, "storage": storage, "trial": study_obj.best_trial.number}
+    record = {
+        "objective": objective,
+        "value": float(study_obj.best_value),
+        "trials": trials,
+        "seeds": seed_list,
+        "study": name,
+        "storage": storage,
+        "trial": study_obj.best_trial.number,
+    }
     path = tn.write_tuned(cfg, method, best, record, tuned_dir)
-    console.print(f"best {method} settings: {_settings_text(best)} ({objective} {study_obj.best_value:.4f}); "
-                  f"written to {path}, used by `ensda compare` for this set-up", highlight=False)
+    console.print(
+        f"best {method} settings: {_settings_text(best)} ({objective} {study_obj.best_value:.4f}); "
+        f"written to {path}, used by `ensda compare` for this set-up",
+        highlight=False,
+    )
 
 
 def _settings_text(settings: dict) -> str:
-    return " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items())
+    return " ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in settings.items()
+    )
 
 
 def _tracking_uri(cfg) -> str:
@@ -466,35 +717,64 @@ def _best_table(study, cfg, sw, top: int = 10) -> Table:
 
     trials = study.get_trials(deepcopy=False)
     live = sw.live_trials(trials)
-    complete = sorted((t for t in live if t.state == TrialState.COMPLETE), key=lambda t: t.value,
-                      reverse=cfg.sweep.direction == "maximize")
+    complete = sorted(
+        (t for t in live if t.state == TrialState.COMPLETE),
+        key=lambda t: t.value,
+        reverse=cfg.sweep.direction == "maximize",
+    )
     failed = [t for t in live if t.state == TrialState.FAIL]
     objective = cfg.sweep.objective + (" |ssr-1|" if cfg.sweep.objective.startswith("ssr") else "")
-    table = Table(title=f"{study.study_name}: best of {len(complete)} complete trials ({len(failed)} failed)")
+    table = Table(
+        title=f"{study.study_name}: best of {len(complete)} complete trials ({len(failed)} failed)"
+    )
     table.add_column("trial", justify="right")
     for key in cfg.sweep.params:
         table.add_column(key)
     table.add_column(objective, justify="right")
-    shown = [k for k in ("rmse_a", "crps_a", "ssr_a", "lead_time_loss_h") if k != cfg.sweep.objective]
+    shown = [
+        k for k in ("rmse_a", "crps_a", "ssr_a", "lead_time_loss_h") if k != cfg.sweep.objective
+    ]
     for key in shown:
         table.add_column(key, justify="right")
     for t in complete[:top]:
         summary = t.user_attrs.get(sw.SUMMARY, {})
         cells = [f"{summary[k]:.4f}" if k in summary else "-" for k in shown]
-        table.add_row(str(t.number), *[str(t.params.get(k)) for k in cfg.sweep.params], f"{t.value:.4f}", *cells)
+        table.add_row(
+            str(t.number),
+            *[str(t.params.get(k)) for k in cfg.sweep.params],
+            f"{t.value:.4f}",
+            *cells,
+        )
     for t in failed[:top]:
         reason = t.user_attrs.get(sw.FAILURE, "worker lost (no heartbeat)")
-        table.add_row(str(t.number), *[str(t.params.get(k)) for k in cfg.sweep.params], "[red]failed[/]", f"[red]{reason[:80]}[/]", *[""] * (len(shown) - 1))
+        table.add_row(
+            str(t.number),
+            *[str(t.params.get(k)) for k in cfg.sweep.params],
+            "[red]failed[/]",
+            f"[red]{reason[:80]}[/]",
+            *[""] * (len(shown) - 1),
+        )
     return table
 
 
 @app.command()
 def report(
-    target: str = typer.Argument(..., help="MLflow run id of a sweep or compare parent run (or of one run), or study:NAME (with --storage)."),
-    out: Path | None = typer.Option(None, "--out", help="Output directory (default outputs/report-<run id>/)."),
-    uri: str | None = typer.Option(None, "--uri", help="Tracking store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
+    target: str = typer.Argument(
+        ...,
+        help="MLflow run id of a sweep or compare parent run (or of one run), or study:NAME (with --storage).",
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", help="Output directory (default outputs/report-<run id>/)."
+    ),
+    uri: str | None = typer.Option(
+        None, "--uri", help="Tracking store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."
+    ),
     storage: str = StorageOpt,
-    log: bool = typer.Option(True, "--log/--no-log", help="Log the PNGs, results.csv and report.html as artifacts of the parent run (report/)."),
+    log: bool = typer.Option(
+        True,
+        "--log/--no-log",
+        help="Log the PNGs, results.csv and report.html as artifacts of the parent run (report/).",
+    ),
 ):
     """Figures, results table and a self-contained report.html of a sweep, comparison or run."""
     from analysis import report as rp
@@ -503,7 +783,11 @@ def report(
     console = _console(False)
     try:
         store = Store(uri)
-        run_id = rp.study_parent(target.removeprefix("study:"), storage) if target.startswith("study:") else target
+        run_id = (
+            rp.study_parent(target.removeprefix("study:"), storage)
+            if target.startswith("study:")
+            else target
+        )
         with console.status(f"reading run {run_id} and its child runs..."):
             data = rp.collect(store, run_id)
         written = rp.write(data, out or Path("outputs") / f"report-{run_id}")
@@ -511,17 +795,26 @@ def report(
             rp.log(store, data, written)
     except (rp.ReportError, TrackingError) as err:
         _fail(str(err))
-    console.print(f"report of {data.kind} {data.parent.name!r} ({run_id}): {len(data.records)} runs, "
-                  f"{len(data.finished)} with results", highlight=False)
+    console.print(
+        f"report of {data.kind} {data.parent.name!r} ({run_id}): {len(data.records)} runs, "
+        f"{len(data.finished)} with results",
+        highlight=False,
+    )
     for path in written.pngs:
-        console.print(f"  {path}" + (f"  ({written.notes[path.name]})" if path.name in written.notes else ""), highlight=False)
+        console.print(
+            f"  {path}" + (f"  ({written.notes[path.name]})" if path.name in written.notes else ""),
+            highlight=False,
+        )
     for name, note in written.notes.items():
         if name not in {p.name for p in written.pngs}:
             console.print(f"  {name}: {note}", highlight=False)
     for path in (written.csv, *written.tables, written.html):
         console.print(f"  {path}", highlight=False)
     if log:
-        console.print(f"logged to MLflow run {run_id} under {rp.ARTIFACT_DIR}/ in {store.uri}", highlight=False)
+        console.print(
+            f"logged to MLflow run {run_id} under {rp.ARTIFACT_DIR}/ in {store.uri}",
+            highlight=False,
+        )
 
 
 @app.command("methods")
@@ -544,24 +837,55 @@ def list_methods():
 @app.command()
 def ui(
     port: int = typer.Option(5000, "--port", help="Port of the MLflow UI on 127.0.0.1."),
-    uri: Optional[str] = typer.Option(None, "--uri", help="Tracking store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."),
-    optuna: bool = typer.Option(False, "--optuna", help="Also start optuna-dashboard on the Optuna storage."),
-    optuna_port: int = typer.Option(8080, "--optuna-port", help="Port of optuna-dashboard on 127.0.0.1."),
+    uri: str | None = typer.Option(
+        None, "--uri", help="Tracking store (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."
+    ),
+    optuna: bool = typer.Option(
+        False, "--optuna", help="Also start optuna-dashboard on the Optuna storage."
+    ),
+    optuna_port: int = typer.Option(
+        8080, "--optuna-port", help="Port of optuna-dashboard on 127.0.0.1."
+    ),
     storage: str = StorageOpt,
 ):
     """Start the MLflow UI (and with --optuna optuna-dashboard) on 127.0.0.1; Ctrl-C stops them."""
     from ensda.tracking import tracking_uri
 
     store = tracking_uri(uri)
-    mlflow_cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host", "127.0.0.1", "--port", str(port)]
+    mlflow_cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        store,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+    ]
     console = Console()
-    console.print(f"MLflow UI for {store} on http://127.0.0.1:{port} (Ctrl-C to stop)", highlight=False)
+    console.print(
+        f"MLflow UI for {store} on http://127.0.0.1:{port} (Ctrl-C to stop)", highlight=False
+    )
     sys.stdout.flush()
     if not optuna:
-        os.execv(sys.executable, mlflow_cmd)  # become the MLflow server: signals reach it (and its workers) directly
-    dashboard_cmd = [sys.executable, "-c", "import sys; from optuna_dashboard._cli import main; sys.argv[0] = 'optuna-dashboard'; main()",
-                     storage, "--host", "127.0.0.1", "--port", str(optuna_port)]
-    console.print(f"optuna-dashboard for {storage} on http://127.0.0.1:{optuna_port}", highlight=False)
+        os.execv(
+            sys.executable, mlflow_cmd
+        )  # become the MLflow server: signals reach it (and its workers) directly
+    dashboard_cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from optuna_dashboard._cli import main; sys.argv[0] = 'optuna-dashboard'; main()",
+        storage,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(optuna_port),
+    ]
+    console.print(
+        f"optuna-dashboard for {storage} on http://127.0.0.1:{optuna_port}", highlight=False
+    )
     raise typer.Exit(_serve_together([mlflow_cmd, dashboard_cmd], console))
 
 
@@ -605,38 +929,63 @@ def _serve_together(cmds: list[list[str]], console: Console) -> int:
 
 @app.command()
 def train(
-    config: Path = typer.Argument(..., help="Experiment YAML with a 'train' section, e.g. experiments/configs/l96.yaml"),
+    config: Path = typer.Argument(
+        ..., help="Experiment YAML with a 'train' section, e.g. experiments/configs/l96.yaml"
+    ),
     sets: list[str] = SetOpt,
     track: bool = TrackOpt,
 ):
     """Train the diffusion denoiser of the config's 'train' section and save its checkpoint."""
     from ensda import tracking
     from ensda.config import flatten
+    from ensda.run_figures import close, training_figure
     from ensda.training import train as train_model
-    from ensda.figures import close, training_figure
 
     cfg = _load(config, sets, [] if track else ["tracking.enabled=false"])
     if cfg.train is None:
         _fail(f"{config} has no 'train' section: nothing to train")
     console = _console(False)
-    params = {k: v for k, v in flatten(cfg).items() if k.startswith(("train.", "testbed.", "obs.r_std"))}
-    with tracking.tracked_run(cfg.tracking, f"{cfg.name}:train", params, tracking.config_tags(cfg)) as mlrun, Progress(
-        TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), console=console, transient=False,
-    ) as bar:
+    params = {
+        k: v for k, v in flatten(cfg).items() if k.startswith(("train.", "testbed.", "obs.r_std"))
+    }
+    with (
+        tracking.tracked_run(
+            cfg.tracking, f"{cfg.name}:train", params, tracking.config_tags(cfg)
+        ) as mlrun,
+        Progress(
+            TextColumn("train"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        ) as bar,
+    ):
         task = bar.add_task("train", total=cfg.train.steps, info="making data")
 
         def progress(step, loss, val):
             bar.update(task, completed=step, info=f"loss {loss:.4f}  val {val:.4f}")
             if not console.is_terminal:  # logs: one line per logging interval
-                console.print(f"step {step}/{cfg.train.steps}: loss {loss:.4f}, validation {val:.4f}", highlight=False)
+                console.print(
+                    f"step {step}/{cfg.train.steps}: loss {loss:.4f}, validation {val:.4f}",
+                    highlight=False,
+                )
 
         result = train_model(
-            cfg, progress=progress, report=lambda text: console.print(text, highlight=False),
+            cfg,
+            progress=progress,
+            report=lambda text: console.print(text, highlight=False),
             log=lambda step, values: mlrun.log_metrics(values, step=step),
         )
-        mlrun.log_metrics({"train_s": result.train_s, "data_s": result.data_s, "n_params": result.n_params,
-                           "final_val_loss": float(result.val_loss[-1])})
+        mlrun.log_metrics(
+            {
+                "train_s": result.train_s,
+                "data_s": result.data_s,
+                "n_params": result.n_params,
+                "final_val_loss": float(result.val_loss[-1]),
+            }
+        )
         fig = training_figure(result.steps, result.loss, result.val_loss, f"{cfg.name}: EDM loss")
         mlrun.log_figure(fig, "training_loss.png")
         close(fig)

@@ -83,7 +83,9 @@ class LeadTimeConfig(Strict):
         """``hours`` as a whole number of cycles; a clear error naming ``key`` otherwise."""
         n = round(hours / hours_per_cycle)
         if abs(n * hours_per_cycle - hours) > 1e-6 * max(1.0, hours):
-            raise ValueError(f"lead_time.{key} ({hours:g} h) is not a whole number of cycles of {hours_per_cycle:g} h")
+            raise ValueError(
+                f"lead_time.{key} ({hours:g} h) is not a whole number of cycles of {hours_per_cycle:g} h"
+            )
         return n
 
     def leads(self, hours_per_cycle: float, cycles: int, burn_in: int) -> tuple[int, int]:
@@ -94,16 +96,20 @@ class LeadTimeConfig(Strict):
         if lead > room:
             raise ValueError(
                 f"lead_time.lead_h ({self.lead_h:g} h = {lead} cycles) is longer than the run after burn-in allows "
-                f"({room} cycles: cycles {cycles} - burn_in {burn_in} - 1); shorten it, run longer, or set lead_time.enabled=false")
+                f"({room} cycles: cycles {cycles} - burn_in {burn_in} - 1); shorten it, run longer, or set lead_time.enabled=false"
+            )
         if self.max_lead_h is None:
             return lead, min(room, max(round(240.0 / hours_per_cycle), 2 * lead))
         top = self.cycles_of(self.max_lead_h, hours_per_cycle, "max_lead_h")
         if top < lead:
-            raise ValueError(f"lead_time.max_lead_h ({self.max_lead_h:g} h) is shorter than lead_time.lead_h ({self.lead_h:g} h)")
+            raise ValueError(
+                f"lead_time.max_lead_h ({self.max_lead_h:g} h) is shorter than lead_time.lead_h ({self.lead_h:g} h)"
+            )
         if top > room:
             raise ValueError(
                 f"lead_time.max_lead_h ({self.max_lead_h:g} h = {top} cycles) is longer than the run after burn-in allows "
-                f"({room} cycles: cycles {cycles} - burn_in {burn_in} - 1)")
+                f"({room} cycles: cycles {cycles} - burn_in {burn_in} - 1)"
+            )
         return lead, top
 
 
@@ -156,8 +162,11 @@ class ExperimentConfig(Strict):
         unless ``obs.kind`` says otherwise)."""
         if isinstance(data, dict):
             section = data.get("testbed") or {}
-            kind = testbeds.KINDS.get(section.get("kind", next(iter(testbeds.KINDS))) if isinstance(section, dict)
-                                      else getattr(section, "kind", None))
+            kind = testbeds.KINDS.get(
+                section.get("kind", next(iter(testbeds.KINDS)))
+                if isinstance(section, dict)
+                else getattr(section, "kind", None)
+            )
             if kind is not None and (obs := kind.default_obs(data.get("obs"))) is not None:
                 data = {**data, "obs": obs}
         return data
@@ -165,14 +174,18 @@ class ExperimentConfig(Strict):
     @pydantic.model_validator(mode="after")
     def _check(self):
         if self.burn_in >= self.cycles:
-            raise ValueError(f"burn_in ({self.burn_in}) must be smaller than cycles ({self.cycles})")
+            raise ValueError(
+                f"burn_in ({self.burn_in}) must be smaller than cycles ({self.cycles})"
+            )
         self.testbed_kind.check(self)
         for name in self.methods:
             registry.validate_settings(name, self.methods[name])
         self.method_settings(self.method)  # validates method name and overrides
         if self.train is not None:
             if self.train.seed in (self.seeds.truth, self.seeds.obs):
-                raise ValueError(f"train.seed ({self.train.seed}) must differ from seeds.truth and seeds.obs: the model must not see the evaluation truth")
+                raise ValueError(
+                    f"train.seed ({self.train.seed}) must differ from seeds.truth and seeds.obs: the model must not see the evaluation truth"
+                )
             for i, src in enumerate(self.train.sources):
                 self.testbed_kind.check_source_obs(self, src.obs, f"train.sources[{i}].obs")
         if self.lead_time.enabled:
@@ -206,15 +219,19 @@ class ExperimentConfig(Strict):
         lt = self.lead_time
         self.lead_cycles()
         if lt.reference == "truth_noise" and lt.noise_std == 0 and self.perfect_model:
-            raise ValueError("lead_time.noise_std must be > 0 with a perfect forecast model: the truth_noise reference "
-                             "curve would be 0 at every lead (or set forecast_model.forcing for an imperfect model)")
+            raise ValueError(
+                "lead_time.noise_std must be > 0 with a perfect forecast model: the truth_noise reference "
+                "curve would be 0 at every lead (or set forecast_model.forcing for an imperfect model)"
+            )
         if lt.reference == "dense_reference":
             try:
                 registry.validate_settings(lt.dense_method, lt.dense_settings)
             except ValueError as err:
                 raise ValueError(f"lead_time.dense_method/dense_settings: {err}") from None
             if registry.get(lt.dense_method).ensemble and self.ensemble.size < 2:
-                raise ValueError(f"lead_time.dense_method {lt.dense_method!r} is an ensemble method: ensemble.size must be >= 2")
+                raise ValueError(
+                    f"lead_time.dense_method {lt.dense_method!r} is an ensemble method: ensemble.size must be >= 2"
+                )
 
     def _check_sweep_keys(self) -> None:
         """Apply every swept value to the config as an override and validate it.
@@ -241,12 +258,16 @@ class ExperimentConfig(Strict):
                     except ConfigError as err:
                         errors.append(str(err).removeprefix("invalid config:").strip())
                 else:
-                    raise ValueError(f"sweep.params.{key}: value {value!r} does not make a valid config: {errors[0]}")
+                    raise ValueError(
+                        f"sweep.params.{key}: value {value!r} does not make a valid config: {errors[0]}"
+                    )
         for i, replicate in enumerate(self.sweep.replicates):
             try:
                 validate(set_values(base, replicate))
             except ConfigError as err:
-                raise ValueError(f"sweep.replicates[{i}]: {str(err).removeprefix('invalid config:').strip()}") from None
+                raise ValueError(
+                    f"sweep.replicates[{i}]: {str(err).removeprefix('invalid config:').strip()}"
+                ) from None
 
     def trial_config(self, values: dict[str, Any]) -> ExperimentConfig:
         """This config without its sweep section, with ``values`` (dotted key -> value) set."""
@@ -255,7 +276,9 @@ class ExperimentConfig(Strict):
     def trial_configs(self, values: dict[str, Any]) -> list[ExperimentConfig]:
         """The configs a trial runs: ``trial_config`` once per ``sweep.replicates`` entry
         (its values set after the trial's), or once without replicates."""
-        return [self.trial_config(values | replicate) for replicate in self.sweep.replicates or [{}]]
+        return [
+            self.trial_config(values | replicate) for replicate in self.sweep.replicates or [{}]
+        ]
 
     def method_settings(self, method: str) -> dict:
         """Validated settings for ``method``: tuned defaults, then overrides if it is ``method``."""
@@ -264,7 +287,9 @@ class ExperimentConfig(Strict):
             settings.update(self.assimilator)
         values = registry.validate_settings(method, settings)
         if registry.get(method).ensemble and self.ensemble.size < 2:
-            raise ValueError(f"ensemble.size must be >= 2 for the ensemble method {method!r}, got {self.ensemble.size}")
+            raise ValueError(
+                f"ensemble.size must be >= 2 for the ensemble method {method!r}, got {self.ensemble.size}"
+            )
         return values
 
     def members_for(self, method: str) -> int:
@@ -277,15 +302,17 @@ def validate(data: dict) -> ExperimentConfig:
     try:
         return ExperimentConfig.model_validate(data)
     except pydantic.ValidationError as err:
-        raise ConfigError(format_errors("invalid config", err, tags=testbeds.SECTION_TAGS)) from None
+        raise ConfigError(
+            format_errors("invalid config", err, tags=testbeds.SECTION_TAGS)
+        ) from None
     except ValueError as err:  # raised by method-settings validation outside pydantic
         raise ConfigError(str(err)) from None
 
 
-def load(path: str | Path, overrides: list[str] | None = None, presets: dict[str, Any] | None = None) -> ExperimentConfig:
+def load(
+    path: str | Path, overrides: list[str] | None = None, presets: dict[str, Any] | None = None
+) -> ExperimentConfig:
     """Load a YAML config, set ``presets`` (dotted key -> value, e.g. tuned method settings),
     apply ``--set`` overrides (they win), validate."""
     data = read_yaml(path)
     return validate(apply_overrides(set_values(data, presets or {}), overrides or []))
-
-

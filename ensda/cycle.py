@@ -51,7 +51,11 @@ class NonFiniteStateError(FloatingPointError):
 
     def __init__(self, cycle: int, stage: str, method: str):
         self.cycle, self.stage, self.method = cycle, stage, method
-        hint = "check the testbed's dt and spin-up" if stage == "nature run" else "check inflation, observation errors and dt"
+        hint = (
+            "check the testbed's dt and spin-up"
+            if stage == "nature run"
+            else "check inflation, observation errors and dt"
+        )
         super().__init__(
             f"non-finite state (NaN/Inf) produced by the {stage} at cycle {cycle} "
             f"(method {method!r}); the run diverged — {hint}"
@@ -116,15 +120,25 @@ def channel_metrics(ens: jax.Array, truth: jax.Array, weights: jax.Array, std: j
         crps=metrics.crps(e, t, w, estimator=estimator, axis=-1),
     )
     return dict(
-        mse=jnp.mean(per["mse"] / std**2), spread2=jnp.mean(per["spread2"] / std**2), crps=jnp.mean(per["crps"] / std),
-        finite=jnp.all(jnp.isfinite(ens)), channels=per,
+        mse=jnp.mean(per["mse"] / std**2),
+        spread2=jnp.mean(per["spread2"] / std**2),
+        crps=jnp.mean(per["crps"] / std),
+        finite=jnp.all(jnp.isfinite(ens)),
+        channels=per,
     )
 
 
 @partial(jax.jit, static_argnames=("testbed", "keep_analyses"))
 def run_cycles(
-    testbed, assimilator, truth: jax.Array, obs: Observations, x0: jax.Array, key: jax.Array, first_cycle=1,
-    channel_std: jax.Array | None = None, keep_analyses: bool = False,
+    testbed,
+    assimilator,
+    truth: jax.Array,
+    obs: Observations,
+    x0: jax.Array,
+    key: jax.Array,
+    first_cycle=1,
+    channel_std: jax.Array | None = None,
+    keep_analyses: bool = False,
 ) -> CycleResult:
     """Cycle ``assimilator`` over ``obs`` from the initial ensemble ``x0``.
 
@@ -140,11 +154,17 @@ def run_cycles(
         scale = None
         measure = _cycle_metrics
     else:
-        std = jnp.ones(n_channels, truth.dtype) if channel_std is None else jnp.asarray(channel_std, truth.dtype)
+        std = (
+            jnp.ones(n_channels, truth.dtype)
+            if channel_std is None
+            else jnp.asarray(channel_std, truth.dtype)
+        )
         scale = jnp.repeat(std, truth.shape[-1] // n_channels)  # σ_c of every state element
         measure = partial(channel_metrics, std=std)
 
-    forecast = testbed.cycle_forecast if getattr(assimilator, "needs_forecast", True) else (lambda x: x)
+    forecast = (
+        testbed.cycle_forecast if getattr(assimilator, "needs_forecast", True) else (lambda x: x)
+    )
 
     def body(xa, inputs):
         k, t, y = inputs
@@ -153,20 +173,31 @@ def run_cycles(
         mf = measure(xf, t, weights)
         ma = measure(xa_new, t, weights)
         out = dict(
-            mse_f=mf["mse"], mse_a=ma["mse"],
-            spread2_f=mf["spread2"], spread2_a=ma["spread2"],
-            crps_f=mf["crps"], crps_a=ma["crps"],
-            energy_a=metrics.energy_score(xa_new, t, weights) if scale is None
+            mse_f=mf["mse"],
+            mse_a=ma["mse"],
+            spread2_f=mf["spread2"],
+            spread2_a=ma["spread2"],
+            crps_f=mf["crps"],
+            crps_a=ma["crps"],
+            energy_a=metrics.energy_score(xa_new, t, weights)
+            if scale is None
             else metrics.energy_score(xa_new / scale, t / scale, weights),
             rank_hist_a=metrics.rank_histogram(xa_new, t),
-            mean_f=xf.mean(0), mean_a=xa_new.mean(0),
-            finite_f=mf["finite"], finite_a=ma["finite"],
+            mean_f=xf.mean(0),
+            mean_a=xa_new.mean(0),
+            finite_f=mf["finite"],
+            finite_a=ma["finite"],
         )
         if keep_analyses:
             out["analyses"] = xa_new
         if scale is not None:
-            out.update({f"channel_{name}_{s}": m["channels"][name] for s, m in (("f", mf), ("a", ma))
-                        for name in ("mse", "spread2", "crps")})
+            out.update(
+                {
+                    f"channel_{name}_{s}": m["channels"][name]
+                    for s, m in (("f", mf), ("a", ma))
+                    for name in ("mse", "spread2", "crps")
+                }
+            )
         return xa_new, out
 
     n_cycles = truth.shape[0] - 1
@@ -189,8 +220,18 @@ class Timed:
     run_s: float
 
 
-def run_chunked(testbed, assimilator, truth, obs, x0, key, chunks: int | None = None, progress=None,
-                channel_std=None, analyses=None) -> Timed:
+def run_chunked(
+    testbed,
+    assimilator,
+    truth,
+    obs,
+    x0,
+    key,
+    chunks: int | None = None,
+    progress=None,
+    channel_std=None,
+    analyses=None,
+) -> Timed:
     """``run_cycles`` in equal chunks (one compiled program), for progress and early NaN stops.
 
     The result equals one scan over all cycles (same keys, same order). ``progress(done)``
@@ -208,14 +249,31 @@ def run_chunked(testbed, assimilator, truth, obs, x0, key, chunks: int | None = 
         raise ValueError(f"{chunks} chunks do not divide {n_cycles} cycles")
     size = n_cycles // chunks
     t0 = time.perf_counter()
-    compiled = run_cycles.lower(testbed, assimilator, truth[: size + 1], obs.at(slice(0, size)), x0, key, 1,
-                                channel_std, keep_analyses=analyses is not None).compile()
+    compiled = run_cycles.lower(
+        testbed,
+        assimilator,
+        truth[: size + 1],
+        obs.at(slice(0, size)),
+        x0,
+        key,
+        1,
+        channel_std,
+        keep_analyses=analyses is not None,
+    ).compile()
     compile_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     parts, x = [], x0
     for c in range(chunks):
         s = c * size
-        part = compiled(assimilator, truth[s : s + size + 1], obs.at(slice(s, s + size)), x, key, s + 1, channel_std)
+        part = compiled(
+            assimilator,
+            truth[s : s + size + 1],
+            obs.at(slice(s, s + size)),
+            x,
+            key,
+            s + 1,
+            channel_std,
+        )
         x = part.final_ensemble
         if not bool(part.finite_a.all() & part.finite_f.all()):
             parts.append(dataclasses.replace(part, analyses=None))
@@ -250,17 +308,29 @@ def check_finite(result: CycleResult, method: str) -> None:
 def _time_means(mse, spread2, crps, n_members: int) -> dict:
     """Time means (axis 0: cycles after burn-in) of per-cycle primitives: rmse, spread, crps, ssr."""
     mse, spread2 = np.asarray(mse, np.float64), np.asarray(spread2, np.float64)
-    ssr = metrics.spread_skill_ratio(spread2.mean(0), mse.mean(0), n_members) if n_members > 1 else np.zeros(mse.shape[1:])
-    return dict(rmse=np.sqrt(mse).mean(0), spread=np.sqrt(spread2).mean(0),
-                crps=np.asarray(crps, np.float64).mean(0), ssr=np.asarray(ssr, np.float64))
+    ssr = (
+        metrics.spread_skill_ratio(spread2.mean(0), mse.mean(0), n_members)
+        if n_members > 1
+        else np.zeros(mse.shape[1:])
+    )
+    return dict(
+        rmse=np.sqrt(mse).mean(0),
+        spread=np.sqrt(spread2).mean(0),
+        crps=np.asarray(crps, np.float64).mean(0),
+        ssr=np.asarray(ssr, np.float64),
+    )
 
 
 def _check_burn_in(result: CycleResult, burn_in: int) -> None:
     if not 0 <= burn_in < result.n_cycles:
-        raise ValueError(f"burn_in must be in [0, cycles), got burn_in={burn_in}, cycles={result.n_cycles}")
+        raise ValueError(
+            f"burn_in must be in [0, cycles), got burn_in={burn_in}, cycles={result.n_cycles}"
+        )
 
 
-def summarize(result: CycleResult, burn_in: int, channels: dict[str, int] | None = None) -> dict[str, float]:
+def summarize(
+    result: CycleResult, burn_in: int, channels: dict[str, int] | None = None
+) -> dict[str, float]:
     """Time means after ``burn_in`` cycles (docs/design.md §5).
 
     rmse_* is the mean of per-cycle RMSE; spread_* the mean of per-cycle spread; ssr_* is
@@ -278,15 +348,21 @@ def summarize(result: CycleResult, burn_in: int, channels: dict[str, int] | None
     sl = slice(burn_in, None)
     out: dict[str, float] = {}
     for s in ("f", "a"):
-        means = _time_means(getattr(result, f"mse_{s}")[sl], getattr(result, f"spread2_{s}")[sl],
-                            getattr(result, f"crps_{s}")[sl], n)
+        means = _time_means(
+            getattr(result, f"mse_{s}")[sl],
+            getattr(result, f"spread2_{s}")[sl],
+            getattr(result, f"crps_{s}")[sl],
+            n,
+        )
         out.update({f"{m}_{s}": float(means[m]) for m in ("rmse", "spread", "crps", "ssr")})
     out["energy_a"] = float(np.asarray(result.energy_a[sl], np.float64).mean())
     hist = np.asarray(result.rank_hist_a[sl]).sum(0)
     out["rank_flatness_a"] = float(metrics.rank_histogram_flatness(hist)) if n > 1 else float("nan")
     if channels:
         per = channel_summary(result, burn_in)
-        out.update({f"{key}.{name}": float(per[key][c]) for name, c in channels.items() for key in per})
+        out.update(
+            {f"{key}.{name}": float(per[key][c]) for name, c in channels.items() for key in per}
+        )
     return out
 
 
@@ -300,8 +376,12 @@ def channel_summary(result: CycleResult, burn_in: int) -> dict[str, np.ndarray]:
     sl = slice(burn_in, None)
     out = {}
     for s in ("f", "a"):
-        means = _time_means(getattr(result, f"channel_mse_{s}")[sl], getattr(result, f"channel_spread2_{s}")[sl],
-                            getattr(result, f"channel_crps_{s}")[sl], result.n_members)
+        means = _time_means(
+            getattr(result, f"channel_mse_{s}")[sl],
+            getattr(result, f"channel_spread2_{s}")[sl],
+            getattr(result, f"channel_crps_{s}")[sl],
+            result.n_members,
+        )
         out.update({f"{m}_{s}": v for m, v in means.items()})
     return out
 

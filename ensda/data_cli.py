@@ -1,7 +1,7 @@
 """``ensda data``: make and describe datasets.
 
-    ensda data nature CONFIG [--set testbed.nature.days=30 ...] [--store PATH] [--json]
-    ensda data info STORE [--climatology OUT.png [--times K]] [--json]
+ensda data nature CONFIG [--set testbed.nature.days=30 ...] [--store PATH] [--json]
+ensda data info STORE [--climatology OUT.png [--times K]] [--json]
 """
 
 from __future__ import annotations
@@ -12,18 +12,32 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Make and describe datasets (nature runs).")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Make and describe datasets (nature runs)."
+)
 
-ConfigArg = typer.Argument(..., help="Experiment YAML with a sphere testbed, e.g. experiments/configs/sphere.yaml")
-SetOpt = typer.Option([], "--set", help="Override a config value, e.g. --set testbed.nature.days=30 (repeatable).")
+ConfigArg = typer.Argument(
+    ..., help="Experiment YAML with a sphere testbed, e.g. experiments/configs/sphere.yaml"
+)
+SetOpt = typer.Option(
+    [], "--set", help="Override a config value, e.g. --set testbed.nature.days=30 (repeatable)."
+)
 StoreOpt = typer.Option(None, "--store", help="Store path (default: testbed.nature.store).")
-ProgressOpt = typer.Option(True, "--progress/--no-progress", help="Show progress bars (spin-up, nature run).")
+ProgressOpt = typer.Option(
+    True, "--progress/--no-progress", help="Show progress bars (spin-up, nature run)."
+)
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON (the last stdout line).")
 StoreArg = typer.Argument(..., help="A zarr store, e.g. data/sphere/nature.zarr")
-ClimatologyOpt = typer.Option(None, "--climatology", help="Write a climatology figure (zonal-mean u and T, "
-                              "z500 and T850 maps) to this PNG and report the jets, the poleward T contrast "
-                              "at 850 hPa and the global mean surface pressure.")
-TimesOpt = typer.Option(None, "--times", min=1, help="With --climatology: use at most the last K times (default all).")
+ClimatologyOpt = typer.Option(
+    None,
+    "--climatology",
+    help="Write a climatology figure (zonal-mean u and T, "
+    "z500 and T850 maps) to this PNG and report the jets, the poleward T contrast "
+    "at 850 hPa and the global mean surface pressure.",
+)
+TimesOpt = typer.Option(
+    None, "--times", min=1, help="With --climatology: use at most the last K times (default all)."
+)
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -51,14 +65,24 @@ def nature(
 
     console = Console(stderr=as_json)
     path = store or Path(cfg.nature.store)
-    console.print(f"nature run: {cfg.model} {cfg.resolution}, spin-up {cfg.spinup_days:g} d, "
-                  f"{cfg.nature.days:g} d every {cfg.nature.output_hours} h -> {path}", highlight=False)
+    console.print(
+        f"nature run: {cfg.model} {cfg.resolution}, spin-up {cfg.spinup_days:g} d, "
+        f"{cfg.nature.days:g} d every {cfg.nature.output_hours} h -> {path}",
+        highlight=False,
+    )
     try:
         summary = generate(cfg, path, progress=progress)
     except (ValueError, FileNotFoundError) as err:
         _fail(str(err))
-    cost = f"; {summary['s_per_model_day']} s per model day" if summary["s_per_model_day"] is not None else "; nothing to do"
-    console.print(f"{summary['n_times']} times in {path} ({'complete' if summary['complete'] else 'incomplete'}){cost}", highlight=False)
+    cost = (
+        f"; {summary['s_per_model_day']} s per model day"
+        if summary["s_per_model_day"] is not None
+        else "; nothing to do"
+    )
+    console.print(
+        f"{summary['n_times']} times in {path} ({'complete' if summary['complete'] else 'incomplete'}){cost}",
+        highlight=False,
+    )
     if as_json:
         print(json.dumps(summary))
 
@@ -92,19 +116,30 @@ def info(
     console.print("dims: " + ", ".join(f"{k} {v}" for k, v in d["dims"].items()), highlight=False)
     if "time" in d:
         t = d["time"]
-        console.print(f"time: {t['first']} .. {t['last']} ({t['count']} times, every {t.get('step_hours', '?')} h)", highlight=False)
+        console.print(
+            f"time: {t['first']} .. {t['last']} ({t['count']} times, every {t.get('step_hours', '?')} h)",
+            highlight=False,
+        )
     if "grid" in d:
         g = d["grid"]
-        console.print(f"grid: {g['n_lon']}x{g['n_lat']}, latitude {g['lat_first']} .. {g['lat_last']}, "
-                      f"longitude from {g['lon_first']} every {g['lon_step']}", highlight=False)
+        console.print(
+            f"grid: {g['n_lon']}x{g['n_lat']}, latitude {g['lat_first']} .. {g['lat_last']}, "
+            f"longitude from {g['lon_first']} every {g['lon_step']}",
+            highlight=False,
+        )
     if "levels_hpa" in d:
         console.print(f"levels (hPa): {', '.join(map(str, d['levels_hpa']))}", highlight=False)
     for name, v in d["variables"].items():
-        console.print(f"  {name:22s} ({', '.join(v['dims'])}) {v['units']} {v['dtype']}", highlight=False)
+        console.print(
+            f"  {name:22s} ({', '.join(v['dims'])}) {v['units']} {v['dtype']}", highlight=False
+        )
     if "restart" in d:
         r = d["restart"]
-        console.print(f"restart: after {r['spinup_steps']} spin-up steps and {r['n_written']} output times "
-                      "(`ensda data nature` resumes from here)", highlight=False)
+        console.print(
+            f"restart: after {r['spinup_steps']} spin-up steps and {r['n_written']} output times "
+            "(`ensda data nature` resumes from here)",
+            highlight=False,
+        )
     for k, v in d.get("attrs", {}).items():
         console.print(f"  {k}: {v}", highlight=False)
     if "climatology" in d:
@@ -116,9 +151,9 @@ def info(
 
 def _climatology(store: Path, out: Path, times: int | None, console: Console) -> dict:
     """Write the climatology figure of ``store`` to ``out``; its numbers, with the figure's path."""
-    from ensda.figures import plt
-    from ensda.testbeds.sphere.figures import climatology_figure
+    from ensda.run_figures import plt
     from ensda.testbeds.sphere.climate import climatology_numbers
+    from ensda.testbeds.sphere.figures import climatology_figure
     from ensda.testbeds.sphere.store import open_store
 
     ds = open_store(store)

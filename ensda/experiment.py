@@ -36,6 +36,7 @@ from ensda.cycle import CycleResult, NonFiniteStateError, check_finite, run_chun
 from ensda.observe import Observations
 from ensda.testbeds.sphere.plugin import SphereRun
 
+
 @dataclasses.dataclass(frozen=True)
 class OSSE:
     """Everything the methods of one experiment share."""
@@ -98,13 +99,23 @@ def make_osse(cfg: ExperimentConfig) -> OSSE:
     testbed = kind.model(cfg)
     network = make_network(cfg)
     truth_key = jax.random.key(cfg.seeds.truth)
-    truth, clim, start = kind.truth_and_climatology(cfg, testbed, truth_key, jax.random.fold_in(truth_key, 1))
+    truth, clim, start = kind.truth_and_climatology(
+        cfg, testbed, truth_key, jax.random.fold_in(truth_key, 1)
+    )
     bad = np.flatnonzero(~np.isfinite(np.asarray(truth)).all(axis=-1))
     if bad.size:
         raise NonFiniteStateError(int(bad[0]), "nature run", "truth")
     obs = network.observe_run(truth[1:], jax.random.key(cfg.seeds.obs))
-    osse = OSSE(testbed, network, truth, obs, clim, model=kind.forecast_model(cfg),
-                channel_std=kind.channel_std(clim, testbed), truth_start=start)
+    osse = OSSE(
+        testbed,
+        network,
+        truth,
+        obs,
+        clim,
+        model=kind.forecast_model(cfg),
+        channel_std=kind.channel_std(clim, testbed),
+        truth_start=start,
+    )
     if cfg.lead_time.enabled:
         osse = dataclasses.replace(osse, lead_time=make_lead_time_reference(cfg, osse))
     return osse
@@ -116,18 +127,32 @@ def make_lead_time_reference(cfg: ExperimentConfig, osse: OSSE) -> metrics.LeadT
     lead, max_lead = cfg.lead_cycles()
     # on the sphere: the RMSE of the standardised state (each channel / its σ_c), as rmse_a,
     # and the reference noise in units of σ_c
-    scale = None if osse.channel_std is None else jnp.repeat(osse.channel_std, osse.truth.shape[-1] // osse.channel_std.size)
+    scale = (
+        None
+        if osse.channel_std is None
+        else jnp.repeat(osse.channel_std, osse.truth.shape[-1] // osse.channel_std.size)
+    )
     if lt.reference == "dense_reference":
         kw = {"reference_states": dense_reference_run(cfg, osse).result.mean_a}
     elif lt.noise_std > 0:
-        kw = {"reference_std": lt.noise_std if scale is None else lt.noise_std * scale,
-              "key": jax.random.key(cfg.seeds.lead_time)}
+        kw = {
+            "reference_std": lt.noise_std if scale is None else lt.noise_std * scale,
+            "key": jax.random.key(cfg.seeds.lead_time),
+        }
     else:
         kw = {}
     model = osse.forecast_model
     return metrics.lead_time_reference(
-        osse.truth, model.cycle_forecast, lead, hours_per_cycle=model.hours_per_cycle, burn_in=cfg.burn_in,
-        stride=lt.stride, max_lead_cycles=max_lead, weights=model.grid.weights, scale=scale, **kw,
+        osse.truth,
+        model.cycle_forecast,
+        lead,
+        hours_per_cycle=model.hours_per_cycle,
+        burn_in=cfg.burn_in,
+        stride=lt.stride,
+        max_lead_cycles=max_lead,
+        weights=model.grid.weights,
+        scale=scale,
+        **kw,
     )
 
 
@@ -162,17 +187,29 @@ def runs_on(cfg: ExperimentConfig, method: str) -> bool:
 
 def build_assimilator(cfg: ExperimentConfig, osse: OSSE, method: str, settings: dict | None = None):
     if not runs_on(cfg, method):
-        raise ValueError(f"{cfg.testbed_kind.unsupported[method]}; use letkf, etkf, enkf or 3dvar "
-                         "(or the references none, control, climatology)")
+        raise ValueError(
+            f"{cfg.testbed_kind.unsupported[method]}; use letkf, etkf, enkf or 3dvar "
+            "(or the references none, control, climatology)"
+        )
     ctx = registry.SetupContext(
-        testbed=osse.forecast_model, network=osse.network, climatology=osse.climatology,
+        testbed=osse.forecast_model,
+        network=osse.network,
+        climatology=osse.climatology,
         key=jax.random.key(cfg.seeds.assimilator),
     )
-    return registry.build(method, cfg.method_settings(method) if settings is None else settings, ctx)
+    return registry.build(
+        method, cfg.method_settings(method) if settings is None else settings, ctx
+    )
 
 
-def run_method(cfg: ExperimentConfig, osse: OSSE, method: str, settings: dict | None = None, progress=None,
-               analyses=None) -> MethodRun:
+def run_method(
+    cfg: ExperimentConfig,
+    osse: OSSE,
+    method: str,
+    settings: dict | None = None,
+    progress=None,
+    analyses=None,
+) -> MethodRun:
     """Cycle ``method`` over the OSSE; raises ``NonFiniteStateError`` if the state blows up.
 
     ``progress(cycles_done)`` is called as the run advances, ``analyses(first, ensembles)``
@@ -181,13 +218,26 @@ def run_method(cfg: ExperimentConfig, osse: OSSE, method: str, settings: dict | 
     off the curve: "> max lead"), ``lead_time_rmse`` (r at the lead) and
     ``lead_time_off_curve``; the curves are in ``MethodRun.lead_time``.
     """
-    settings = cfg.method_settings(method) if settings is None else registry.validate_settings(method, settings)
+    settings = (
+        cfg.method_settings(method)
+        if settings is None
+        else registry.validate_settings(method, settings)
+    )
     assim = build_assimilator(cfg, osse, method, settings)
     n_members = cfg.members_for(method)
     x0 = initial_ensemble(cfg, osse, n_members)
     key = jax.random.key(cfg.seeds.assimilator)
-    timed = run_chunked(osse.forecast_model, assim, osse.truth, osse.obs, x0, key, progress=progress,
-                        channel_std=osse.channel_std, analyses=analyses)
+    timed = run_chunked(
+        osse.forecast_model,
+        assim,
+        osse.truth,
+        osse.obs,
+        x0,
+        key,
+        progress=progress,
+        channel_std=osse.channel_std,
+        analyses=analyses,
+    )
     check_finite(timed.result, method)
     sphere = cfg.testbed_kind.run_info(cfg, osse)
     summary = summarize(timed.result, cfg.burn_in, {} if sphere is None else sphere.headline_index)
@@ -197,9 +247,22 @@ def run_method(cfg: ExperimentConfig, osse: OSSE, method: str, settings: dict | 
     lead = None
     if osse.lead_time is not None:
         lead = metrics.score_analyses(osse.lead_time, timed.result)
-        summary.update(lead_time_loss_h=float(lead.loss.loss_h), lead_time_rmse=float(lead.loss.rmse),
-                       lead_time_off_curve=bool(lead.loss.off_curve))
-    return MethodRun(method, settings, n_members, timed.result, summary, timed.compile_s, timed.run_s, lead, sphere)
+        summary.update(
+            lead_time_loss_h=float(lead.loss.loss_h),
+            lead_time_rmse=float(lead.loss.rmse),
+            lead_time_off_curve=bool(lead.loss.off_curve),
+        )
+    return MethodRun(
+        method,
+        settings,
+        n_members,
+        timed.result,
+        summary,
+        timed.compile_s,
+        timed.run_s,
+        lead,
+        sphere,
+    )
 
 
 def lost_track_fraction(result, osse: OSSE, burn_in: int) -> float:
@@ -207,5 +270,7 @@ def lost_track_fraction(result, osse: OSSE, burn_in: int) -> float:
     climatological mean (the mean of the OSSE's climatological samples) against the same
     truth: the cycles in which the filter has lost track."""
     truth = osse.truth[1:][burn_in:]
-    clim_mse = metrics.ensemble_mean_mse(osse.climatology.mean(0)[None, None], truth, osse.testbed.grid.weights, axis=-1)
+    clim_mse = metrics.ensemble_mean_mse(
+        osse.climatology.mean(0)[None, None], truth, osse.testbed.grid.weights, axis=-1
+    )
     return float(jnp.mean(result.mse_a[burn_in:] > clim_mse))

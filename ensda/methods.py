@@ -7,5 +7,5 @@ line here.
 
 import baselines  # noqa: F401  (3dvar, climatology, control, enkf, etkf, letkf, none, oi)
 import ensda.diffusion.anchored  # noqa: F401  (ens-diffusion)
-import ensda.diffusion.assimilator  # noqa: F401  (diffusion)
+import ensda.diffusion.diffda  # noqa: F401  (diffusion)
 import ensda.diffusion.ensf  # noqa: F401  (ensf)

@@ -113,7 +113,9 @@ class ObsNetwork:
         if not self.r_std > 0:
             raise ValueError(f"obs.r_std must be > 0, got {self.r_std}")
         if self.operator not in OPERATORS:
-            raise ValueError(f"obs.operator must be one of {sorted(OPERATORS)}, got {self.operator!r}")
+            raise ValueError(
+                f"obs.operator must be one of {sorted(OPERATORS)}, got {self.operator!r}"
+            )
         if self.redraw and self.density is None:
             raise ValueError("obs.redraw needs obs.density (only random networks are redrawn)")
 

@@ -23,8 +23,12 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-def format_errors(title: str, err: pydantic.ValidationError, prefix: tuple[str, ...] = (),
-                  tags: dict[str, tuple[str, ...]] | None = None) -> str:
+def format_errors(
+    title: str,
+    err: pydantic.ValidationError,
+    prefix: tuple[str, ...] = (),
+    tags: dict[str, tuple[str, ...]] | None = None,
+) -> str:
     """``title:`` then one line ``loc: message`` per error of ``err``; ``prefix`` is put
     before each location, the union tags in ``tags`` (section -> tag names) are left out of
     it, and a message that names its own field is not prefixed again."""

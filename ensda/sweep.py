@@ -45,7 +45,7 @@ import subprocess
 import sys
 import time
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import optuna
@@ -103,7 +103,9 @@ def budget_of(sweep: SweepConfig, trials: int | None) -> int:
         return sweep.grid_size()
     n = trials if trials is not None else sweep.trials
     if n is None:
-        raise SweepError(f"the {sweep.sampler} sampler needs a number of trials: --trials N or sweep.trials")
+        raise SweepError(
+            f"the {sweep.sampler} sampler needs a number of trials: --trials N or sweep.trials"
+        )
     return n
 
 
@@ -120,7 +122,9 @@ def open_storage(url: str, sweep: SweepConfig | None = None):
                 storage = optuna.storages.RDBStorage(url)
             else:
                 storage = optuna.storages.RDBStorage(
-                    url, heartbeat_interval=sweep.heartbeat_interval, grace_period=sweep.grace_period,
+                    url,
+                    heartbeat_interval=sweep.heartbeat_interval,
+                    grace_period=sweep.grace_period,
                     heartbeat_stale_trial_callback=_retry_stale,
                 )
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
@@ -207,7 +211,9 @@ def _current_form(stored: dict, study_name: str) -> dict:
     try:
         return _config_record(validate(stored))
     except ConfigError as err:
-        raise SweepError(f"study {study_name!r} was started with a config this version of ensda cannot read: {err}") from None
+        raise SweepError(
+            f"study {study_name!r} was started with a config this version of ensda cannot read: {err}"
+        ) from None
 
 
 def prepare(cfg: ExperimentConfig, storage_url: str, study_name: str, trials: int | None = None):
@@ -224,11 +230,16 @@ def prepare(cfg: ExperimentConfig, storage_url: str, study_name: str, trials: in
     storage = open_storage(storage_url, cfg.sweep)
     try:
         study = optuna.create_study(
-            study_name=study_name, storage=storage, sampler=_sampler(cfg.sweep, 0),
-            direction=cfg.sweep.direction, load_if_exists=True,
+            study_name=study_name,
+            storage=storage,
+            sampler=_sampler(cfg.sweep, 0),
+            direction=cfg.sweep.direction,
+            load_if_exists=True,
         )
     except Exception as err:  # the storage is opened lazily: an unreachable server fails here
-        raise SweepError(f"cannot open study {study_name!r} in {storage_url!r}: {_first_line(err)}") from None
+        raise SweepError(
+            f"cannot open study {study_name!r} in {storage_url!r}: {_first_line(err)}"
+        ) from None
     record = _config_record(cfg)
     stored = study.user_attrs.get(STUDY_CONFIG)
     if stored is None:
@@ -242,8 +253,14 @@ def prepare(cfg: ExperimentConfig, storage_url: str, study_name: str, trials: in
     study.set_user_attr(STUDY_TRIALS, budget)
     parent_id = study.user_attrs.get(STUDY_PARENT)
     if parent_id is None and cfg.tracking.enabled:
-        tags = {"optuna.study": study_name, "ensda.config": cfg.name, "ensda.sweep": cfg.sweep.sampler}
-        parent = tracking.start_run(cfg.tracking, f"{cfg.name}:sweep:{study_name}", params=flatten(cfg), tags=tags)
+        tags = {
+            "optuna.study": study_name,
+            "ensda.config": cfg.name,
+            "ensda.sweep": cfg.sweep.sampler,
+        }
+        parent = tracking.start_run(
+            cfg.tracking, f"{cfg.name}:sweep:{study_name}", params=flatten(cfg), tags=tags
+        )
         study.set_user_attr(STUDY_PARENT, parent.run_id)
     else:
         tracking.set_status(cfg.tracking, parent_id, "RUNNING")
@@ -269,7 +286,11 @@ def finish(study, cfg: ExperimentConfig, budget: int) -> Tally:
         if t.complete:
             parent.log_metrics({"best_" + cfg.sweep.objective: study.best_value})
             parent.set_tags({"optuna.best_trial": study.best_trial.number})
-    reason = None if complete else f"incomplete: {t.done} of {budget} trials done; run the same command to resume"
+    reason = (
+        None
+        if complete
+        else f"incomplete: {t.done} of {budget} trials done; run the same command to resume"
+    )
     tracking.set_status(cfg.tracking, parent.run_id, "FINISHED" if complete else "KILLED", reason)
     return t
 
@@ -306,7 +327,11 @@ def _superseded(trials) -> set[int]:
 def live_trials(trials) -> list:
     """Trials that count: not pruned, not a failure that a retry replaced."""
     gone = _superseded(trials)
-    return [t for t in trials if t.state != TrialState.PRUNED and not (t.state == TrialState.FAIL and t.number in gone)]
+    return [
+        t
+        for t in trials
+        if t.state != TrialState.PRUNED and not (t.state == TrialState.FAIL and t.number in gone)
+    ]
 
 
 def tally(trials, grid: bool) -> Tally:
@@ -314,7 +339,13 @@ def tally(trials, grid: bool) -> Tally:
     finished = [t for t in live if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
     done = len({_point(t.params) for t in finished}) if grid else len(finished)
     count = lambda state: sum(t.state == state for t in live)  # noqa: E731
-    return Tally(done, count(TrialState.COMPLETE), count(TrialState.FAIL), count(TrialState.RUNNING), count(TrialState.WAITING))
+    return Tally(
+        done,
+        count(TrialState.COMPLETE),
+        count(TrialState.FAIL),
+        count(TrialState.RUNNING),
+        count(TrialState.WAITING),
+    )
 
 
 def study_tally(study, sweep: SweepConfig) -> Tally:
@@ -335,13 +366,19 @@ def suggest(trial, sweep: SweepConfig) -> dict:
         if (choices := sweep.values_of(key)) is not None:
             values[key] = trial.suggest_categorical(key, choices)
         elif space.integer:
-            values[key] = trial.suggest_int(key, int(space.low), int(space.high), step=int(space.step or 1), log=space.log)
+            values[key] = trial.suggest_int(
+                key, int(space.low), int(space.high), step=int(space.step or 1), log=space.log
+            )
         else:
-            values[key] = trial.suggest_float(key, space.low, space.high, step=space.step, log=space.log)
+            values[key] = trial.suggest_float(
+                key, space.low, space.high, step=space.step, log=space.log
+            )
     return values
 
 
-def run_trial(base: ExperimentConfig, values: dict, trial, study_name: str, parent_id: str | None) -> float:
+def run_trial(
+    base: ExperimentConfig, values: dict, trial, study_name: str, parent_id: str | None
+) -> float:
     """Run the base config with ``values`` set; log an MLflow child run; return the objective.
 
     Raises ``TrialFailure`` (reason in the trial's user attr ``ensda.failure``) if the values
@@ -360,7 +397,11 @@ def run_trial(base: ExperimentConfig, values: dict, trial, study_name: str, pare
     cfg = cfgs[0]
     objective = base.sweep.objective
     parent = tracking.attach_run(cfg.tracking, parent_id)
-    tags = {"optuna.study": study_name, "optuna.trial_number": trial.number, "ensda.device": _jax_device()}
+    tags = {
+        "optuna.study": study_name,
+        "optuna.trial_number": trial.number,
+        "ensda.device": _jax_device(),
+    }
     if base.sweep.replicates:
         tags["ensda.replicates"] = json.dumps(base.sweep.replicates)
     with tracking.method_run(cfg, f"{study_name}:{trial.number}", parent=parent, tags=tags) as run:
@@ -387,7 +428,13 @@ def replicate_mean(results: list, run, objective: str):
     replicate's objective and rmse_a are logged as ``replicate_<i>/<name>``); its cycle
     metrics and figures are the first replicate's."""
     summary = {k: float(np.mean([r.summary[k] for r in results])) for k in results[0].summary}
-    run.log_metrics({f"replicate_{i}/{k}": r.summary[k] for i, r in enumerate(results) for k in dict.fromkeys((objective, "rmse_a"))})
+    run.log_metrics(
+        {
+            f"replicate_{i}/{k}": r.summary[k]
+            for i, r in enumerate(results)
+            for k in dict.fromkeys((objective, "rmse_a"))
+        }
+    )
     return dataclasses.replace(results[0], summary=summary)
 
 
@@ -410,7 +457,9 @@ def _objective(study, base: ExperimentConfig, budget: int, device: str):
         me = next(t for t in trials if t.number == trial.number)
         if grid:
             if "fixed_params" not in me.system_attrs:
-                raise optuna.TrialPruned("not a queued grid point: another worker emptied the queue")
+                raise optuna.TrialPruned(
+                    "not a queued grid point: another worker emptied the queue"
+                )
             point = _point(_params_of(me))
             for t in live_trials(trials):
                 held = t.state in (TrialState.COMPLETE, TrialState.FAIL) or t.number < me.number
@@ -436,7 +485,13 @@ def _taken_over(study, number: int | None) -> bool:
     return trial.state == TrialState.FAIL and FAILURE not in trial.user_attrs
 
 
-def run_worker(storage_url: str, study_name: str, worker: int = 0, device: str = "", report: Callable | None = None) -> int:
+def run_worker(
+    storage_url: str,
+    study_name: str,
+    worker: int = 0,
+    device: str = "",
+    report: Callable | None = None,
+) -> int:
     """Take trials from the study until its budget is done; returns the number of trials run.
 
     While the remaining trials run elsewhere it waits (a dead worker's trial turns stale
@@ -448,10 +503,24 @@ def run_worker(storage_url: str, study_name: str, worker: int = 0, device: str =
         study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
         base = stored_config(study)
     except KeyError:
-        raise SweepError(f"no sweep {study_name!r} in {storage_url}: start it with `ensda sweep`") from None
-    study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url, base.sweep), sampler=_sampler(base.sweep, worker))
+        raise SweepError(
+            f"no sweep {study_name!r} in {storage_url}: start it with `ensda sweep`"
+        ) from None
+    study = optuna.load_study(
+        study_name=study_name,
+        storage=open_storage(storage_url, base.sweep),
+        sampler=_sampler(base.sweep, worker),
+    )
     budget = study.user_attrs[STUDY_TRIALS]
-    study.set_user_attr(f"{WORKER}.{worker}", {"device": _jax_device(), "label": device, "pid": os.getpid(), "host": socket.gethostname()})
+    study.set_user_attr(
+        f"{WORKER}.{worker}",
+        {
+            "device": _jax_device(),
+            "label": device,
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        },
+    )
     grid = base.sweep.sampler == "grid"
     objective = _objective(study, base, budget, device)
     n_run = 0
@@ -470,10 +539,15 @@ def run_worker(storage_url: str, study_name: str, worker: int = 0, device: str =
             except Exception:
                 if not _taken_over(study, objective.current):
                     raise
-                print(f"ensda sweep: trial {objective.current} lost its heartbeat and was retried elsewhere", file=sys.stderr)
+                print(
+                    f"ensda sweep: trial {objective.current} lost its heartbeat and was retried elsewhere",
+                    file=sys.stderr,
+                )
             n_run += 1
         elif t.running == 0:
-            raise SweepError(f"grid incomplete ({t.done} of {budget} points) with no trial queued: run `ensda sweep` to queue the rest")
+            raise SweepError(
+                f"grid incomplete ({t.done} of {budget} points) with no trial queued: run `ensda sweep` to queue the rest"
+            )
         else:
             time.sleep(POLL_S)
 
@@ -498,11 +572,17 @@ def gpu_count() -> int:
 
 def host_device_count(xla_flags: str) -> int:
     """N of ``--xla_force_host_platform_device_count=N`` in ``xla_flags`` (1 without it)."""
-    counts = [f.split("=", 1)[1] for f in xla_flags.split() if f.startswith("--xla_force_host_platform_device_count=")]
+    counts = [
+        f.split("=", 1)[1]
+        for f in xla_flags.split()
+        if f.startswith("--xla_force_host_platform_device_count=")
+    ]
     return int(counts[-1]) if counts else 1
 
 
-def worker_setups(k: int, gpus: int, cores: list[int], xla_flags: str | None = None) -> list[tuple[dict, str, list[int] | None]]:
+def worker_setups(
+    k: int, gpus: int, cores: list[int], xla_flags: str | None = None
+) -> list[tuple[dict, str, list[int] | None]]:
     """(environment changes, device label, CPU cores or None) for each of ``k`` workers.
 
     GPUs: worker i sees GPU i mod G only (no memory preallocation when workers share one).
@@ -522,13 +602,19 @@ def worker_setups(k: int, gpus: int, cores: list[int], xla_flags: str | None = N
                 env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
             setups.append((env, f"gpu {i % gpus}", None))
             continue
-        share = cores[i * len(cores) // k : (i + 1) * len(cores) // k] if k <= len(cores) else [cores[i % len(cores)]]
+        share = (
+            cores[i * len(cores) // k : (i + 1) * len(cores) // k]
+            if k <= len(cores)
+            else [cores[i % len(cores)]]
+        )
         where = f"cores {','.join(map(str, share))}"
         if n_host > 1:
             env = {"JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags, JAX_DEVICE_ENV: str(i % n_host)}
             setups.append((env, f"cpu device {i % n_host} ({where})", share))
         else:
-            flags = " ".join(f for f in xla_flags.split() if "xla_force_host_platform_device_count" not in f)
+            flags = " ".join(
+                f for f in xla_flags.split() if "xla_force_host_platform_device_count" not in f
+            )
             setups.append(({"JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}, f"cpu ({where})", share))
     return setups
 
@@ -538,15 +624,29 @@ def start_workers(storage_url: str, study_name: str, k: int) -> list[subprocess.
     cores = sorted(os.sched_getaffinity(0))
     procs = []
     for i, (env, label, cpus) in enumerate(worker_setups(k, gpu_count(), cores)):
-        cmd = [sys.executable, "-m", "ensda.cli", "sweep-worker", "--storage", storage_url, "--study", study_name,
-               "--index", str(i), "--device", label]
+        cmd = [
+            sys.executable,
+            "-m",
+            "ensda.cli",
+            "sweep-worker",
+            "--storage",
+            storage_url,
+            "--study",
+            study_name,
+            "--index",
+            str(i),
+            "--device",
+            label,
+        ]
         if cpus is not None:
             cmd += ["--cpus", ",".join(map(str, cpus))]
         procs.append(subprocess.Popen(cmd, env=os.environ | env, stdout=subprocess.DEVNULL))
     return procs
 
 
-def worker_main(storage_url: str, study_name: str, index: int = 0, device: str = "", cpus: str | None = None) -> None:
+def worker_main(
+    storage_url: str, study_name: str, index: int = 0, device: str = "", cpus: str | None = None
+) -> None:
     """One worker process (``ensda sweep-worker``, as ``start_workers`` starts it): pinned to
     the cores ``cpus`` (comma-separated) and to the JAX device of ``$ENSDA_JAX_DEVICE`` when
     set, it takes trials of the study until its budget is done."""

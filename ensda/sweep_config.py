@@ -12,9 +12,19 @@ from pydantic import ConfigDict, Discriminator, Field, Tag
 
 from ensda.schema import Strict
 
-
 #: summary metrics a sweep can optimise; ``ssr_*`` objectives are |SSR − 1| (1 = reliable)
-OBJECTIVES = ("crps_a", "rmse_a", "ssr_a", "spread_a", "crps_f", "rmse_f", "ssr_f", "energy_a", "rank_flatness_a", "lead_time_loss_h")
+OBJECTIVES = (
+    "crps_a",
+    "rmse_a",
+    "ssr_a",
+    "spread_a",
+    "crps_f",
+    "rmse_f",
+    "ssr_f",
+    "energy_a",
+    "rank_flatness_a",
+    "lead_time_loss_h",
+)
 #: values a categorical sweep parameter may take (what Optuna stores)
 SWEEP_VALUE_TYPES = (bool, int, float, str, type(None))
 
@@ -34,7 +44,9 @@ def as_list(value: Any) -> list:
 class SweepRange(Strict):
     """A numeric search range for the ``tpe`` and ``random`` samplers."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_by_name=True, serialize_by_alias=True)
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, validate_by_name=True, serialize_by_alias=True
+    )
 
     low: float
     high: float
@@ -48,12 +60,18 @@ class SweepRange(Strict):
     @pydantic.model_validator(mode="after")
     def _check(self):
         if not self.low < self.high:
-            raise ValueError(f"empty range: low ({self.low}) must be smaller than high ({self.high})")
+            raise ValueError(
+                f"empty range: low ({self.low}) must be smaller than high ({self.high})"
+            )
         if self.log and self.low <= 0:
             raise ValueError(f"a log range needs low > 0, got {self.low}")
         if self.log and self.step is not None:
             raise ValueError("give either log or step, not both")
-        if self.integer and (self.low != round(self.low) or self.high != round(self.high) or (self.step or 1) != round(self.step or 1)):
+        if self.integer and (
+            self.low != round(self.low)
+            or self.high != round(self.high)
+            or (self.step or 1) != round(self.step or 1)
+        ):
             raise ValueError("an int range needs whole low, high and step")
         return self
 
@@ -83,11 +101,19 @@ class SweepConfig(Strict):
     trials: int | None = Field(None, ge=1)
     #: dotted config key -> list of values (categorical), a range (tpe, random), or either
     #: with a condition: ``{values: [...], when: {method: diffusion}}``, ``{low, high, when}``
-    params: dict[str, Annotated[
-        Annotated[list[Any], Tag("values")] | Annotated[SweepValues, Tag("choice")] | Annotated[SweepRange, Tag("range")],
-        Discriminator(_space_kind, custom_error_type="sweep_space",
-                      custom_error_message="expected a list of values, {values, when} or a range {low, high, log, step, int, when}"),
-    ]] = Field(min_length=1)
+    params: dict[
+        str,
+        Annotated[
+            Annotated[list[Any], Tag("values")]
+            | Annotated[SweepValues, Tag("choice")]
+            | Annotated[SweepRange, Tag("range")],
+            Discriminator(
+                _space_kind,
+                custom_error_type="sweep_space",
+                custom_error_message="expected a list of values, {values, when} or a range {low, high, log, step, int, when}",
+            ),
+        ],
+    ] = Field(min_length=1)
     #: run every trial once per replicate (dotted key -> value overrides set after the
     #: trial's values, e.g. ``{seeds.truth: 100}``) and score it by the mean objective;
     #: empty: one run per trial (``ensda tune`` uses this for its tuning seeds)
@@ -103,24 +129,37 @@ class SweepConfig(Strict):
             if values is not None and not values:
                 raise ValueError(f"sweep.params.{key}: empty list of values")
             if values is not None and not all(isinstance(v, SWEEP_VALUE_TYPES) for v in values):
-                raise ValueError(f"sweep.params.{key}: values must be numbers, strings, booleans or null, got {values}")
+                raise ValueError(
+                    f"sweep.params.{key}: values must be numbers, strings, booleans or null, got {values}"
+                )
             if self.sampler == "grid" and values is None:
-                raise ValueError(f"sweep.params.{key}: the grid sampler needs a list of values, not a range")
+                raise ValueError(
+                    f"sweep.params.{key}: the grid sampler needs a list of values, not a range"
+                )
             if key.split(".")[0] == "sweep":
                 raise ValueError(f"sweep.params.{key}: the sweep section itself cannot be swept")
             for other, wanted in (self.condition(key) or {}).items():
                 if other not in self.params or self.condition(other) is not None:
-                    raise ValueError(f"sweep.params.{key}.when: {other!r} is not an unconditional swept key")
+                    raise ValueError(
+                        f"sweep.params.{key}.when: {other!r} is not an unconditional swept key"
+                    )
                 allowed = self.values_of(other)
                 missing = [v for v in as_list(wanted) if allowed is not None and v not in allowed]
                 if missing:
-                    raise ValueError(f"sweep.params.{key}.when: {other} never takes {missing} (its values: {allowed})")
+                    raise ValueError(
+                        f"sweep.params.{key}.when: {other} never takes {missing} (its values: {allowed})"
+                    )
         for i, replicate in enumerate(self.replicates):
             clash = sorted(set(replicate) & set(self.params))
             if clash or not replicate:
-                raise ValueError(f"sweep.replicates[{i}]: " + (f"{', '.join(clash)} is swept" if clash else "empty"))
+                raise ValueError(
+                    f"sweep.replicates[{i}]: "
+                    + (f"{', '.join(clash)} is swept" if clash else "empty")
+                )
         if self.objective.startswith("ssr") and self.direction != "minimize":
-            raise ValueError(f"sweep.objective {self.objective} is |SSR - 1|: use direction minimize")
+            raise ValueError(
+                f"sweep.objective {self.objective} is |SSR - 1|: use direction minimize"
+            )
         if self.grace_period <= self.heartbeat_interval:
             raise ValueError("sweep.grace_period must be longer than sweep.heartbeat_interval")
         return self
@@ -128,7 +167,13 @@ class SweepConfig(Strict):
     def values_of(self, key: str) -> list | None:
         """The categorical values of a swept key (None for a range)."""
         space = self.params[key]
-        return space if isinstance(space, list) else space.values if isinstance(space, SweepValues) else None
+        return (
+            space
+            if isinstance(space, list)
+            else space.values
+            if isinstance(space, SweepValues)
+            else None
+        )
 
     def condition(self, key: str) -> dict[str, Any] | None:
         space = self.params[key]
@@ -145,8 +190,13 @@ class SweepConfig(Strict):
         points = []
         for combo in itertools.product(*(self.values_of(k) for k in keys)):
             point = dict(zip(keys, combo))
-            extra = [k for k in self.params if self.condition(k) is not None and self.active(k, point)]
-            points += [point | dict(zip(extra, more)) for more in itertools.product(*(self.values_of(k) for k in extra))]
+            extra = [
+                k for k in self.params if self.condition(k) is not None and self.active(k, point)
+            ]
+            points += [
+                point | dict(zip(extra, more))
+                for more in itertools.product(*(self.values_of(k) for k in extra))
+            ]
         return points
 
     def grid_size(self) -> int:

@@ -23,7 +23,8 @@ import logging
 import math
 import os
 import tempfile
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +71,9 @@ class Run:
     def log_metrics(self, values: dict[str, float], step: int = 0) -> None:
         self._log_series({k: ([step], [v]) for k, v in values.items()})
 
-    def log_cycle_metrics(self, result, n_members: int | None = None, channels: dict[str, int] | None = None) -> None:
+    def log_cycle_metrics(
+        self, result, n_members: int | None = None, channels: dict[str, int] | None = None
+    ) -> None:
         """Every cycle's RMSE, spread and CRPS of forecast and analysis as ``cycle/<name>``, step = cycle;
         with ``channels`` (name → channel index, sphere runs) also each one's as ``cycle/<name>.<channel>``."""
         steps = np.arange(1, result.n_cycles + 1)
@@ -80,7 +83,12 @@ class Run:
             if name.startswith("spread") and n < 2:
                 continue
             columns = {"": getattr(result, field)}
-            columns.update({f".{ch}": getattr(result, f"channel_{field}")[:, c] for ch, c in (channels or {}).items()})
+            columns.update(
+                {
+                    f".{ch}": getattr(result, f"channel_{field}")[:, c]
+                    for ch, c in (channels or {}).items()
+                }
+            )
             for suffix, values in columns.items():
                 values = np.asarray(values, np.float64)
                 series[CYCLE_PREFIX + name + suffix] = (steps, np.sqrt(values) if root else values)
@@ -199,7 +207,11 @@ def start_run(
     run stays open across worker processes and launches, see ``attach_run``/``end_run``)."""
     client = _client(tracking)
     experiment = client.get_experiment_by_name(tracking.experiment)
-    exp_id = experiment.experiment_id if experiment else client.create_experiment(tracking.experiment, tags=EXPERIMENT_TAGS)
+    exp_id = (
+        experiment.experiment_id
+        if experiment
+        else client.create_experiment(tracking.experiment, tags=EXPERIMENT_TAGS)
+    )
     all_tags = {str(k): str(v) for k, v in (tags or {}).items()}
     if parent is not None and parent.run_id is not None:
         all_tags["mlflow.parentRunId"] = parent.run_id
@@ -251,13 +263,19 @@ def log_method_run(run: Run | NullRun, method_run, burn_in: int, figures: bool =
     and ``maps/<channel>.png`` for each headline channel (``ensda.testbeds.sphere.figures``)."""
     if isinstance(run, NullRun):
         return
-    from ensda import figures as figs
+    from ensda import run_figures as figs
 
     summary = {k: v for k, v in method_run.summary.items() if isinstance(v, (int, float))}
-    summary.update(compile_s=method_run.compile_s, run_s=method_run.run_s, wall_s=method_run.compile_s + method_run.run_s)
+    summary.update(
+        compile_s=method_run.compile_s,
+        run_s=method_run.run_s,
+        wall_s=method_run.compile_s + method_run.run_s,
+    )
     run.log_metrics(summary)
     sphere = method_run.sphere
-    run.log_cycle_metrics(method_run.result, method_run.n_members, {} if sphere is None else sphere.headline_index)
+    run.log_cycle_metrics(
+        method_run.result, method_run.n_members, {} if sphere is None else sphere.headline_index
+    )
     run.log_params({f"settings.{k}": v for k, v in method_run.settings.items()})
     run.log_dict({"method": method_run.method, "settings": method_run.settings}, "settings.json")
     if figures:
@@ -269,20 +287,33 @@ def log_method_run(run: Run | NullRun, method_run, burn_in: int, figures: bool =
             fig = figs.rank_histogram_figure(method_run.result, burn_in, title)
             run.log_figure(fig, "rank_histogram.png")
             figs.close(fig)
-    if method_run.n_members > 1:  # the counts as data (reports redraw them; the PNG is for browsing)
+    if (
+        method_run.n_members > 1
+    ):  # the counts as data (reports redraw them; the PNG is for browsing)
         from ensda.cycle import rank_histogram_counts
 
         counts = np.rint(rank_histogram_counts(method_run.result, burn_in)).astype(np.int64)
-        run.log_dict({"counts": counts.tolist(), "n_members": method_run.n_members, "burn_in": burn_in}, "rank_histogram.json")
+        run.log_dict(
+            {"counts": counts.tolist(), "n_members": method_run.n_members, "burn_in": burn_in},
+            "rank_histogram.json",
+        )
     if sphere is not None:
         _log_sphere(run, method_run, burn_in, figures)
     if method_run.lead_time is not None:
         lt = method_run.lead_time
         run.set_tags({"ensda.lead_time_loss": lt.loss.text})
-        run.log_dict({"leads_h": lt.leads_h.tolist(), "rmse_reference": lt.reference_curve.tolist(),
-                      "rmse_analysis": lt.analysis_curve.tolist(), "lead_h": float(lt.loss.lead_h),
-                      "lead_time_loss_h": float(lt.loss.loss_h), "lead_time_loss": lt.loss.text,
-                      "n_starts": lt.n_starts}, "lead_time.json")
+        run.log_dict(
+            {
+                "leads_h": lt.leads_h.tolist(),
+                "rmse_reference": lt.reference_curve.tolist(),
+                "rmse_analysis": lt.analysis_curve.tolist(),
+                "lead_h": float(lt.loss.lead_h),
+                "lead_time_loss_h": float(lt.loss.loss_h),
+                "lead_time_loss": lt.loss.text,
+                "n_starts": lt.n_starts,
+            },
+            "lead_time.json",
+        )
         if figures:
             fig = figs.lead_time_figure(lt, method_run.method)
             run.log_figure(fig, "lead_time.png")
@@ -296,7 +327,9 @@ def log_observations(run: Run | NullRun, osse) -> None:
     if isinstance(run, NullRun) or not hasattr(osse.network, "dataset"):
         return
     times = getattr(osse, "truth_times", None)
-    run.log_dataset(osse.network.dataset(osse.obs, None if times is None else times[1:]), "observations.zarr")
+    run.log_dataset(
+        osse.network.dataset(osse.obs, None if times is None else times[1:]), "observations.zarr"
+    )
 
 
 def _log_sphere(run: Run, method_run, burn_in: int, figures: bool) -> None:
@@ -306,11 +339,18 @@ def _log_sphere(run: Run, method_run, burn_in: int, figures: bool) -> None:
 
     sphere = method_run.sphere
     per = channel_summary(method_run.result, burn_in)
-    run.log_dict({"channels": list(sphere.names), "burn_in": burn_in, "climatological_std": sphere.channel_std.tolist()}
-                 | {k: v.tolist() for k, v in per.items()}, "channel_metrics.json")
+    run.log_dict(
+        {
+            "channels": list(sphere.names),
+            "burn_in": burn_in,
+            "climatological_std": sphere.channel_std.tolist(),
+        }
+        | {k: v.tolist() for k, v in per.items()},
+        "channel_metrics.json",
+    )
     if not figures:
         return
-    from ensda import figures as figs
+    from ensda import run_figures as figs
     from ensda.testbeds.sphere import figures as sfigs
 
     fig = sfigs.channel_rmse_figure(per, sphere, method_run.method)
@@ -318,7 +358,9 @@ def _log_sphere(run: Run, method_run, burn_in: int, figures: bool) -> None:
     figs.close(fig)
     fields = sfigs.last_cycle_fields(method_run.result, sphere)
     for channel in sphere.headline:
-        fig = sfigs.channel_maps_figure(fields, sphere, channel, f"{method_run.method}, cycle {method_run.result.n_cycles}:")
+        fig = sfigs.channel_maps_figure(
+            fields, sphere, channel, f"{method_run.method}, cycle {method_run.result.n_cycles}:"
+        )
         run.log_figure(fig, f"maps/{channel}.png")
         figs.close(fig)
 
@@ -362,7 +404,9 @@ class Store:
         try:
             self.client.search_experiments(max_results=1)
         except Exception as err:  # noqa: BLE001 - any backend failure is "cannot read"
-            raise TrackingError(f"cannot read the MLflow tracking store {self.uri}: {_first_line(err)}") from None
+            raise TrackingError(
+                f"cannot read the MLflow tracking store {self.uri}: {_first_line(err)}"
+            ) from None
 
     def run(self, run_id: str) -> StoredRun:
         from mlflow.exceptions import MlflowException
@@ -372,14 +416,21 @@ class Store:
         except MlflowException as err:
             if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 raise TrackingError(f"no run {run_id!r} in the MLflow store {self.uri}") from None
-            raise TrackingError(f"cannot read run {run_id!r} from {self.uri}: {_first_line(err)}") from None
+            raise TrackingError(
+                f"cannot read run {run_id!r} from {self.uri}: {_first_line(err)}"
+            ) from None
 
     def children(self, run: StoredRun) -> list[StoredRun]:
         """The child runs of ``run`` (in its experiment), oldest first; deleted runs left out."""
         out, token = [], None
         while True:
-            page = self.client.search_runs([run.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{run.run_id}'",
-                                           max_results=1000, order_by=["attributes.start_time ASC"], page_token=token)
+            page = self.client.search_runs(
+                [run.experiment_id],
+                filter_string=f"tags.mlflow.parentRunId = '{run.run_id}'",
+                max_results=1000,
+                order_by=["attributes.start_time ASC"],
+                page_token=token,
+            )
             out += [_stored(r) for r in page]
             token = page.token
             if not token:
@@ -402,7 +453,10 @@ class Store:
 
     def load_json(self, run_id: str, path: str) -> Any:
         """A JSON artifact of the run (``log_dict``)."""
-        with tempfile.TemporaryDirectory() as tmp, _env(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"):
+        with (
+            tempfile.TemporaryDirectory() as tmp,
+            _env(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR="false"),
+        ):
             local = self.client.download_artifacts(run_id, path, tmp)
             with open(local) as f:
                 return json.load(f)
@@ -429,18 +483,28 @@ def _env(**values: str) -> Iterator[None]:
 
 
 def _stored(run) -> StoredRun:
-    return StoredRun(run.info.run_id, run.info.run_name or "", run.info.experiment_id, run.info.status, run.info.start_time,
-                     dict(run.data.params), dict(run.data.metrics), dict(run.data.tags))
+    return StoredRun(
+        run.info.run_id,
+        run.info.run_name or "",
+        run.info.experiment_id,
+        run.info.status,
+        run.info.start_time,
+        dict(run.data.params),
+        dict(run.data.metrics),
+        dict(run.data.tags),
+    )
 
 
 def _check_reachable(uri: str) -> None:
     """Fail fast (``TrackingError``) on a sqlite file that does not exist (MLflow would create
     an empty store) and on an HTTP server that does not answer (MLflow would retry for minutes)."""
     if uri.startswith("sqlite:///") and uri != "sqlite:///:memory:":
-        path = uri[len("sqlite:///"):]
+        path = uri[len("sqlite:///") :]
         if not os.path.isfile(path):
-            raise TrackingError(f"no MLflow tracking store at {os.path.abspath(path)} ({uri}); "
-                                "pass --uri or set MLFLOW_TRACKING_URI")
+            raise TrackingError(
+                f"no MLflow tracking store at {os.path.abspath(path)} ({uri}); "
+                "pass --uri or set MLFLOW_TRACKING_URI"
+            )
     elif uri.startswith(("http://", "https://")):
         import urllib.error
         import urllib.request
@@ -448,7 +512,9 @@ def _check_reachable(uri: str) -> None:
         try:
             urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10).close()
         except (urllib.error.URLError, OSError) as err:
-            raise TrackingError(f"cannot reach the MLflow tracking server at {uri}: {getattr(err, 'reason', err)}") from None
+            raise TrackingError(
+                f"cannot reach the MLflow tracking server at {uri}: {getattr(err, 'reason', err)}"
+            ) from None
 
 
 def _first_line(err: Exception) -> str:

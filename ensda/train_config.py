@@ -30,7 +30,9 @@ class TrainSource(Strict):
     def _check(self):
         registry.validate_settings(self.method, self.settings)
         if self.anchor_radius is not None and self.anchor_radius[0] > self.anchor_radius[1]:
-            raise ValueError(f"anchor_radius: low ({self.anchor_radius[0]}) must not exceed high ({self.anchor_radius[1]})")
+            raise ValueError(
+                f"anchor_radius: low ({self.anchor_radius[0]}) must not exceed high ({self.anchor_radius[1]})"
+            )
         return self
 
 
@@ -71,7 +73,9 @@ class TrainConfig(Strict):
     # random observation networks for the observation channels (amortised conditioning)
     density_min: float = Field(0.05, gt=0, le=1)
     density_max: float = Field(1.0, gt=0, le=1)
-    every_choices: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [1, 2, 4, 5, 8], min_length=1)
+    every_choices: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [1, 2, 4, 5, 8], min_length=1
+    )
     #: probability of a regular every-k network (else a random density)
     p_regular: float = Field(0.5, ge=0, le=1)
     #: probability of no observation channels (the model then also serves as prior for guidance)
@@ -106,8 +110,14 @@ class TrainConfig(Strict):
     #: anchored: cycled runs per source network and round (one vmapped scan)
     runs: int = Field(16, ge=1)
     #: anchored: ranges [low, high] of each run's anchor LETKF inflation, RTPS and radius (sites)
-    anchor_inflation: tuple[Annotated[float, Field(ge=1)], Annotated[float, Field(ge=1)]] = (1.0, 1.04)
-    anchor_rtps: tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]] = (0.0, 0.4)
+    anchor_inflation: tuple[Annotated[float, Field(ge=1)], Annotated[float, Field(ge=1)]] = (
+        1.0,
+        1.04,
+    )
+    anchor_rtps: tuple[Annotated[float, Field(ge=0, le=1)], Annotated[float, Field(ge=0, le=1)]] = (
+        0.0,
+        0.4,
+    )
     anchor_radius: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] = (4.0, 14.0)
     #: anchored: self-cycled (DAgger) rounds after the first model, their runs per source and cycles
     #: per run, fine-tune steps, and the sampler the rounds cycle with
@@ -127,11 +137,17 @@ class TrainConfig(Strict):
     @pydantic.model_validator(mode="after")
     def _check(self):
         if self.error_min > self.error_max:
-            raise ValueError(f"train.error_min ({self.error_min}) must not exceed train.error_max ({self.error_max})")
+            raise ValueError(
+                f"train.error_min ({self.error_min}) must not exceed train.error_max ({self.error_max})"
+            )
         if self.sigma_min >= self.sigma_max:
-            raise ValueError(f"train.sigma_min ({self.sigma_min}) must be below train.sigma_max ({self.sigma_max})")
+            raise ValueError(
+                f"train.sigma_min ({self.sigma_min}) must be below train.sigma_max ({self.sigma_max})"
+            )
         if self.density_min > self.density_max:
-            raise ValueError(f"train.density_min ({self.density_min}) must not exceed train.density_max ({self.density_max})")
+            raise ValueError(
+                f"train.density_min ({self.density_min}) must not exceed train.density_max ({self.density_max})"
+            )
         if self.perturbed_samples == 0 and not self.sources:
             raise ValueError("train: no training data (perturbed_samples is 0 and no sources)")
         for name in ("anchor_inflation", "anchor_rtps", "anchor_radius"):
@@ -139,15 +155,23 @@ class TrainConfig(Strict):
             if low > high:
                 raise ValueError(f"train.{name}: low ({low}) must not exceed high ({high})")
         if self.init is not None and (self.target != "anchored" or self.rounds < 1):
-            raise ValueError("train.init needs train.target anchored and train.rounds >= 1 (it skips round 0's training)")
+            raise ValueError(
+                "train.init needs train.target anchored and train.rounds >= 1 (it skips round 0's training)"
+            )
         if self.target == "anchored":
             if not self.sources:
-                raise ValueError("train.target anchored needs train.sources (the networks its LETKF runs cycle on)")
+                raise ValueError(
+                    "train.target anchored needs train.sources (the networks its LETKF runs cycle on)"
+                )
             bad = [i for i, src in enumerate(self.sources) if src.method != "letkf" or src.settings]
             if bad:
-                raise ValueError(f"train.target anchored: sources {bad} must be method letkf without settings "
-                                 "(each run draws its LETKF settings from train.anchor_*)")
+                raise ValueError(
+                    f"train.target anchored: sources {bad} must be method letkf without settings "
+                    "(each run draws its LETKF settings from train.anchor_*)"
+                )
             short = [i for i, src in enumerate(self.sources) if src.cycles <= 50 + 10]
             if short:
-                raise ValueError(f"train.target anchored: sources {short} need more than 60 cycles (50 are spin-up)")
+                raise ValueError(
+                    f"train.target anchored: sources {short} need more than 60 cycles (50 are spin-up)"
+                )
         return self

@@ -81,13 +81,28 @@ def cycles_for(n: int, override: int | None) -> tuple[int, int]:
     return cycles, min(100, cycles // 4)
 
 
-def bench_size(config: str, n: int, overrides: list[str], cycles_override: int | None, repeats: int,
-               budget_s: float, console: Console) -> list[dict]:
+def bench_size(
+    config: str,
+    n: int,
+    overrides: list[str],
+    cycles_override: int | None,
+    repeats: int,
+    budget_s: float,
+    console: Console,
+) -> list[dict]:
     """Compile and run every method at size ``n``, the runs of all methods interleaved: up to
     ``repeats`` runs each, no further run of a method once its runs took ``budget_s``."""
     cycles, burn_in = cycles_for(n, cycles_override)
-    cfg = load(config, [f"testbed.n={n}", f"cycles={cycles}", f"burn_in={burn_in}",
-                        "testbed.climatology_samples=500", *overrides])
+    cfg = load(
+        config,
+        [
+            f"testbed.n={n}",
+            f"cycles={cycles}",
+            f"burn_in={burn_in}",
+            "testbed.climatology_samples=500",
+            *overrides,
+        ],
+    )
     t0 = time.perf_counter()
     osse = make_osse(cfg)
     jax.block_until_ready(osse.obs)
@@ -105,9 +120,21 @@ def bench_size(config: str, n: int, overrides: list[str], cycles_override: int |
         t0 = time.perf_counter()
         compiled = run_cycles.lower(osse.testbed, assim, osse.truth, osse.obs, x0, key).compile()
         compile_s = time.perf_counter() - t0
-        jobs.append(dict(method=method, settings=settings, members=int(x0.shape[0]), assim=assim, x0=x0,
-                         local_k=_local_slots(assim),
-                         compiled=compiled, build_s=build_s, compile_s=compile_s, runs=[], result=None))
+        jobs.append(
+            dict(
+                method=method,
+                settings=settings,
+                members=int(x0.shape[0]),
+                assim=assim,
+                x0=x0,
+                local_k=_local_slots(assim),
+                compiled=compiled,
+                build_s=build_s,
+                compile_s=compile_s,
+                runs=[],
+                result=None,
+            )
+        )
 
     model = forecast_only.lower(osse.testbed, jobs[0]["x0"], cycles).compile()
     model_runs = []
@@ -119,7 +146,9 @@ def bench_size(config: str, n: int, overrides: list[str], cycles_override: int |
             if job["runs"] and sum(job["runs"]) >= budget_s:
                 continue
             t0 = time.perf_counter()
-            job["result"] = jax.block_until_ready(job["compiled"](job["assim"], osse.truth, osse.obs, job["x0"], key))
+            job["result"] = jax.block_until_ready(
+                job["compiled"](job["assim"], osse.truth, osse.obs, job["x0"], key)
+            )
             job["runs"].append(time.perf_counter() - t0)
 
     rows = []
@@ -128,11 +157,25 @@ def bench_size(config: str, n: int, overrides: list[str], cycles_override: int |
         finite = bool(np.asarray(res.finite_f).all() and np.asarray(res.finite_a).all())
         rmse_a = summarize(res, burn_in)["rmse_a"] if finite else math.nan
         best = min(job["runs"])
-        rows.append(dict(
-            n=n, method=job["method"], settings=job["settings"], local_k=job["local_k"], members=job["members"], cycles=cycles,
-            burn_in=burn_in, build_s=job["build_s"], compile_s=job["compile_s"], run_s=best, runs_s=job["runs"],
-            cycles_per_s=cycles / best, ms_per_cycle=1e3 * best / cycles, finite=finite, rmse_a=rmse_a,
-        ))
+        rows.append(
+            dict(
+                n=n,
+                method=job["method"],
+                settings=job["settings"],
+                local_k=job["local_k"],
+                members=job["members"],
+                cycles=cycles,
+                burn_in=burn_in,
+                build_s=job["build_s"],
+                compile_s=job["compile_s"],
+                run_s=best,
+                runs_s=job["runs"],
+                cycles_per_s=cycles / best,
+                ms_per_cycle=1e3 * best / cycles,
+                finite=finite,
+                rmse_a=rmse_a,
+            )
+        )
     ref = next(r for r in rows if r["method"] == REFERENCE)
     model_ms = 1e3 * min(model_runs) / cycles
     for r in rows:
@@ -183,45 +226,91 @@ def check_targets(rows: list[dict]) -> list[dict]:
     out = []
     for name, what, limit in TARGETS:
         value = _target_value(rows, what)
-        status = "SKIP" if value is None else "PASS" if math.isfinite(value) and value <= limit else "FAIL"
+        status = (
+            "SKIP"
+            if value is None
+            else "PASS"
+            if math.isfinite(value) and value <= limit
+            else "FAIL"
+        )
         out.append(dict(name=name, value=value, limit=limit, status=status))
     return out
 
 
 def _settings_text(settings: dict) -> str:
-    shown = {k: v for k, v in settings.items() if not (k == "rtps" and v == 0.0 or k == "inflation" and v == 1.0)}
-    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()) or "-"
+    shown = {
+        k: v
+        for k, v in settings.items()
+        if not (k == "rtps" and v == 0.0 or k == "inflation" and v == 1.0)
+    }
+    return (
+        " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+        or "-"
+    )
 
 
 def render(rows: list[dict], targets: list[dict], repeats: int, console: Console) -> None:
-    table = Table(title=f"Analysis cycles per second, Lorenz-96, all variables observed, R = I "
-                        f"(best of up to {repeats} runs; x free run = cost per cycle / that of '{REFERENCE}')")
-    for col in ("n", "method", "settings", "N", "cycles", "compile s", "run s", "cycles/s", "ms/cycle",
-                "x free run", "analysis ms", "model ms", "analysis/model", "rmse_a"):
-        table.add_column(col, justify="left" if col in ("method", "settings") else "right", no_wrap=True)
+    table = Table(
+        title=f"Analysis cycles per second, Lorenz-96, all variables observed, R = I "
+        f"(best of up to {repeats} runs; x free run = cost per cycle / that of '{REFERENCE}')"
+    )
+    for col in (
+        "n",
+        "method",
+        "settings",
+        "N",
+        "cycles",
+        "compile s",
+        "run s",
+        "cycles/s",
+        "ms/cycle",
+        "x free run",
+        "analysis ms",
+        "model ms",
+        "analysis/model",
+        "rmse_a",
+    ):
+        table.add_column(
+            col, justify="left" if col in ("method", "settings") else "right", no_wrap=True
+        )
     last_n = None
     for r in rows:
         if last_n is not None and r["n"] != last_n:
             table.add_section()
         last_n = r["n"]
         table.add_row(
-            f"{r['n']:,}", r["method"], _settings_text(r["settings"]) + ("" if r["local_k"] is None else f" (k={r['local_k']})"),
-            str(r["members"]), str(r["cycles"]),
-            f"{r['compile_s']:.2f}", f"{r['run_s']:.2f}", f"{r['cycles_per_s']:,.1f}", f"{r['ms_per_cycle']:.3f}",
-            f"{r['rel_cost']:.2f}", "-" if r["method"] == REFERENCE else f"{r['analysis_ms']:.3f}",
-            f"{r['model_ms']:.3f}", "-" if r["method"] == REFERENCE else f"{r['analysis_per_model']:.1f}",
+            f"{r['n']:,}",
+            r["method"],
+            _settings_text(r["settings"])
+            + ("" if r["local_k"] is None else f" (k={r['local_k']})"),
+            str(r["members"]),
+            str(r["cycles"]),
+            f"{r['compile_s']:.2f}",
+            f"{r['run_s']:.2f}",
+            f"{r['cycles_per_s']:,.1f}",
+            f"{r['ms_per_cycle']:.3f}",
+            f"{r['rel_cost']:.2f}",
+            "-" if r["method"] == REFERENCE else f"{r['analysis_ms']:.3f}",
+            f"{r['model_ms']:.3f}",
+            "-" if r["method"] == REFERENCE else f"{r['analysis_per_model']:.1f}",
             f"{r['rmse_a']:.4f}" if r["finite"] else "[red]diverged[/]",
         )
     console.print(table)
-    console.print("x free run: cost per cycle over that of the free run (forecast + the per-cycle metrics, which "
-                  "dominate it at large n); analysis ms: the method's ms/cycle minus the free run's; model ms: the "
-                  "N-member forecast alone per cycle; analysis/model: analysis ms over model ms.")
-    console.print("rmse_a is a sanity check only (few cycles): 'none' is the free run; the global ETKF is not "
-                  "expected to track the truth with N = 40 when n >> N.")
+    console.print(
+        "x free run: cost per cycle over that of the free run (forecast + the per-cycle metrics, which "
+        "dominate it at large n); analysis ms: the method's ms/cycle minus the free run's; model ms: the "
+        "N-member forecast alone per cycle; analysis/model: analysis ms over model ms."
+    )
+    console.print(
+        "rmse_a is a sanity check only (few cycles): 'none' is the free run; the global ETKF is not "
+        "expected to track the truth with N = 40 when n >> N."
+    )
     for t in targets:
         value = "-" if t["value"] is None else f"{t['value']:.3g}"
         colour = {"PASS": "green", "FAIL": "red", "SKIP": "yellow"}[t["status"]]
-        console.print(f"[bold {colour}]{t['status']}[/] {t['name']}: {value} (limit {t['limit']:g})")
+        console.print(
+            f"[bold {colour}]{t['status']}[/] {t['name']}: {value} (limit {t['limit']:g})"
+        )
 
 
 def json_safe(obj):
@@ -236,16 +325,44 @@ def json_safe(obj):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--config", default=CONFIG, help=f"experiment config (default {CONFIG})")
-    ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="comma-separated n (default 40,400,4000)")
-    ap.add_argument("--cycles", type=int, default=None, help="cycles at every size (default: by size)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs per method at most (best counts; default 3)")
-    ap.add_argument("--budget", type=float, default=20.0, metavar="SECONDS",
-                    help="no further run of a method once its runs took this long (default 20)")
-    ap.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                    help="further config overrides (e.g. ensemble.size=20)")
-    ap.add_argument("--json", dest="json_out", metavar="PATH", help="also write the results as JSON ('-': stdout)")
+    ap.add_argument(
+        "--sizes", default=",".join(map(str, SIZES)), help="comma-separated n (default 40,400,4000)"
+    )
+    ap.add_argument(
+        "--cycles", type=int, default=None, help="cycles at every size (default: by size)"
+    )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed runs per method at most (best counts; default 3)",
+    )
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=20.0,
+        metavar="SECONDS",
+        help="no further run of a method once its runs took this long (default 20)",
+    )
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help="further config overrides (e.g. ensemble.size=20)",
+    )
+    ap.add_argument(
+        "--json",
+        dest="json_out",
+        metavar="PATH",
+        help="also write the results as JSON ('-': stdout)",
+    )
     ap.add_argument("--check", action="store_true", help="exit with status 1 if a target fails")
     args = ap.parse_args(argv)
     if args.repeats < 1:
@@ -255,23 +372,38 @@ def main(argv: list[str] | None = None) -> dict:
     console = Console(width=max(Console().width, 175), stderr=args.json_out == "-")
     device = jax.devices()[0]
     load_before = os.getloadavg()
-    console.print(f"jax {jax.__version__} on {device.platform} ({device.device_kind}), {os.cpu_count()} CPUs, "
-                  f"load average {load_before[0]:.1f}")
+    console.print(
+        f"jax {jax.__version__} on {device.platform} ({device.device_kind}), {os.cpu_count()} CPUs, "
+        f"load average {load_before[0]:.1f}"
+    )
     t_start = time.perf_counter()
     rows = []
     for n in sizes:
-        rows += bench_size(args.config, n, args.overrides, args.cycles, args.repeats, args.budget, console)
+        rows += bench_size(
+            args.config, n, args.overrides, args.cycles, args.repeats, args.budget, console
+        )
     targets = check_targets(rows)
     render(rows, targets, args.repeats, console)
     wall = time.perf_counter() - t_start
     console.print(f"total {wall:.0f} s; load average {os.getloadavg()[0]:.1f}")
 
     report = dict(
-        bench="baselines", config=args.config, overrides=args.overrides, sizes=sizes, repeats=args.repeats,
+        bench="baselines",
+        config=args.config,
+        overrides=args.overrides,
+        sizes=sizes,
+        repeats=args.repeats,
         budget_s=args.budget,
-        reference=REFERENCE, jax=jax.__version__, device=f"{device.platform}:{device.device_kind}",
-        cpus=os.cpu_count(), python=platform.python_version(), load_average=[load_before[0], os.getloadavg()[0]],
-        wall_s=wall, results=rows, targets=targets, passed=all(t["status"] != "FAIL" for t in targets),
+        reference=REFERENCE,
+        jax=jax.__version__,
+        device=f"{device.platform}:{device.device_kind}",
+        cpus=os.cpu_count(),
+        python=platform.python_version(),
+        load_average=[load_before[0], os.getloadavg()[0]],
+        wall_s=wall,
+        results=rows,
+        targets=targets,
+        passed=all(t["status"] != "FAIL" for t in targets),
     )
     report = json_safe(report)
     if args.json_out == "-":

@@ -80,7 +80,13 @@ REFERENCE = "forecast"
 OSSE_OVERRIDES = ("cycles=3", "burn_in=1", "tracking.enabled=false")
 TARGETS = (
     # (name, row ("dycore" or a method), quantity, limit, direction): "ge" passes when value >= limit, "le" when <=
-    ("dycore (T42 L8, dt 20 min) >= 0.2 model days/s (a model year in 30 min)", "dycore", "days_per_s", 0.2, "ge"),
+    (
+        "dycore (T42 L8, dt 20 min) >= 0.2 model days/s (a model year in 30 min)",
+        "dycore",
+        "days_per_s",
+        0.2,
+        "ge",
+    ),
     ("LETKF analysis N={members} <= 15 s", "letkf", "run_s", 15.0, "le"),
     ("LETKF analysis <= 5x the N-member one-cycle forecast", "letkf", "x_forecast", 5.0, "le"),
     ("3D-Var analysis <= 1 s", "3dvar", "run_s", 1.0, "le"),
@@ -118,10 +124,16 @@ def compile_timed(fn, *args) -> tuple[object, float]:
     return compiled, time.perf_counter() - t0
 
 
-def bench_dycore(cfg, restart, days: float, repeats: int, budget_s: float, console: Console) -> dict:
+def bench_dycore(
+    cfg, restart, days: float, repeats: int, budget_s: float, console: Console
+) -> dict:
     """Model days per second of the nature run's dycore advancing one state."""
     model, _ = build(cfg.testbed)
-    state = restore_state(model, restart.arrays) if restart.arrays else model.initial_state(jax.random.key(0))
+    state = (
+        restore_state(model, restart.arrays)
+        if restart.arrays
+        else model.initial_state(jax.random.key(0))
+    )
     steps = max(1, round(days * model.steps_per(24)))
     days = steps / model.steps_per(24)
     compiled, compile_s = compile_timed(integrate, model, state, 1, steps, None)
@@ -131,12 +143,24 @@ def bench_dycore(cfg, restart, days: float, repeats: int, budget_s: float, conso
     finite = all(bool(np.isfinite(np.asarray(a)).all()) for a in jax.tree.leaves(final))
     best = min(job["runs"])
     t = cfg.testbed
-    console.print(f"dycore: {t.model} {t.resolution} L{t.layers}, dt {t.dt_minutes:g} min, {steps} steps "
-                  f"({days:g} model days) per run, compile {compile_s:.1f} s, runs {runs_text(job['runs'])}")
-    return {"model": f"{t.model} {t.resolution} L{t.layers}", "dt_minutes": t.dt_minutes, "days": days,
-            "steps": steps, "from_restart": bool(restart.arrays), "compile_s": compile_s, "run_s": best,
-            "runs_s": job["runs"], "days_per_s": days / best if finite else math.nan, "s_per_day": best / days,
-            "finite": finite, "year_minutes": 365 * best / days / 60}
+    console.print(
+        f"dycore: {t.model} {t.resolution} L{t.layers}, dt {t.dt_minutes:g} min, {steps} steps "
+        f"({days:g} model days) per run, compile {compile_s:.1f} s, runs {runs_text(job['runs'])}"
+    )
+    return {
+        "model": f"{t.model} {t.resolution} L{t.layers}",
+        "dt_minutes": t.dt_minutes,
+        "days": days,
+        "steps": steps,
+        "from_restart": bool(restart.arrays),
+        "compile_s": compile_s,
+        "run_s": best,
+        "runs_s": job["runs"],
+        "days_per_s": days / best if finite else math.nan,
+        "s_per_day": best / days,
+        "finite": finite,
+        "year_minutes": 365 * best / days / 60,
+    }
 
 
 def bench_cycle(cfg, repeats: int, budget_s: float, console: Console) -> list[dict]:
@@ -150,12 +174,25 @@ def bench_cycle(cfg, repeats: int, budget_s: float, console: Console) -> list[di
     x0 = initial_ensemble(cfg, osse, members)
     forecast, compile_s = compile_timed(forecast_only, model, x0, 1)
     background = jax.block_until_ready(forecast(x0))
-    obs = osse.obs.at(0)  # the observations of cycle 1 (truth[1]), analysed with fold_in(key, 1) as in run_cycles
+    obs = osse.obs.at(
+        0
+    )  # the observations of cycle 1 (truth[1]), analysed with fold_in(key, 1) as in run_cycles
     key = jax.random.fold_in(jax.random.key(cfg.seeds.assimilator), 1)
     truth, weights, std = osse.truth[1], model.grid.weights, osse.channel_std
 
-    jobs = [{"method": REFERENCE, "settings": {}, "members": members, "build_s": 0.0, "compile_s": compile_s,
-             "call": lambda: forecast(x0), "runs": [], "result": None, "background": None}]
+    jobs = [
+        {
+            "method": REFERENCE,
+            "settings": {},
+            "members": members,
+            "build_s": 0.0,
+            "compile_s": compile_s,
+            "call": lambda: forecast(x0),
+            "runs": [],
+            "result": None,
+            "background": None,
+        }
+    ]
     for method in METHODS:
         settings = cfg.method_settings(method)
         t0 = time.perf_counter()
@@ -163,11 +200,23 @@ def bench_cycle(cfg, repeats: int, budget_s: float, console: Console) -> list[di
         build_s = time.perf_counter() - t0
         xb = background[: cfg.members_for(method)]
         compiled, c_s = compile_timed(analyse_jit, assim, xb, obs, key)
-        jobs.append({"method": method, "settings": settings, "members": int(xb.shape[0]), "build_s": build_s,
-                     "compile_s": c_s, "call": partial(compiled, assim, xb, obs, key), "runs": [], "result": None,
-                     "background": xb})
-    console.print(f"N = {members}, {int(obs.y.shape[0])} observations in cycle 1; built and compiled: "
-                  + ", ".join(f"{j['method']} {j['build_s']:.1f} + {j['compile_s']:.1f} s" for j in jobs))
+        jobs.append(
+            {
+                "method": method,
+                "settings": settings,
+                "members": int(xb.shape[0]),
+                "build_s": build_s,
+                "compile_s": c_s,
+                "call": partial(compiled, assim, xb, obs, key),
+                "runs": [],
+                "result": None,
+                "background": xb,
+            }
+        )
+    console.print(
+        f"N = {members}, {int(obs.y.shape[0])} observations in cycle 1; built and compiled: "
+        + ", ".join(f"{j['method']} {j['build_s']:.1f} + {j['compile_s']:.1f} s" for j in jobs)
+    )
     timed_rounds(jobs, repeats, budget_s)
 
     rows = []
@@ -176,18 +225,30 @@ def bench_cycle(cfg, repeats: int, budget_s: float, console: Console) -> list[di
         finite = bool(np.isfinite(np.asarray(res)).all())
         rmse = float(_rmse(res, truth, weights, std)) if finite else math.nan
         forecast_row = job["background"] is None  # the forecast is the background of the analyses
-        rows.append({
-            "method": job["method"], "settings": job["settings"], "members": job["members"],
-            "n_obs": int(obs.y.shape[0]), "build_s": job["build_s"], "compile_s": job["compile_s"],
-            "run_s": min(job["runs"]), "runs_s": job["runs"], "finite": finite,
-            "rmse_b": rmse if forecast_row else float(_rmse(job["background"], truth, weights, std)),
-            "rmse_a": math.nan if forecast_row else rmse,
-        })
+        rows.append(
+            {
+                "method": job["method"],
+                "settings": job["settings"],
+                "members": job["members"],
+                "n_obs": int(obs.y.shape[0]),
+                "build_s": job["build_s"],
+                "compile_s": job["compile_s"],
+                "run_s": min(job["runs"]),
+                "runs_s": job["runs"],
+                "finite": finite,
+                "rmse_b": rmse
+                if forecast_row
+                else float(_rmse(job["background"], truth, weights, std)),
+                "rmse_a": math.nan if forecast_row else rmse,
+            }
+        )
     ref = rows[0]
     for r in rows:
         r["x_forecast"] = r["run_s"] / ref["run_s"]
         r["hours"] = model.hours_per_cycle
-        r["member_days_per_s"] = r["members"] * r["hours"] / 24 / r["run_s"] if r["method"] == REFERENCE else None
+        r["member_days_per_s"] = (
+            r["members"] * r["hours"] / 24 / r["run_s"] if r["method"] == REFERENCE else None
+        )
     return rows
 
 
@@ -213,46 +274,97 @@ def judge_targets(targets, by_row: dict[str, dict], members: int) -> list[dict]:
         else:
             ok = math.isfinite(value) and (value >= limit if direction == "ge" else value <= limit)
             status = "PASS" if ok else "FAIL"
-        out.append({"name": name.format(members=members), "value": value, "limit": limit, "status": status})
+        out.append(
+            {"name": name.format(members=members), "value": value, "limit": limit, "status": status}
+        )
     return out
 
 
 def _settings_text(settings: dict) -> str:
-    shown = {k: v for k, v in settings.items() if not (k == "rtps" and v == 0.0 or k == "inflation" and v == 1.0)}
-    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items()) or "-"
+    shown = {
+        k: v
+        for k, v in settings.items()
+        if not (k == "rtps" and v == 0.0 or k == "inflation" and v == 1.0)
+    }
+    return (
+        " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
+        or "-"
+    )
 
 
-def render(dycore: dict, rows: list[dict], targets: list[dict], repeats: int, console: Console) -> None:
-    table = Table(title=f"Dycore: the nature run advancing one state (best of up to {repeats} runs)")
-    for col in ("model", "dt min", "model days/run", "compile s", "run s", "s/model day", "model days/s",
-                "model year (min)"):
+def render(
+    dycore: dict, rows: list[dict], targets: list[dict], repeats: int, console: Console
+) -> None:
+    table = Table(
+        title=f"Dycore: the nature run advancing one state (best of up to {repeats} runs)"
+    )
+    for col in (
+        "model",
+        "dt min",
+        "model days/run",
+        "compile s",
+        "run s",
+        "s/model day",
+        "model days/s",
+        "model year (min)",
+    ):
         table.add_column(col, justify="left" if col == "model" else "right", no_wrap=True)
     d = dycore
-    table.add_row(d["model"], f"{d['dt_minutes']:g}", f"{d['days']:g}", f"{d['compile_s']:.1f}", f"{d['run_s']:.2f}",
-                  f"{d['s_per_day']:.2f}", f"{d['days_per_s']:.3f}" if d["finite"] else "[red]non-finite[/]",
-                  f"{d['year_minutes']:.1f}")
+    table.add_row(
+        d["model"],
+        f"{d['dt_minutes']:g}",
+        f"{d['days']:g}",
+        f"{d['compile_s']:.1f}",
+        f"{d['run_s']:.2f}",
+        f"{d['s_per_day']:.2f}",
+        f"{d['days_per_s']:.3f}" if d["finite"] else "[red]non-finite[/]",
+        f"{d['year_minutes']:.1f}",
+    )
     console.print(table)
 
     n_obs, hours = rows[0]["n_obs"], rows[0]["hours"]
-    table = Table(title=f"One assimilation cycle, {n_obs} observations (best of up to {repeats} runs; "
-                        f"x forecast = time / that of the N-member one-cycle forecast)")
-    for col in ("step", "N", "build s", "compile s", "run s", "x forecast", "member days/s", "rmse_b", "rmse_a"):
+    table = Table(
+        title=f"One assimilation cycle, {n_obs} observations (best of up to {repeats} runs; "
+        f"x forecast = time / that of the N-member one-cycle forecast)"
+    )
+    for col in (
+        "step",
+        "N",
+        "build s",
+        "compile s",
+        "run s",
+        "x forecast",
+        "member days/s",
+        "rmse_b",
+        "rmse_a",
+    ):
         table.add_column(col, justify="left" if col == "step" else "right", no_wrap=True)
     table.add_column("settings", justify="left", overflow="fold", max_width=48)
     for r in rows:
         forecast_row = r["method"] == REFERENCE
-        table.add_row(f"forecast {hours:g} h" if forecast_row else r["method"], str(r["members"]),
-                      f"{r['build_s']:.1f}", f"{r['compile_s']:.1f}", f"{r['run_s']:.3f}", f"{r['x_forecast']:.3g}",
-                      f"{r['member_days_per_s']:.3f}" if forecast_row else "-",
-                      f"{r['rmse_b']:.4f}" if math.isfinite(r["rmse_b"]) else "[red]non-finite[/]",
-                      "-" if r["method"] == REFERENCE
-                      else f"{r['rmse_a']:.4f}" if r["finite"] else "[red]non-finite[/]",
-                      _settings_text(r["settings"]))
+        table.add_row(
+            f"forecast {hours:g} h" if forecast_row else r["method"],
+            str(r["members"]),
+            f"{r['build_s']:.1f}",
+            f"{r['compile_s']:.1f}",
+            f"{r['run_s']:.3f}",
+            f"{r['x_forecast']:.3g}",
+            f"{r['member_days_per_s']:.3f}" if forecast_row else "-",
+            f"{r['rmse_b']:.4f}" if math.isfinite(r["rmse_b"]) else "[red]non-finite[/]",
+            "-"
+            if r["method"] == REFERENCE
+            else f"{r['rmse_a']:.4f}"
+            if r["finite"]
+            else "[red]non-finite[/]",
+            _settings_text(r["settings"]),
+        )
     console.print(table)
-    console.print("rmse_b/rmse_a: ensemble-mean RMSE against the truth of cycle 1, cos-latitude weighted, normalised "
-                  "by each channel's climatological σ and averaged over channels (a sanity check: one cycle at 1 % "
-                  "columns moves it little). 3D-Var analyses the first member of the same background; member days/s: "
-                  "model days advanced per second by the N-member forecast, all members together.")
+    console.print(
+        "rmse_b/rmse_a: ensemble-mean RMSE against the truth of cycle 1, cos-latitude weighted, normalised "
+        "by each channel's climatological σ and averaged over channels (a sanity check: one cycle at 1 % "
+        "columns moves it little). 3D-Var analyses the first member of the same background; member days/s: "
+        "model days advanced per second by the N-member forecast, all members together."
+    )
     print_targets(targets, console)
 
 
@@ -260,12 +372,18 @@ def print_targets(targets: list[dict], console: Console) -> None:
     for t in targets:
         value = "-" if t["value"] is None else f"{t['value']:.3g}"
         colour = {"PASS": "green", "FAIL": "red", "SKIP": "yellow"}[t["status"]]
-        console.print(f"[bold {colour}]{t['status']}[/] {t['name']}: {value} (limit {t['limit']:g})")
+        console.print(
+            f"[bold {colour}]{t['status']}[/] {t['name']}: {value} (limit {t['limit']:g})"
+        )
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--days", type=float, default=2.0, help="model days per timed dycore run (default 2)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--days", type=float, default=2.0, help="model days per timed dycore run (default 2)"
+    )
     args = parse_common(ap, argv, CONFIG, 30.0, OSSE_OVERRIDES, "the LETKF is an ensemble method")
 
     console = Console(width=max(Console().width, 150), stderr=args.json_out == "-")
@@ -284,28 +402,65 @@ def main(argv: list[str] | None = None) -> dict:
     targets = check_targets(dycore, rows, args.members)
     render(dycore, rows, targets, args.repeats, console)
     report = {
-        "bench": "sphere", "config": args.config, "overrides": [*OSSE_OVERRIDES, *args.overrides],
-        "members": args.members, "days": args.days, "repeats": args.repeats, "budget_s": args.budget,
-        "reference": REFERENCE, "store": str(store), **env,
-        "dycore": dycore, "results": rows, "targets": targets,
+        "bench": "sphere",
+        "config": args.config,
+        "overrides": [*OSSE_OVERRIDES, *args.overrides],
+        "members": args.members,
+        "days": args.days,
+        "repeats": args.repeats,
+        "budget_s": args.budget,
+        "reference": REFERENCE,
+        "store": str(store),
+        **env,
+        "dycore": dycore,
+        "results": rows,
+        "targets": targets,
     }
     return finish(report, t_start, args, console)
 
 
-def parse_common(ap: argparse.ArgumentParser, argv: list[str] | None, config: str, budget_s: float,
-                 fixed_overrides: tuple[str, ...], why_members: str) -> argparse.Namespace:
+def parse_common(
+    ap: argparse.ArgumentParser,
+    argv: list[str] | None,
+    config: str,
+    budget_s: float,
+    fixed_overrides: tuple[str, ...],
+    why_members: str,
+) -> argparse.Namespace:
     """Add the options the sphere benchmarks share (--config, --members, --repeats,
     --budget, --set, --json, --check) to ``ap``, parse ``argv`` and check them."""
     ap.add_argument("--config", default=config, help=f"experiment config (default {config})")
     ap.add_argument("--members", type=int, default=32, help="ensemble size N (default 32)")
-    ap.add_argument("--repeats", type=int, default=3, help="timed runs per job at most (best counts; default 3)")
-    ap.add_argument("--budget", type=float, default=budget_s, metavar="SECONDS",
-                    help=f"no further run of a job once its runs took this long (default {budget_s:g})")
-    ap.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                    help=f"further config overrides (after {' '.join(fixed_overrides)} ensemble.size=N)")
-    ap.add_argument("--json", dest="json_out", metavar="PATH", help="also write the results as JSON ('-': stdout)")
-    ap.add_argument("--check", action="store_true",
-                    help="exit with status 1 if a target fails (or the store is missing)")
+    ap.add_argument(
+        "--repeats", type=int, default=3, help="timed runs per job at most (best counts; default 3)"
+    )
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=budget_s,
+        metavar="SECONDS",
+        help=f"no further run of a job once its runs took this long (default {budget_s:g})",
+    )
+    ap.add_argument(
+        "--set",
+        dest="overrides",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"further config overrides (after {' '.join(fixed_overrides)} ensemble.size=N)",
+    )
+    ap.add_argument(
+        "--json",
+        dest="json_out",
+        metavar="PATH",
+        help="also write the results as JSON ('-': stdout)",
+    )
+    ap.add_argument(
+        "--check",
+        action="store_true",
+        help="exit with status 1 if a target fails (or the store is missing)",
+    )
     args = ap.parse_args(argv)
     if args.repeats < 1:
         ap.error("--repeats must be >= 1")
@@ -314,14 +469,25 @@ def parse_common(ap: argparse.ArgumentParser, argv: list[str] | None, config: st
     return args
 
 
-def skip_missing_store(bench: str, args: argparse.Namespace, store, targets, console: Console) -> dict:
+def skip_missing_store(
+    bench: str, args: argparse.Namespace, store, targets, console: Console
+) -> dict:
     """Without the nature-run store: a SKIP line and report (exit 1 with ``--check``)."""
-    judged = [{"name": t[0].format(members=args.members), "value": None, "limit": t[3], "status": "SKIP"}
-              for t in targets]
-    console.print(f"[bold yellow]SKIP[/] {bench.replace('_', ' ')} benchmark: no nature-run store at {store} "
-                  f"(make it with: ensda data nature {args.config})")
-    report = {"bench": bench, "config": args.config, "skipped": f"no nature-run store at {store}",
-              "targets": judged, "passed": not args.check}
+    judged = [
+        {"name": t[0].format(members=args.members), "value": None, "limit": t[3], "status": "SKIP"}
+        for t in targets
+    ]
+    console.print(
+        f"[bold yellow]SKIP[/] {bench.replace('_', ' ')} benchmark: no nature-run store at {store} "
+        f"(make it with: ensda data nature {args.config})"
+    )
+    report = {
+        "bench": bench,
+        "config": args.config,
+        "skipped": f"no nature-run store at {store}",
+        "targets": judged,
+        "passed": not args.check,
+    }
     write_json(report, args.json_out)
     if args.check:
         sys.exit(1)
@@ -332,11 +498,19 @@ def environment(console: Console, what: str) -> dict:
     """Print and return where the benchmark runs: jax, its backend and device, CPUs, load."""
     device = jax.devices()[0]
     load_before = os.getloadavg()[0]
-    console.print(f"jax {jax.__version__} on {jax.default_backend()} ({device.device_kind}, {jax.device_count()} "
-                  f"device(s)), {os.cpu_count()} CPUs, load average {load_before:.1f}; {what}")
-    return {"jax": jax.__version__, "backend": jax.default_backend(), "device": f"{device.platform}:{device.device_kind}",
-            "device_count": jax.device_count(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "load_average": [load_before]}
+    console.print(
+        f"jax {jax.__version__} on {jax.default_backend()} ({device.device_kind}, {jax.device_count()} "
+        f"device(s)), {os.cpu_count()} CPUs, load average {load_before:.1f}; {what}"
+    )
+    return {
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "device": f"{device.platform}:{device.device_kind}",
+        "device_count": jax.device_count(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average": [load_before],
+    }
 
 
 def finish(report: dict, t_start: float, args: argparse.Namespace, console: Console) -> dict:

@@ -107,6 +107,10 @@ from ensda.config import load
 from ensda.diffusion.checkpoint import save_checkpoint, testbed_record
 from ensda.diffusion.data import Normalisation, Pairs
 from ensda.diffusion.model import build_network
+from ensda.experiment import build_assimilator, initial_ensemble, make_osse
+from ensda.testbeds.sphere import store as zstore
+from ensda.testbeds.sphere.emulator import Emulator, EmulatorNorm, EmulatorSpec
+from ensda.testbeds.sphere.emulator import loss_fn as emulator_loss
 from ensda.training.increment import (
     loss_weights,
     model_spec,
@@ -115,10 +119,6 @@ from ensda.training.increment import (
     training_arrays,
     training_step,
 )
-from ensda.experiment import build_assimilator, initial_ensemble, make_osse
-from ensda.testbeds.sphere import store as zstore
-from ensda.testbeds.sphere.emulator import Emulator, EmulatorNorm, EmulatorSpec
-from ensda.testbeds.sphere.emulator import loss_fn as emulator_loss
 
 CONFIG = "experiments/configs/sphere_diffusion.yaml"
 METHOD = "diffusion"
@@ -137,9 +137,27 @@ GIB = 2.0**30
 SHOWN_SETTINGS = ("sampler", "steps", "obs_channels", "guidance_strength")
 TARGETS = (
     # (name, row, quantity, limit, direction): "ge" passes when value >= limit, "le" when <=
-    ("diffusion analysis N={members} (obs_channels, Heun) <= 60 s", "obs_channels", "run_s", 60.0, "le"),
-    ("diffusion analysis <= 40x the N-member one-cycle forecast", "obs_channels", "x_reference", 40.0, "le"),
-    ("diffusion analysis XLA memory (temp + args + output) <= 4 GiB", "obs_channels", "xla_gib", 4.0, "le"),
+    (
+        "diffusion analysis N={members} (obs_channels, Heun) <= 60 s",
+        "obs_channels",
+        "run_s",
+        60.0,
+        "le",
+    ),
+    (
+        "diffusion analysis <= 40x the N-member one-cycle forecast",
+        "obs_channels",
+        "x_reference",
+        40.0,
+        "le",
+    ),
+    (
+        "diffusion analysis XLA memory (temp + args + output) <= 4 GiB",
+        "obs_channels",
+        "xla_gib",
+        4.0,
+        "le",
+    ),
     ("denoiser training >= 1 step/s at train.batch", "train step", "steps_per_s", 1.0, "ge"),
 )
 
@@ -151,7 +169,9 @@ def peak_memory() -> tuple[int, str]:
     stats = jax.devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
         return int(stats["peak_bytes_in_use"]), "device"
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024), "RSS"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (
+        1 if sys.platform == "darwin" else 1024
+    ), "RSS"
 
 
 def memory_of(compiled) -> dict:
@@ -184,8 +204,14 @@ def peak_recorded(job: dict):
 
 
 def new_job(row: str, call, compiled, compile_s: float, **info) -> dict:
-    job = {"row": row, "call": call, "compile_s": compile_s, "memory": memory_of(compiled), "runs": [],
-           "result": None} | info
+    job = {
+        "row": row,
+        "call": call,
+        "compile_s": compile_s,
+        "memory": memory_of(compiled),
+        "runs": [],
+        "result": None,
+    } | info
     job["call"] = peak_recorded(job)
     return job
 
@@ -203,20 +229,35 @@ def write_untrained_checkpoint(cfg, path: Path, pairs: Pairs) -> None:
     spec = model_spec(cfg)
     _, params, _ = nnx.split(build_network(spec, spec.graph(), cfg.train.seed), nnx.Param, ...)
     norm = Normalisation.fit(pairs, normalisation_groups(cfg))
-    save_checkpoint(path, params, spec, norm, testbed_record(cfg.testbed), cfg.model_dump(mode="json"),
-                    {"untrained": "bench_sphere_diffusion"})
+    save_checkpoint(
+        path,
+        params,
+        spec,
+        norm,
+        testbed_record(cfg.testbed),
+        cfg.model_dump(mode="json"),
+        {"untrained": "bench_sphere_diffusion"},
+    )
 
 
-def bench_analysis(cfg, osse, variants: list[str], repeats: int, budget_s: float, console: Console) -> list[dict]:
+def bench_analysis(
+    cfg, osse, variants: list[str], repeats: int, budget_s: float, console: Console
+) -> list[dict]:
     """The N-member one-cycle forecast (reference) and one diffusion analysis per variant."""
     model = osse.forecast_model
     members = cfg.ensemble.size
     x0 = initial_ensemble(cfg, osse, members)
     forecast, compile_s = compile_timed(forecast_only, model, x0, 1)
     background = jax.block_until_ready(forecast(x0))
-    obs = osse.obs.at(0)  # the observations of cycle 1, analysed with fold_in(key, 1) as in run_cycles
+    obs = osse.obs.at(
+        0
+    )  # the observations of cycle 1, analysed with fold_in(key, 1) as in run_cycles
     key = jax.random.fold_in(jax.random.key(cfg.seeds.assimilator), 1)
-    jobs = [new_job(REFERENCE, lambda: forecast(x0), forecast, compile_s, settings={}, nfe=0, build_s=0.0)]
+    jobs = [
+        new_job(
+            REFERENCE, lambda: forecast(x0), forecast, compile_s, settings={}, nfe=0, build_s=0.0
+        )
+    ]
     base = cfg.method_settings(METHOD)
     for name in variants:
         settings = base | VARIANTS[name]
@@ -224,16 +265,32 @@ def bench_analysis(cfg, osse, variants: list[str], repeats: int, budget_s: float
         assim = jax.block_until_ready(build_assimilator(cfg, osse, METHOD, settings))
         build_s = time.perf_counter() - t0
         compiled, c_s = compile_timed(analyse_jit, assim, background, obs, key)
-        jobs.append(new_job(name, partial(compiled, assim, background, obs, key), compiled, c_s,
-                            settings={k: settings[k] for k in SHOWN_SETTINGS},
-                            nfe=network_calls(assim), build_s=build_s))
-    console.print(f"N = {members}, {int(obs.y.shape[0])} observations in cycle 1; built + compiled: "
-                  + ", ".join(f"{j['row']} {j['build_s']:.1f} + {j['compile_s']:.1f} s" for j in jobs))
+        jobs.append(
+            new_job(
+                name,
+                partial(compiled, assim, background, obs, key),
+                compiled,
+                c_s,
+                settings={k: settings[k] for k in SHOWN_SETTINGS},
+                nfe=network_calls(assim),
+                build_s=build_s,
+            )
+        )
+    console.print(
+        f"N = {members}, {int(obs.y.shape[0])} observations in cycle 1; built + compiled: "
+        + ", ".join(f"{j['row']} {j['build_s']:.1f} + {j['compile_s']:.1f} s" for j in jobs)
+    )
     rows = measure(jobs, repeats, budget_s, console)
     for row, job in zip(rows, jobs, strict=True):
-        row |= {"settings": job["settings"], "members": members, "n_obs": int(obs.y.shape[0]), "nfe": job["nfe"],
-                "build_s": job["build_s"], "finite": bool(np.isfinite(np.asarray(job["result"])).all()),
-                "s_per_call_member": row["run_s"] / (job["nfe"] * members) if job["nfe"] else None}
+        row |= {
+            "settings": job["settings"],
+            "members": members,
+            "n_obs": int(obs.y.shape[0]),
+            "nfe": job["nfe"],
+            "build_s": job["build_s"],
+            "finite": bool(np.isfinite(np.asarray(job["result"])).all()),
+            "s_per_call_member": row["run_s"] / (job["nfe"] * members) if job["nfe"] else None,
+        }
     return rows
 
 
@@ -249,8 +306,16 @@ def reference_emulator(cfg, osse, states: jax.Array) -> tuple[Emulator, bool]:
     return Emulator.init(spec, EmulatorNorm.fit(np.asarray(osse.testbed.unflatten(states)))), False
 
 
-def bench_training(cfg, osse, states: jax.Array, pairs: Pairs, n_steps: int, repeats: int, budget_s: float,
-                   console: Console) -> list[dict]:
+def bench_training(
+    cfg,
+    osse,
+    states: jax.Array,
+    pairs: Pairs,
+    n_steps: int,
+    repeats: int,
+    budget_s: float,
+    console: Console,
+) -> list[dict]:
     """Forward + backward of the emulator's loss (reference), of the denoiser's loss, and
     ``n_steps`` denoiser training steps, each at ``train.batch``."""
     t = cfg.train
@@ -267,7 +332,9 @@ def bench_training(cfg, osse, states: jax.Array, pairs: Pairs, n_steps: int, rep
 
     @partial(jax.jit, static_argnums=5)
     def steps_of(params, opt_state, ema, key, data, n):
-        carry, losses = jax.lax.scan(lambda c, s: step(c, s, key, data), (params, opt_state, ema), jnp.arange(n))
+        carry, losses = jax.lax.scan(
+            lambda c, s: step(c, s, key, data), (params, opt_state, ema), jnp.arange(n)
+        )
         return carry, losses
 
     emu, configured = reference_emulator(cfg, osse, states)
@@ -275,32 +342,56 @@ def bench_training(cfg, osse, states: jax.Array, pairs: Pairs, n_steps: int, rep
     lam = jnp.ones((emu.spec.n_channels,), jnp.float32)
     x = osse.testbed.unflatten(states)
     emu_grad = jax.jit(jax.value_and_grad(partial(emulator_loss, emu.graphdef), argnums=0))
-    emu_args = (emu.params, emu.graphs, emu.norm, area, lam, x[:batch], x[1:batch + 1])
+    emu_args = (emu.params, emu.graphs, emu.norm, area, lam, x[:batch], x[1 : batch + 1])
     den_grad = jax.jit(jax.value_and_grad(loss_of))
     den_args = (params, key, *(a[:batch] for a in data))
 
     jobs = []
     for row, fn, args, steps, what in (
-        (TRAIN_REFERENCE, emu_grad, emu_args, 1,
-         f"{'the forecast emulator' if configured else 'an untrained emulator'}: loss_fn value_and_grad"),
+        (
+            TRAIN_REFERENCE,
+            emu_grad,
+            emu_args,
+            1,
+            f"{'the forecast emulator' if configured else 'an untrained emulator'}: loss_fn value_and_grad",
+        ),
         ("denoiser fwd+bwd", den_grad, den_args, 1, "EDM loss value_and_grad (random networks)"),
-        ("train step", steps_of, (params, opt_state, params, key, data, n_steps), n_steps,
-         f"training_step x {n_steps} (lax.scan): + AdamW + EMA"),
+        (
+            "train step",
+            steps_of,
+            (params, opt_state, params, key, data, n_steps),
+            n_steps,
+            f"training_step x {n_steps} (lax.scan): + AdamW + EMA",
+        ),
     ):
         compiled, c_s = compile_timed(fn, *args)
         dynamic = args[:-1] if fn is steps_of else args  # n_steps is static
-        jobs.append(new_job(row, partial(compiled, *dynamic), compiled, c_s, steps=steps, what=what))
-    console.print(f"training at batch {batch}: compiled " + ", ".join(f"{j['row']} {j['compile_s']:.1f} s" for j in jobs))
-    for job in jobs:  # one untimed run each (seconds): the first run pays for allocations and thread start-up
+        jobs.append(
+            new_job(row, partial(compiled, *dynamic), compiled, c_s, steps=steps, what=what)
+        )
+    console.print(
+        f"training at batch {batch}: compiled "
+        + ", ".join(f"{j['row']} {j['compile_s']:.1f} s" for j in jobs)
+    )
+    for job in (
+        jobs
+    ):  # one untimed run each (seconds): the first run pays for allocations and thread start-up
         job["call"]()
     rows = measure(jobs, repeats, budget_s, console)
     for row, job in zip(rows, jobs, strict=True):
         step_s = row["run_s"] / job["steps"]
         loss = job["result"][1] if job["row"] == "train step" else job["result"][0]
-        row |= {"what": job["what"], "batch": batch, "steps": job["steps"], "s_per_step": step_s,
-                "steps_per_s": 1.0 / step_s, "examples_per_s": batch / step_s,
-                "x_reference": row["x_reference"] / job["steps"],  # per step (the reference is one step)
-                "finite": bool(np.isfinite(np.asarray(loss)).all())}
+        row |= {
+            "what": job["what"],
+            "batch": batch,
+            "steps": job["steps"],
+            "s_per_step": step_s,
+            "steps_per_s": 1.0 / step_s,
+            "examples_per_s": batch / step_s,
+            "x_reference": row["x_reference"]
+            / job["steps"],  # per step (the reference is one step)
+            "finite": bool(np.isfinite(np.asarray(loss)).all()),
+        }
     return rows
 
 
@@ -313,9 +404,20 @@ def measure(jobs: list[dict], repeats: int, budget_s: float, console: Console) -
     rows = []
     for job in jobs:
         run_s, mem = min(job["runs"]), job["memory"]
-        rows.append({"row": job["row"], "compile_s": job["compile_s"], "run_s": run_s, "runs_s": job["runs"],
-                     "x_reference": run_s / ref_s, "xla_bytes": mem, "xla_gib": mem["total"] / GIB if mem else math.nan,
-                     "peak_of": job["peak_of"], "peak_growth_bytes": job["peak_growth"], "peak_bytes": job["peak"]})
+        rows.append(
+            {
+                "row": job["row"],
+                "compile_s": job["compile_s"],
+                "run_s": run_s,
+                "runs_s": job["runs"],
+                "x_reference": run_s / ref_s,
+                "xla_bytes": mem,
+                "xla_gib": mem["total"] / GIB if mem else math.nan,
+                "peak_of": job["peak_of"],
+                "peak_growth_bytes": job["peak_growth"],
+                "peak_bytes": job["peak"],
+            }
+        )
     return rows
 
 
@@ -334,51 +436,110 @@ def _gib(n: float | None) -> str:
     return "-" if n is None or not math.isfinite(n) else f"{n / GIB:.2f}"
 
 
-def render(analysis: list[dict], training: list[dict], targets: list[dict], repeats: int, forecast_model: str,
-           console: Console) -> None:
+def render(
+    analysis: list[dict],
+    training: list[dict],
+    targets: list[dict],
+    repeats: int,
+    forecast_model: str,
+    console: Console,
+) -> None:
     n_obs, members = analysis[0]["n_obs"], analysis[0]["members"]
-    table = Table(title=f"One diffusion analysis, N = {members}, {n_obs} observations (best of up to {repeats} "
-                        f"runs; x forecast = time / that of the N-member one-cycle forecast, {forecast_model})")
-    for col in ("row", "NFE", "build s", "compile s", "run s", "x forecast", "s/call/member", "XLA temp GiB",
-                "XLA total GiB", f"{analysis[0]['peak_of']} growth GiB"):
+    table = Table(
+        title=f"One diffusion analysis, N = {members}, {n_obs} observations (best of up to {repeats} "
+        f"runs; x forecast = time / that of the N-member one-cycle forecast, {forecast_model})"
+    )
+    for col in (
+        "row",
+        "NFE",
+        "build s",
+        "compile s",
+        "run s",
+        "x forecast",
+        "s/call/member",
+        "XLA temp GiB",
+        "XLA total GiB",
+        f"{analysis[0]['peak_of']} growth GiB",
+    ):
         table.add_column(col, justify="left" if col == "row" else "right", no_wrap=True)
     table.add_column("settings", justify="left", overflow="fold", max_width=34)
     for r in analysis:
         mem = r["xla_bytes"]
-        table.add_row(r["row"] if r["finite"] else f"{r['row']} [red]non-finite[/]", str(r["nfe"] or "-"),
-                      f"{r['build_s']:.1f}", f"{r['compile_s']:.1f}", f"{r['run_s']:.2f}", f"{r['x_reference']:.3g}",
-                      "-" if r["s_per_call_member"] is None else f"{r['s_per_call_member'] * 1e3:.1f} ms",
-                      _gib(mem.get("temp")), _gib(mem.get("total")), _gib(r["peak_growth_bytes"]),
-                      _settings_text(r["settings"]))
+        table.add_row(
+            r["row"] if r["finite"] else f"{r['row']} [red]non-finite[/]",
+            str(r["nfe"] or "-"),
+            f"{r['build_s']:.1f}",
+            f"{r['compile_s']:.1f}",
+            f"{r['run_s']:.2f}",
+            f"{r['x_reference']:.3g}",
+            "-" if r["s_per_call_member"] is None else f"{r['s_per_call_member'] * 1e3:.1f} ms",
+            _gib(mem.get("temp")),
+            _gib(mem.get("total")),
+            _gib(r["peak_growth_bytes"]),
+            _settings_text(r["settings"]),
+        )
     console.print(table)
-    console.print("XLA total = temp + argument + output bytes of the compiled function (memory_analysis); growth: of "
-                  "the peak memory (the process's peak RSS on the CPU, the device's peak bytes in use on a GPU) over "
-                  "the first run, a high-water mark: 0 when the run stayed under an earlier peak. s/call/member = "
-                  "run s / (NFE x N); guidance calls include a backward pass.")
+    console.print(
+        "XLA total = temp + argument + output bytes of the compiled function (memory_analysis); growth: of "
+        "the peak memory (the process's peak RSS on the CPU, the device's peak bytes in use on a GPU) over "
+        "the first run, a high-water mark: 0 when the run stayed under an earlier peak. s/call/member = "
+        "run s / (NFE x N); guidance calls include a backward pass."
+    )
 
     batch = training[0]["batch"]
-    table = Table(title=f"Training throughput at batch {batch} (best of up to {repeats} runs; "
-                        f"x ref = time per step / that of the {TRAIN_REFERENCE})")
-    for col in ("row", "steps/run", "compile s", "s/step", "steps/s", "examples/s", "x ref", "XLA temp GiB",
-                "XLA total GiB"):
+    table = Table(
+        title=f"Training throughput at batch {batch} (best of up to {repeats} runs; "
+        f"x ref = time per step / that of the {TRAIN_REFERENCE})"
+    )
+    for col in (
+        "row",
+        "steps/run",
+        "compile s",
+        "s/step",
+        "steps/s",
+        "examples/s",
+        "x ref",
+        "XLA temp GiB",
+        "XLA total GiB",
+    ):
         table.add_column(col, justify="left" if col == "row" else "right", no_wrap=True)
     table.add_column("what", justify="left", overflow="fold", max_width=56)
     for r in training:
         mem = r["xla_bytes"]
-        table.add_row(r["row"] if r["finite"] else f"{r['row']} [red]non-finite[/]", str(r["steps"]),
-                      f"{r['compile_s']:.1f}", f"{r['s_per_step']:.3f}", f"{r['steps_per_s']:.2f}",
-                      f"{r['examples_per_s']:.2f}", f"{r['x_reference']:.3g}", _gib(mem.get("temp")),
-                      _gib(mem.get("total")), r["what"])
+        table.add_row(
+            r["row"] if r["finite"] else f"{r['row']} [red]non-finite[/]",
+            str(r["steps"]),
+            f"{r['compile_s']:.1f}",
+            f"{r['s_per_step']:.3f}",
+            f"{r['steps_per_s']:.2f}",
+            f"{r['examples_per_s']:.2f}",
+            f"{r['x_reference']:.3g}",
+            _gib(mem.get("temp")),
+            _gib(mem.get("total")),
+            r["what"],
+        )
     console.print(table)
     print_targets(targets, console)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--variants", default=",".join(VARIANTS),
-                    help=f"analysis rows, comma-separated, of {', '.join(VARIANTS)} (default all)")
-    ap.add_argument("--train-steps", type=int, default=3, help="denoiser training steps per timed run (default 3)")
-    args = parse_common(ap, argv, CONFIG, 60.0, OSSE_OVERRIDES, "the diffusion analysis is an ensemble method")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--variants",
+        default=",".join(VARIANTS),
+        help=f"analysis rows, comma-separated, of {', '.join(VARIANTS)} (default all)",
+    )
+    ap.add_argument(
+        "--train-steps",
+        type=int,
+        default=3,
+        help="denoiser training steps per timed run (default 3)",
+    )
+    args = parse_common(
+        ap, argv, CONFIG, 60.0, OSSE_OVERRIDES, "the diffusion analysis is an ensemble method"
+    )
     variants = [v for v in args.variants.split(",") if v]
     if not variants or set(variants) - set(VARIANTS):
         ap.error(f"--variants takes some of {', '.join(VARIANTS)}, got {args.variants!r}")
@@ -412,19 +573,34 @@ def main(argv: list[str] | None = None) -> dict:
         states = osse.climatology[:NORM_STATES]
         pairs = climatology_pairs(states)
         write_untrained_checkpoint(cfg, Path(tmp), pairs)
-        console.print(f"OSSE built and untrained checkpoint written in {time.perf_counter() - t0:.1f} s")
+        console.print(
+            f"OSSE built and untrained checkpoint written in {time.perf_counter() - t0:.1f} s"
+        )
         analysis = bench_analysis(cfg, osse, variants, args.repeats, args.budget, console)
-    training = bench_training(cfg, osse, states, pairs, args.train_steps, args.repeats, args.budget, console)
+    training = bench_training(
+        cfg, osse, states, pairs, args.train_steps, args.repeats, args.budget, console
+    )
     targets = judge_targets(TARGETS, {r["row"]: r for r in analysis + training}, args.members)
     tb = osse.forecast_model.testbed
     forecast_model = "emulator" if tb.emulator is not None else "dycore"
     render(analysis, training, targets, args.repeats, forecast_model, console)
     report = {
-        "bench": "sphere_diffusion", "config": args.config, "overrides": [o for o in overrides if not o.startswith(f"methods.{METHOD}.checkpoint=")],
-        "members": args.members, "variants": variants, "train_steps": args.train_steps, "repeats": args.repeats,
-        "budget_s": args.budget, "reference": REFERENCE, "train_reference": TRAIN_REFERENCE,
-        "forecast_model": forecast_model, "store": str(store), **env,
-        "analysis": analysis, "training": training, "targets": targets,
+        "bench": "sphere_diffusion",
+        "config": args.config,
+        "overrides": [o for o in overrides if not o.startswith(f"methods.{METHOD}.checkpoint=")],
+        "members": args.members,
+        "variants": variants,
+        "train_steps": args.train_steps,
+        "repeats": args.repeats,
+        "budget_s": args.budget,
+        "reference": REFERENCE,
+        "train_reference": TRAIN_REFERENCE,
+        "forecast_model": forecast_model,
+        "store": str(store),
+        **env,
+        "analysis": analysis,
+        "training": training,
+        "targets": targets,
     }
     return finish(report, t_start, args, console)
 

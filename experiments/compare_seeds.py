@@ -22,8 +22,18 @@ import numpy as np
 
 
 def run(config: str, methods: str, seed: int, sets: list[str]) -> dict:
-    cmd = [str(Path(sys.executable).parent / "ensda"), "compare", config, "--methods", methods, "--json",
-           "--set", f"seeds.truth={seed}", "--set", f"seeds.obs={seed + 1}"]
+    cmd = [
+        str(Path(sys.executable).parent / "ensda"),
+        "compare",
+        config,
+        "--methods",
+        methods,
+        "--json",
+        "--set",
+        f"seeds.truth={seed}",
+        "--set",
+        f"seeds.obs={seed + 1}",
+    ]
     for item in sets:
         cmd += ["--set", item]
     out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
@@ -45,12 +55,20 @@ def table(records: list[dict]) -> str:
                 lost = f" ({100 * x['lost_track_a']:.0f} %)" if "lost_track_a" in x else ""
                 cells.append(f"{x['crps_a']:.3f} / {x['rmse_a']:.3f} / {x['ssr_a']:.2f}{lost}")
             else:
-                cells.append(f"diverged at cycle {res[0]['diverged_at_cycle']}" if res and "diverged_at_cycle" in res[0]
-                             else "–")
+                cells.append(
+                    f"diverged at cycle {res[0]['diverged_at_cycle']}"
+                    if res and "diverged_at_cycle" in res[0]
+                    else "–"
+                )
         mean = " / ".join(f"{v:.3f}" for v in np.mean(values, axis=0)) if values else "–"
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {mean} |")
-    return "\n".join(["crps_a / rmse_a / ssr_a (% of cycles lost: analysis error above the climatological mean's)",
-                      "", *lines])
+    return "\n".join(
+        [
+            "crps_a / rmse_a / ssr_a (% of cycles lost: analysis error above the climatological mean's)",
+            "",
+            *lines,
+        ]
+    )
 
 
 def main() -> None:
@@ -59,11 +77,17 @@ def main() -> None:
     ap.add_argument("--methods", required=True)
     ap.add_argument("--seeds", default="0,10,20")
     ap.add_argument("--out", required=True, type=Path)
-    ap.add_argument("--label", default="", help="suffix of the method names in the table (an ablation)")
+    ap.add_argument(
+        "--label", default="", help="suffix of the method names in the table (an ablation)"
+    )
     ap.add_argument("--set", action="append", default=[], dest="sets")
     args = ap.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    records = [json.loads(line) for line in args.out.read_text().splitlines()] if args.out.exists() else []
+    records = (
+        [json.loads(line) for line in args.out.read_text().splitlines()]
+        if args.out.exists()
+        else []
+    )
     done = {(r["seed"], r["label"]) for r in records}
     for seed in (int(s) for s in args.seeds.split(",")):
         if (seed, args.label) in done:

@@ -36,8 +36,14 @@ from ensda.config import flatten, load
 
 STUDIES = {
     "nfe": [
-        {"steps": 3}, {"steps": 5}, {"steps": 10}, {"steps": 20}, {"steps": 50},
-        {"sampler": "dpm2s", "steps": 5}, {"sampler": "dpm2s", "steps": 10}, {"sampler": "dpm2s", "steps": 20},
+        {"steps": 3},
+        {"steps": 5},
+        {"steps": 10},
+        {"steps": 20},
+        {"steps": 50},
+        {"sampler": "dpm2s", "steps": 5},
+        {"sampler": "dpm2s", "steps": 10},
+        {"sampler": "dpm2s", "steps": 20},
         {"steps": 500},
         {"steps": 50, "repaint_jumps": 10, "obs_channels": False},
     ],
@@ -57,39 +63,72 @@ def label(point: dict) -> str:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("study", choices=sorted(STUDIES))
     ap.add_argument("--config", default="experiments/configs/l96_diffusion.yaml")
     ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument("--out", default="outputs/studies")
-    ap.add_argument("--max-nfe", type=int, default=None, help="skip points with more network calls per member")
-    ap.add_argument("--min-nfe", type=int, default=None, help="skip points with fewer network calls per member")
+    ap.add_argument(
+        "--max-nfe", type=int, default=None, help="skip points with more network calls per member"
+    )
+    ap.add_argument(
+        "--min-nfe", type=int, default=None, help="skip points with fewer network calls per member"
+    )
     args = ap.parse_args(argv)
 
     cfg = load(args.config, args.sets + ["method=diffusion"])
     osse = experiment.make_osse(cfg)
     base = cfg.method_settings("diffusion")
     rows = []
-    with tracking.tracked_run(cfg.tracking, f"{cfg.name}:study-{args.study}", params=flatten(cfg), tags={"ensda.study": args.study}) as parent:
+    with tracking.tracked_run(
+        cfg.tracking,
+        f"{cfg.name}:study-{args.study}",
+        params=flatten(cfg),
+        tags={"ensda.study": args.study},
+    ) as parent:
         for point in STUDIES[args.study]:
             point_cfg = cfg
             settings = {k: v for k, v in point.items() if not k.startswith("_")}
-            assim_nfe = registry.network_calls(experiment.build_assimilator(cfg, osse, "diffusion", base | settings))
+            assim_nfe = registry.network_calls(
+                experiment.build_assimilator(cfg, osse, "diffusion", base | settings)
+            )
             if args.max_nfe is not None and assim_nfe > args.max_nfe:
-                print(f"skipped {label(point)}: {assim_nfe} NFE > --max-nfe {args.max_nfe}", flush=True)
+                print(
+                    f"skipped {label(point)}: {assim_nfe} NFE > --max-nfe {args.max_nfe}",
+                    flush=True,
+                )
                 continue
             if args.min_nfe is not None and assim_nfe < args.min_nfe:
-                print(f"skipped {label(point)}: {assim_nfe} NFE < --min-nfe {args.min_nfe}", flush=True)
+                print(
+                    f"skipped {label(point)}: {assim_nfe} NFE < --min-nfe {args.min_nfe}",
+                    flush=True,
+                )
                 continue
             if "_members" in point:
-                point_cfg = cfg.model_copy(update={"ensemble": cfg.ensemble.model_copy(update={"size": point["_members"]})})
+                point_cfg = cfg.model_copy(
+                    update={"ensemble": cfg.ensemble.model_copy(update={"size": point["_members"]})}
+                )
             t0 = time.perf_counter()
             run = experiment.run_method(point_cfg, osse, "diffusion", base | settings)
-            row = {"point": label(point), **{k: run.summary[k] for k in ("rmse_a", "crps_a", "ssr_a", "spread_a", "rmse_f", "nfe")},
-                   "n_members": run.n_members, "wall_s": time.perf_counter() - t0}
+            row = {
+                "point": label(point),
+                **{
+                    k: run.summary[k]
+                    for k in ("rmse_a", "crps_a", "ssr_a", "spread_a", "rmse_f", "nfe")
+                },
+                "n_members": run.n_members,
+                "wall_s": time.perf_counter() - t0,
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
-            with tracking.tracked_run(cfg.tracking, f"{cfg.name}:{label(point)}", params=settings | {"n_members": run.n_members}, parent=parent) as child:
+            with tracking.tracked_run(
+                cfg.tracking,
+                f"{cfg.name}:{label(point)}",
+                params=settings | {"n_members": run.n_members},
+                parent=parent,
+            ) as child:
                 tracking.log_method_run(child, run, cfg.burn_in, figures=False)
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -107,7 +146,9 @@ def merged(path: Path, rows: list[dict], points: list[dict]) -> list[dict]:
     run again replaces its old row; rows come in the study's order. So a study can be run in
     parts (``--max-nfe`` / ``--min-nfe``) into one table and figure."""
     new = {r["point"] for r in rows}
-    old = [r for r in json.loads(path.read_text()) if r["point"] not in new] if path.exists() else []
+    old = (
+        [r for r in json.loads(path.read_text()) if r["point"] not in new] if path.exists() else []
+    )
     order = {label(p): i for i, p in enumerate(points)}
     return sorted(old + rows, key=lambda r: order.get(r["point"], len(order)))
 
@@ -116,9 +157,18 @@ def figure(study: str, rows: list[dict]):
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     if study == "nfe":
         for kind, marker in (("heun", "o"), ("dpm2s", "s"), ("repaint", "^")):
-            sel = [r for r in rows if (("repaint" in r["point"]) == (kind == "repaint")) and (("dpm2s" in r["point"]) == (kind == "dpm2s"))]
-            axes[0].plot([r["nfe"] for r in sel], [r["crps_a"] for r in sel], marker=marker, label=kind)
-            axes[1].plot([r["nfe"] for r in sel], [r["ssr_a"] for r in sel], marker=marker, label=kind)
+            sel = [
+                r
+                for r in rows
+                if (("repaint" in r["point"]) == (kind == "repaint"))
+                and (("dpm2s" in r["point"]) == (kind == "dpm2s"))
+            ]
+            axes[0].plot(
+                [r["nfe"] for r in sel], [r["crps_a"] for r in sel], marker=marker, label=kind
+            )
+            axes[1].plot(
+                [r["nfe"] for r in sel], [r["ssr_a"] for r in sel], marker=marker, label=kind
+            )
         for ax in axes:
             ax.set_xscale("log")
             ax.set_xlabel("network calls per member (NFE)")

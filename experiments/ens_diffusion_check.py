@@ -35,22 +35,37 @@ def main() -> None:
     letkf = experiment.build_assimilator(cfg, osse, "letkf")
     method = experiment.build_assimilator(cfg, osse, "ens-diffusion")
     n = cfg.members_for("letkf")
-    res = run_cycles(osse.forecast_model, letkf, osse.truth, osse.obs, initial_ensemble(cfg, osse, n),
-                     jax.random.key(cfg.seeds.assimilator), keep_analyses=True)
-    ks = jnp.linspace(cfg.burn_in, cfg.cycles - 2, args.cases).astype(jnp.int32)  # analysis k → background k + 1
+    res = run_cycles(
+        osse.forecast_model,
+        letkf,
+        osse.truth,
+        osse.obs,
+        initial_ensemble(cfg, osse, n),
+        jax.random.key(cfg.seeds.assimilator),
+        keep_analyses=True,
+    )
+    ks = jnp.linspace(cfg.burn_in, cfg.cycles - 2, args.cases).astype(
+        jnp.int32
+    )  # analysis k → background k + 1
     backgrounds = jax.vmap(osse.forecast_model.cycle_forecast)(res.analyses[ks])
     truth, obs = osse.truth[ks + 2], jax.tree.map(lambda a: a[ks + 1], osse.obs)
 
     def one(background, y, k):
-        members, summary = method.analyse_with_summary(background, y, jax.random.fold_in(jax.random.key(0), k))
+        members, summary = method.analyse_with_summary(
+            background, y, jax.random.fold_in(jax.random.key(0), k)
+        )
         return members, summary.mean_a, method.norm.scale(summary.spread_a), summary.spread_a
 
     members, mean_a, scale, spread_a = jax.jit(jax.vmap(one))(backgrounds, obs, ks)
     rmse = lambda m: float(jnp.sqrt(jnp.mean((m - truth) ** 2)))  # noqa: E731
     print(f"{args.cases} analyses of cycled-LETKF backgrounds ({args.config})")
-    print(f"  RMSE of the mean: background {rmse(backgrounds.mean(1)):.4f}, anchor {rmse(mean_a):.4f}, "
-          f"ens-diffusion {rmse(members.mean(1)):.4f}")
-    print(f"  spread: anchor {float(spread_a.mean()):.4f}, ens-diffusion {float(members.std(1, ddof=1).mean()):.4f}")
+    print(
+        f"  RMSE of the mean: background {rmse(backgrounds.mean(1)):.4f}, anchor {rmse(mean_a):.4f}, "
+        f"ens-diffusion {rmse(members.mean(1)):.4f}"
+    )
+    print(
+        f"  spread: anchor {float(spread_a.mean()):.4f}, ens-diffusion {float(members.std(1, ddof=1).mean()):.4f}"
+    )
     z_true = (truth - mean_a) / scale
     z_model = (members - mean_a[:, None]) / scale[:, None]
     print(f"  std of z: truth {float(z_true.std()):.4f}, model {float(z_model.std()):.4f}")

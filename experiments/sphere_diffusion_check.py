@@ -73,30 +73,42 @@ def analysis(cfg, scales):
         xb = osse.forecast_model.cycle_forecast(osse.truth[0] + e * (d[0] + d[1:]))
         xa = jax.jit(assim.analyse)(xb, obs, jax.random.key(0))
         mb, ma = np.asarray(xb.mean(0)) - t, np.asarray(xa.mean(0)) - t
-        print(f"e {e}: rmse background {rms(mb):.3f} analysis {rms(ma):.3f}; at the observed elements "
-              f"{rms(mb, idx):.3f} -> {rms(ma, idx):.3f}; spread {rms(xb.std(0, ddof=1)):.3f} -> {rms(xa.std(0, ddof=1)):.3f}")
+        print(
+            f"e {e}: rmse background {rms(mb):.3f} analysis {rms(ma):.3f}; at the observed elements "
+            f"{rms(mb, idx):.3f} -> {rms(ma, idx):.3f}; spread {rms(xb.std(0, ddof=1)):.3f} -> {rms(xa.std(0, ddof=1)):.3f}"
+        )
 
 
 def cycles(cfg):
     osse = experiment.make_osse(cfg)
     r = experiment.run_method(cfg, osse, "diffusion").result
     for name in ("mse_f", "mse_a", "spread2_f", "spread2_a"):
-        print(name.replace("mse", "rmse").replace("spread2", "spread"), np.sqrt(np.asarray(getattr(r, name))).round(3))
+        print(
+            name.replace("mse", "rmse").replace("spread2", "spread"),
+            np.sqrt(np.asarray(getattr(r, name))).round(3),
+        )
     cm, std = np.asarray(r.channel_mse_a)[-1], np.asarray(osse.channel_std)
     names = osse.testbed.testbed.channels.names
     worst = np.argsort(-(cm / std**2))[:6]
-    print("worst channels at the last cycle:", [(names[i], round(float(np.sqrt(cm[i]) / std[i]), 2)) for i in worst])
+    print(
+        "worst channels at the last cycle:",
+        [(names[i], round(float(np.sqrt(cm[i]) / std[i]), 2)) for i in worst],
+    )
 
 
 def distance_to_observed(tb, obs) -> np.ndarray:
     """Great-circle distance (km) of every grid column to the nearest observed column."""
     cols = np.unique(np.asarray(obs.site))
-    return np.asarray(tb.grid.distance(jnp.arange(tb.grid.n)[:, None], jnp.asarray(cols)[None, :])).min(1)
+    return np.asarray(
+        tb.grid.distance(jnp.arange(tb.grid.n)[:, None], jnp.asarray(cols)[None, :])
+    ).min(1)
 
 
 def first_background(cfg, osse) -> jax.Array:
     """The run's first background: the forecast of the initial ensemble."""
-    return osse.forecast_model.cycle_forecast(experiment.initial_ensemble(cfg, osse, cfg.ensemble.size))
+    return osse.forecast_model.cycle_forecast(
+        experiment.initial_ensemble(cfg, osse, cfg.ensemble.size)
+    )
 
 
 def increments(cfg):
@@ -106,13 +118,20 @@ def increments(cfg):
     dist = distance_to_observed(tb, obs)
     xb = first_background(cfg, osse)
     xa = jax.jit(assim.analyse)(xb, obs, jax.random.key(0))
-    inc = ((np.asarray(xa.mean(0)) - np.asarray(xb.mean(0))) / np.repeat(np.asarray(osse.channel_std), tb.grid.n))
+    inc = (np.asarray(xa.mean(0)) - np.asarray(xb.mean(0))) / np.repeat(
+        np.asarray(osse.channel_std), tb.grid.n
+    )
     for name, near in (("near", dist < 600), ("far", dist > 3000)):
         m = np.tile(near, tb.channels.n)
-        print(f"{name}: rms increment {np.sqrt((inc[m] ** 2).mean()):.3f} σ, mean {inc[m].mean():.3f} σ")
+        print(
+            f"{name}: rms increment {np.sqrt((inc[m] ** 2).mean()):.3f} σ, mean {inc[m].mean():.3f} σ"
+        )
     by_channel = inc.reshape(tb.channels.n, -1).mean(1)
     top = np.argsort(-np.abs(by_channel))[:6]
-    print("channel mean increments (σ_c):", [(tb.channels.names[i], round(float(by_channel[i]), 3)) for i in top])
+    print(
+        "channel mean increments (σ_c):",
+        [(tb.channels.names[i], round(float(by_channel[i]), 3)) for i in top],
+    )
 
 
 BANDS_KM = ((0.0, 1.0), (1.0, 500.0), (500.0, 1000.0), (1000.0, 2000.0), (2000.0, np.inf))
@@ -135,7 +154,10 @@ def bands(cfg, methods):
     tb, obs = osse.testbed.testbed, osse.obs.at(0)
     rms, columns = standardised(osse), band_columns(tb, obs)
     masks = [np.tile(c, tb.channels.n) for c in columns] + [None]
-    print(f"{len(np.unique(np.asarray(obs.site)))} observed columns; columns per band:", [int(c.sum()) for c in columns])
+    print(
+        f"{len(np.unique(np.asarray(obs.site)))} observed columns; columns per band:",
+        [int(c.sum()) for c in columns],
+    )
     print(f"{'':12s}" + "".join(f"{n:>11s}" for n in BAND_NAMES) + "     spread")
     t, xb = np.asarray(osse.truth[1]), first_background(cfg, osse)
     ensembles = {"background": xb}
@@ -144,7 +166,11 @@ def bands(cfg, methods):
         ensembles[method] = jax.jit(assim.analyse)(xb, obs, jax.random.key(0))
     for name, x in ensembles.items():
         err = np.asarray(x.mean(0)) - t
-        print(f"{name:12s}" + "".join(f"{rms(err, m):11.3f}" for m in masks) + f"{rms(x.std(0, ddof=1)):11.3f}")
+        print(
+            f"{name:12s}"
+            + "".join(f"{rms(err, m):11.3f}" for m in masks)
+            + f"{rms(x.std(0, ddof=1)):11.3f}"
+        )
 
 
 def growth(cfg) -> dict[str, np.ndarray]:
@@ -155,14 +181,22 @@ def growth(cfg) -> dict[str, np.ndarray]:
     tb, rms = osse.testbed.testbed, standardised(osse)
     kept = []
     try:
-        experiment.run_method(cfg, osse, "diffusion", analyses=lambda first, ens: kept.append(np.asarray(ens)))
+        experiment.run_method(
+            cfg, osse, "diffusion", analyses=lambda first, ens: kept.append(np.asarray(ens))
+        )
     except NonFiniteStateError as err:
         print(f"{err} (reported up to the last finite chunk)")
-    analyses = np.concatenate(kept) if kept else np.zeros((0, cfg.members_for("diffusion"), osse.truth.shape[-1]))
+    analyses = (
+        np.concatenate(kept)
+        if kept
+        else np.zeros((0, cfg.members_for("diffusion"), osse.truth.shape[-1]))
+    )
     forecast = jax.jit(osse.forecast_model.cycle_forecast)
     xb, std = first_background(cfg, osse), np.repeat(np.asarray(osse.channel_std), tb.grid.n)
     out = {"ef": [], "ea": [], "inc": [], "channel": []}
-    print("per band: background error > analysis error / rms increment (standardised); largest-increment channel")
+    print(
+        "per band: background error > analysis error / rms increment (standardised); largest-increment channel"
+    )
     print(f"{'cycle':>5s}" + "".join(f"{n:>21s}" for n in BAND_NAMES))
     for k, xa in enumerate(analyses):
         t, masks = np.asarray(osse.truth[k + 1]), band_masks(tb, osse.obs.at(k)) + [None]
@@ -172,7 +206,11 @@ def growth(cfg) -> dict[str, np.ndarray]:
         out["channel"].append(tb.channels.names[int(np.argmax(by_channel))])
         for i, name in enumerate(("ef", "ea", "inc")):
             out[name].append([r[i] for r in row])
-        print(f"{k + 1:5d}" + "".join(f"{f:7.3f} >{a:6.3f} /{i:6.3f}" for f, a, i in row) + f"  {out['channel'][-1]}")
+        print(
+            f"{k + 1:5d}"
+            + "".join(f"{f:7.3f} >{a:6.3f} /{i:6.3f}" for f, a, i in row)
+            + f"  {out['channel'][-1]}"
+        )
         xb = forecast(jnp.asarray(xa))
     return {k: np.asarray(v) for k, v in out.items()}
 
@@ -193,11 +231,24 @@ def denoiser(cfg, sigmas):
         return f"{label:>14s}: rms error observed {np.sqrt((e[observed] ** 2).mean()):.3f}, other {np.sqrt((e[~observed] ** 2).mean()):.3f}"
 
     r_s = np.asarray(obs.r_std) / np.asarray(s)[np.asarray(obs.idx)]
-    print(line("z = 0", jnp.zeros_like(z0)), f"(|z0|); r/s at the observations: rms {np.sqrt((r_s ** 2).mean()):.3f}, "
-          f"median {np.median(r_s):.3f}")
+    print(
+        line("z = 0", jnp.zeros_like(z0)),
+        f"(|z0|); r/s at the observations: rms {np.sqrt((r_s**2).mean()):.3f}, "
+        f"median {np.median(r_s):.3f}",
+    )
     for sigma in sigmas:
-        print(line(f"σ = {sigma:g}", D(z0 + sigma * jax.random.normal(jax.random.key(1), z0.shape), jnp.float32(sigma))))
-    print(line(f"D(0, {assim.edm.sigma_max:g})", D(jnp.zeros_like(z0), jnp.float32(assim.edm.sigma_max))))
+        print(
+            line(
+                f"σ = {sigma:g}",
+                D(z0 + sigma * jax.random.normal(jax.random.key(1), z0.shape), jnp.float32(sigma)),
+            )
+        )
+    print(
+        line(
+            f"D(0, {assim.edm.sigma_max:g})",
+            D(jnp.zeros_like(z0), jnp.float32(assim.edm.sigma_max)),
+        )
+    )
 
 
 def sampler_widths():
@@ -205,28 +256,62 @@ def sampler_widths():
     from ensda.diffusion.samplers import SamplerConfig, sample
 
     edm, keys = EDM(), jax.random.split(jax.random.key(0), 64)
-    for kind, steps in (("heun", 6), ("heun", 10), ("heun", 12), ("heun", 20), ("heun", 40),
-                        ("dpm2s", 6), ("dpm2s", 10), ("dpm2s", 20)):
-        draw = lambda k: sample(lambda z, s: z / (1 + s**2), k, (2000,), edm, SamplerConfig(kind=kind, steps=steps))[0]
+    for kind, steps in (
+        ("heun", 6),
+        ("heun", 10),
+        ("heun", 12),
+        ("heun", 20),
+        ("heun", 40),
+        ("dpm2s", 6),
+        ("dpm2s", 10),
+        ("dpm2s", 20),
+    ):
+        draw = lambda k: sample(
+            lambda z, s: z / (1 + s**2), k, (2000,), edm, SamplerConfig(kind=kind, steps=steps)
+        )[0]
         print(f"{kind} {steps} steps: sample std {float(jax.vmap(draw)(keys).std()):.3f}")
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=("analysis", "cycles", "increments", "sampler", "bands", "denoiser", "growth"))
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "what",
+        choices=("analysis", "cycles", "increments", "sampler", "bands", "denoiser", "growth"),
+    )
     ap.add_argument("--methods", default="diffusion,letkf", help="bands: comma-separated methods")
-    ap.add_argument("--sigmas", type=float, nargs="+", default=[0.1, 0.5, 1.0, 3.0], help="denoiser: noise levels")
+    ap.add_argument(
+        "--sigmas",
+        type=float,
+        nargs="+",
+        default=[0.1, 0.5, 1.0, 3.0],
+        help="denoiser: noise levels",
+    )
     ap.add_argument("--config", default=CONFIG)
     ap.add_argument("--cycles", type=int, default=10)
     ap.add_argument("--scales", type=float, nargs="+", default=[0.1, 0.3, 1.0])
-    ap.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE")
+    ap.add_argument(
+        "--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE"
+    )
     args = ap.parse_args(argv)
     if args.what == "sampler":
         return sampler_widths()
-    fixed = [f"cycles={max(args.cycles, 2)}", "burn_in=1", "tracking.enabled=false", "lead_time.enabled=false"]
+    fixed = [
+        f"cycles={max(args.cycles, 2)}",
+        "burn_in=1",
+        "tracking.enabled=false",
+        "lead_time.enabled=false",
+    ]
     cfg = load(args.config, [*fixed, *args.overrides])
-    {"analysis": lambda: analysis(cfg, args.scales), "cycles": lambda: cycles(cfg), "increments": lambda: increments(cfg),
-     "bands": lambda: bands(cfg, args.methods.split(",")), "denoiser": lambda: denoiser(cfg, args.sigmas), "growth": lambda: growth(cfg)}[args.what]()
+    {
+        "analysis": lambda: analysis(cfg, args.scales),
+        "cycles": lambda: cycles(cfg),
+        "increments": lambda: increments(cfg),
+        "bands": lambda: bands(cfg, args.methods.split(",")),
+        "denoiser": lambda: denoiser(cfg, args.sigmas),
+        "growth": lambda: growth(cfg),
+    }[args.what]()
 
 
 if __name__ == "__main__":

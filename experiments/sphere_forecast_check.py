@@ -24,14 +24,21 @@ CHANNELS = ("geopotential_500", "temperature_850", "u_component_of_wind_250", "s
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("store")
-    p.add_argument("--starts", type=int, default=4, help="forecasts started at store times 0, 8, 16, ...")
+    p.add_argument(
+        "--starts", type=int, default=4, help="forecasts started at store times 0, 8, 16, ..."
+    )
     p.add_argument("--imperfect", default="T21", help="resolution of the imperfect model")
     p.add_argument("--imperfect-dt", type=float, default=30.0)
     args = p.parse_args()
     cfg = SphereTestbedConfig.model_validate(zstore.read_restart(args.store).config)
     imperfect_cfg = SphereTestbedConfig.model_validate(
-        cfg.model_dump() | {"forecast": {"resolution": args.imperfect, "dt_minutes": args.imperfect_dt}})
-    models = {"perfect": from_config(cfg, store=args.store), "imperfect": from_config(imperfect_cfg, store=args.store, perfect=False)}
+        cfg.model_dump()
+        | {"forecast": {"resolution": args.imperfect, "dt_minutes": args.imperfect_dt}}
+    )
+    models = {
+        "perfect": from_config(cfg, store=args.store),
+        "imperfect": from_config(imperfect_cfg, store=args.store, perfect=False),
+    }
     tb = models["perfect"]
     w = np.asarray(tb.grid.weights)
     n_times = zstore.n_times(args.store)
@@ -47,11 +54,15 @@ def main() -> None:
             row[f"{name}_wall_s"] = round(time.perf_counter() - t0, 1)
             for ch in CHANNELS:
                 c = tb.channels.names.index(ch)
-                row.setdefault(ch, {})[name] = float(np.sqrt((w * (fc[:, c] - xt[:, c]) ** 2).mean()))
+                row.setdefault(ch, {})[name] = float(
+                    np.sqrt((w * (fc[:, c] - xt[:, c]) ** 2).mean())
+                )
         for ch in CHANNELS:
             c = tb.channels.names.index(ch)
             row[ch]["persistence"] = float(np.sqrt((w * (x0[:, c] - xt[:, c]) ** 2).mean()))
-            row[ch]["climatology_distance"] = float(np.sqrt(2 * (w * everything[:, c].var(axis=0)).mean()))
+            row[ch]["climatology_distance"] = float(
+                np.sqrt(2 * (w * everything[:, c].var(axis=0)).mean())
+            )
         out[f"lead_{6 * lead}h"] = row
         print(f"lead {6 * lead} h:")
         for ch in CHANNELS:

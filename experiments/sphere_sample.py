@@ -18,8 +18,18 @@ from ensda.testbeds.sphere.nature import generate
 OUT = Path(__file__).resolve().parents[1] / "tests" / "data" / "sphere_t21_sample.zarr"
 
 CONFIG = SphereTestbedConfig(
-    model="held_suarez", resolution="T21", layers=8, dt_minutes=30.0, spinup_days=200.0,
-    nature={"store": str(OUT.relative_to(OUT.parents[2])), "days": 1.0, "output_hours": 6, "seed": 0, "time_chunk": 4},
+    model="held_suarez",
+    resolution="T21",
+    layers=8,
+    dt_minutes=30.0,
+    spinup_days=200.0,
+    nature={
+        "store": str(OUT.relative_to(OUT.parents[2])),
+        "days": 1.0,
+        "output_hours": 6,
+        "seed": 0,
+        "time_chunk": 4,
+    },
 )
 
 if __name__ == "__main__":

@@ -25,14 +25,18 @@ def graph():
 
 
 def layer_modules() -> list[list[str]]:
-    contract = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"][0]
+    contract = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"][
+        "contracts"
+    ][0]
     return [[m.strip() for m in layer.replace("|", ":").split(":")] for layer in contract["layers"]]
 
 
 def cycles(graph) -> list[list[str]]:
     """The strongly connected components of more than one module (Tarjan's algorithm)."""
     modules = sorted(graph.modules)
-    edges = {m: sorted(set(graph.find_modules_directly_imported_by(m)) & set(modules)) for m in modules}
+    edges = {
+        m: sorted(set(graph.find_modules_directly_imported_by(m)) & set(modules)) for m in modules
+    }
     index, low, stack, on_stack, found = {}, {}, [], set(), []
 
     def visit(v):
@@ -68,7 +72,14 @@ def test_cycle_finder_finds_a_planted_cycle():
     g = grimp.ImportGraph()
     for m in ("a", "b", "c", "d", "e", "f"):
         g.add_module(m)
-    for importer, imported in (("a", "b"), ("b", "a"), ("c", "d"), ("d", "e"), ("e", "c"), ("e", "f")):
+    for importer, imported in (
+        ("a", "b"),
+        ("b", "a"),
+        ("c", "d"),
+        ("d", "e"),
+        ("e", "c"),
+        ("e", "f"),
+    ):
         g.add_import(importer=importer, imported=imported)
     assert sorted(cycles(g)) == [["a", "b"], ["c", "d", "e"]]
 
@@ -90,8 +101,11 @@ def test_every_module_sits_in_a_layer(graph):
     covers it."""
     layers = [m for layer in layer_modules() for m in layer]
     roots = set(PACKAGES)
-    outside = sorted(m for m in graph.modules
-                     if m not in roots and not any(m == p or m.startswith(p + ".") for p in layers))
+    outside = sorted(
+        m
+        for m in graph.modules
+        if m not in roots and not any(m == p or m.startswith(p + ".") for p in layers)
+    )
     assert outside == []
 
 

@@ -46,7 +46,10 @@ def test_run_json_matches_library_and_is_tracked(store, request):
     # lead-time loss (default: 48 h against truth + N(0, 0.05²) forecasts): ETKF's analysis
     # error (~0.2) is ~4x the reference's, so it costs ~2 error doublings (~4 days)
     assert rec["lead_time_loss_h"] == pytest.approx(direct.summary["lead_time_loss_h"], abs=1e-3)
-    assert 24.0 < rec["lead_time_loss_h"] < 150.0 and rec["lead_time_loss"] == f"{rec['lead_time_loss_h']:.1f} h"
+    assert (
+        24.0 < rec["lead_time_loss_h"] < 150.0
+        and rec["lead_time_loss"] == f"{rec['lead_time_loss_h']:.1f} h"
+    )
 
     from mlflow.tracking import MlflowClient
 
@@ -59,15 +62,25 @@ def test_run_json_matches_library_and_is_tracked(store, request):
     history = client.get_metric_history(run.info.run_id, "cycle/rmse_a")
     assert sorted(m.step for m in history) == list(range(1, 201))
     burned = [m.value for m in sorted(history, key=lambda m: m.step)][20:]
-    assert sum(burned) / len(burned) == pytest.approx(rec["rmse_a"], rel=1e-5)  # time mean of per-cycle RMSE
+    assert sum(burned) / len(burned) == pytest.approx(
+        rec["rmse_a"], rel=1e-5
+    )  # time mean of per-cycle RMSE
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"error_spread.png", "rank_histogram.png", "settings.json", "lead_time.png", "lead_time.json"} <= artifacts
+    assert {
+        "error_spread.png",
+        "rank_histogram.png",
+        "settings.json",
+        "lead_time.png",
+        "lead_time.json",
+    } <= artifacts
     assert run.data.metrics["lead_time_loss_h"] == pytest.approx(rec["lead_time_loss_h"], abs=1e-3)
 
 
 def test_compare_parent_and_children(store, request):
     cfg_path = str(request.config.rootpath / CONFIG)
-    result = runner.invoke(app, ["compare", cfg_path, "--methods", "etkf,3dvar,none", *SHORT, "--json"])
+    result = runner.invoke(
+        app, ["compare", cfg_path, "--methods", "etkf,3dvar,none", *SHORT, "--json"]
+    )
     assert result.exit_code == 0, result.output
     out = _last_json(result.stdout)
     by_method = {r["method"]: r for r in out["results"]}
@@ -77,7 +90,10 @@ def test_compare_parent_and_children(store, request):
     assert by_method["3dvar"]["n_members"] == 1
     # lead-time loss in the table and the JSON: the free run is off the curve ("> 192 h")
     assert "lead-time loss at 48 h" in result.stderr
-    assert by_method["none"]["lead_time_loss_h"] is None and by_method["none"]["lead_time_loss"] == "> 192 h"
+    assert (
+        by_method["none"]["lead_time_loss_h"] is None
+        and by_method["none"]["lead_time_loss"] == "> 192 h"
+    )
     assert 0 < by_method["etkf"]["lead_time_loss_h"] < by_method["3dvar"]["lead_time_loss_h"]
 
     from mlflow.tracking import MlflowClient
@@ -85,7 +101,8 @@ def test_compare_parent_and_children(store, request):
     client = MlflowClient(tracking_uri=store)
     parent = client.get_run(out["mlflow_run_id"])
     children = client.search_runs(
-        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
     )
     assert sorted(c.data.params["method"] for c in children) == ["3dvar", "etkf", "none"]
 
@@ -112,7 +129,16 @@ def test_bad_input_names_the_field(args, needle, request):
 def test_divergence_reports_cycle_and_stage(request):
     """A free run inflated 50x per cycle blows up; the message names the cycle and the stage."""
     cfg_path = str(request.config.rootpath / CONFIG)
-    args = ["--method", "none", "--set", "assimilator.inflation=50", "--set", "cycles=200", "--set", "burn_in=10"]
+    args = [
+        "--method",
+        "none",
+        "--set",
+        "assimilator.inflation=50",
+        "--set",
+        "cycles=200",
+        "--set",
+        "burn_in=10",
+    ]
     result = runner.invoke(app, ["run", cfg_path, *args, "--no-track"])
     assert result.exit_code == 3, result.output
     assert "non-finite state" in result.output and "by the forecast at cycle" in result.output
@@ -126,7 +152,16 @@ def test_missing_config_file():
 
 def test_compare_reports_a_diverged_method_and_goes_on(store, request):
     cfg_path = str(request.config.rootpath / CONFIG)
-    args = ["compare", cfg_path, "--methods", "none,etkf", *SHORT, "--set", "methods.none.inflation=50", "--json"]
+    args = [
+        "compare",
+        cfg_path,
+        "--methods",
+        "none,etkf",
+        *SHORT,
+        "--set",
+        "methods.none.inflation=50",
+        "--json",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     out = _last_json(result.stdout)
@@ -138,7 +173,10 @@ def test_compare_reports_a_diverged_method_and_goes_on(store, request):
 
     client = MlflowClient(tracking_uri=store)
     parent = client.get_run(out["mlflow_run_id"])
-    children = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+    )
     status = {c.data.params["method"]: c.info.status for c in children}
     assert status == {"none": "FAILED", "etkf": "FINISHED"}
     failed = next(c for c in children if c.data.params["method"] == "none")

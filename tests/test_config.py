@@ -99,11 +99,13 @@ def test_method_settings_are_validated_by_name():
 
 
 def test_method_settings_merge_tuned_defaults_and_overrides():
-    cfg = validate({
-        "method": "letkf",
-        "methods": {"letkf": {"radius": 3.0, "inflation": 1.02}, "enkf": {"inflation": 1.06}},
-        "assimilator": {"inflation": 1.1},
-    })
+    cfg = validate(
+        {
+            "method": "letkf",
+            "methods": {"letkf": {"radius": 3.0, "inflation": 1.02}, "enkf": {"inflation": 1.06}},
+            "assimilator": {"inflation": 1.1},
+        }
+    )
     letkf = cfg.method_settings("letkf")
     assert letkf["radius"] == 3.0 and letkf["inflation"] == 1.1 and letkf["rtps"] == 0.0
     # the overrides apply to the method being run only
@@ -124,10 +126,14 @@ def test_parse_override_parses_yaml_values():
 
 def test_apply_overrides_sets_nested_keys_without_mutating():
     data = {"obs": {"every": 1}, "cycles": 100}
-    out = apply_overrides(data, ["obs.r_std=0.5", "assimilator.radius=3", "cycles=200", "testbed.n=20"])
+    out = apply_overrides(
+        data, ["obs.r_std=0.5", "assimilator.radius=3", "cycles=200", "testbed.n=20"]
+    )
     assert out == {
-        "obs": {"every": 1, "r_std": 0.5}, "cycles": 200,
-        "assimilator": {"radius": 3}, "testbed": {"n": 20},
+        "obs": {"every": 1, "r_std": 0.5},
+        "cycles": 200,
+        "assimilator": {"radius": 3},
+        "testbed": {"n": 20},
     }
     assert data == {"obs": {"every": 1}, "cycles": 100}
     with pytest.raises(ConfigError, match="cycles"):
@@ -137,7 +143,10 @@ def test_apply_overrides_sets_nested_keys_without_mutating():
 def test_load_with_overrides(tmp_path):
     path = tmp_path / "exp.yaml"
     path.write_text("name: t\ncycles: 50\nburn_in: 5\nobs:\n  r_std: 2.0\nmethod: etkf\n")
-    cfg = load(path, ["obs.density=0.5", "obs.redraw=true", "assimilator.inflation=1.05", "ensemble.size=8"])
+    cfg = load(
+        path,
+        ["obs.density=0.5", "obs.redraw=true", "assimilator.inflation=1.05", "ensemble.size=8"],
+    )
     assert cfg.obs.density == 0.5 and cfg.obs.redraw is True and cfg.obs.r_std == 2.0
     assert cfg.method_settings("etkf")["inflation"] == 1.05
     assert cfg.ensemble.size == 8
@@ -170,7 +179,9 @@ def test_flatten_gives_dotted_keys():
     assert flat["methods"] == {}
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "experiments" / "configs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "experiments" / "configs").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_every_shipped_config_loads_with_valid_method_settings(path):
     """Every config under experiments/configs validates, with every method's settings and,
     for a sweep, a non-empty grid or trial budget."""

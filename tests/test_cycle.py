@@ -18,7 +18,7 @@ from baselines import ETKF, FreeRun
 from ensda.config import validate
 from ensda.cycle import NonFiniteStateError, check_finite, run_chunked, run_cycles, summarize
 from ensda.experiment import make_osse, run_method
-from ensda.observe import ObsNetwork, Observations
+from ensda.observe import Observations, ObsNetwork
 from ensda.pytree import pytree_dataclass
 from ensda.testbeds import Lorenz96
 
@@ -86,7 +86,16 @@ def test_finite_run_passes_the_check(setup):
 def test_chunked_run_stops_early_and_names_the_cycle(setup):
     tb, truth, obs, x0 = setup
     done = []
-    timed = run_chunked(tb, ETKF(), truth, with_y(obs, 8, np.nan), x0, jax.random.key(3), chunks=4, progress=done.append)
+    timed = run_chunked(
+        tb,
+        ETKF(),
+        truth,
+        with_y(obs, 8, np.nan),
+        x0,
+        jax.random.key(3),
+        chunks=4,
+        progress=done.append,
+    )
     assert done == [3, 6]  # chunk 3 (cycles 7-9) holds the NaN: no progress past it
     assert timed.result.n_cycles == 9
     with pytest.raises(NonFiniteStateError) as info:
@@ -98,8 +107,12 @@ def test_chunked_run_equals_one_scan(setup):
     tb, truth, obs, x0 = setup
     whole = run_cycles(tb, ETKF(), truth, obs, x0, jax.random.key(3))
     chunked = run_chunked(tb, ETKF(), truth, obs, x0, jax.random.key(3), chunks=3).result
-    np.testing.assert_allclose(np.asarray(chunked.mean_a), np.asarray(whole.mean_a), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(chunked.final_ensemble), np.asarray(whole.final_ensemble), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(chunked.mean_a), np.asarray(whole.mean_a), rtol=1e-5, atol=1e-5
+    )
+    np.testing.assert_allclose(
+        np.asarray(chunked.final_ensemble), np.asarray(whole.final_ensemble), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_free_run_outputs_line_up_with_truth(setup):
@@ -131,12 +144,16 @@ def test_analysis_uses_the_observations_of_its_own_cycle(setup):
 
 
 def small_config(method):
-    return validate({
-        "testbed": {"n": 8, "spinup_steps": 200, "climatology_samples": 200},
-        "ensemble": {"size": 6},
-        "cycles": 12, "burn_in": 2, "method": method,
-        "tracking": {"enabled": False},
-    })
+    return validate(
+        {
+            "testbed": {"n": 8, "spinup_steps": 200, "climatology_samples": 200},
+            "ensemble": {"size": 6},
+            "cycles": 12,
+            "burn_in": 2,
+            "method": method,
+            "tracking": {"enabled": False},
+        }
+    )
 
 
 def test_run_method_reports_nan_from_a_corrupt_observation():
@@ -180,24 +197,32 @@ def test_climatology_skips_the_forecast_its_background_is_the_previous_draw(setu
     np.testing.assert_allclose(mean_f[0], np.asarray(x0).mean(0), rtol=1e-6)
     np.testing.assert_allclose(mean_f[1:], mean_a[:-1], rtol=1e-6)
     with pytest.raises(NonFiniteStateError, match="forecast"):  # the free run does use the forecast
-        check_finite(run_cycles(NanForecast(), FreeRun(), truth, obs, x0, jax.random.key(3)), "none")
+        check_finite(
+            run_cycles(NanForecast(), FreeRun(), truth, obs, x0, jax.random.key(3)), "none"
+        )
 
 
 def test_control_is_one_free_trajectory_from_the_climatological_mean():
     """``control``: one member, started at the climatological mean, never corrected. On the
     attractor it is an independent state, so its error tends to √2 σ_clim, while the free
     ensemble's mean tends to the climatological mean (error σ_clim): the ratio is ≈ √2."""
-    cfg = validate({
-        "testbed": {"n": 40, "spinup_steps": 500, "climatology_samples": 500},
-        "ensemble": {"size": 20, "init": "climatology"}, "cycles": 2000, "burn_in": 200,
-        "tracking": {"enabled": False},
-    })
+    cfg = validate(
+        {
+            "testbed": {"n": 40, "spinup_steps": 500, "climatology_samples": 500},
+            "ensemble": {"size": 20, "init": "climatology"},
+            "cycles": 2000,
+            "burn_in": 200,
+            "tracking": {"enabled": False},
+        }
+    )
     osse = make_osse(cfg)
     control, free = run_method(cfg, osse, "control"), run_method(cfg, osse, "none")
     assert control.n_members == 1 and free.n_members == 20
     mean_f = np.asarray(control.result.mean_f)
     start = osse.climatology.mean(0, keepdims=True)
-    np.testing.assert_allclose(mean_f[0], np.asarray(osse.forecast_model.cycle_forecast(start))[0], rtol=1e-5)
+    np.testing.assert_allclose(
+        mean_f[0], np.asarray(osse.forecast_model.cycle_forecast(start))[0], rtol=1e-5
+    )
     np.testing.assert_array_equal(np.asarray(control.result.mean_a), mean_f)  # never corrected
     ratio = control.summary["rmse_a"] / free.summary["rmse_a"]
     assert ratio == pytest.approx(np.sqrt(2.0), rel=0.08), ratio

@@ -23,23 +23,42 @@ from ensda import experiment
 from ensda.config import ConfigError, validate
 from ensda.diffusion import checkpoint
 from ensda.diffusion.samplers import SamplerConfig, nfe
-from ensda.training import train
 from ensda.nn import ring_graph
+from ensda.training import train
 
 TINY_TRAIN = {
-    "perturbed_samples": 3000, "error_min": 0.3, "error_max": 1.5, "members": 10,
-    "sources": [{"obs": {"every": 2}, "method": "etkf", "settings": {"inflation": 1.03}, "cycles": 1500}],
-    "validation": 300, "latent": 16, "message_steps": 2, "frequencies": 8,
-    "steps": 600, "batch": 64, "lr": 0.003, "warmup": 50, "log_every": 100,
-    "density_min": 0.25, "density_max": 0.5, "every_choices": [2],
+    "perturbed_samples": 3000,
+    "error_min": 0.3,
+    "error_max": 1.5,
+    "members": 10,
+    "sources": [
+        {"obs": {"every": 2}, "method": "etkf", "settings": {"inflation": 1.03}, "cycles": 1500}
+    ],
+    "validation": 300,
+    "latent": 16,
+    "message_steps": 2,
+    "frequencies": 8,
+    "steps": 600,
+    "batch": 64,
+    "lr": 0.003,
+    "warmup": 50,
+    "log_every": 100,
+    "density_min": 0.25,
+    "density_max": 0.5,
+    "every_choices": [2],
 }
 
 
 def tiny_config(checkpoint, **extra) -> dict:
     base = {
-        "cycles": 120, "burn_in": 20, "ensemble": {"size": 8}, "obs": {"every": 2},
-        "method": "diffusion", "methods": {"diffusion": {"checkpoint": str(checkpoint), "steps": 8}},
-        "tracking": {"enabled": False}, "train": TINY_TRAIN | {"checkpoint": str(checkpoint)},
+        "cycles": 120,
+        "burn_in": 20,
+        "ensemble": {"size": 8},
+        "obs": {"every": 2},
+        "method": "diffusion",
+        "methods": {"diffusion": {"checkpoint": str(checkpoint), "steps": 8}},
+        "tracking": {"enabled": False},
+        "train": TINY_TRAIN | {"checkpoint": str(checkpoint)},
     }
     for key, value in extra.items():
         base[key] = value
@@ -113,8 +132,14 @@ def test_cycled_diffusion_runs_and_reports_nfe(trained):
 def test_runtime_network_calls_equal_the_reported_nfe(trained):
     cfg, _, _ = trained
     osse = experiment.make_osse(cfg)
-    for settings in ({"steps": 5}, {"steps": 4, "sampler": "dpm2s"}, {"steps": 3, "repaint_jumps": 2, "obs_channels": False}):
-        assim = experiment.build_assimilator(cfg, osse, "diffusion", {"checkpoint": cfg.train.checkpoint} | settings)
+    for settings in (
+        {"steps": 5},
+        {"steps": 4, "sampler": "dpm2s"},
+        {"steps": 3, "repaint_jumps": 2, "obs_channels": False},
+    ):
+        assim = experiment.build_assimilator(
+            cfg, osse, "diffusion", {"checkpoint": cfg.train.checkpoint} | settings
+        )
         ens = osse.truth[1] + jax.random.normal(jax.random.key(0), (8, 40))
         _, count = jax.jit(assim.sample_increments)(ens, osse.obs.at(0), jax.random.key(1))
         assert np.all(np.asarray(count) == assim.nfe), (settings, count, assim.nfe)
@@ -128,9 +153,19 @@ def test_guidance_moves_members_towards_the_observations(trained):
     obs = osse.obs.at(5)
     ens = osse.truth[6] + 1.0 * jax.random.normal(jax.random.key(3), (8, 40))
     guided = experiment.build_assimilator(
-        cfg, osse, "diffusion", {"checkpoint": cfg.train.checkpoint, "steps": 8, "obs_channels": False, "guidance_strength": 1.0}
+        cfg,
+        osse,
+        "diffusion",
+        {
+            "checkpoint": cfg.train.checkpoint,
+            "steps": 8,
+            "obs_channels": False,
+            "guidance_strength": 1.0,
+        },
     )
-    prior = dataclasses.replace(guided, guidance_strength=0.0)  # build refuses a method that ignores y
+    prior = dataclasses.replace(
+        guided, guidance_strength=0.0
+    )  # build refuses a method that ignores y
     fits = {}
     for name, assim in (("guided", guided), ("prior", prior)):
         xa = assim.analyse(ens, obs, jax.random.key(4))
@@ -200,9 +235,18 @@ def test_sharded_ensemble_equals_unsharded(trained):
         np.testing.assert_allclose(np.asarray(out[True]), np.asarray(out[False]), rtol=1e-5, atol=1e-5)
         print("EQUAL")
     """)
-    env = os.environ | {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600,
-                          cwd=os.path.dirname(os.path.dirname(__file__)))
+    env = os.environ | {
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "JAX_PLATFORMS": "cpu",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=os.path.dirname(os.path.dirname(__file__)),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "EQUAL" in done.stdout
 
@@ -222,7 +266,9 @@ def test_increment_localisation_on_the_ring(trained):
     observed = np.zeros(40, bool)
     observed[np.asarray(obs.idx)] = True
     for c, rho_between in ((0.4, 0.0), (1.0, 5.0 / 24.0)):
-        local = experiment.build_assimilator(cfg, osse, "diffusion", cfg.method_settings("diffusion") | {"localisation": c})
+        local = experiment.build_assimilator(
+            cfg, osse, "diffusion", cfg.method_settings("diffusion") | {"localisation": c}
+        )
         xl = np.asarray(local.analyse(xf, obs, key))
         np.testing.assert_allclose(xl[:, observed], xa[:, observed], atol=1e-5)
         expected = np.asarray(xf)[:, ~observed] + rho_between * (xa - np.asarray(xf))[:, ~observed]

@@ -116,7 +116,9 @@ def test_gaussian_denoiser_matches_formula():
     z = np.random.default_rng(5).normal(size=5)
     for s in [0.01, 0.7, 30.0]:
         want = mu + cov @ np.linalg.solve(cov + s**2 * np.eye(5), z - mu)
-        np.testing.assert_allclose(D(jnp.asarray(z, jnp.float32), jnp.float32(s)), want, rtol=2e-5, atol=2e-5)
+        np.testing.assert_allclose(
+            D(jnp.asarray(z, jnp.float32), jnp.float32(s)), want, rtol=2e-5, atol=2e-5
+        )
     with pytest.raises(ValueError, match="cov"):
         gaussian_denoiser(mu, cov[:3])
 
@@ -157,7 +159,9 @@ def test_loss_batch_shapes_and_weighting():
     s = np.asarray(edm.training_sigma(sig_key, (3,)), np.float64)[:, None, None]
     eps = np.asarray(jax.random.normal(noise_key, (3, 2, 4)), np.float64)
     z = 1.0 + s * eps
-    per = np.mean((z / (s**2 + 1) - 1.0) ** 2, axis=(1, 2)) * (s[:, 0, 0] ** 2 + 1) / s[:, 0, 0] ** 2
+    per = (
+        np.mean((z / (s**2 + 1) - 1.0) ** 2, axis=(1, 2)) * (s[:, 0, 0] ** 2 + 1) / s[:, 0, 0] ** 2
+    )
     np.testing.assert_allclose(value, per.mean(), rtol=1e-5)
 
 

@@ -21,12 +21,16 @@ def _analyse(assim, bg, obs, key):
 
 
 def analyse(assim, bg, obs, key=0):
-    return np.asarray(_analyse(assim, jnp.asarray(bg, jnp.float32), obs, jax.random.key(key)), np.float64)
+    return np.asarray(
+        _analyse(assim, jnp.asarray(bg, jnp.float32), obs, jax.random.key(key)), np.float64
+    )
 
 
 def make_obs(y, idx, r):
     return Observations(
-        y=jnp.asarray(y, jnp.float32), idx=jnp.asarray(idx, jnp.int32), r_std=jnp.asarray(r, jnp.float32)
+        y=jnp.asarray(y, jnp.float32),
+        idx=jnp.asarray(idx, jnp.int32),
+        r_std=jnp.asarray(r, jnp.float32),
     )
 
 
@@ -78,7 +82,9 @@ def test_perturbations_have_unit_variance_in_units_of_r():
     d = np.linalg.lstsq(k, inc.T, rcond=None)[0].T  # (N, p) = y + r ε_j − H x_j
     eps = (d - y + bg.astype(np.float64) @ h.T) / r
     np.testing.assert_allclose(eps.mean(0), 0.0, atol=1e-3)  # centred
-    np.testing.assert_allclose(eps.std(0, ddof=1), 1.0, atol=0.15)  # sd of sd ≈ 1/sqrt(2·300) = 0.04
+    np.testing.assert_allclose(
+        eps.std(0, ddof=1), 1.0, atol=0.15
+    )  # sd of sd ≈ 1/sqrt(2·300) = 0.04
     # independent across observations and members
     c = np.corrcoef(eps.T)
     assert np.abs(c - np.eye(3)).max() < 0.2  # sd of a correlation ≈ 0.06

@@ -22,13 +22,12 @@ from flax import nnx
 
 from ensda import assimilator as registry
 from ensda import experiment
-from ensda.config import validate
-from ensda.diffusion import anchored
-from ensda.training.anchored import DIVERGENCE_MARGIN, SKIP_CYCLES, kept_cycles, train_anchored
-from ensda.diffusion import checkpoint
 from ensda.checkpoint import CheckpointError
+from ensda.config import validate
+from ensda.diffusion import anchored, checkpoint
 from ensda.diffusion.edm import EDM
 from ensda.nn import GNNConfig
+from ensda.training.anchored import DIVERGENCE_MARGIN, SKIP_CYCLES, kept_cycles, train_anchored
 
 LETKF = {"radius": 6.0, "inflation": 1.03, "rtps": 0.2}
 
@@ -36,16 +35,41 @@ LETKF = {"radius": 6.0, "inflation": 1.03, "rtps": 0.2}
 def setup(tmp_path, every=4, members=20, **settings):
     """An OSSE on every ``every``-th site, an untrained anchored checkpoint, the method built on
     it and a background ensemble with flow-dependent anomalies (forecasts of an LETKF run)."""
-    spec = anchored.AnchoredSpec(40, GNNConfig(latent=16, steps=2, n_frequencies=4), EDM(sigma_max=5.0))
+    spec = anchored.AnchoredSpec(
+        40, GNNConfig(latent=16, steps=2, n_frequencies=4), EDM(sigma_max=5.0)
+    )
     norm = anchored.AnchorNormalisation(np.float32(0.0), np.float32(3.6), np.float32(0.5))
     path = tmp_path / "anchored"
     params = nnx.split(spec.build(0))[1]
-    cfg = validate({"cycles": 60, "burn_in": 10, "obs": {"every": every}, "ensemble": {"size": members},
-                    "method": "letkf", "methods": {"letkf": LETKF}, "tracking": {"enabled": False}})
+    cfg = validate(
+        {
+            "cycles": 60,
+            "burn_in": 10,
+            "obs": {"every": every},
+            "ensemble": {"size": members},
+            "method": "letkf",
+            "methods": {"letkf": LETKF},
+            "tracking": {"enabled": False},
+        }
+    )
     osse = experiment.make_osse(cfg)
-    anchored.save(path, params, spec, norm, checkpoint.testbed_record(cfg.testbed), {"operator": "identity", "r_std": 1.0}, {}, {})
-    settings = {"checkpoint": str(path), "anchor_radius": LETKF["radius"], "anchor_inflation": LETKF["inflation"],
-                "anchor_rtps": LETKF["rtps"], "steps": 20} | settings
+    anchored.save(
+        path,
+        params,
+        spec,
+        norm,
+        checkpoint.testbed_record(cfg.testbed),
+        {"operator": "identity", "r_std": 1.0},
+        {},
+        {},
+    )
+    settings = {
+        "checkpoint": str(path),
+        "anchor_radius": LETKF["radius"],
+        "anchor_inflation": LETKF["inflation"],
+        "anchor_rtps": LETKF["rtps"],
+        "steps": 20,
+    } | settings
     method = experiment.build_assimilator(cfg, osse, "ens-diffusion", settings)
     letkf = experiment.build_assimilator(cfg, osse, "letkf", LETKF)
     run = experiment.run_method(cfg, osse, "letkf", LETKF)
@@ -54,13 +78,17 @@ def setup(tmp_path, every=4, members=20, **settings):
 
 
 def test_zero_residual_reproduces_the_letkf_mean(tmp_path, monkeypatch):
-    monkeypatch.setattr(anchored.AnchoredDiffusionDA, "denoiser", lambda self, cond: (lambda z, s: jnp.zeros_like(z)))
+    monkeypatch.setattr(
+        anchored.AnchoredDiffusionDA, "denoiser", lambda self, cond: lambda z, s: jnp.zeros_like(z)
+    )
     method, letkf, background, obs = setup(tmp_path)
     key = jax.random.key(5)
     reference = letkf.analyse(background, obs, jax.random.split(key)[0]).mean(0)
     for coupling in ("affine", "anchor", "independent", "ecc"):
         out = dataclasses.replace(method, coupling=coupling).analyse(background, obs, key)
-        np.testing.assert_allclose(np.asarray(out), np.broadcast_to(np.asarray(reference), out.shape), atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(out), np.broadcast_to(np.asarray(reference), out.shape), atol=1e-5
+        )
     assert float(jnp.abs(reference - background.mean(0)).max()) > 0.1  # the LETKF moved the mean
 
 
@@ -92,10 +120,14 @@ def test_ecc_members_take_the_anchor_ranks_and_the_model_marginals(tmp_path):
     key = jax.random.key(5)
     anchor_ens = np.asarray(letkf.analyse(background, obs, jax.random.split(key)[0]))
     out = np.asarray(method.analyse(background, obs, key))
-    independent = np.asarray(dataclasses.replace(method, coupling="independent").analyse(background, obs, key))
+    independent = np.asarray(
+        dataclasses.replace(method, coupling="independent").analyse(background, obs, key)
+    )
     ranks = lambda e: np.argsort(np.argsort(e, axis=0), axis=0)  # noqa: E731
     np.testing.assert_array_equal(ranks(out), ranks(anchor_ens))  # the anchor's rank structure
-    np.testing.assert_allclose(np.sort(out, axis=0), np.sort(independent, axis=0), atol=1e-5)  # the samples
+    np.testing.assert_allclose(
+        np.sort(out, axis=0), np.sort(independent, axis=0), atol=1e-5
+    )  # the samples
     # antithetic pairs: the F = 0 model's samples are symmetric about the anchor mean
     np.testing.assert_allclose(out.mean(0), anchor_ens.mean(0), atol=1e-4)
     ratio = out.std(0, ddof=1) / anchor_ens.std(0, ddof=1)
@@ -108,12 +140,20 @@ def test_affine_members_keep_the_anchor_correlations_exactly(tmp_path):
     key = jax.random.key(5)
     anchor_ens = np.asarray(letkf.analyse(background, obs, jax.random.split(key)[0]))
     out = np.asarray(method.analyse(background, obs, key))
-    samples = np.asarray(dataclasses.replace(method, coupling="independent").analyse(background, obs, key))
+    samples = np.asarray(
+        dataclasses.replace(method, coupling="independent").analyse(background, obs, key)
+    )
     np.testing.assert_allclose(_correlation(out), _correlation(anchor_ens), atol=1e-4)
     np.testing.assert_allclose(out.mean(0), samples.mean(0), atol=1e-4)  # the model's mean ...
-    np.testing.assert_allclose(out.std(0, ddof=1), samples.std(0, ddof=1), rtol=1e-3)  # ... and spread
-    mean_only = np.asarray(dataclasses.replace(method, spread="anchor").analyse(background, obs, key))
-    np.testing.assert_allclose(mean_only - mean_only.mean(0), anchor_ens - anchor_ens.mean(0), atol=1e-4)
+    np.testing.assert_allclose(
+        out.std(0, ddof=1), samples.std(0, ddof=1), rtol=1e-3
+    )  # ... and spread
+    mean_only = np.asarray(
+        dataclasses.replace(method, spread="anchor").analyse(background, obs, key)
+    )
+    np.testing.assert_allclose(
+        mean_only - mean_only.mean(0), anchor_ens - anchor_ens.mean(0), atol=1e-4
+    )
     np.testing.assert_allclose(mean_only.mean(0), samples.mean(0), atol=1e-4)
 
 
@@ -122,8 +162,14 @@ def test_sampler_scale():
     from ensda.diffusion.samplers import SamplerConfig, sample
 
     edm = EDM(sigma_max=5.0)
-    z, count = sample(lambda z, s: z / (1 + s**2), jax.random.key(0), (1,), edm, SamplerConfig("heun", 20),
-                      np.sqrt(26.0) * jnp.ones(1))
+    z, count = sample(
+        lambda z, s: z / (1 + s**2),
+        jax.random.key(0),
+        (1,),
+        edm,
+        SamplerConfig("heun", 20),
+        np.sqrt(26.0) * jnp.ones(1),
+    )
     assert abs(float(z[0]) - 1.011) < 1e-3 and int(count) == 39
 
 
@@ -135,8 +181,13 @@ def test_features_against_numpy():
     sites = np.array([2, 7])
     from ensda.observe import Observations
 
-    obs = Observations(y=jnp.asarray([1.0, -2.0]), idx=jnp.asarray(sites), r_std=jnp.ones(2), operator="arctan")
-    d = np.minimum(np.abs(np.subtract.outer(np.arange(n), np.arange(n))), n - np.abs(np.subtract.outer(np.arange(n), np.arange(n))))
+    obs = Observations(
+        y=jnp.asarray([1.0, -2.0]), idx=jnp.asarray(sites), r_std=jnp.ones(2), operator="arctan"
+    )
+    d = np.minimum(
+        np.abs(np.subtract.outer(np.arange(n), np.arange(n))),
+        n - np.abs(np.subtract.outer(np.arange(n), np.arange(n))),
+    )
     s = anchored.summarise(jnp.asarray(bg), jnp.asarray(an), obs, jnp.asarray(d, jnp.float32))
     norm = anchored.AnchorNormalisation(np.float32(1.0), np.float32(2.0), np.float32(0.5))
     f = np.asarray(anchored.features(norm, s))
@@ -145,9 +196,19 @@ def test_features_against_numpy():
     nearest = np.min(d[:, sites], axis=1)
     expected_std = np.ones(n)
     expected_std[sites] = np.sqrt(np.arctan(an[:, sites]).var(0, ddof=1) + 1.0)
-    expect = np.stack([(bg.mean(0) - 1) / 2, bg.std(0, ddof=1) / 0.5, (an.mean(0) - bg.mean(0)) / 0.5,
-                       an.std(0, ddof=1) / 0.5, innov / 0.5, innov / expected_std, np.isin(np.arange(n), sites),
-                       np.minimum(nearest / 10, 1)], -1)
+    expect = np.stack(
+        [
+            (bg.mean(0) - 1) / 2,
+            bg.std(0, ddof=1) / 0.5,
+            (an.mean(0) - bg.mean(0)) / 0.5,
+            an.std(0, ddof=1) / 0.5,
+            innov / 0.5,
+            innov / expected_std,
+            np.isin(np.arange(n), sites),
+            np.minimum(nearest / 10, 1),
+        ],
+        -1,
+    )
     np.testing.assert_allclose(f, expect, rtol=1e-5, atol=1e-6)
 
 
@@ -157,19 +218,42 @@ def test_kept_cycles_skip_spin_up_and_the_blow_up():
     finite[1, 200:] = False
     keep = kept_cycles(finite)
     assert keep[0].sum() == k - SKIP_CYCLES and not keep[0, :SKIP_CYCLES].any()
-    assert keep[1].sum() == 200 - DIVERGENCE_MARGIN - SKIP_CYCLES and not keep[1, 200 - DIVERGENCE_MARGIN:].any()
+    assert (
+        keep[1].sum() == 200 - DIVERGENCE_MARGIN - SKIP_CYCLES
+        and not keep[1, 200 - DIVERGENCE_MARGIN :].any()
+    )
 
 
-TINY = {"target": "anchored", "perturbed_samples": 0, "runs": 2, "members": 8, "validation": 50, "latent": 8,
-        "message_steps": 1, "frequencies": 4, "steps": 40, "batch": 16, "log_every": 20, "sigma_max": 5.0,
-        "sources": [{"obs": {"every": 4}, "method": "letkf", "cycles": 120}]}
+TINY = {
+    "target": "anchored",
+    "perturbed_samples": 0,
+    "runs": 2,
+    "members": 8,
+    "validation": 50,
+    "latent": 8,
+    "message_steps": 1,
+    "frequencies": 4,
+    "steps": 40,
+    "batch": 16,
+    "log_every": 20,
+    "sigma_max": 5.0,
+    "sources": [{"obs": {"every": 4}, "method": "letkf", "cycles": 120}],
+}
 
 
 def test_training_writes_a_checkpoint_the_method_loads(tmp_path):
-    cfg = validate({"cycles": 30, "burn_in": 5, "obs": {"every": 4}, "ensemble": {"size": 8},
-                    "method": "ens-diffusion", "tracking": {"enabled": False},
-                    "methods": {"ens-diffusion": {"checkpoint": str(tmp_path / "ck"), "steps": 20}},
-                    "train": TINY | {"checkpoint": str(tmp_path / "ck")}})
+    cfg = validate(
+        {
+            "cycles": 30,
+            "burn_in": 5,
+            "obs": {"every": 4},
+            "ensemble": {"size": 8},
+            "method": "ens-diffusion",
+            "tracking": {"enabled": False},
+            "methods": {"ens-diffusion": {"checkpoint": str(tmp_path / "ck"), "steps": 20}},
+            "train": TINY | {"checkpoint": str(tmp_path / "ck")},
+        }
+    )
     lines = []
     result = train_anchored(cfg, report=lines.append)
     kept = 2 * (120 - SKIP_CYCLES)
@@ -179,12 +263,26 @@ def test_training_writes_a_checkpoint_the_method_loads(tmp_path):
     assert np.isfinite(run.summary["crps_a"]) and run.summary["nfe"] == 39
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"sources": [], "perturbed_samples": 10}, "needs train.sources"),
-    ({"sources": [{"obs": {"every": 4}, "method": "letkf", "settings": {"radius": 4.0}, "cycles": 100}]},
-     "without settings"),
-    ({"anchor_radius": [10.0, 4.0]}, "anchor_radius: low"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"sources": [], "perturbed_samples": 10}, "needs train.sources"),
+        (
+            {
+                "sources": [
+                    {
+                        "obs": {"every": 4},
+                        "method": "letkf",
+                        "settings": {"radius": 4.0},
+                        "cycles": 100,
+                    }
+                ]
+            },
+            "without settings",
+        ),
+        ({"anchor_radius": [10.0, 4.0]}, "anchor_radius: low"),
+    ],
+)
 def test_config_errors(change, message):
     with pytest.raises(Exception, match=message):
         validate({"train": TINY | change})
@@ -200,9 +298,11 @@ def test_an_increment_checkpoint_is_refused_with_the_reason(tmp_path):
 
 
 def test_an_ens_diffusion_checkpoint_is_refused_by_the_diffusion_loader(tmp_path):
-    from ensda.diffusion.checkpoint import load_checkpoint
     from ensda.checkpoint import write_checkpoint
+    from ensda.diffusion.checkpoint import load_checkpoint
 
-    write_checkpoint(tmp_path, {"w": np.zeros(1)}, {"format": 1, "model": "anchored", "testbed": {}, "spec": {}})
+    write_checkpoint(
+        tmp_path, {"w": np.zeros(1)}, {"format": 1, "model": "anchored", "testbed": {}, "spec": {}}
+    )
     with pytest.raises(CheckpointError, match="use it with method ens-diffusion"):
         load_checkpoint(tmp_path)

@@ -35,8 +35,11 @@ def kalman_problem(seed=0, n=6, idx=(0, 2, 4), r=0.7):
     gain = pb @ h.T @ np.linalg.inv(h @ pb @ h.T + r**2 * np.eye(len(idx)))
     ma = mb + gain @ (y - h @ mb)
     pa = (np.eye(n) - gain @ h) @ pb
-    obs = Observations(y=jnp.asarray(y, jnp.float32), idx=jnp.asarray(idx, jnp.int32),
-                       r_std=jnp.full((len(idx),), r, jnp.float32))
+    obs = Observations(
+        y=jnp.asarray(y, jnp.float32),
+        idx=jnp.asarray(idx, jnp.int32),
+        r_std=jnp.full((len(idx),), r, jnp.float32),
+    )
     return mb, pb, ma, pa, obs
 
 
@@ -79,7 +82,9 @@ def test_uninformative_likelihood_resamples_the_background_members():
     background = jnp.asarray(rng.normal(2.0, 3.0, (20, 40)), jnp.float32)
     obs = Observations(y=jnp.zeros(5), idx=jnp.arange(5), r_std=jnp.full((5,), 1e6, jnp.float32))
     xa = np.asarray(_analyse(EnSF(), background, obs, jax.random.key(1)))
-    d = np.linalg.norm(xa[:, None] - np.asarray(background)[None], axis=-1)  # (analysis, background)
+    d = np.linalg.norm(
+        xa[:, None] - np.asarray(background)[None], axis=-1
+    )  # (analysis, background)
     gaps = np.linalg.norm(np.asarray(background)[:, None] - np.asarray(background)[None], axis=-1)
     assert gaps[~np.eye(20, dtype=bool)].min() > 15.0
     assert d.min(1).max() < 1.2, d.min(1)
@@ -95,8 +100,17 @@ def test_cycled_lorenz96_every_second_site_beats_the_free_run():
     from ensda import config
     from ensda.experiment import make_osse, run_method
 
-    cfg = config.load(CONFIGS / "l96_every4.yaml", ["obs.every=2", "ensemble.size=20", "cycles=300", "burn_in=50",
-                                                    "lead_time.enabled=false", "tracking.enabled=false"])
+    cfg = config.load(
+        CONFIGS / "l96_every4.yaml",
+        [
+            "obs.every=2",
+            "ensemble.size=20",
+            "cycles=300",
+            "burn_in=50",
+            "lead_time.enabled=false",
+            "tracking.enabled=false",
+        ],
+    )
     osse = make_osse(cfg)
     run = run_method(cfg, osse, "ensf", {"t_end": 0.1, "inflation": 1.05})
     free = run_method(cfg, osse, "none", {}).summary["rmse_a"]
@@ -120,17 +134,26 @@ def test_one_sphere_analysis_moves_towards_the_observations():
 
     def smooth(m):
         noise = rng.normal(size=(m, ch.n, grid.n_lat, grid.n_lon))
-        return ((noise + np.roll(noise, 1, -1) + np.roll(noise, -1, -1) + np.roll(noise, 1, -2)) / 2.0).reshape(m, -1)
+        return (
+            (noise + np.roll(noise, 1, -1) + np.roll(noise, -1, -1) + np.roll(noise, 1, -2)) / 2.0
+        ).reshape(m, -1)
 
     climatology = jnp.asarray(smooth(64) * scale * 3 + 1000.0, jnp.float32)
     centre = rng.normal(size=ch.n * grid.n) * scale + 1000.0
     background = jnp.asarray(smooth(8) * scale + centre, jnp.float32)
     truth = jnp.asarray(centre + smooth(1)[0] * scale, jnp.float32)
-    r_std = (("geopotential", 150.0), ("temperature", 1.0), ("u_component_of_wind", 2.5),
-             ("v_component_of_wind", 2.5), ("surface_pressure", 100.0))
+    r_std = (
+        ("geopotential", 150.0),
+        ("temperature", 1.0),
+        ("u_component_of_wind", 2.5),
+        ("v_component_of_wind", 2.5),
+        ("surface_pressure", 100.0),
+    )
     net = GlobalObsNetwork(grid, ch, density=0.1, redraw=True, r_std=r_std)
     obs = net.observe(truth.reshape(ch.n, *grid.shape), jax.random.key(1), 0)
-    ctx = registry.SetupContext(testbed=None, network=net, climatology=climatology, key=jax.random.key(0))
+    ctx = registry.SetupContext(
+        testbed=None, network=net, climatology=climatology, key=jax.random.key(0)
+    )
     idx, r, y = np.asarray(obs.idx), np.asarray(obs.r_std), np.asarray(obs.y)
 
     def innovation(x):
@@ -139,7 +162,9 @@ def test_one_sphere_analysis_moves_towards_the_observations():
     def spread(x):
         return np.mean(np.asarray(x).std(0) / scale)
 
-    xa = _analyse(registry.build("ensf", {"scale": "climatology"}, ctx), background, obs, jax.random.key(2))
+    xa = _analyse(
+        registry.build("ensf", {"scale": "climatology"}, ctx), background, obs, jax.random.key(2)
+    )
     assert xa.shape == background.shape and np.isfinite(np.asarray(xa)).all()
     assert innovation(xa) < 0.85 * innovation(background), (innovation(xa), innovation(background))
     assert spread(xa) > 0.7 * spread(background)
@@ -150,12 +175,30 @@ def test_one_sphere_analysis_moves_towards_the_observations():
 def test_settings_are_validated_and_registered():
     assert "ensf" in registry.methods()
     values = registry.validate_settings("ensf", {})
-    assert values == {"steps": 100, "eps_alpha": 0.05, "t_end": 1e-3, "damping": 1.0, "scale": "none",
-                      "inflation": 1.0, "rtps": 0.0}
-    for bad in ({"t_end": 1.0}, {"steps": 0}, {"eps_alpha": 0.0}, {"damping": -1.0}, {"scale": "spread"}):
+    assert values == {
+        "steps": 100,
+        "eps_alpha": 0.05,
+        "t_end": 1e-3,
+        "damping": 1.0,
+        "scale": "none",
+        "inflation": 1.0,
+        "rtps": 0.0,
+    }
+    for bad in (
+        {"t_end": 1.0},
+        {"steps": 0},
+        {"eps_alpha": 0.0},
+        {"damping": -1.0},
+        {"scale": "spread"},
+    ):
         with pytest.raises(ValueError, match=next(iter(bad))):
             registry.validate_settings("ensf", bad)
-    assert registry.network_calls(registry.build("ensf", {"inflation": 1.1}, SimpleNamespace())) == 0
+    assert (
+        registry.network_calls(registry.build("ensf", {"inflation": 1.1}, SimpleNamespace())) == 0
+    )
     with pytest.raises(ValueError, match="clim_std"):
-        EnSF(scale="climatology").analyse(jnp.zeros((4, 3)), Observations(jnp.zeros(1), jnp.zeros(1, jnp.int32),
-                                                                          jnp.ones(1)), jax.random.key(0))
+        EnSF(scale="climatology").analyse(
+            jnp.zeros((4, 3)),
+            Observations(jnp.zeros(1), jnp.zeros(1, jnp.int32), jnp.ones(1)),
+            jax.random.key(0),
+        )

@@ -25,7 +25,9 @@ def problem(seed, n, n_mem, idx, operator="identity"):
     bg = rng.multivariate_normal(rng.normal(0, 2, n), cov, n_mem).astype(np.float32)
     y = rng.normal(0, 2, p).astype(np.float32)
     r = rng.uniform(0.5, 1.5, p).astype(np.float32)
-    obs = Observations(y=jnp.asarray(y), idx=jnp.asarray(idx, jnp.int32), r_std=jnp.asarray(r), operator=operator)
+    obs = Observations(
+        y=jnp.asarray(y), idx=jnp.asarray(idx, jnp.int32), r_std=jnp.asarray(r), operator=operator
+    )
     return bg, obs
 
 
@@ -74,7 +76,9 @@ def test_symmetric_square_root_weights():
     y_anom = hx - hx.mean(0)
     d = rng.normal(size=p)
     rinv = rng.uniform(0.3, 3.0, p)
-    got = np.asarray(etkf_weights(*(jnp.asarray(a, jnp.float32) for a in (y_anom, d, rinv))), np.float64)
+    got = np.asarray(
+        etkf_weights(*(jnp.asarray(a, jnp.float32) for a in (y_anom, d, rinv))), np.float64
+    )
     m = (n_mem - 1) * np.eye(n_mem) + y_anom @ np.diag(rinv) @ y_anom.T
     w_mean = np.linalg.solve(m, y_anom @ (rinv * d))
     lam, v = np.linalg.eigh(m)

@@ -76,7 +76,14 @@ def randn(seed, shape):
 
 @pytest.mark.parametrize(
     "kw",
-    [{"latent": 0}, {"steps": -1}, {"hidden_layers": -1}, {"n_frequencies": 0}, {"latent": 8.0}, {"steps": True}],
+    [
+        {"latent": 0},
+        {"steps": -1},
+        {"hidden_layers": -1},
+        {"n_frequencies": 0},
+        {"latent": 8.0},
+        {"steps": True},
+    ],
 )
 def test_config_validation(kw):
     with pytest.raises(ValueError, match="GNNConfig"):
@@ -148,7 +155,9 @@ def test_batch_consistency_and_leading_dims():
     for i in range(2):
         for j in range(3):
             np.testing.assert_allclose(y[i, j], m(g, x[i, j], s[i, j]), atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(y.reshape(6, 16, 3), m(g, x.reshape(6, 16, 2), s.reshape(6)), atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(
+        y.reshape(6, 16, 3), m(g, x.reshape(6, 16, 2), s.reshape(6)), atol=1e-5, rtol=1e-5
+    )
     # a scalar noise level broadcasts over the batch
     s0 = jnp.float32(0.25)
     np.testing.assert_allclose(m(g, x, s0), m(g, x, jnp.full((2, 3), s0)), atol=1e-5, rtol=1e-5)
@@ -217,7 +226,9 @@ def test_mlp_variants():
     x = randn(0, (3, 5))
     m0 = MLP(5, 8, 2, hidden_layers=0, layer_norm=False, rngs=nnx.Rngs(0))
     assert len(m0.layers) == 1
-    np.testing.assert_allclose(m0(x), x @ m0.layers[0].kernel[...] + m0.layers[0].bias[...], atol=1e-5)
+    np.testing.assert_allclose(
+        m0(x), x @ m0.layers[0].kernel[...] + m0.layers[0].bias[...], atol=1e-5
+    )
     m2 = MLP(5, 8, 4, hidden_layers=2, rngs=nnx.Rngs(0))
     y = m2(x)
     assert len(m2.layers) == 3 and y.shape == (3, 4)
@@ -267,7 +278,9 @@ def test_interaction_network_bipartite():
     agg = np.zeros((2, 5, latent), np.float32)
     for k in range(5):
         agg[:, r_np[k]] += e_expected[:, k]
-    assert np.all(agg[:, 3:] == 0)  # receivers 3 and 4 get nothing: updated from their state and a zero sum
+    assert np.all(
+        agg[:, 3:] == 0
+    )  # receivers 3 and 4 get nothing: updated from their state and a zero sum
     v_expected = vr_np + np.asarray(block.node_mlp(jnp.asarray(np.concatenate([vr_np, agg], -1))))
     np.testing.assert_allclose(vr2, v_expected, atol=1e-5)
 
@@ -319,7 +332,9 @@ def test_split_merge_jit_vmap_grad():
 def test_training_reduces_loss():
     """AdamW under nnx.jit learns y = roll(x, 1) - x on a 16-ring."""
     g = ring_graph(16)
-    m = GraphNetwork(1, 1, g, GNNConfig(latent=32, steps=2, n_frequencies=4), conditional=True, rngs=nnx.Rngs(0))
+    m = GraphNetwork(
+        1, 1, g, GNNConfig(latent=32, steps=2, n_frequencies=4), conditional=True, rngs=nnx.Rngs(0)
+    )
     opt = nnx.Optimizer(m, optax.adamw(5e-3), wrt=nnx.Param)
 
     def target(x):
@@ -340,7 +355,9 @@ def test_training_reduces_loss():
 
     xt, st = randn(100, (256, 16, 1)), randn(101, (256,))
     before = float(evaluate(m, xt, st))
-    np.testing.assert_allclose(before, float(jnp.mean(target(xt) ** 2)), rtol=1e-6)  # output starts at 0
+    np.testing.assert_allclose(
+        before, float(jnp.mean(target(xt) ** 2)), rtol=1e-6
+    )  # output starts at 0
     key = jax.random.key(0)
     for i in range(120):
         kx, ks = jax.random.split(jax.random.fold_in(key, i))

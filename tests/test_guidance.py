@@ -170,7 +170,9 @@ def test_guidance_term_matches_finite_differences(cov_mode, sigma):
     grad = np.array([(log_lik(z + eps * e) - log_lik(z - eps * e)) / (2 * eps) for e in np.eye(N)])
     want = strength * sigma**2 * grad
 
-    guided = likelihood_guided(D, h_nonlinear, y, R_VAR, strength, gamma=gamma, sigma_data=sd, cov=cov_mode)
+    guided = likelihood_guided(
+        D, h_nonlinear, y, R_VAR, strength, gamma=gamma, sigma_data=sd, cov=cov_mode
+    )
     z32, s32 = jnp.asarray(z, jnp.float32), jnp.float32(sigma)
     got = np.asarray(jax.jit(guided)(z32, s32), np.float64) - np.asarray(D(z32, s32), np.float64)
     np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-5 * np.abs(want).max())
@@ -183,7 +185,9 @@ def test_strength_zero_gives_unguided_values_also_when_traced():
     def with_strength(strength):
         return likelihood_guided(D, h_nonlinear, jnp.ones(3), R_VAR, strength, cov="jacobian")(z, s)
 
-    np.testing.assert_allclose(with_strength(0.0), D(z, s), rtol=1e-6, atol=1e-7)  # jit vs eager: ulps
+    np.testing.assert_allclose(
+        with_strength(0.0), D(z, s), rtol=1e-6, atol=1e-7
+    )  # jit vs eager: ulps
     assert not np.allclose(with_strength(1.0), D(z, s))
 
 
@@ -241,7 +245,9 @@ def test_repaint_hard_mask_conditional_gaussian_improves_with_jumps():
     for jumps in [1, 10]:
         x, count = repaint_draw(known, mask, jumps)
         # the known components are exact at the end (σ_N = 0), bit for bit
-        np.testing.assert_array_equal(x[:, KNOWN_IDX], np.broadcast_to(known[KNOWN_IDX].astype(np.float32), (M, 3)))
+        np.testing.assert_array_equal(
+            x[:, KNOWN_IDX], np.broadcast_to(known[KNOWN_IDX].astype(np.float32), (M, 3))
+        )
         assert repaint_nfe(REPAINT, jumps) == jumps * (2 * REPAINT.steps - 1)
         assert np.all(count == repaint_nfe(REPAINT, jumps))
         xu = x[:, UNKNOWN_IDX].astype(np.float64)
@@ -277,7 +283,9 @@ def test_repaint_limits_and_nfe():
 
     churned = SamplerConfig("dpm2s", steps=4, churn=3.0)
     soft = soft_mask(np.array([0.0, 1.0, 2.0, 0.0, 3.0, 1.0]), 1.0)
-    x, count = jax.jit(lambda k: repaint_sample(counting, k, known, soft, EDM_, churned, jumps=3))(key)
+    x, count = jax.jit(lambda k: repaint_sample(counting, k, known, soft, EDM_, churned, jumps=3))(
+        key
+    )
     jax.effects_barrier()
     assert int(count) == len(executed) == repaint_nfe(churned, 3) == 3 * 7
     assert np.all(np.isfinite(x))

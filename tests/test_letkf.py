@@ -11,11 +11,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import gc_ref
 
 from baselines import ETKF, LETKF
 from ensda.observe import Observations
 from ensda.testbeds import RingGrid
-from reference import gc_ref
 
 
 def problem(seed, n, n_mem, idx, r_lo=0.5, r_hi=1.5):
@@ -133,7 +133,9 @@ def test_built_letkf_equals_brute_force_and_checks_radius():
     assim = LETKF.build(ctx, radius=3.0)
     assert assim.radius == 3.0
     bg, obs = problem(5, n, 9, list(range(0, n, 2)))
-    np.testing.assert_allclose(analyse(assim, bg, obs), letkf_ref(bg, obs, 3.0), rtol=1e-4, atol=2e-4)
+    np.testing.assert_allclose(
+        analyse(assim, bg, obs), letkf_ref(bg, obs, 3.0), rtol=1e-4, atol=2e-4
+    )
     from ensda.assimilator import validate_settings
 
     with pytest.raises(ValueError, match="radius"):

@@ -16,11 +16,22 @@ def gc_published(r):
     """Eq. 4.10 of Gaspari & Cohn (1999), r = |z|/c, exact rational arithmetic when r is a Fraction."""
     r = abs(r)
     if r <= 1:
-        return -Fraction(1, 4) * r**5 + Fraction(1, 2) * r**4 + Fraction(5, 8) * r**3 - Fraction(5, 3) * r**2 + 1
+        return (
+            -Fraction(1, 4) * r**5
+            + Fraction(1, 2) * r**4
+            + Fraction(5, 8) * r**3
+            - Fraction(5, 3) * r**2
+            + 1
+        )
     if r <= 2:
         return (
-            Fraction(1, 12) * r**5 - Fraction(1, 2) * r**4 + Fraction(5, 8) * r**3 + Fraction(5, 3) * r**2
-            - 5 * r + 4 - Fraction(2, 3) / r
+            Fraction(1, 12) * r**5
+            - Fraction(1, 2) * r**4
+            + Fraction(5, 8) * r**3
+            + Fraction(5, 3) * r**2
+            - 5 * r
+            + 4
+            - Fraction(2, 3) / r
         )
     return Fraction(0)
 

@@ -86,7 +86,9 @@ def test_step_equals_one_rk4_step_of_the_index_loop():
     k3 = f(x + 0.025 * k2)
     k4 = f(x + 0.05 * k3)
     ref = x + 0.05 / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
-    np.testing.assert_allclose(np.asarray(tb.step(jnp.asarray(x, jnp.float32))), ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(tb.step(jnp.asarray(x, jnp.float32))), ref, rtol=1e-5, atol=1e-5
+    )
 
 
 def test_ensemble_shape_equals_vmap_over_members():
@@ -97,7 +99,9 @@ def test_ensemble_shape_equals_vmap_over_members():
     assert batched.shape == (5, 40)
     np.testing.assert_allclose(batched, mapped, rtol=1e-6, atol=1e-6)
     # and each member alone
-    np.testing.assert_allclose(batched[2], np.asarray(tb.cycle_forecast(ens[2])), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        batched[2], np.asarray(tb.cycle_forecast(ens[2])), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_trajectory_is_repeated_cycle_forecasts():
@@ -171,4 +175,3 @@ def test_ring_grid_distance_and_weights():
     for r in (0.3, 1.0, 2.5, 4.0, 7.0):
         count = int((ref[0] <= r).sum())
         assert g.max_sites_within(r) == count
-

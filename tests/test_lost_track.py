@@ -7,9 +7,17 @@ from ensda.config import validate
 
 
 def test_lost_track_fraction_separates_a_filter_from_a_free_run():
-    cfg = validate({"cycles": 300, "burn_in": 50, "ensemble": {"size": 20}, "obs": {"every": 1},
-                    "methods": {"letkf": {"inflation": 1.02, "radius": 10.0}}, "tracking": {"enabled": False},
-                    "lead_time": {"enabled": False}})
+    cfg = validate(
+        {
+            "cycles": 300,
+            "burn_in": 50,
+            "ensemble": {"size": 20},
+            "obs": {"every": 1},
+            "methods": {"letkf": {"inflation": 1.02, "radius": 10.0}},
+            "tracking": {"enabled": False},
+            "lead_time": {"enabled": False},
+        }
+    )
     osse = experiment.make_osse(cfg)
     free = experiment.run_method(cfg, osse, "none")
     letkf = experiment.run_method(cfg, osse, "letkf")

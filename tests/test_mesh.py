@@ -60,7 +60,11 @@ def test_icosahedron_reference_geometry():
     # every vertex has degree 5; every edge subtends arctan(2) = 63.4349 deg
     assert np.all(np.bincount(ico.edges.ravel()) == 5)
     e = ico.edges
-    np.testing.assert_allclose(_angles_deg(ico.vertices[e[:, 0]], ico.vertices[e[:, 1]]), np.degrees(np.arctan(2.0)), atol=1e-12)
+    np.testing.assert_allclose(
+        _angles_deg(ico.vertices[e[:, 0]], ico.vertices[e[:, 1]]),
+        np.degrees(np.arctan(2.0)),
+        atol=1e-12,
+    )
     # the chord of the unit-sphere icosahedron is 1 / sin(2 pi / 5) = 1.0514622
     np.testing.assert_allclose(longest_edge(ico), 1.0 / np.sin(2 * np.pi / 5), rtol=1e-12)
 
@@ -90,7 +94,11 @@ def test_vertices_are_a_prefix_and_children_refine_parents(level):
     # new vertices are the projected midpoints of the coarse edges, each made once
     e = coarse.edges
     mid = coarse.vertices[e[:, 0]] + coarse.vertices[e[:, 1]]
-    np.testing.assert_allclose(fine.vertices[len(coarse.vertices) :], mid / np.linalg.norm(mid, axis=-1, keepdims=True), atol=1e-15)
+    np.testing.assert_allclose(
+        fine.vertices[len(coarse.vertices) :],
+        mid / np.linalg.norm(mid, axis=-1, keepdims=True),
+        atol=1e-15,
+    )
 
 
 def test_edge_lengths_per_level():
@@ -142,8 +150,12 @@ def test_local_frames_map_to_reference_and_are_rotations():
     p = rng.normal(size=(500, 3))
     p /= np.linalg.norm(p, axis=-1, keepdims=True)
     m = local_frames(p)
-    np.testing.assert_allclose(np.einsum("nij,nj->ni", m, p), np.tile([1.0, 0.0, 0.0], (500, 1)), atol=1e-14)
-    np.testing.assert_allclose(m @ np.swapaxes(m, -1, -2), np.broadcast_to(np.eye(3), m.shape), atol=1e-14)
+    np.testing.assert_allclose(
+        np.einsum("nij,nj->ni", m, p), np.tile([1.0, 0.0, 0.0], (500, 1)), atol=1e-14
+    )
+    np.testing.assert_allclose(
+        m @ np.swapaxes(m, -1, -2), np.broadcast_to(np.eye(3), m.shape), atol=1e-14
+    )
     np.testing.assert_allclose(np.linalg.det(m), 1.0, atol=1e-14)
     # the second and third components are eastward and northward: the tangents
     # dp/dlon = cos(lat) * east and dp/dlat = north map to (0, cos lat, 0) and (0, 0, 1)
@@ -151,8 +163,12 @@ def test_local_frames_map_to_reference_and_are_rotations():
     zero = np.zeros_like(lat)
     d_lon = np.stack([-np.cos(lat) * np.sin(lon), np.cos(lat) * np.cos(lon), zero], -1)
     d_lat = np.stack([-np.sin(lat) * np.cos(lon), -np.sin(lat) * np.sin(lon), np.cos(lat)], -1)
-    np.testing.assert_allclose(np.einsum("nij,nj->ni", m, d_lon), np.stack([zero, np.cos(lat), zero], -1), atol=1e-14)
-    np.testing.assert_allclose(np.einsum("nij,nj->ni", m, d_lat), np.tile([0.0, 0.0, 1.0], (500, 1)), atol=1e-14)
+    np.testing.assert_allclose(
+        np.einsum("nij,nj->ni", m, d_lon), np.stack([zero, np.cos(lat), zero], -1), atol=1e-14
+    )
+    np.testing.assert_allclose(
+        np.einsum("nij,nj->ni", m, d_lat), np.tile([0.0, 0.0, 1.0], (500, 1)), atol=1e-14
+    )
     # a small step east has a positive second component
     step = np.einsum("nij,nj->ni", m, unit_vectors(lat, lon + 1e-3) - p)
     assert np.all(step[:, 1] > 0)
@@ -173,9 +189,15 @@ def test_mesh_edge_and_node_features():
     np.testing.assert_allclose(back, d, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(ef[:, 1:], axis=-1), ef[:, 0], atol=1e-6)
     lat, lon = np.arcsin(v[:, 2]), np.arctan2(v[:, 1], v[:, 0])
-    np.testing.assert_allclose(np.asarray(g.node_features), np.stack([np.cos(lat), np.sin(lon), np.cos(lon)], -1), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(g.node_features),
+        np.stack([np.cos(lat), np.sin(lon), np.cos(lon)], -1),
+        atol=1e-6,
+    )
     # float64 helper: features of a single edge along the receiver's meridian point north
-    f, sc = edge_features(unit_vectors([[0.1]], [[0.0]]).reshape(1, 3), unit_vectors([[0.0]], [[0.0]]).reshape(1, 3))
+    f, sc = edge_features(
+        unit_vectors([[0.1]], [[0.0]]).reshape(1, 3), unit_vectors([[0.0]], [[0.0]]).reshape(1, 3)
+    )
     assert f[0, 0] == pytest.approx(1.0) and f[0, 3] > 0.99 and abs(f[0, 2]) < 1e-15
     assert sc == pytest.approx(2 * np.sin(0.05))
 
@@ -198,7 +220,9 @@ def test_grid2mesh_radius_and_coverage(shape, refinement):
     s, r = np.asarray(g.senders), np.asarray(g.receivers)
     assert s.max() < n_grid and r.max() < len(nodes)
     assert np.all(np.bincount(r, minlength=len(nodes)) >= 1)  # every mesh node receives
-    assert np.all(np.bincount(s, minlength=n_grid) >= 1)  # every grid point sends (radius > circumradius)
+    assert np.all(
+        np.bincount(s, minlength=n_grid) >= 1
+    )  # every grid point sends (radius > circumradius)
     assert len(set(zip(s.tolist(), r.tolist()))) == len(s)
     # exactly the pairs within the radius: compared with an independent great-circle count
     radius_deg = np.degrees(2 * np.arcsin(RADIUS_FACTOR * longest_edge(LEVELS[refinement]) / 2))
@@ -208,16 +232,18 @@ def test_grid2mesh_radius_and_coverage(shape, refinement):
     nlat, nlon = lat_lon(nodes)
     inside = 0
     for k in range(0, len(nodes), 256):
-        c = np.sin(glat.ravel()[:, None]) * np.sin(nlat[k : k + 256]) + np.cos(glat.ravel()[:, None]) * np.cos(
-            nlat[k : k + 256]
-        ) * np.cos(glon.ravel()[:, None] - nlon[k : k + 256])
+        c = np.sin(glat.ravel()[:, None]) * np.sin(nlat[k : k + 256]) + np.cos(
+            glat.ravel()[:, None]
+        ) * np.cos(nlat[k : k + 256]) * np.cos(glon.ravel()[:, None] - nlon[k : k + 256])
         inside += int((np.degrees(np.arccos(np.clip(c, -1, 1))) <= radius_deg - 1e-9).sum())
     assert inside <= len(s) <= inside + int((np.abs(ang - radius_deg) < 1e-8).sum())
     # features: displacement rotated back; the grid node features
     ef = np.asarray(g.edge_features, np.float64)
     d = pts[s] - nodes[r]
     scale = np.linalg.norm(d, axis=-1).max()
-    np.testing.assert_allclose(np.einsum("nji,nj->ni", local_frames(nodes[r]), ef[:, 1:] * scale), d, atol=1e-6)
+    np.testing.assert_allclose(
+        np.einsum("nji,nj->ni", local_frames(nodes[r]), ef[:, 1:] * scale), d, atol=1e-6
+    )
     np.testing.assert_allclose(ef[:, 0], np.linalg.norm(d, axis=-1) / scale, atol=1e-6)
     nf = np.asarray(g.node_features).reshape(shape[1], shape[0], 3)
     np.testing.assert_allclose(nf[:, 0, 0], np.cos(np.deg2rad(lat)), atol=1e-6)
@@ -228,7 +254,9 @@ def test_grid2mesh_radius_and_coverage(shape, refinement):
 @pytest.mark.parametrize(("shape", "refinement"), [((64, 32), 4), ((64, 32), 5), ((128, 64), 5)])
 def test_grid2mesh_refuses_too_fine_meshes(shape, refinement):
     lat, lon = _grid(*shape)
-    with pytest.raises(ValueError, match=rf"{shape[0]}x{shape[1]} grid .*refinement {refinement} is not supported"):
+    with pytest.raises(
+        ValueError, match=rf"{shape[0]}x{shape[1]} grid .*refinement {refinement} is not supported"
+    ):
         grid2mesh_graph(lat, lon, refinement)
 
 
@@ -251,7 +279,10 @@ def test_mesh2grid_three_vertices_of_containing_face(shape, refinement):
     coords = np.linalg.solve(np.swapaxes(corners, 1, 2), pts[..., None])[..., 0]
     assert np.all(det > 0) and np.all(coords >= -1e-12)
     # decoder edges are short: within the face's extent
-    assert _angles_deg(corners, pts[:, None, :]).max() < np.degrees(np.arctan(2.0)) / 2**refinement * 1.2 + 1e-9
+    assert (
+        _angles_deg(corners, pts[:, None, :]).max()
+        < np.degrees(np.arctan(2.0)) / 2**refinement * 1.2 + 1e-9
+    )
     ef = np.asarray(g.edge_features, np.float64)
     d = (corners - pts[:, None, :]).reshape(-1, 3)
     scale = np.linalg.norm(d, axis=-1).max()
@@ -268,7 +299,9 @@ def test_containing_faces_weights_and_degenerate_points():
     rand /= np.linalg.norm(rand, axis=-1, keepdims=True)
     on_vertices = fine.vertices
     on_edges = split_triangles(fine).vertices[len(fine.vertices) :]  # midpoints of every edge
-    special = unit_vectors(np.deg2rad([90.0, -90.0, 0.0, 0.0, 0.0]), np.deg2rad([0.0, 0.0, 0.0, 180.0, -180.0]))
+    special = unit_vectors(
+        np.deg2rad([90.0, -90.0, 0.0, 0.0, 0.0]), np.deg2rad([0.0, 0.0, 0.0, 180.0, -180.0])
+    )
     for pts in (rand, on_vertices, on_edges, special):
         face, w = containing_faces(pts, meshes)
         assert np.all(w >= 0) and np.allclose(w.sum(-1), 1.0, atol=1e-14)
@@ -291,7 +324,9 @@ def test_grid_mesh_graphs_bundle_is_a_pytree():
     graphs = grid_mesh_graphs(lat, lon, 2)
     assert isinstance(graphs, GridMeshGraphs)
     assert len(jax.tree_util.tree_leaves(graphs)) == 12
-    assert graphs.mesh.n_nodes == 162 and graphs.grid2mesh.n_nodes == graphs.mesh2grid.n_nodes == 2048
+    assert (
+        graphs.mesh.n_nodes == 162 and graphs.grid2mesh.n_nodes == graphs.mesh2grid.n_nodes == 2048
+    )
     assert int(graphs.grid2mesh.receivers.max()) < graphs.mesh.n_nodes
     assert int(graphs.mesh2grid.senders.max()) < graphs.mesh.n_nodes
 

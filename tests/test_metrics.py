@@ -71,7 +71,9 @@ def test_weights_broadcast_over_leading_state_axes(case):
 def test_spread_weighted_and_unbiased(case):
     ens, truth, w = case
     assert float(metrics.spread(f32(ens), f32(w))) == pytest.approx(ref_spread(ens, w), rel=1e-5)
-    assert float(metrics.squared_spread(f32(ens), f32(w))) == pytest.approx(ref_spread(ens, w) ** 2, rel=1e-5)
+    assert float(metrics.squared_spread(f32(ens), f32(w))) == pytest.approx(
+        ref_spread(ens, w) ** 2, rel=1e-5
+    )
     assert float(metrics.spread(f32(ens[:1]), f32(w))) == 0.0
 
 
@@ -109,7 +111,9 @@ def test_crps_against_double_loop(case, estimator, fair):
 def test_crps_default_is_fair(case):
     ens, truth, _ = case
     default = float(metrics.crps(f32(ens), f32(truth)))
-    fair = np.mean([ref_crps_point(ens[:, i, j], truth[i, j], True) for i in range(3) for j in range(5)])
+    fair = np.mean(
+        [ref_crps_point(ens[:, i, j], truth[i, j], True) for i in range(3) for j in range(5)]
+    )
     assert default == pytest.approx(fair, rel=1e-5)
 
 
@@ -224,7 +228,11 @@ def ref_energy(ens, truth, w, fair):
 def test_energy_score_against_double_loop(case, estimator, weighted):
     ens, truth, w = case
     w = w if weighted else None
-    got = float(metrics.energy_score(f32(ens), f32(truth), None if w is None else f32(w), estimator=estimator))
+    got = float(
+        metrics.energy_score(
+            f32(ens), f32(truth), None if w is None else f32(w), estimator=estimator
+        )
+    )
     assert got == pytest.approx(ref_energy(ens, truth, w, estimator == "fair"), rel=1e-5)
 
 

@@ -49,9 +49,16 @@ Y = observations()
 
 def model():
     x = numpyro.sample(
-        "x", dist.MultivariateNormal(jnp.asarray(MU, jnp.float32), covariance_matrix=jnp.asarray(COV, jnp.float32))
+        "x",
+        dist.MultivariateNormal(
+            jnp.asarray(MU, jnp.float32), covariance_matrix=jnp.asarray(COV, jnp.float32)
+        ),
     )
-    numpyro.sample("y", dist.Normal(x[IDX] ** 2, jnp.asarray(R_STD, jnp.float32)), obs=jnp.asarray(Y, jnp.float32))
+    numpyro.sample(
+        "y",
+        dist.Normal(x[IDX] ** 2, jnp.asarray(R_STD, jnp.float32)),
+        obs=jnp.asarray(Y, jnp.float32),
+    )
 
 
 def nuts_posterior():

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ensda.observe import ObsNetwork, Observations
+from ensda.observe import Observations, ObsNetwork
 
 
 @pytest.mark.parametrize("n,every", [(40, 1), (40, 2), (40, 3), (10, 4), (7, 7)])
@@ -60,7 +60,9 @@ def test_observe_run_sites_follow_the_network():
     assert fixed.idx.shape == (6, 10)
     assert all(np.array_equal(np.asarray(fixed.idx[0]), np.asarray(fixed.idx[c])) for c in range(6))
     moving = ObsNetwork(n_state=20, density=0.5, redraw=True).observe_run(truths, key)
-    assert not all(np.array_equal(np.asarray(moving.idx[0]), np.asarray(moving.idx[c])) for c in range(6))
+    assert not all(
+        np.array_equal(np.asarray(moving.idx[0]), np.asarray(moving.idx[c])) for c in range(6)
+    )
 
 
 def test_explicit_sites():
@@ -74,7 +76,8 @@ def test_explicit_sites():
 
 
 @pytest.mark.parametrize(
-    "operator,fn", [("identity", lambda x: x), ("square", np.square), ("abs", np.abs), ("arctan", np.arctan)]
+    "operator,fn",
+    [("identity", lambda x: x), ("square", np.square), ("abs", np.abs), ("arctan", np.arctan)],
 )
 def test_operators_applied_to_selected_sites(operator, fn):
     rng = np.random.default_rng(3)
@@ -86,9 +89,13 @@ def test_operators_applied_to_selected_sites(operator, fn):
     np.testing.assert_array_equal(np.asarray(obs.idx), idx)
     assert obs.linear == (operator == "identity")
     # H on an ensemble (N, n) -> (N, p)
-    np.testing.assert_allclose(np.asarray(obs.h(jnp.asarray(ens, jnp.float32))), fn(ens[:, idx]), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(obs.h(jnp.asarray(ens, jnp.float32))), fn(ens[:, idx]), rtol=1e-5, atol=1e-5
+    )
     # the noise is the same draw whatever the operator: y − h(truth) equals the identity network's y − truth
-    ident = ObsNetwork(n_state=30, every=3, r_std=0.5).observe(jnp.asarray(truth, jnp.float32), jax.random.key(4), 2)
+    ident = ObsNetwork(n_state=30, every=3, r_std=0.5).observe(
+        jnp.asarray(truth, jnp.float32), jax.random.key(4), 2
+    )
     np.testing.assert_allclose(
         np.asarray(obs.y) - fn(truth[idx]), np.asarray(ident.y) - truth[idx], rtol=1e-4, atol=1e-4
     )
@@ -158,7 +165,9 @@ def test_arctan_observations_of_known_values():
     obs = ObsNetwork(n_state=6, operator="arctan").observe(truth, jax.random.key(0), 1)
     exact = np.array([0.0, np.pi / 4, -np.pi / 4, np.pi / 3, np.arctan(-8.0), np.arctan(1e4)])
     np.testing.assert_allclose(np.asarray(obs.h(truth)), exact, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(np.asarray(obs.h(truth)), np.arctan(np.asarray(truth, np.float64)), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(obs.h(truth)), np.arctan(np.asarray(truth, np.float64)), rtol=1e-6
+    )
     assert not obs.linear
 
 
@@ -190,8 +199,10 @@ def test_letkf_tracks_lorenz96_through_arctan_observations():
     obs = net.observe_run(truth[1:], jax.random.key(1))
     x0 = truth[0] + jax.random.normal(jax.random.key(2), (n_mem, n))
     rmse = {}
-    for name, assim in (("letkf", wrap(LETKF(grid=RingGrid(n), radius=10.0), inflation=1.02, rtps=0.1)),
-                        ("none", FreeRun())):
+    for name, assim in (
+        ("letkf", wrap(LETKF(grid=RingGrid(n), radius=10.0), inflation=1.02, rtps=0.1)),
+        ("none", FreeRun()),
+    ):
         result = run_cycles(tb, assim, truth, obs, x0, jax.random.key(3))
         rmse[name] = summarize(result, 100)["rmse_a"]
     assert rmse["none"] > 2.5, rmse

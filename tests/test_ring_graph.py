@@ -53,7 +53,9 @@ def test_ring_graph_structure(n):
     np.testing.assert_array_equal((r + o) % n, s)
     np.testing.assert_array_equal(o, np.tile(offs, n))
     # second feature: |offset| over the longest offset
-    np.testing.assert_allclose(g.edge_features[:, 1], np.abs(o) / max(abs(x) for x in offs), rtol=1e-6)
+    np.testing.assert_allclose(
+        g.edge_features[:, 1], np.abs(o) / max(abs(x) for x in offs), rtol=1e-6
+    )
     assert float(g.edge_features[:, 1].max()) == 1.0
 
 

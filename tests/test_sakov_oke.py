@@ -21,7 +21,14 @@ CONFIG = Path(__file__).resolve().parents[1] / "experiments/configs/l96.yaml"
 def osse_and_cfg():
     cfg = config.load(CONFIG)
     assert cfg.cycles - cfg.burn_in >= 5000 and cfg.burn_in >= 500
-    assert (cfg.testbed.n, cfg.testbed.forcing, cfg.testbed.dt, cfg.obs.every, cfg.obs.r_std, cfg.ensemble.size) == (40, 8.0, 0.05, 1, 1.0, 40)
+    assert (
+        cfg.testbed.n,
+        cfg.testbed.forcing,
+        cfg.testbed.dt,
+        cfg.obs.every,
+        cfg.obs.r_std,
+        cfg.ensemble.size,
+    ) == (40, 8.0, 0.05, 1, 1.0, 40)
     return cfg, make_osse(cfg)
 
 

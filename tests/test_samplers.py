@@ -88,7 +88,9 @@ def test_sampling_reproduces_gaussian(config):
 def flow_map(config):
     """(a, σ_max² B Bᵀ) of the deterministic sampler x_0 = a + B x_T (B column by column)."""
     starts = jnp.concatenate([jnp.zeros((1, N)), jnp.eye(N)])
-    out = jax.jit(jax.vmap(lambda x: sample(D, jax.random.key(0), (N,), EDM_, config, x_init=x)[0]))(starts)
+    out = jax.jit(
+        jax.vmap(lambda x: sample(D, jax.random.key(0), (N,), EDM_, config, x_init=x)[0])
+    )(starts)
     out = np.asarray(out, np.float64)
     a, jac = out[0], (out[1:] - out[0]).T
     return a, EDM_.sigma_max**2 * jac @ jac.T
@@ -175,7 +177,13 @@ def test_x_init_and_sample_shape():
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"kind": "euler"}, {"steps": 0}, {"churn": -1.0}, {"s_noise": -0.1}, {"s_tmin": 2.0, "s_tmax": 1.0}],
+    [
+        {"kind": "euler"},
+        {"steps": 0},
+        {"churn": -1.0},
+        {"s_noise": -0.1},
+        {"s_tmin": 2.0, "s_tmax": 1.0},
+    ],
 )
 def test_config_rejects_bad_settings(kwargs):
     with pytest.raises(ValueError, match="SamplerConfig"):
@@ -188,5 +196,7 @@ def test_churn_window_only_applies_between_s_tmin_and_s_tmax():
     a, _ = run(D, k, (N,), EDM_, SamplerConfig("heun", steps=6))
     b, _ = run(D, k, (N,), EDM_, SamplerConfig("heun", steps=6, churn=5.0, s_tmax=1e-3))
     np.testing.assert_allclose(a, b, rtol=1e-6)
-    c, _ = run(D, k, (N,), EDM_, SamplerConfig("heun", steps=6, churn=5.0, s_tmin=0.05, s_tmax=50.0))
+    c, _ = run(
+        D, k, (N,), EDM_, SamplerConfig("heun", steps=6, churn=5.0, s_tmin=0.05, s_tmax=50.0)
+    )
     assert np.all(np.isfinite(c)) and not np.allclose(a, c, atol=1e-3)

@@ -45,8 +45,12 @@ def test_tuned_method_does_not_diverge(network, method):
 @pytest.mark.parametrize(
     "network, method, bound",
     [
-        ("l96_every2.yaml", "etkf", 0.4), ("l96_every2.yaml", "letkf", 0.4), ("l96_every2.yaml", "enkf", 0.5),
-        ("l96_every4.yaml", "etkf", 1.0), ("l96_every4.yaml", "letkf", 1.0), ("l96_density25.yaml", "letkf", 2.0),
+        ("l96_every2.yaml", "etkf", 0.4),
+        ("l96_every2.yaml", "letkf", 0.4),
+        ("l96_every2.yaml", "enkf", 0.5),
+        ("l96_every4.yaml", "etkf", 1.0),
+        ("l96_every4.yaml", "letkf", 1.0),
+        ("l96_density25.yaml", "letkf", 2.0),
     ],
 )
 def test_ensemble_filters_track_sparse_networks(network, method, bound):

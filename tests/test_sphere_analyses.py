@@ -42,7 +42,9 @@ def test_round_trip_is_exact_and_a_hand_made_north_to_south_store_reads_right(tm
     path = tmp_path / "an.zarr"
     an.write(path, x[:2], times[:2], ch, grid, info={"method": "test"})
     an.write(path, x[2:], times[2:], ch, grid)  # appended by time
-    assert an.n_written(path) == 5 and json.loads(xr.open_zarr(path, consolidated=False).attrs[an.ATTR]) == {"method": "test"}
+    assert an.n_written(path) == 5 and json.loads(
+        xr.open_zarr(path, consolidated=False).attrs[an.ATTR]
+    ) == {"method": "test"}
     with pytest.raises(ValueError, match="times must increase"):
         an.write(path, x[:1], times[:1], ch, grid)
     back = an.read(path)
@@ -58,12 +60,27 @@ def test_round_trip_is_exact_and_a_hand_made_north_to_south_store_reads_right(tm
     # by hand: (member, time, level, longitude, latitude), latitude north to south, an extra variable
     lat = grid.latitudes[::-1]
     shape = (3, 2, 2, grid.n_lon, grid.n_lat)
-    data = {v: (("member", "time", "level", "longitude", "latitude"), rng.normal(size=shape).astype(np.float32))
-            for v in VARS3D + ("specific_humidity",)}
-    data["surface_pressure"] = (("member", "time", "longitude", "latitude"),
-                                rng.normal(size=(3, 2, grid.n_lon, grid.n_lat)).astype(np.float32))
-    hand = xr.Dataset(data, coords={"time": times[:2], "member": [0, 1, 2], "level": [850.0, 500.0],
-                                    "latitude": lat, "longitude": grid.longitudes})
+    data = {
+        v: (
+            ("member", "time", "level", "longitude", "latitude"),
+            rng.normal(size=shape).astype(np.float32),
+        )
+        for v in VARS3D + ("specific_humidity",)
+    }
+    data["surface_pressure"] = (
+        ("member", "time", "longitude", "latitude"),
+        rng.normal(size=(3, 2, grid.n_lon, grid.n_lat)).astype(np.float32),
+    )
+    hand = xr.Dataset(
+        data,
+        coords={
+            "time": times[:2],
+            "member": [0, 1, 2],
+            "level": [850.0, 500.0],
+            "latitude": lat,
+            "longitude": grid.longitudes,
+        },
+    )
     hand.to_zarr(tmp_path / "hand.zarr", zarr_format=3, consolidated=False)
     got = an.read(tmp_path / "hand.zarr", ch, grid)
     states = got.states.reshape(2, 3, ch.n, grid.n_lat, grid.n_lon)
@@ -73,8 +90,10 @@ def test_round_trip_is_exact_and_a_hand_made_north_to_south_store_reads_right(tm
                 for lev in (500, 850):
                     src = hand[v].sel(level=float(lev)).values[m, t]  # (lon, lat N->S)
                     np.testing.assert_array_equal(states[t, m, ch.index(v, lev)], src.T[::-1])
-            np.testing.assert_array_equal(states[t, m, ch.index("surface_pressure")],
-                                          hand["surface_pressure"].values[m, t].T[::-1])
+            np.testing.assert_array_equal(
+                states[t, m, ch.index("surface_pressure")],
+                hand["surface_pressure"].values[m, t].T[::-1],
+            )
 
 
 # ----------------------------------------------------------------------------- ensda run --analyses
@@ -97,7 +116,9 @@ def test_run_writes_every_cycles_analysis_ensemble(sw_store, tmp_path, monkeypat
 
     monkeypatch.setattr(experiment, "run_method", keep)
     out = tmp_path / "an.zarr"
-    result = runner.invoke(app, ["run", str(config), "--method", "letkf", "--no-track", "--analyses", str(out)])
+    result = runner.invoke(
+        app, ["run", str(config), "--method", "letkf", "--no-track", "--analyses", str(out)]
+    )
     assert result.exit_code == 0, result.output
     (run,) = runs
     ds = xr.open_zarr(out, consolidated=False)
@@ -107,16 +128,33 @@ def test_run_writes_every_cycles_analysis_ensemble(sw_store, tmp_path, monkeypat
     np.testing.assert_array_equal(ds["latitude"].values, LatLonGrid(32, 16).latitudes)
     nature_times = xr.open_zarr(store, consolidated=False)["time"].values
     stride = round(SIX_H / (nature_times[1] - nature_times[0]))
-    np.testing.assert_array_equal(ds["time"].values, nature_times[4 + stride * np.arange(1, 5)])  # truth_start 4
+    np.testing.assert_array_equal(
+        ds["time"].values, nature_times[4 + stride * np.arange(1, 5)]
+    )  # truth_start 4
     back = an.read(out)
-    np.testing.assert_allclose(back.states[-1].mean(0), np.asarray(run.result.mean_a[-1]), rtol=1e-5, atol=1e-3)
-    np.testing.assert_allclose(back.states.mean(1), np.asarray(run.result.mean_a), rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(
+        back.states[-1].mean(0), np.asarray(run.result.mean_a[-1]), rtol=1e-5, atol=1e-3
+    )
+    np.testing.assert_allclose(
+        back.states.mean(1), np.asarray(run.result.mean_a), rtol=1e-5, atol=1e-3
+    )
     assert run.result.analyses is None  # handed to the writer chunk by chunk, not kept
 
     l96 = tmp_path / "l96.yaml"
-    l96.write_text(yaml.safe_dump({"name": "l96", "cycles": 4, "burn_in": 1, "lead_time": {"enabled": False},
-                                   "tracking": {"enabled": False}}))
-    result = runner.invoke(app, ["run", str(l96), "--no-track", "--analyses", str(tmp_path / "x.zarr")])
+    l96.write_text(
+        yaml.safe_dump(
+            {
+                "name": "l96",
+                "cycles": 4,
+                "burn_in": 1,
+                "lead_time": {"enabled": False},
+                "tracking": {"enabled": False},
+            }
+        )
+    )
+    result = runner.invoke(
+        app, ["run", str(l96), "--no-track", "--analyses", str(tmp_path / "x.zarr")]
+    )
     assert result.exit_code == 2 and "needs a sphere config" in result.output
 
 
@@ -131,36 +169,81 @@ def hs(tmp_path):
     from ensda.config import validate
     from ensda.experiment import make_network
 
-    data = {"name": "hs", "testbed": {"kind": "sphere", "model": "held_suarez", "resolution": "T21", "dt_minutes": 30.0,
-                                      "levels": [500, 850], "grid": {"n_lon": 32, "n_lat": 16},
-                                      "nature": {"store": str(tmp_path / "absent.zarr")}},
-            "obs": {"kind": "random", "density": 0.1}, "ensemble": {"size": 6}, "method": "letkf",
-            "methods": {"letkf": {"radius": 2000.0}}, "tracking": {"enabled": False}}
+    data = {
+        "name": "hs",
+        "testbed": {
+            "kind": "sphere",
+            "model": "held_suarez",
+            "resolution": "T21",
+            "dt_minutes": 30.0,
+            "levels": [500, 850],
+            "grid": {"n_lon": 32, "n_lat": 16},
+            "nature": {"store": str(tmp_path / "absent.zarr")},
+        },
+        "obs": {"kind": "random", "density": 0.1},
+        "ensemble": {"size": 6},
+        "method": "letkf",
+        "methods": {"letkf": {"radius": 2000.0}},
+        "tracking": {"enabled": False},
+    }
     cfg = validate(data)
     network = make_network(cfg)
     ch, grid = network.channels, network.grid
     rng = np.random.default_rng(7)
-    scale = np.asarray([5e4 if ch.variable(c) == "geopotential" else 250.0 if ch.variable(c) == "temperature"
-                        else 1e5 if ch.variable(c) == "surface_pressure" else 10.0 for c in range(ch.n)], np.float32)
-    spread = scale * np.asarray([0.01 if ch.variable(c) in ("geopotential", "temperature", "surface_pressure")
-                                 else 0.5 for c in range(ch.n)], np.float32)
+    scale = np.asarray(
+        [
+            5e4
+            if ch.variable(c) == "geopotential"
+            else 250.0
+            if ch.variable(c) == "temperature"
+            else 1e5
+            if ch.variable(c) == "surface_pressure"
+            else 10.0
+            for c in range(ch.n)
+        ],
+        np.float32,
+    )
+    spread = scale * np.asarray(
+        [
+            0.01 if ch.variable(c) in ("geopotential", "temperature", "surface_pressure") else 0.5
+            for c in range(ch.n)
+        ],
+        np.float32,
+    )
     shape = (ch.n,) + grid.shape
-    truth = scale[:, None, None] + spread[:, None, None] * rng.normal(size=(3,) + shape).astype(np.float32)
+    truth = scale[:, None, None] + spread[:, None, None] * rng.normal(size=(3,) + shape).astype(
+        np.float32
+    )
     obs = network.observe_run(jax.numpy.asarray(truth), jax.random.key(3))
     times = T0 + np.arange(1, 4) * SIX_H  # cycles 1..3
     network.dataset(obs, times).to_zarr(tmp_path / "obs.zarr", zarr_format=3, consolidated=False)
-    xb = scale[:, None, None] + spread[:, None, None] * rng.normal(size=(2, 6) + shape).astype(np.float32)
+    xb = scale[:, None, None] + spread[:, None, None] * rng.normal(size=(2, 6) + shape).astype(
+        np.float32
+    )
 
     def background(path, drop=(), members=True):
         fields = {}
         for v in VARS3D:
-            fields[v] = np.stack([xb[:, :, ch.index(v, lev)] for lev in (500, 850)], axis=2)[..., ::-1, :]
+            fields[v] = np.stack([xb[:, :, ch.index(v, lev)] for lev in (500, 850)], axis=2)[
+                ..., ::-1, :
+            ]
         fields["surface_pressure"] = xb[:, :, ch.index("surface_pressure")][..., ::-1, :]
         dims = ("time", "member", "level", "latitude", "longitude")
-        ds = xr.Dataset({k: (dims if v.ndim == 5 else dims[:2] + dims[3:], v) for k, v in fields.items() if k not in drop}
-                        | {"specific_humidity": (dims, np.ones_like(fields["temperature"]))},
-                        coords={"time": times[1:], "member": np.arange(6), "level": [500, 850],
-                                "latitude": grid.latitudes[::-1], "longitude": grid.longitudes})
+        ds = xr.Dataset(
+            {
+                k: (dims if v.ndim == 5 else dims[:2] + dims[3:], v)
+                for k, v in fields.items()
+                if k not in drop
+            }
+            | {"specific_humidity": (dims, np.ones_like(fields["temperature"]))},
+            coords={
+                "time": times[1:],
+                "member": np.arange(6),
+                "level": [500, 850],
+                "latitude": grid.latitudes[::-1],
+                "longitude": grid.longitudes,
+            },
+        )
         if not members:
             ds = ds.isel(member=0)
         ds.to_zarr(path, zarr_format=3, consolidated=False, mode="w")
@@ -168,8 +251,17 @@ def hs(tmp_path):
 
     config = tmp_path / "hs.yaml"
     config.write_text(yaml.safe_dump(data))
-    return {"cfg": cfg, "config": str(config), "network": network, "obs": obs, "xb": xb, "spread": spread, "times": times,
-            "background": background, "tmp": tmp_path}
+    return {
+        "cfg": cfg,
+        "config": str(config),
+        "network": network,
+        "obs": obs,
+        "xb": xb,
+        "spread": spread,
+        "times": times,
+        "background": background,
+        "tmp": tmp_path,
+    }
 
 
 def test_assimilate_equals_the_letkf_called_directly(hs):
@@ -177,32 +269,66 @@ def test_assimilate_equals_the_letkf_called_directly(hs):
 
     tmp = hs["tmp"]
     bg = hs["background"](tmp / "bg.zarr")
-    args = ["assimilate", hs["config"], "--background", str(bg), "--observations", str(tmp / "obs.zarr"),
-            "--out", str(tmp / "an.zarr"), "--method", "letkf", "--json"]
+    args = [
+        "assimilate",
+        hs["config"],
+        "--background",
+        str(bg),
+        "--observations",
+        str(tmp / "obs.zarr"),
+        "--out",
+        str(tmp / "an.zarr"),
+        "--method",
+        "letkf",
+        "--json",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
-    assert summary["n_written"] == 2 and summary["n_members"] == 6 and summary["oma_rms"] < summary["omb_rms"]
+    assert (
+        summary["n_written"] == 2
+        and summary["n_members"] == 6
+        and summary["oma_rms"] < summary["omb_rms"]
+    )
     got = an.read(tmp / "an.zarr")
     np.testing.assert_array_equal(got.times, hs["times"][1:])
     letkf = ColumnLETKF.build(hs["network"], radius=2000.0, vertical_radius=None)
     xb = hs["xb"].reshape(2, 6, -1)
     for t in range(2):  # background times are cycles 2 and 3 of the observations
         ref = letkf.analyse(jax.numpy.asarray(xb[t]), hs["obs"].at(t + 1), jax.random.key(0))
-        spread = np.repeat(hs["spread"], hs["network"].grid.n)  # float32 round-off: small against the spread
-        np.testing.assert_allclose(got.states[t] / spread, np.asarray(ref) / spread, rtol=0, atol=1e-3)
+        spread = np.repeat(
+            hs["spread"], hs["network"].grid.n
+        )  # float32 round-off: small against the spread
+        np.testing.assert_allclose(
+            got.states[t] / spread, np.asarray(ref) / spread, rtol=0, atol=1e-3
+        )
         assert np.abs(got.states[t] - xb[t]).max() > 0  # the analysis moved the background
     # run again: everything there already, nothing redone
     again = runner.invoke(app, args)
-    assert again.exit_code == 0 and json.loads(again.output.strip().splitlines()[-1])["n_skipped"] == 2
+    assert (
+        again.exit_code == 0 and json.loads(again.output.strip().splitlines()[-1])["n_skipped"] == 2
+    )
 
 
 def test_assimilate_refuses_wrong_stores_with_the_reason(hs):
     tmp = hs["tmp"]
 
     def run(bg, method="letkf", obs=tmp / "obs.zarr"):
-        result = runner.invoke(app, ["assimilate", hs["config"], "--background", str(bg), "--observations", str(obs),
-                                     "--out", str(tmp / "an.zarr"), "--method", method])
+        result = runner.invoke(
+            app,
+            [
+                "assimilate",
+                hs["config"],
+                "--background",
+                str(bg),
+                "--observations",
+                str(obs),
+                "--out",
+                str(tmp / "an.zarr"),
+                "--method",
+                method,
+            ],
+        )
         assert result.exit_code == 2, result.output
         return " ".join(result.output.split())
 
@@ -212,4 +338,7 @@ def test_assimilate_refuses_wrong_stores_with_the_reason(hs):
     other = hs["network"].dataset(hs["obs"], hs["times"] + 24 * SIX_H)
     other.to_zarr(tmp / "other.zarr", zarr_format=3, consolidated=False)
     message = run(hs["background"](tmp / "bg.zarr"), obs=tmp / "other.zarr")
-    assert "no observations at the background time(s) 2020-01-01 12:00:00, 2020-01-01 18:00:00" in message
+    assert (
+        "no observations at the background time(s) 2020-01-01 12:00:00, 2020-01-01 18:00:00"
+        in message
+    )

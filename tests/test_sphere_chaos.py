@@ -23,7 +23,9 @@ pytest.importorskip("dinosaur")
 SAMPLE = Path(__file__).parent / "data" / "sphere_t21_sample.zarr"
 
 
-@pytest.mark.skipif(not SAMPLE.exists(), reason="sample store not made (experiments/sphere_sample.py)")
+@pytest.mark.skipif(
+    not SAMPLE.exists(), reason="sample store not made (experiments/sphere_sample.py)"
+)
 def test_twin_runs_diverge_to_climatological_distance():
     from ensda.testbeds.sphere.nature import (
         build,
@@ -33,17 +35,27 @@ def test_twin_runs_diverge_to_climatological_distance():
     )
 
     restart = zstore.read_restart(SAMPLE)
-    cfg = SphereTestbedConfig.model_validate(restart.config).model_copy(update={"levels": (500, 850)})
+    cfg = SphereTestbedConfig.model_validate(restart.config).model_copy(
+        update={"levels": (500, 850)}
+    )
     model, _ = build(cfg)
     state = restore_state(model, restart.arrays)
-    res = twin_divergence(cfg, state, days=30.0, amplitude=0.01, key=jax.random.key(1),
-                          variables={"geopotential": 500, "temperature": 850, "surface_pressure": None},
-                          output_hours=24)
+    res = twin_divergence(
+        cfg,
+        state,
+        days=30.0,
+        amplitude=0.01,
+        key=jax.random.key(1),
+        variables={"geopotential": 500, "temperature": 850, "surface_pressure": None},
+        output_hours=24,
+    )
     hours = res["hours"]
     t850, z500, ps = res["temperature850"], res["geopotential500"], res["surface_pressure"]
     # climatological distances of a Held–Suarez climate at T21: a few K at 850 hPa,
     # several hundred m² s⁻² at 500 hPa, a few hPa at the surface
-    assert 2.0 < t850["clim"] < 10.0 and 300.0 < z500["clim"] < 3000.0 and 200.0 < ps["clim"] < 2000.0
+    assert (
+        2.0 < t850["clim"] < 10.0 and 300.0 < z500["clim"] < 3000.0 and 200.0 < ps["clim"] < 2000.0
+    )
     for r in (t850, z500):
         e = r["rmse"]
         assert e[0] < 1e-2 * r["clim"]  # starts tiny

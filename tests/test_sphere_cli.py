@@ -30,16 +30,25 @@ runner = CliRunner()
 def env(sw_store, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.chdir(tmp_path)  # MLflow artifacts in tmp_path/mlruns
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    data = sw_experiment(sw_store, tracking={"enabled": True, "uri": uri, "experiment": "sphere-cli", "figures": False},
-                         sweep={"objective": "rmse_a", "sampler": "grid",
-                                "params": {"obs.density": [0.05, 0.3], "method": ["letkf"]}})
+    data = sw_experiment(
+        sw_store,
+        tracking={"enabled": True, "uri": uri, "experiment": "sphere-cli", "figures": False},
+        sweep={
+            "objective": "rmse_a",
+            "sampler": "grid",
+            "params": {"obs.density": [0.05, 0.3], "method": ["letkf"]},
+        },
+    )
     path = tmp_path / "sw.yaml"
     path.write_text(yaml.safe_dump(data))
     return {"config": str(path), "uri": uri, "data": data, "tmp": tmp_path}
 
 
 def observations(client, run_id, tmp):
-    return xr.open_zarr(client.download_artifacts(run_id, "observations.zarr", str(tmp / run_id)), consolidated=False)
+    return xr.open_zarr(
+        client.download_artifacts(run_id, "observations.zarr", str(tmp / run_id)),
+        consolidated=False,
+    )
 
 
 def test_compare_on_the_sphere_logs_the_shared_observations(env):
@@ -47,7 +56,9 @@ def test_compare_on_the_sphere_logs_the_shared_observations(env):
 
     from ensda.experiment import make_osse
 
-    result = runner.invoke(app, ["compare", env["config"], "--methods", "letkf,3dvar,none", "--json"])
+    result = runner.invoke(
+        app, ["compare", env["config"], "--methods", "letkf,3dvar,none", "--json"]
+    )
     assert result.exit_code == 0, result.output
     out = json.loads(result.output.strip().splitlines()[-1])
     rec = {r["method"]: r for r in out["results"]}
@@ -68,13 +79,17 @@ def test_sweep_and_report_on_the_sphere(env):
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name="sw", storage=storage)
     trials = {t.params["obs.density"]: t for t in study.trials}
-    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials.values()) and set(trials) == {0.05, 0.3}
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials.values()) and set(
+        trials
+    ) == {0.05, 0.3}
     assert trials[0.3].value < trials[0.05].value  # more observed columns, lower analysis error
     client = MlflowClient(tracking_uri=env["uri"])
     for density, t in trials.items():
         stored = observations(client, t.user_attrs["ensda.mlflow_run_id"], env["tmp"])
         assert stored.sizes["obs"] == 3 * round(density * 512)
     out = env["tmp"] / "report"
-    result = runner.invoke(app, ["report", "study:sw", "--storage", storage, "--uri", env["uri"], "--out", str(out)])
+    result = runner.invoke(
+        app, ["report", "study:sw", "--storage", storage, "--uri", env["uri"], "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert (out / "report.html").stat().st_size > 1000

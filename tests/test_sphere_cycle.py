@@ -21,13 +21,28 @@ CONFIGS = Path(__file__).parent.parent / "experiments" / "configs"
 
 
 def sw_experiment(store: Path, **extra) -> dict:
-    testbed = {"kind": "sphere", "model": "shallow_water", "resolution": "T21", "dt_minutes": 30.0, "spinup_days": 2.0,
-               "grid": {"n_lon": 32, "n_lat": 16}, "nature": {"store": str(store), "days": 10.0, "time_chunk": 8},
-               "climatology_samples": 16, "truth_start": 4}
-    return {"name": "sw", "testbed": testbed, "obs": {"kind": "random", "density": 0.1},
-            "ensemble": {"size": 12, "init": "climatology"}, "cycles": 12, "burn_in": 4,
-            "methods": {"letkf": {"radius": 1500.0, "inflation": 1.05}},
-            "lead_time": {"enabled": False}, "tracking": {"enabled": False}} | extra
+    testbed = {
+        "kind": "sphere",
+        "model": "shallow_water",
+        "resolution": "T21",
+        "dt_minutes": 30.0,
+        "spinup_days": 2.0,
+        "grid": {"n_lon": 32, "n_lat": 16},
+        "nature": {"store": str(store), "days": 10.0, "time_chunk": 8},
+        "climatology_samples": 16,
+        "truth_start": 4,
+    }
+    return {
+        "name": "sw",
+        "testbed": testbed,
+        "obs": {"kind": "random", "density": 0.1},
+        "ensemble": {"size": 12, "init": "climatology"},
+        "cycles": 12,
+        "burn_in": 4,
+        "methods": {"letkf": {"radius": 1500.0, "inflation": 1.05}},
+        "lead_time": {"enabled": False},
+        "tracking": {"enabled": False},
+    } | extra
 
 
 @pytest.fixture(scope="module")
@@ -67,9 +82,17 @@ def test_cycled_letkf_beats_the_free_run_in_cos_latitude_weighted_rmse(sw_store)
 
 def test_sphere_configs_load_and_errors_name_the_field(tmp_path):
     cfg = load(CONFIGS / "sphere.yaml")
-    assert cfg.testbed.kind == "sphere" and cfg.obs.kind == "random" and cfg.obs.density == 0.01 and cfg.ensemble.size == 32
+    assert (
+        cfg.testbed.kind == "sphere"
+        and cfg.obs.kind == "random"
+        and cfg.obs.density == 0.01
+        and cfg.ensemble.size == 32
+    )
     assert cfg.hours_per_cycle == 6.0 and cfg.method_settings("letkf")["radius"] > 100  # km
-    assert cfg.perfect_model and not load(CONFIGS / "sphere.yaml", ["testbed.forecast.emulator=ckpt"]).perfect_model
+    assert (
+        cfg.perfect_model
+        and not load(CONFIGS / "sphere.yaml", ["testbed.forecast.emulator=ckpt"]).perfect_model
+    )
     assert not load(CONFIGS / "sphere.yaml", ["testbed.forecast.resolution=T21"]).perfect_model
     l96 = load(CONFIGS / "l96.yaml")
     assert l96.testbed.kind == "lorenz96" and l96.obs.every == 1 and l96.testbed.n == 40
@@ -77,7 +100,10 @@ def test_sphere_configs_load_and_errors_name_the_field(tmp_path):
     # channel names as the testbed's; headline channels: z500 and t850 where the state has them
     from ensda.testbeds.sphere.testbed import channels_of
 
-    assert cfg.testbed.channel_names == channels_of(cfg.testbed).names and len(cfg.testbed.channel_names) == 53
+    assert (
+        cfg.testbed.channel_names == channels_of(cfg.testbed).names
+        and len(cfg.testbed.channel_names) == 53
+    )
     assert cfg.testbed.headline == ("geopotential_500", "temperature_850")
     assert validate(base).testbed.headline == ("geopotential_500",)  # shallow water: no temperature
     # obs without kind on the sphere: random columns
@@ -96,7 +122,10 @@ def test_sphere_configs_load_and_errors_name_the_field(tmp_path):
         ({"testbed": base["testbed"] | {"climatology_samples": 1}}, "testbed.climatology_samples"),
         ({"testbed": base["testbed"] | {"truth_start": -1}}, "testbed.truth_start"),
         ({"testbed": base["testbed"] | {"kind": "cube"}}, "testbed.kind"),
-        ({"testbed": base["testbed"] | {"headline_channels": ["temperature_850"]}}, "headline_channels"),
+        (
+            {"testbed": base["testbed"] | {"headline_channels": ["temperature_850"]}},
+            "headline_channels",
+        ),
         ({"methods": {"letkf": {"vertical_radius": -1.0}}}, "vertical_radius"),
     ]
     for change, field in cases:

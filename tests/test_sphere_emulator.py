@@ -17,7 +17,6 @@ import pytest
 
 from ensda.checkpoint import CheckpointError
 from ensda.nn import GNNConfig
-from ensda.testbeds.sphere.grid import mesh_graphs
 from ensda.testbeds.sphere.emulator import (
     Emulator,
     EmulatorNorm,
@@ -33,7 +32,7 @@ from ensda.testbeds.sphere.emulator import (
     summary_table,
     train_emulator,
 )
-from ensda.testbeds.sphere.grid import LatLonGrid
+from ensda.testbeds.sphere.grid import LatLonGrid, mesh_graphs
 from ensda.testbeds.sphere.testbed import Channels
 
 GRID = LatLonGrid(32, 16)
@@ -57,7 +56,10 @@ def perturbed(emu: Emulator, seed: int = 1, scale: float = 0.1) -> Emulator:
     """The emulator with every parameter random (so F is not zero)."""
     leaves, tree = jax.tree.flatten(emu.params)
     keys = jax.random.split(jax.random.key(seed), len(leaves))
-    new = [leaf + scale * jax.random.normal(k, leaf.shape) for leaf, k in zip(leaves, keys, strict=True)]
+    new = [
+        leaf + scale * jax.random.normal(k, leaf.shape)
+        for leaf, k in zip(leaves, keys, strict=True)
+    ]
     return emu.replace(params=jax.tree.unflatten(tree, new))
 
 
@@ -74,7 +76,9 @@ def test_normalisation_statistics_match_numpy():
     x = states.astype(np.float64)
     np.testing.assert_allclose(norm.mean, x.mean(axis=(0, 2, 3)), rtol=1e-6)
     np.testing.assert_allclose(norm.std[:2], x[:, :2].std(axis=(0, 2, 3)), rtol=1e-5)
-    np.testing.assert_allclose(norm.diff_std[:2], np.diff(x[:, :2], axis=0).std(axis=(0, 2, 3)), rtol=1e-5)
+    np.testing.assert_allclose(
+        norm.diff_std[:2], np.diff(x[:, :2], axis=0).std(axis=(0, 2, 3)), rtol=1e-5
+    )
     assert norm.std[2] == 1.0 and norm.diff_std[2] == 1.0
     with pytest.raises(ValueError, match="T >= 2"):
         EmulatorNorm.fit(states[:1])
@@ -82,8 +86,12 @@ def test_normalisation_statistics_match_numpy():
 
 def test_untrained_emulator_is_persistence_exactly():
     states = random_states(6)
-    emu = Emulator.init(EmulatorSpec(SW, GRID, refinement=2, gnn=TINY), EmulatorNorm.fit(states), key=3)
-    x = jnp.asarray(states).reshape((2, 3, 3) + GRID.shape)  # 2 x 3 members (shapes as below: one compilation)
+    emu = Emulator.init(
+        EmulatorSpec(SW, GRID, refinement=2, gnn=TINY), EmulatorNorm.fit(states), key=3
+    )
+    x = jnp.asarray(states).reshape(
+        (2, 3, 3) + GRID.shape
+    )  # 2 x 3 members (shapes as below: one compilation)
     np.testing.assert_array_equal(emu.forecast(x, 3), x)
     np.testing.assert_array_equal(emu.trajectory(x, 3), jnp.stack([x, x, x], axis=2))
     with pytest.raises(ValueError, match="emulator states must be"):
@@ -100,7 +108,9 @@ def test_rollout_shapes_and_the_scan_equals_repeated_single_steps(emulator):
     def one(s):
         return jitted(emulator.graphs, s)
 
-    scale = np.asarray(emulator.norm.diff_std)[:, None, None]  # errors in units of the residual's std
+    scale = np.asarray(emulator.norm.diff_std)[
+        :, None, None
+    ]  # errors in units of the residual's std
 
     def close(a, b):
         assert np.abs((np.asarray(a) - np.asarray(b)) / scale).max() < 1e-4
@@ -111,7 +121,9 @@ def test_rollout_shapes_and_the_scan_equals_repeated_single_steps(emulator):
             for lead in range(3):
                 s = one(s)
                 close(traj[i, j, lead], s)
-    assert np.abs((np.asarray(traj[:, :, 0]) - np.asarray(x)) / scale).min() > 0  # the network is not zero
+    assert (
+        np.abs((np.asarray(traj[:, :, 0]) - np.asarray(x)) / scale).min() > 0
+    )  # the network is not zero
     close(emulator.forecast(x, 3), traj[:, :, -1])
 
 
@@ -119,7 +131,9 @@ def test_evaluation_rmse_matches_numpy(emulator):
     states = random_states(9, seed=4)
     clim = random_states(5, seed=5).mean(0)
     res = evaluate(emulator, states, leads=(1, 3), climatology=clim, starts=[0, 2, 4, 5], batch=4)
-    assert res["lead_hours"] == [6, 18] and res["n_starts"] == 4 and res["channels"] == list(SW.names)
+    assert (
+        res["lead_hours"] == [6, 18] and res["n_starts"] == 4 and res["channels"] == list(SW.names)
+    )
     w = cos_lat()
     starts, lead = np.array([0, 2, 4, 5]), 3
     fc = np.asarray(emulator.forecast(jnp.asarray(states[starts]), lead), np.float64)
@@ -129,13 +143,22 @@ def test_evaluation_rmse_matches_numpy(emulator):
         mse = (w * (pred - truth) ** 2).sum(axis=(-2, -1)) / w.sum()  # (starts, channels)
         return np.sqrt(mse.mean(axis=0))
 
-    expect = {"emulator": rmse(fc), "persistence": rmse(states[starts].astype(np.float64)), "climatology": rmse(clim)}
+    expect = {
+        "emulator": rmse(fc),
+        "persistence": rmse(states[starts].astype(np.float64)),
+        "climatology": rmse(clim),
+    }
     var = np.asarray(emulator.norm.std, np.float64) ** 2
     for name, value in expect.items():
         np.testing.assert_allclose(res["rmse"][name][1], value, rtol=1e-4)
-        np.testing.assert_allclose(res["aggregate"][name][1], np.sqrt((value**2 / var).mean()), rtol=1e-4)
+        np.testing.assert_allclose(
+            res["aggregate"][name][1], np.sqrt((value**2 / var).mean()), rtol=1e-4
+        )
     table = summary_table(res, channels=["geopotential_500"])
-    assert table["lead_hours"] == 18 and set(table["rows"]) == {"geopotential_500", "aggregate (standardised)"}
+    assert table["lead_hours"] == 18 and set(table["rows"]) == {
+        "geopotential_500",
+        "aggregate (standardised)",
+    }
     json.dumps(res), json.dumps(table)  # JSON-able
     with pytest.raises(ValueError, match="do not fit"):
         evaluate(emulator, states, leads=(1, 3), starts=[6])
@@ -152,14 +175,21 @@ def advected(seed: int, n_times: int) -> np.ndarray:
     """A smooth random field (zonal wavenumbers 1-3) moving east one grid cell per cycle."""
     rng = np.random.default_rng(seed)
     lat, lon = np.deg2rad(GRID.latitudes)[:, None], np.deg2rad(GRID.longitudes)[None, :]
-    field = sum(rng.normal() * np.cos(lat) ** k * np.cos(k * lon + rng.uniform(0, 2 * np.pi))
-                * (1 + 0.5 * rng.normal() * np.sin(lat)) for k in (1, 2, 3))
+    field = sum(
+        rng.normal()
+        * np.cos(lat) ** k
+        * np.cos(k * lon + rng.uniform(0, 2 * np.pi))
+        * (1 + 0.5 * rng.normal() * np.sin(lat))
+        for k in (1, 2, 3)
+    )
     return np.stack([np.roll(field, t, axis=-1)[None] for t in range(n_times)]).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
 def trained():
-    config = EmulatorTrainConfig(steps=150, batch=4, lr=5e-3, warmup=10, log_every=50, refinement=2, gnn=TINY)
+    config = EmulatorTrainConfig(
+        steps=150, batch=4, lr=5e-3, warmup=10, log_every=50, refinement=2, gnn=TINY
+    )
     return train_emulator(advected(0, 40), ONE, config, jax.random.key(0), progress=False)
 
 
@@ -167,17 +197,24 @@ def test_training_learns_an_advection_and_beats_persistence_on_an_unseen_field(t
     # trained on the first 80 % of the times (32 of 40), validation on the rest
     assert trained.n_train == 32 and list(trained.steps) == [50, 100, 150]
     # the normalised residual's MSE starts at ~1 (F = 0) and falls by > 10x (measured ~20x)
-    assert trained.initial_loss > 0.8 and trained.loss[-1] < trained.initial_loss / 10, trained.summary
+    assert trained.initial_loss > 0.8 and trained.loss[-1] < trained.initial_loss / 10, (
+        trained.summary
+    )
     assert trained.val_loss[-1] < 0.2
     res = evaluate(trained.emulator, advected(1, 20), leads=(1, 2, 4))  # another random field
-    emu, pers = np.asarray(res["aggregate"]["emulator"]), np.asarray(res["aggregate"]["persistence"])
+    emu, pers = (
+        np.asarray(res["aggregate"]["emulator"]),
+        np.asarray(res["aggregate"]["persistence"]),
+    )
     # measured: emulator 0.27 / 0.47 / 0.72, persistence 0.58 / 1.13 / 2.05
     assert (emu < 0.7 * pers).all(), (emu, pers)
 
 
 def test_checkpoint_round_trip_gives_identical_forecasts(trained, tmp_path):
     emu = trained.emulator
-    save_emulator(tmp_path / "emu", emu, {"train_times": [0, trained.n_train - 1], "summary": trained.summary})
+    save_emulator(
+        tmp_path / "emu", emu, {"train_times": [0, trained.n_train - 1], "summary": trained.summary}
+    )
     mesh_graphs.cache_clear()  # the graphs are rebuilt while loading, under nnx.eval_shape: must stay concrete
     loaded = load_emulator(tmp_path / "emu")
     assert loaded.spec == emu.spec and loaded.meta["training"]["train_times"] == [0, 31]
@@ -195,23 +232,38 @@ def test_config_emulator_is_the_forecast_model_of_the_imperfect_testbed(emulator
     from ensda.testbeds.sphere.testbed import FlatSphere, from_config
 
     save_emulator(tmp_path / "emu", emulator)
-    base = {"kind": "sphere", "model": "shallow_water", "resolution": "T21", "dt_minutes": 30.0,
-            "grid": {"n_lon": 32, "n_lat": 16}}
-    cfg = SphereTestbedConfig.model_validate(base | {"forecast": {"emulator": str(tmp_path / "emu")}})
+    base = {
+        "kind": "sphere",
+        "model": "shallow_water",
+        "resolution": "T21",
+        "dt_minutes": 30.0,
+        "grid": {"n_lon": 32, "n_lat": 16},
+    }
+    cfg = SphereTestbedConfig.model_validate(
+        base | {"forecast": {"emulator": str(tmp_path / "emu")}}
+    )
     flat = FlatSphere(from_config(cfg, perfect=False))
     assert from_config(cfg).emulator is None  # the perfect model stays the dycore
     x = jnp.asarray(random_states(2, seed=6))
-    np.testing.assert_array_equal(flat.cycle_forecast(x.reshape(2, -1)), emulator.forecast(x, 1).reshape(2, -1))
+    np.testing.assert_array_equal(
+        flat.cycle_forecast(x.reshape(2, -1)), emulator.forecast(x, 1).reshape(2, -1)
+    )
     # inside the cycler's jit (graphs and weights closed over)
-    np.testing.assert_allclose(jax.jit(flat.cycle_forecast)(x.reshape(2, -1)), emulator.forecast(x, 1).reshape(2, -1),
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        jax.jit(flat.cycle_forecast)(x.reshape(2, -1)),
+        emulator.forecast(x, 1).reshape(2, -1),
+        rtol=1e-6,
+    )
     # another grid is refused, and an emulator with a dycore resolution is a config error
-    other = SphereTestbedConfig.model_validate(base | {"grid": {"n_lon": 64, "n_lat": 32},
-                                                       "forecast": {"emulator": str(tmp_path / "emu")}})
+    other = SphereTestbedConfig.model_validate(
+        base | {"grid": {"n_lon": 64, "n_lat": 32}, "forecast": {"emulator": str(tmp_path / "emu")}}
+    )
     with pytest.raises(ValueError, match="made for another state"):
         from_config(other, perfect=False)
     with pytest.raises(ValueError, match="replaces the dycore"):
-        SphereTestbedConfig.model_validate(base | {"forecast": {"emulator": "x", "resolution": "T21"}})
+        SphereTestbedConfig.model_validate(
+            base | {"forecast": {"emulator": "x", "resolution": "T21"}}
+        )
 
 
 def test_rollout_loss_is_the_residual_loss_for_one_cycle_and_the_rollout_error_for_two(emulator):
@@ -226,14 +278,25 @@ def test_rollout_loss_is_the_residual_loss_for_one_cycle_and_the_rollout_error_f
     s = np.asarray(emulator.norm.diff_std, np.float64)[:, None, None]
     jstep = jax.jit(lambda g, x: step(emulator.graphdef, emulator.params, g, emulator.norm, x))
     jres = jax.jit(lambda g, x: residual(emulator.graphdef, emulator.params, g, emulator.norm, x))
-    loss = jax.jit(lambda g, w: loss_fn(emulator.graphdef, emulator.params, g, emulator.norm, jnp.asarray(area, jnp.float32),
-                                        jnp.asarray(lam, jnp.float32), w))
+    loss = jax.jit(
+        lambda g, w: loss_fn(
+            emulator.graphdef,
+            emulator.params,
+            g,
+            emulator.norm,
+            jnp.asarray(area, jnp.float32),
+            jnp.asarray(lam, jnp.float32),
+            w,
+        )
+    )
 
     def weighted(err):  # err (B, C, lat, lon)
         return float((lam * (area * err**2).mean(axis=(0, 2, 3))).mean())
 
     pairs = np.stack([states[:3], states[1:4]], axis=1)  # (3, 2, C, lat, lon)
-    f = np.stack([np.asarray(jres(emulator.graphs, jnp.asarray(x)), np.float64) for x in states[:3]])
+    f = np.stack(
+        [np.asarray(jres(emulator.graphs, jnp.asarray(x)), np.float64) for x in states[:3]]
+    )
     expected1 = weighted((states[1:4] - states[:3]) / s - f)
     assert float(loss(emulator.graphs, jnp.asarray(pairs))) == pytest.approx(expected1, rel=1e-4)
     windows = np.stack([states[:3], states[1:4], states[2:5]], axis=1)
@@ -247,10 +310,15 @@ def test_long_rollout_of_persistence_matches_numpy():
     """The untrained emulator is persistence: the rollout error at day d is that of the start
     state against the truth d days later, its bias and variance those of the start state."""
     states = random_states(30, seed=5)
-    emu = Emulator.init(EmulatorSpec(SW, GRID, refinement=2, gnn=TINY), EmulatorNorm.fit(states[:20]), key=0)
+    emu = Emulator.init(
+        EmulatorSpec(SW, GRID, refinement=2, gnn=TINY), EmulatorNorm.fit(states[:20]), key=0
+    )
     held, clim = states[10:], states[:10].mean(0)
     res = long_rollout(emu, held, clim, states[:10], days=4.0, n_starts=2)
-    assert res["days"] == [1] and res["start_times"] == [0, 3]  # LONG_DAYS within 4 days; 19 - 16 = 3
+    assert res["days"] == [1] and res["start_times"] == [
+        0,
+        3,
+    ]  # LONG_DAYS within 4 days; 19 - 16 = 3
     area = np.asarray(GRID.weights, np.float64)
     area = area / area.mean()
     sigma = np.asarray(emu.norm.std, np.float64)
@@ -260,7 +328,11 @@ def test_long_rollout_of_persistence_matches_numpy():
     bias = (np.abs(gm(x0) - gm(clim)) / sigma).mean(-1).mean()
     var = lambda x: gm((x - gm(x)[..., None, None]) ** 2)  # noqa: E731
     ratio = (var(x0) / var(states[:10].astype(np.float64)).mean(0)).mean(-1).mean()
-    np.testing.assert_allclose([res["rmse"][0], res["abs_bias"][0], res["variance_ratio"][0]], [rmse, bias, ratio], rtol=1e-4)
+    np.testing.assert_allclose(
+        [res["rmse"][0], res["abs_bias"][0], res["variance_ratio"][0]],
+        [rmse, bias, ratio],
+        rtol=1e-4,
+    )
     with pytest.raises(ValueError, match="need more than"):
         long_rollout(emu, held, clim, states[:10], days=5.0)
 
@@ -269,10 +341,17 @@ def test_fine_tuning_starts_from_the_trained_emulator_with_a_rollout_loss(traine
     """``init``: training resumes from the trained weights and normalisation; its first
     two-cycle rollout loss is the trained emulator's (small), a fresh network's is
     persistence's (the mean of the normalised 1- and 2-cycle changes, ~2.5 here)."""
-    config = EmulatorTrainConfig(steps=20, batch=4, lr=1e-3, warmup=5, log_every=10, refinement=2, gnn=TINY, rollout=2)
+    config = EmulatorTrainConfig(
+        steps=20, batch=4, lr=1e-3, warmup=5, log_every=10, refinement=2, gnn=TINY, rollout=2
+    )
     fresh = train_emulator(advected(0, 40), ONE, config, jax.random.key(0), progress=False)
-    tuned = train_emulator(advected(0, 40), ONE, config, jax.random.key(0), progress=False, init=trained.emulator)
-    assert fresh.initial_loss > 1.5 and tuned.initial_loss < 0.3 * trained.initial_loss, (fresh.initial_loss, tuned.initial_loss)
+    tuned = train_emulator(
+        advected(0, 40), ONE, config, jax.random.key(0), progress=False, init=trained.emulator
+    )
+    assert fresh.initial_loss > 1.5 and tuned.initial_loss < 0.3 * trained.initial_loss, (
+        fresh.initial_loss,
+        tuned.initial_loss,
+    )
     np.testing.assert_array_equal(tuned.emulator.norm.mean, trained.emulator.norm.mean)
     assert tuned.val_loss[-1] < 0.2
     with pytest.raises(ValueError, match="rollout must be >= 1"):

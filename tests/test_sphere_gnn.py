@@ -36,7 +36,12 @@ def graphs(n_lon=16, n_lat=8, refinement=1) -> GridMeshGraphs:
 def model(conditional=True, steps=SMALL.steps) -> SphereGraphNetwork:
     """2 -> 3 features; the module knows only feature sizes, so it serves every grid/mesh
     pair (shared between tests, never modified: the perturbed copies are new modules)."""
-    config = GNNConfig(latent=SMALL.latent, steps=steps, hidden_layers=SMALL.hidden_layers, n_frequencies=SMALL.n_frequencies)
+    config = GNNConfig(
+        latent=SMALL.latent,
+        steps=steps,
+        hidden_layers=SMALL.hidden_layers,
+        n_frequencies=SMALL.n_frequencies,
+    )
     return SphereGraphNetwork(2, 3, graphs(), config, conditional=conditional, rngs=nnx.Rngs(0))
 
 
@@ -45,7 +50,12 @@ def perturbed(model, seed=1, scale=0.3):
     noise, so no compilation per parameter shape."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     rng = np.random.default_rng(seed)
-    params = jax.tree.map(lambda p: jnp.asarray(np.asarray(p) + scale * rng.standard_normal(p.shape).astype(np.float32)), params)
+    params = jax.tree.map(
+        lambda p: jnp.asarray(
+            np.asarray(p) + scale * rng.standard_normal(p.shape).astype(np.float32)
+        ),
+        params,
+    )
     return nnx.merge(graphdef, params, rest)
 
 
@@ -72,8 +82,16 @@ def randn(seed, shape):
 
 def replace(G: GridMeshGraphs, name: str, **fields) -> GridMeshGraphs:
     g = getattr(G, name)
-    kw = {k: fields.get(k, getattr(g, k)) for k in ("senders", "receivers", "edge_features", "node_features")}
-    return GridMeshGraphs(**{n: Graph(**kw) if n == name else getattr(G, n) for n in ("grid2mesh", "mesh", "mesh2grid")})
+    kw = {
+        k: fields.get(k, getattr(g, k))
+        for k in ("senders", "receivers", "edge_features", "node_features")
+    }
+    return GridMeshGraphs(
+        **{
+            n: Graph(**kw) if n == name else getattr(G, n)
+            for n in ("grid2mesh", "mesh", "mesh2grid")
+        }
+    )
 
 
 # ---------------------------------------------------------------- shapes, start, errors
@@ -85,7 +103,11 @@ def test_starts_at_zero_shapes_and_perturbed_output():
     assert y.shape == (2, 128, 3) and y.dtype == jnp.float32
     np.testing.assert_array_equal(y, 0.0)  # zero-initialised last Linear
     yp = network()(G, randn(0, (2, 128, 2)), randn(1, (2,)))
-    assert yp.shape == (2, 128, 3) and bool(jnp.all(jnp.isfinite(yp))) and float(jnp.abs(yp).mean()) > 0.1
+    assert (
+        yp.shape == (2, 128, 3)
+        and bool(jnp.all(jnp.isfinite(yp)))
+        and float(jnp.abs(yp).mean()) > 0.1
+    )
     # the same weights on another grid / mesh with the same feature sizes
     y2 = network()(graphs(32, 16, 2), randn(0, (2, 512, 2)), jnp.zeros(2))
     assert y2.shape == (2, 512, 3) and bool(jnp.all(jnp.isfinite(y2)))
@@ -141,9 +163,18 @@ def _relabel_mesh(G: GridMeshGraphs, perm: np.ndarray, rng) -> GridMeshGraphs:
 
     g2m, mesh, m2g = G.grid2mesh, G.mesh, G.mesh2grid
     return GridMeshGraphs(
-        grid2mesh=graph(g2m, np.asarray(g2m.senders), inv[np.asarray(g2m.receivers)], g2m.node_features),
-        mesh=graph(mesh, inv[np.asarray(mesh.senders)], inv[np.asarray(mesh.receivers)], mesh.node_features[perm]),
-        mesh2grid=graph(m2g, inv[np.asarray(m2g.senders)], np.asarray(m2g.receivers), m2g.node_features),
+        grid2mesh=graph(
+            g2m, np.asarray(g2m.senders), inv[np.asarray(g2m.receivers)], g2m.node_features
+        ),
+        mesh=graph(
+            mesh,
+            inv[np.asarray(mesh.senders)],
+            inv[np.asarray(mesh.receivers)],
+            mesh.node_features[perm],
+        ),
+        mesh2grid=graph(
+            m2g, inv[np.asarray(m2g.senders)], np.asarray(m2g.receivers), m2g.node_features
+        ),
     )
 
 
@@ -156,7 +187,9 @@ def test_relabelling_mesh_nodes_leaves_output_unchanged():
     perm = rng.permutation(G.mesh.n_nodes)
     np.testing.assert_allclose(f(_relabel_mesh(G, perm, rng), x, s), y, atol=2e-5, rtol=2e-5)
     # control: moving the mesh node features without remapping the edges changes the output
-    wrong = GridMeshGraphs(G.grid2mesh, replace(G, "mesh", node_features=G.mesh.node_features[perm]).mesh, G.mesh2grid)
+    wrong = GridMeshGraphs(
+        G.grid2mesh, replace(G, "mesh", node_features=G.mesh.node_features[perm]).mesh, G.mesh2grid
+    )
     assert float(jnp.abs(f(wrong, x, s) - y).max()) > 1e-2
 
 
@@ -169,9 +202,19 @@ def test_relabelling_grid_points_permutes_output():
     inv[perm] = np.arange(128)
     g2m, m2g = G.grid2mesh, G.mesh2grid
     Gp = GridMeshGraphs(
-        grid2mesh=Graph(jnp.asarray(inv[np.asarray(g2m.senders)]), g2m.receivers, g2m.edge_features, g2m.node_features[perm]),
+        grid2mesh=Graph(
+            jnp.asarray(inv[np.asarray(g2m.senders)]),
+            g2m.receivers,
+            g2m.edge_features,
+            g2m.node_features[perm],
+        ),
         mesh=G.mesh,
-        mesh2grid=Graph(m2g.senders, jnp.asarray(inv[np.asarray(m2g.receivers)]), m2g.edge_features, m2g.node_features[perm]),
+        mesh2grid=Graph(
+            m2g.senders,
+            jnp.asarray(inv[np.asarray(m2g.receivers)]),
+            m2g.edge_features,
+            m2g.node_features[perm],
+        ),
     )
     np.testing.assert_allclose(f(Gp, x[:, perm], s), y[:, perm], atol=2e-5, rtol=2e-5)
 
@@ -183,7 +226,9 @@ def _reach(G: GridMeshGraphs, k: int, steps: int) -> np.ndarray:
     ms, mr = np.asarray(G.mesh.senders), np.asarray(G.mesh.receivers)
     for _ in range(steps):  # each processor step reaches one mesh edge further
         mesh_nodes |= set(mr[np.isin(ms, list(mesh_nodes))].tolist())
-    faces = np.asarray(G.mesh2grid.senders)[np.argsort(np.asarray(G.mesh2grid.receivers), kind="stable")].reshape(-1, 3)
+    faces = np.asarray(G.mesh2grid.senders)[
+        np.argsort(np.asarray(G.mesh2grid.receivers), kind="stable")
+    ].reshape(-1, 3)
     reach = np.isin(faces, list(mesh_nodes)).any(axis=1)
     reach[k] = True  # the grid point's own latent goes straight to its output (residuals)
     return reach
@@ -214,7 +259,11 @@ def test_noise_conditioning():
     y = f(G, jnp.stack([x, x]), jnp.array([-1.0, 0.5]))
     assert float(jnp.abs(y[0] - y[1]).mean()) > 1e-2
     # every LayerNorm is conditional: the processor's and the encoder's modulations exist
-    assert m.processor[0].node_mlp.conditional and m.encoder.edge_mlp.conditional and m.grid_embedding.conditional
+    assert (
+        m.processor[0].node_mlp.conditional
+        and m.encoder.edge_mlp.conditional
+        and m.grid_embedding.conditional
+    )
     assert m.output.norm is None
 
 
@@ -244,7 +293,9 @@ def test_overfits_a_smooth_field():
     G = graphs(32, 16, 2)
     lat, lon = np.meshgrid(np.deg2rad(grid.latitudes), np.deg2rad(grid.longitudes), indexing="ij")
     x = jnp.asarray(np.sin(lat).reshape(-1, 1), jnp.float32)
-    target = jnp.asarray((np.cos(lat) ** 2 * np.cos(2 * lon) + 0.5 * np.sin(lat)).reshape(-1, 1), jnp.float32)
+    target = jnp.asarray(
+        (np.cos(lat) ** 2 * np.cos(2 * lon) + 0.5 * np.sin(lat)).reshape(-1, 1), jnp.float32
+    )
     m = SphereGraphNetwork(1, 1, G, SMALL, conditional=False, rngs=nnx.Rngs(0))
     graphdef, params = nnx.split(m, nnx.Param)
     tx = optax.adam(3e-3)
@@ -303,7 +354,9 @@ def test_interaction_network_mean_aggregation():
     for k, v in enumerate(np.asarray(receivers)):
         agg[:, v] += np.asarray(e_sum[:, k])
     agg /= np.maximum([1, 3, 1, 0], 1)[:, None]
-    node_update = nnx.jit(lambda mlp, z: mlp(z))(mean.node_mlp, jnp.concatenate([vr, jnp.asarray(agg)], -1))
+    node_update = nnx.jit(lambda mlp, z: mlp(z))(
+        mean.node_mlp, jnp.concatenate([vr, jnp.asarray(agg)], -1)
+    )
     np.testing.assert_allclose(v_mean, np.asarray(vr) + np.asarray(node_update), atol=1e-5)
     with pytest.raises(ValueError, match="aggregation"):
         InteractionNetwork(latent, aggregation="max", rngs=nnx.Rngs(0))

@@ -21,7 +21,9 @@ def test_wb2_equiangular_convention(n_lon, n_lat, first):
     assert g.shape == (n_lat, n_lon) and g.n == n_lat * n_lon
     np.testing.assert_allclose(g.latitudes[[0, -1]], [first, -first])
     np.testing.assert_allclose(np.diff(g.latitudes), d)
-    np.testing.assert_allclose(g.longitudes[[0, 1, -1]], [0.0, 360.0 / n_lon, 360.0 - 360.0 / n_lon])
+    np.testing.assert_allclose(
+        g.longitudes[[0, 1, -1]], [0.0, 360.0 / n_lon, 360.0 - 360.0 / n_lon]
+    )
     assert g.truncation == (n_lon - 1) // 3
 
 
@@ -44,19 +46,25 @@ def test_great_circle_distances():
     site = lambda j, i: j * n_lon + i
     r = EARTH_RADIUS_KM
     # along a meridian: R Δφ
-    assert float(g.distance(site(0, 5), site(31, 5))) == pytest.approx(r * np.deg2rad(2 * 87.1875), rel=1e-5)
+    assert float(g.distance(site(0, 5), site(31, 5))) == pytest.approx(
+        r * np.deg2rad(2 * 87.1875), rel=1e-5
+    )
     # antipodes: half the circumference
     assert float(g.distance(site(3, 0), site(28, 32))) == pytest.approx(np.pi * r, rel=1e-5)
     # along the row next to the equator: 2R asin(cos φ sin(Δλ/2))
     phi = np.deg2rad(g.latitudes[16])
     expect = 2 * r * np.arcsin(np.cos(phi) * np.sin(np.deg2rad(5 * 5.625) / 2))
-    assert float(g.distance(site(16, 60), site(16, 1))) == pytest.approx(expect, rel=1e-5)  # wraps at 0°
+    assert float(g.distance(site(16, 60), site(16, 1))) == pytest.approx(
+        expect, rel=1e-5
+    )  # wraps at 0°
     sites = np.arange(g.n)
     d = np.asarray(g.distance(sites[:, None], sites[None, :]))
     assert np.all(np.diag(d) < 1e-2) and np.allclose(d, d.T, atol=1e-2)
     assert d.max() <= np.pi * r * (1 + 1e-6)
     # NumPy and JAX paths agree
-    assert great_circle_km(0.1, 0.2, -0.3, 2.0) == pytest.approx(float(great_circle_km(*map(np.float32, (0.1, 0.2, -0.3, 2.0)))))
+    assert great_circle_km(0.1, 0.2, -0.3, 2.0) == pytest.approx(
+        float(great_circle_km(*map(np.float32, (0.1, 0.2, -0.3, 2.0))))
+    )
 
 
 @pytest.mark.parametrize("radius", [500.0, 1500.0, 4000.0])
@@ -92,7 +100,11 @@ def test_winds_of_a_rossby_haurwitz_wave_are_exact_on_the_latlon_grid():
     np.testing.assert_allclose(np.asarray(u[0]), u_ref, atol=2e-5 * scale)
     np.testing.assert_allclose(np.asarray(v[0]), v_ref, atol=2e-5 * scale)
     # the scalar evaluation gives ζ itself at the grid points
-    np.testing.assert_allclose(np.asarray(spectral.evaluate(vort, g, g.truncation)[0]), zeta_ref, atol=2e-5 * np.abs(zeta_ref).max())
+    np.testing.assert_allclose(
+        np.asarray(spectral.evaluate(vort, g, g.truncation)[0]),
+        zeta_ref,
+        atol=2e-5 * np.abs(zeta_ref).max(),
+    )
 
 
 def test_truncation_removes_unresolved_scales_and_keeps_the_global_mean():
@@ -102,7 +114,9 @@ def test_truncation_removes_unresolved_scales_and_keeps_the_global_mean():
     t42 = dinosaur.spherical_harmonic.Grid.T42()
     lon, sin_lat = t42.nodal_mesh
     lat = np.arcsin(sin_lat)
-    smooth = 280.0 + 30.0 * np.cos(lat) ** 2 + 5.0 * np.cos(lat) ** 3 * np.sin(3 * lon)  # degree ≤ 3
+    smooth = (
+        280.0 + 30.0 * np.cos(lat) ** 2 + 5.0 * np.cos(lat) ** 3 * np.sin(3 * lon)
+    )  # degree ≤ 3
     fine = np.cos(lat) ** 30 * np.cos(30 * lon)  # zonal wavenumber 30 > 21
     coeffs = t42.to_modal(np.stack([smooth, fine]).astype(np.float32))
     g = LatLonGrid(64, 32)
@@ -129,10 +143,20 @@ def test_isothermal_rest_atmosphere_on_pressure_levels():
 
     model = HeldSuarez(resolution="T21", layers=8, dt_minutes=30.0, init_noise_k=0.0)
     levels = (50, 100, 300, 500, 850, 925, 1000)
-    f = jax.jit(model.fields, static_argnums=1)(model.initial_state(jax.random.key(0)), Output(LatLonGrid(64, 32), levels))
-    assert set(f) == {"geopotential", "temperature", "u_component_of_wind", "v_component_of_wind", "surface_pressure"}
+    f = jax.jit(model.fields, static_argnums=1)(
+        model.initial_state(jax.random.key(0)), Output(LatLonGrid(64, 32), levels)
+    )
+    assert set(f) == {
+        "geopotential",
+        "temperature",
+        "u_component_of_wind",
+        "v_component_of_wind",
+        "surface_pressure",
+    }
     assert f["temperature"].shape == (7, 32, 64) and f["surface_pressure"].shape == (32, 64)
-    np.testing.assert_allclose(np.asarray(f["surface_pressure"]), 1e5, rtol=1e-4)  # float32 spectral round-off (< 10 Pa)
+    np.testing.assert_allclose(
+        np.asarray(f["surface_pressure"]), 1e5, rtol=1e-4
+    )  # float32 spectral round-off (< 10 Pa)
     np.testing.assert_allclose(np.asarray(f["temperature"]), 288.0, rtol=1e-5)
     assert np.abs(np.asarray(f["u_component_of_wind"])).max() < 1e-3
     assert np.abs(np.asarray(f["v_component_of_wind"])).max() < 1e-3
@@ -141,7 +165,9 @@ def test_isothermal_rest_atmosphere_on_pressure_levels():
     phi = np.asarray(f["geopotential"], np.float64).mean(axis=(1, 2))
     # dinosaur's σ-level hydrostatic integral is exact at the layer centres to ~1 %
     np.testing.assert_allclose(phi, expect, rtol=0.015, atol=30.0)
-    assert np.ptp(np.asarray(f["geopotential"]), axis=(1, 2)).max() < 10.0  # uniform to 1 m (p_s round-off)
+    assert (
+        np.ptp(np.asarray(f["geopotential"]), axis=(1, 2)).max() < 10.0
+    )  # uniform to 1 m (p_s round-off)
 
 
 def test_vertical_interpolation_columns():
@@ -154,7 +180,9 @@ def test_vertical_interpolation_columns():
     got = np.asarray(interp_columns(x, knots, f))
     for j in range(3):
         for i in range(4):
-            np.testing.assert_allclose(got[:, j, i], np.interp(x[:, j, i], knots, f[:, j, i]), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(
+                got[:, j, i], np.interp(x[:, j, i], knots, f[:, j, i]), rtol=1e-5, atol=1e-5
+            )
     # isothermal column: Φ = −R T ln σ at the knots → the same law everywhere, extrapolation included
     r, t = 287.0, 250.0
     phi = (-r * t * knots)[:, None, None] * np.ones((1, 3, 4))

@@ -12,14 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import gc_ref
 
 from baselines.letkf import LETKF, ColumnLETKF, column_taper
 from baselines.localization import log_pressure_taper
 from ensda import assimilator as registry
-from ensda.testbeds.sphere.observe import GlobalObsNetwork
 from ensda.testbeds.sphere.grid import EARTH_RADIUS_KM, LatLonGrid
+from ensda.testbeds.sphere.observe import GlobalObsNetwork
 from ensda.testbeds.sphere.testbed import Channels
-from reference import gc_ref
 
 GRID = LatLonGrid(16, 8)
 CH = Channels(levels=(250, 850))  # z, t, u, v at 2 levels + surface pressure = 9 channels
@@ -27,9 +27,18 @@ SCALE = np.repeat([300.0, 300.0, 2.0, 2.0, 5.0, 5.0, 5.0, 5.0, 200.0], GRID.n)
 
 
 def haversine_km(a, b, grid):
-    lat = np.deg2rad(grid.latitudes)[np.asarray(a) // grid.n_lon], np.deg2rad(grid.latitudes)[np.asarray(b) // grid.n_lon]
-    lon = np.deg2rad(grid.longitudes)[np.asarray(a) % grid.n_lon], np.deg2rad(grid.longitudes)[np.asarray(b) % grid.n_lon]
-    h = np.sin((lat[1] - lat[0]) / 2) ** 2 + np.cos(lat[0]) * np.cos(lat[1]) * np.sin((lon[1] - lon[0]) / 2) ** 2
+    lat = (
+        np.deg2rad(grid.latitudes)[np.asarray(a) // grid.n_lon],
+        np.deg2rad(grid.latitudes)[np.asarray(b) // grid.n_lon],
+    )
+    lon = (
+        np.deg2rad(grid.longitudes)[np.asarray(a) % grid.n_lon],
+        np.deg2rad(grid.longitudes)[np.asarray(b) % grid.n_lon],
+    )
+    h = (
+        np.sin((lat[1] - lat[0]) / 2) ** 2
+        + np.cos(lat[0]) * np.cos(lat[1]) * np.sin((lon[1] - lon[0]) / 2) ** 2
+    )
     return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(h))
 
 
@@ -40,7 +49,9 @@ def problem(seed, n_members=8, density=0.1, cycle=0):
     noise = rng.normal(size=(n_members, CH.n, GRID.n_lat, GRID.n_lon))
     smooth = (noise + np.roll(noise, 1, -1) + np.roll(noise, -1, -1) + np.roll(noise, 1, -2)) / 2.0
     bg = (smooth.reshape(n_members, -1) + rng.normal(size=CH.n * GRID.n)) * SCALE
-    truth = jnp.asarray(rng.normal(size=CH.n * GRID.n) * SCALE, jnp.float32).reshape(CH.n, *GRID.shape)
+    truth = jnp.asarray(rng.normal(size=CH.n * GRID.n) * SCALE, jnp.float32).reshape(
+        CH.n, *GRID.shape
+    )
     return net, jnp.asarray(bg, jnp.float32), net.observe(truth, jax.random.key(seed), cycle)
 
 
@@ -63,7 +74,9 @@ def letkf_ref(bg, obs, radius, vertical_radius):
             rl = rinv * rho_h * rho_v
             m = (n_mem - 1) * np.eye(n_mem) + (ya * rl) @ ya.T
             lam, v = np.linalg.eigh(m)
-            w = (v @ ((v.T @ ((ya * rl) @ d)) / lam))[:, None] + v @ np.diag(np.sqrt((n_mem - 1) / lam)) @ v.T
+            w = (v @ ((v.T @ ((ya * rl) @ d)) / lam))[:, None] + v @ np.diag(
+                np.sqrt((n_mem - 1) / lam)
+            ) @ v.T
             i = c * GRID.n + col
             out[:, i] = xm[i] + w.T @ a[:, i]
     return out
@@ -77,7 +90,9 @@ def etkf_ref(bg, obs):
     hx = bg[:, np.asarray(obs.idx)]
     ya, d = hx - hx.mean(0), np.asarray(obs.y, np.float64) - hx.mean(0)
     lam, v = np.linalg.eigh((n_mem - 1) * np.eye(n_mem) + (ya * rinv) @ ya.T)
-    w = (v @ ((v.T @ ((ya * rinv) @ d)) / lam))[:, None] + v @ np.diag(np.sqrt((n_mem - 1) / lam)) @ v.T
+    w = (v @ ((v.T @ ((ya * rinv) @ d)) / lam))[:, None] + v @ np.diag(
+        np.sqrt((n_mem - 1) / lam)
+    ) @ v.T
     return bg.mean(0) + w.T @ (bg - bg.mean(0))
 
 
@@ -86,8 +101,14 @@ def test_horizontal_taper_is_gaspari_cohn_of_great_circle_distance_and_vanishes_
     radius = 700.0
     k = g.max_sites_within(2 * radius)
     everywhere = jnp.arange(g.n)
-    for col in (16 * 64 + 10, 31 * 64 + 5, 0):  # equator, next to the north pole, next to the south pole
-        near, taper = (np.asarray(a) for a in column_taper(g, jnp.int32(col), everywhere, radius, k))
+    for col in (
+        16 * 64 + 10,
+        31 * 64 + 5,
+        0,
+    ):  # equator, next to the north pole, next to the south pole
+        near, taper = (
+            np.asarray(a) for a in column_taper(g, jnp.int32(col), everywhere, radius, k)
+        )
         d = haversine_km(col, near, g)
         np.testing.assert_allclose(taper, [gc_ref(x / radius) for x in d], atol=2e-4)
         # every column within 2c is among the k selected; the others are at ≥ 2c
@@ -96,7 +117,9 @@ def test_horizontal_taper_is_gaspari_cohn_of_great_circle_distance_and_vanishes_
     # along a meridian the distance is R·Δφ: 625.4 km per row of 5.625°
     col = 16 * 64 + 10
     step = EARTH_RADIUS_KM * np.deg2rad(5.625)
-    near, taper = column_taper(g, jnp.int32(col), jnp.asarray([col, col + 64, col - 128, col + 192]), radius, 4)
+    near, taper = column_taper(
+        g, jnp.int32(col), jnp.asarray([col, col + 64, col - 128, col + 192]), radius, 4
+    )
     got = dict(zip(np.asarray(near).tolist(), np.asarray(taper).tolist()))
     for pos, rows in enumerate((0, 1, 2, 3)):
         assert got[pos] == pytest.approx(gc_ref(rows * step / radius), abs=2e-5)
@@ -104,7 +127,9 @@ def test_horizontal_taper_is_gaspari_cohn_of_great_circle_distance_and_vanishes_
 
 
 def test_vertical_taper_in_log_pressure():
-    got = np.asarray(log_pressure_taper(np.array([500.0, 500.0, 1000.0]), np.array([850.0, 50.0, 1000.0]), 1.0))
+    got = np.asarray(
+        log_pressure_taper(np.array([500.0, 500.0, 1000.0]), np.array([850.0, 50.0, 1000.0]), 1.0)
+    )
     np.testing.assert_allclose(got, [gc_ref(np.log(850 / 500)), 0.0, 1.0], atol=1e-6)
     assert np.all(np.asarray(log_pressure_taper(50.0, np.array([100.0, 1000.0]), None)) == 1.0)
 
@@ -129,26 +154,36 @@ def test_local_analyses_equal_brute_force(radius, vertical_radius):
     # states as (N, n_var, n_lat, n_lon) give the same analysis in that shape
     shaped = analyse(bg.reshape(bg.shape[0], CH.n, *GRID.shape))
     assert shaped.shape == (bg.shape[0], CH.n, *GRID.shape)
-    np.testing.assert_allclose(np.asarray(shaped).reshape(bg.shape) / SCALE, np.asarray(got) / SCALE, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(shaped).reshape(bg.shape) / SCALE, np.asarray(got) / SCALE, atol=1e-5
+    )
     # columns with no observation within 2c keep their background
-    untouched = np.array([haversine_km(c, np.asarray(obs.sites), GRID).min() >= 2 * radius for c in range(GRID.n)])
+    untouched = np.array(
+        [haversine_km(c, np.asarray(obs.sites), GRID).min() >= 2 * radius for c in range(GRID.n)]
+    )
     assert untouched.any() or radius > 2000.0  # 12 such columns at 1500 km
     if untouched.any():
         cols = np.tile(untouched, CH.n)
-        np.testing.assert_allclose((np.asarray(got) / SCALE)[:, cols], (np.asarray(bg) / SCALE)[:, cols], atol=1e-5)
+        np.testing.assert_allclose(
+            (np.asarray(got) / SCALE)[:, cols], (np.asarray(bg) / SCALE)[:, cols], atol=1e-5
+        )
 
 
 def test_registry_builds_the_column_letkf_for_global_networks_and_checks_settings():
     net, bg, obs = problem(3)
     ctx = registry.SetupContext(testbed=None, network=net, climatology=None, key=jax.random.key(0))
-    assim = registry.build("letkf", {"radius": 800.0, "vertical_radius": 1.5, "inflation": 1.1}, ctx)
+    assim = registry.build(
+        "letkf", {"radius": 800.0, "vertical_radius": 1.5, "inflation": 1.1}, ctx
+    )
     assert isinstance(assim.inner, ColumnLETKF) and assim.inner.radius == 800.0
     with pytest.raises(ValueError, match="vertical_radius"):
         registry.validate_settings("letkf", {"vertical_radius": 0.0})
     from ensda.observe import ObsNetwork
     from ensda.testbeds import Lorenz96
 
-    ring = registry.SetupContext(testbed=Lorenz96(), network=ObsNetwork(40), climatology=None, key=jax.random.key(0))
+    ring = registry.SetupContext(
+        testbed=Lorenz96(), network=ObsNetwork(40), climatology=None, key=jax.random.key(0)
+    )
     with pytest.raises(ValueError, match="vertical_radius applies to the sphere"):
         registry.build("letkf", {"vertical_radius": 1.0}, ring)
     assert isinstance(registry.build("letkf", {"radius": 3.0}, ring), LETKF)

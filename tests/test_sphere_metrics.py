@@ -63,12 +63,18 @@ def test_per_channel_metrics_match_numpy(setup):
     run = runs["letkf"]
     res, s, w = run.result, run.summary, cos_weights()
     truth = fields(osse.truth[1:], (K,))
-    mse = {st: wmean((fields(getattr(res, f"mean_{st}"), (K,)) - truth) ** 2, w) for st in "fa"}  # (K, 3)
+    mse = {
+        st: wmean((fields(getattr(res, f"mean_{st}"), (K,)) - truth) ** 2, w) for st in "fa"
+    }  # (K, 3)
     final = fields(res.final_ensemble, (N,))
     np.testing.assert_allclose(np.asarray(res.channel_mse_a), mse["a"], rtol=1e-4)
     np.testing.assert_allclose(np.asarray(res.channel_mse_f), mse["f"], rtol=1e-4)
-    np.testing.assert_allclose(np.asarray(res.channel_spread2_a[-1]), wmean(final.var(0, ddof=1), w), rtol=1e-4)
-    np.testing.assert_allclose(np.asarray(res.channel_crps_a[-1]), wmean(fair_crps(final, truth[-1]), w), rtol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(res.channel_spread2_a[-1]), wmean(final.var(0, ddof=1), w), rtol=1e-4
+    )
+    np.testing.assert_allclose(
+        np.asarray(res.channel_crps_a[-1]), wmean(fair_crps(final, truth[-1]), w), rtol=1e-4
+    )
     sp2 = np.asarray(res.channel_spread2_a, np.float64)[BURN_IN:]
     for c, name in enumerate(CHANNELS):
         assert s[f"rmse_a.{name}"] == pytest.approx(np.sqrt(mse["a"][BURN_IN:, c]).mean(), rel=1e-4)
@@ -76,7 +82,9 @@ def test_per_channel_metrics_match_numpy(setup):
         assert s[f"spread_a.{name}"] == pytest.approx(np.sqrt(sp2[:, c]).mean(), rel=1e-4)
         ssr = np.sqrt((N + 1) / N) * np.sqrt(sp2[:, c].mean() / mse["a"][BURN_IN:, c].mean())
         assert s[f"ssr_a.{name}"] == pytest.approx(ssr, rel=1e-4)
-        assert s[f"crps_a.{name}"] == pytest.approx(np.asarray(res.channel_crps_a, np.float64)[BURN_IN:, c].mean(), rel=1e-5)
+        assert s[f"crps_a.{name}"] == pytest.approx(
+            np.asarray(res.channel_crps_a, np.float64)[BURN_IN:, c].mean(), rel=1e-5
+        )
     assert not [k for k in s if k.startswith("rmse_a.") and k.split(".", 1)[1] not in CHANNELS]
     # the free run: one number per channel too, and its errors are larger everywhere
     assert all(runs["none"].summary[f"rmse_a.{c}"] > s[f"rmse_a.{c}"] for c in CHANNELS)
@@ -97,16 +105,27 @@ def test_normalised_aggregate_is_the_numpy_formula(setup):
         np.testing.assert_allclose(np.asarray(res.mse_a), mse, rtol=1e-4)
         assert s["rmse_a"] == pytest.approx(np.sqrt(mse[BURN_IN:]).mean(), rel=1e-4)
         final = fields(res.final_ensemble, (N,))
-        np.testing.assert_allclose(float(res.spread2_a[-1]), (wmean(final.var(0, ddof=1), w) / std**2).mean(), rtol=1e-4)
-        np.testing.assert_allclose(float(res.crps_a[-1]), (wmean(fair_crps(final, truth[-1]), w) / std).mean(), rtol=1e-4)
-        z, zt = final / std[:, None, None], truth[-1] / std[:, None, None]  # energy score of the standardised state
+        np.testing.assert_allclose(
+            float(res.spread2_a[-1]), (wmean(final.var(0, ddof=1), w) / std**2).mean(), rtol=1e-4
+        )
+        np.testing.assert_allclose(
+            float(res.crps_a[-1]), (wmean(fair_crps(final, truth[-1]), w) / std).mean(), rtol=1e-4
+        )
+        z, zt = (
+            final / std[:, None, None],
+            truth[-1] / std[:, None, None],
+        )  # energy score of the standardised state
         norm = lambda d: np.sqrt((w * d**2).sum(axis=(-3, -2, -1)) / (3 * w.sum()))  # noqa: E731
         energy = norm(z - zt).mean() - norm(z[:, None] - z[None]).sum() / (2 * N**2)
         np.testing.assert_allclose(float(res.energy_a[-1]), energy, rtol=1e-4)
         sp2 = np.asarray(res.spread2_a, np.float64)[BURN_IN:]
         assert s["spread_a"] == pytest.approx(np.sqrt(sp2).mean(), rel=1e-4)
-        assert s["ssr_a"] == pytest.approx(np.sqrt((N + 1) / N * sp2.mean() / mse[BURN_IN:].mean()), rel=1e-4)
-        assert s["crps_a"] == pytest.approx(np.asarray(res.crps_a, np.float64)[BURN_IN:].mean(), rel=1e-5)
+        assert s["ssr_a"] == pytest.approx(
+            np.sqrt((N + 1) / N * sp2.mean() / mse[BURN_IN:].mean()), rel=1e-4
+        )
+        assert s["crps_a"] == pytest.approx(
+            np.asarray(res.crps_a, np.float64)[BURN_IN:].mean(), rel=1e-5
+        )
     # a climatological free run scores about 1 in units of σ_c; the LETKF well below
     assert runs["none"].summary["rmse_a"] == pytest.approx(1.0, abs=0.3)
     assert runs["letkf"].summary["rmse_a"] < 0.75 * runs["none"].summary["rmse_a"]
@@ -131,30 +150,43 @@ def test_methods_without_a_sphere_version_fail_at_build_naming_the_reason(setup)
     cfg, osse, _ = setup
     assert cfg.testbed_kind.unsupported
     for method in cfg.testbed_kind.unsupported:
-        with pytest.raises(ValueError, match=f"^{method} .*sphere.*; use letkf, etkf, enkf or 3dvar"):
+        with pytest.raises(
+            ValueError, match=f"^{method} .*sphere.*; use letkf, etkf, enkf or 3dvar"
+        ):
             build_assimilator(cfg, osse, method, {})
 
 
 def test_maps_and_channel_table_are_mlflow_artifacts(setup, tmp_path, monkeypatch):
+    import xarray as xr
     from mlflow.tracking import MlflowClient
 
     from ensda import tracking
 
-    import xarray as xr
-
     cfg, osse, runs = setup
     monkeypatch.chdir(tmp_path)  # artifacts in tmp_path/mlruns
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    track = cfg.tracking.model_copy(update={"enabled": True, "uri": uri, "experiment": "sphere-test", "figures": True})
+    track = cfg.tracking.model_copy(
+        update={"enabled": True, "uri": uri, "experiment": "sphere-test", "figures": True}
+    )
     with tracking.tracked_run(track, "letkf") as mlrun:
         tracking.log_method_run(mlrun, runs["letkf"], cfg.burn_in, figures=True)
         tracking.log_observations(mlrun, osse)
     client = MlflowClient(tracking_uri=uri)
     top = {a.path for a in client.list_artifacts(mlrun.run_id)}
-    assert {"channel_metrics.json", "channel_rmse.png", "maps", "error_spread.png", "observations.zarr"} <= top, top
-    stored = xr.open_zarr(client.download_artifacts(mlrun.run_id, "observations.zarr", str(tmp_path / "obs")),
-                          consolidated=False)
-    np.testing.assert_array_equal(stored["value"].values, np.asarray(osse.obs.y))  # every cycle's values, exactly
+    assert {
+        "channel_metrics.json",
+        "channel_rmse.png",
+        "maps",
+        "error_spread.png",
+        "observations.zarr",
+    } <= top, top
+    stored = xr.open_zarr(
+        client.download_artifacts(mlrun.run_id, "observations.zarr", str(tmp_path / "obs")),
+        consolidated=False,
+    )
+    np.testing.assert_array_equal(
+        stored["value"].values, np.asarray(osse.obs.y)
+    )  # every cycle's values, exactly
     assert stored.sizes == {"cycle": K, "obs": 3 * 51}
     maps = {a.path for a in client.list_artifacts(mlrun.run_id, "maps")}
     assert maps == {f"maps/{c}.png" for c in CHANNELS}
@@ -183,13 +215,29 @@ def test_lorenz96_summary_unchanged():
     of any metric's definition moves these numbers by far more."""
     from ensda.experiment import make_osse, run_method
 
-    cfg = load(CONFIGS / "l96.yaml", ["cycles=60", "burn_in=10", "ensemble.size=10", "lead_time.enabled=false",
-                                      "tracking.enabled=false"])
+    cfg = load(
+        CONFIGS / "l96.yaml",
+        [
+            "cycles=60",
+            "burn_in=10",
+            "ensemble.size=10",
+            "lead_time.enabled=false",
+            "tracking.enabled=false",
+        ],
+    )
     run = run_method(cfg, make_osse(cfg), "letkf")
-    recorded = {"rmse_f": 0.44463378278037935, "spread_f": 0.18355216890890275, "crps_f": 0.2665224900841713,
-                "ssr_f": 0.42255470156669617, "rmse_a": 0.4235852694500161, "spread_a": 0.1695619629482352,
-                "crps_a": 0.2575310638546944, "ssr_a": 0.4088713824748993, "energy_a": 0.34824961572885516,
-                "rank_flatness_a": 174.87890625}
+    recorded = {
+        "rmse_f": 0.44463378278037935,
+        "spread_f": 0.18355216890890275,
+        "crps_f": 0.2665224900841713,
+        "ssr_f": 0.42255470156669617,
+        "rmse_a": 0.4235852694500161,
+        "spread_a": 0.1695619629482352,
+        "crps_a": 0.2575310638546944,
+        "ssr_a": 0.4088713824748993,
+        "energy_a": 0.34824961572885516,
+        "rank_flatness_a": 174.87890625,
+    }
     assert {k: run.summary[k] for k in recorded} == pytest.approx(recorded, rel=1e-4)
     assert run.sphere is None and run.result.channel_mse_a is None
     assert not [k for k in run.summary if "." in k]

@@ -28,7 +28,10 @@ ERA5_3D = ("geopotential", "temperature", "u_component_of_wind", "v_component_of
 
 def sw_config(path, days=2.0, **nature) -> SphereTestbedConfig:
     return SphereTestbedConfig(
-        model="shallow_water", resolution="T21", dt_minutes=30.0, spinup_days=1.0,
+        model="shallow_water",
+        resolution="T21",
+        dt_minutes=30.0,
+        spinup_days=1.0,
         nature={"store": str(path), "days": days, "time_chunk": 2, **nature},
     )
 
@@ -115,7 +118,9 @@ def test_resume_refuses_another_config_and_extends_days(one_shot, tmp_path):
     shutil.copytree(one_shot[0], path)
     with pytest.raises(ValueError, match="dt_minutes"):
         generate(sw_config(path).model_copy(update={"dt_minutes": 20.0}), progress=False)
-    longer = generate(sw_config(path, days=2.5).model_copy(update={"cycle_hours": 12}), progress=False)
+    longer = generate(
+        sw_config(path, days=2.5).model_copy(update={"cycle_hours": 12}), progress=False
+    )
     assert longer["n_times"] == 10 and zstore.n_times(path) == 10
     ds = zstore.open_store(path)
     assert str(ds["time"].values[-1])[:19] == "2000-01-03T06:00:00"
@@ -131,12 +136,32 @@ def test_resume_refuses_another_config_and_extends_days(one_shot, tmp_path):
 def test_cli_nature_and_info(tmp_path):
     from ensda.cli import app
 
-    cfg = {"name": "sw", "testbed": {"kind": "sphere", "model": "shallow_water", "resolution": "T21", "dt_minutes": 30,
-                                     "spinup_days": 0, "nature": {"store": str(tmp_path / "cli.zarr"), "days": 1, "time_chunk": 4}}}
+    cfg = {
+        "name": "sw",
+        "testbed": {
+            "kind": "sphere",
+            "model": "shallow_water",
+            "resolution": "T21",
+            "dt_minutes": 30,
+            "spinup_days": 0,
+            "nature": {"store": str(tmp_path / "cli.zarr"), "days": 1, "time_chunk": 4},
+        },
+    }
     path = tmp_path / "sw.yaml"
     path.write_text(yaml.safe_dump(cfg))
     runner = CliRunner()
-    res = runner.invoke(app, ["data", "nature", str(path), "--no-progress", "--json", "--set", "testbed.nature.days=0.5"])
+    res = runner.invoke(
+        app,
+        [
+            "data",
+            "nature",
+            str(path),
+            "--no-progress",
+            "--json",
+            "--set",
+            "testbed.nature.days=0.5",
+        ],
+    )
     assert res.exit_code == 0, res.output
     summary = json.loads(res.stdout.strip().splitlines()[-1])
     assert summary["n_times"] == 2 and summary["complete"]
@@ -156,10 +181,23 @@ def test_cli_nature_and_info(tmp_path):
 
 def test_config_errors_name_the_field(tmp_path):
     path = tmp_path / "c.yaml"
-    path.write_text(yaml.safe_dump({"testbed": {"kind": "sphere", "levels": [500, 300], "dt_minutes": 40, "nature": {"output_hours": 5}}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "testbed": {
+                    "kind": "sphere",
+                    "levels": [500, 300],
+                    "dt_minutes": 40,
+                    "nature": {"output_hours": 5},
+                }
+            }
+        )
+    )
     with pytest.raises(ConfigError) as err:
         load_testbed(path)
-    assert "strictly increasing" in str(err.value) and "whole number of model steps" not in str(err.value)
+    assert "strictly increasing" in str(err.value) and "whole number of model steps" not in str(
+        err.value
+    )
     with pytest.raises(ConfigError, match="testbed.resolution"):
         load_testbed(path, ["testbed.levels=[300, 500]", "testbed.resolution=T50"])
     with pytest.raises(ConfigError, match="whole number of model steps"):
@@ -172,7 +210,9 @@ def test_config_errors_name_the_field(tmp_path):
     assert (shipped.grid.n_lon, shipped.grid.n_lat) == (64, 32) and shipped.nature.output_hours == 6
 
 
-@pytest.mark.skipif(not SAMPLE.exists(), reason="sample store not made (experiments/sphere_sample.py)")
+@pytest.mark.skipif(
+    not SAMPLE.exists(), reason="sample store not made (experiments/sphere_sample.py)"
+)
 def test_held_suarez_sample_store_layout_and_climate():
     ds = zstore.open_store(SAMPLE)
     levels = [50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000]
@@ -189,11 +229,21 @@ def test_held_suarez_sample_store_layout_and_climate():
     eq, pole_n, pole_s = np.abs(lat).argmin(), lat.argmax(), lat.argmin()
     # Held–Suarez climate: warm tropics (T850 ≈ 290–305 K), cold poles, westerly jets
     # of 20–40 m/s near 250 hPa in both hemispheres, mean p_s ≈ 1000 hPa, Φ increasing upward
-    assert 285 < t[i850, eq] < 310 and t[i850, pole_n] < t[i850, eq] - 25 and t[i850, pole_s] < t[i850, eq] - 25
+    assert (
+        285 < t[i850, eq] < 310
+        and t[i850, pole_n] < t[i850, eq] - 25
+        and t[i850, pole_s] < t[i850, eq] - 25
+    )
     for hemi in (lat > 20, lat < -20):
         jet = u[i250][hemi].max()
         assert 15 < jet < 50 and 25 < abs(lat[hemi][u[i250][hemi].argmax()]) < 60
     assert abs(u[i250, eq]) < 15
-    assert 99_000 < (ps * np.cos(np.deg2rad(lat))[:, None]).sum(axis=(1, 2)).mean() / np.cos(np.deg2rad(lat)).sum() / 64 < 101_000
+    assert (
+        99_000
+        < (ps * np.cos(np.deg2rad(lat))[:, None]).sum(axis=(1, 2)).mean()
+        / np.cos(np.deg2rad(lat)).sum()
+        / 64
+        < 101_000
+    )
     assert np.all(np.diff(z) < 0)  # levels go down: geopotential decreases
     assert zstore.read_restart(SAMPLE).spinup_steps == 200 * 48

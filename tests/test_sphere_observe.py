@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from ensda.observe import Observations, ObsNetwork
-from ensda.testbeds.sphere.observe import GlobalObsNetwork
 from ensda.testbeds.sphere.grid import LatLonGrid
+from ensda.testbeds.sphere.observe import GlobalObsNetwork
 from ensda.testbeds.sphere.testbed import Channels
 
 GRID = LatLonGrid(64, 32)
@@ -40,19 +40,36 @@ def test_random_columns_all_channels_and_per_variable_r():
     assert np.all(np.diff(cols) > 0)
     np.testing.assert_array_equal(np.asarray(obs.site), np.tile(cols, 13))
     # channel-major flat indices into the state, and H(x) reads them
-    np.testing.assert_array_equal(np.asarray(obs.idx).reshape(13, 20), np.arange(13)[:, None] * 2048 + cols[None])
+    np.testing.assert_array_equal(
+        np.asarray(obs.idx).reshape(13, 20), np.arange(13)[:, None] * 2048 + cols[None]
+    )
     np.testing.assert_allclose(np.asarray(obs.h(x)), np.asarray(x).reshape(13, -1)[:, cols].ravel())
-    np.testing.assert_allclose(np.asarray(obs.h(jnp.stack([x, 2 * x]))[1]), 2 * np.asarray(obs.h(x)), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(obs.h(jnp.stack([x, 2 * x]))[1]), 2 * np.asarray(obs.h(x)), rtol=1e-6
+    )
     r = np.asarray(obs.r_std).reshape(13, 20)[:, 0]
     np.testing.assert_allclose(r, [100.0] * 3 + [1.0] * 3 + [2.0] * 6 + [100.0])
     # a new set every cycle with redraw, the same without
-    assert not np.array_equal(np.asarray(net.site_indices(jax.random.key(1), 0)), np.asarray(net.site_indices(jax.random.key(1), 1)))
+    assert not np.array_equal(
+        np.asarray(net.site_indices(jax.random.key(1), 0)),
+        np.asarray(net.site_indices(jax.random.key(1), 1)),
+    )
     fixed = GlobalObsNetwork(GRID, CH, kind="random", density=0.01, redraw=False)
-    np.testing.assert_array_equal(np.asarray(fixed.site_indices(jax.random.key(1), 0)), np.asarray(fixed.site_indices(jax.random.key(1), 7)))
+    np.testing.assert_array_equal(
+        np.asarray(fixed.site_indices(jax.random.key(1), 0)),
+        np.asarray(fixed.site_indices(jax.random.key(1), 7)),
+    )
 
 
 def test_error_statistics_per_variable():
-    net = GlobalObsNetwork(GRID, CH, kind="random", density=0.25, variables=("temperature", "surface_pressure"), levels=(850,))
+    net = GlobalObsNetwork(
+        GRID,
+        CH,
+        kind="random",
+        density=0.25,
+        variables=("temperature", "surface_pressure"),
+        levels=(850,),
+    )
     assert net.observed_channels == (CH.index("temperature", 850), CH.index("surface_pressure"))
     xs = jnp.zeros((40, CH.n, 32, 64))
     obs = net.observe_run(xs, jax.random.key(5))
@@ -80,7 +97,9 @@ def test_station_network_is_fixed_clustered_and_denser_in_the_north():
         np.fill_diagonal(d, np.inf)
         return d.min(axis=1).mean()
 
-    uniform = np.asarray(GlobalObsNetwork(GRID, CH, kind="random", density=0.05, redraw=False).site_indices(key, 0))
+    uniform = np.asarray(
+        GlobalObsNetwork(GRID, CH, kind="random", density=0.05, redraw=False).site_indices(key, 0)
+    )
     assert mean_nn_km(cols) < 0.85 * mean_nn_km(uniform)  # clustered
 
 
@@ -99,7 +118,9 @@ def test_swaths_follow_polar_orbits_and_move():
     to_track = great_circle_km(glat[:, None], glon[:, None], t_lat[None], t_lon[None]).min(axis=1)
     all_lat = np.deg2rad(np.repeat(GRID.latitudes, 64))
     all_lon = np.deg2rad(np.tile(GRID.longitudes, 32))
-    all_to_track = great_circle_km(all_lat[:, None], all_lon[:, None], t_lat[None], t_lon[None]).min(axis=1)
+    all_to_track = great_circle_km(
+        all_lat[:, None], all_lon[:, None], t_lat[None], t_lon[None]
+    ).min(axis=1)
     assert to_track.max() <= np.sort(all_to_track)[cols.size - 1] + 1e-3  # the nearest columns
     assert to_track.max() < 1500.0 and d.shape[0] == 164
     assert lat.max() > 60 and lat.min() < -60  # pole to pole

@@ -21,7 +21,9 @@ from ensda.testbeds.sphere.testbed import Channels
 dinosaur = pytest.importorskip("dinosaur")
 
 SAMPLE = Path(__file__).parent / "data" / "sphere_t21_sample.zarr"
-needs_sample = pytest.mark.skipif(not SAMPLE.exists(), reason="sample store not made (experiments/sphere_sample.py)")
+needs_sample = pytest.mark.skipif(
+    not SAMPLE.exists(), reason="sample store not made (experiments/sphere_sample.py)"
+)
 WB2 = (50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000)
 
 
@@ -35,10 +37,14 @@ def test_channel_order_and_stacking():
     with pytest.raises(KeyError):
         ch.index("temperature", 875)
     rng = np.random.default_rng(0)
-    fields = {v: rng.normal(size=(2, 13, 4, 8)) for v in ch.variables} | {"surface_pressure": rng.normal(size=(2, 4, 8))}
+    fields = {v: rng.normal(size=(2, 13, 4, 8)) for v in ch.variables} | {
+        "surface_pressure": rng.normal(size=(2, 4, 8))
+    }
     x = np.asarray(ch.stack(fields))
     assert x.shape == (2, 53, 4, 8)
-    np.testing.assert_allclose(x[:, ch.index("temperature", 300)], fields["temperature"][:, 5], rtol=1e-6)
+    np.testing.assert_allclose(
+        x[:, ch.index("temperature", 300)], fields["temperature"][:, 5], rtol=1e-6
+    )
     back = ch.unstack(x)
     for k, v in fields.items():
         np.testing.assert_allclose(np.asarray(back[k]), v, rtol=1e-6)
@@ -54,7 +60,9 @@ def test_grid_to_spectral_fit_inverts_evaluation(n_lon, n_lat):
     rng = np.random.default_rng(1)
     mask = h.mask & (np.arange(t + 2) <= t)
     c = (rng.normal(size=(2,) + h.modal_shape) * mask).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(spectral.analyse(spectral.evaluate(c, g, t), g, t)), c, atol=2e-5)
+    np.testing.assert_allclose(
+        np.asarray(spectral.analyse(spectral.evaluate(c, g, t), g, t)), c, atol=2e-5
+    )
     c[:, 0, 0] = 0.0  # ζ and δ have no global mean
     u, v = spectral.evaluate_winds(c[0], c[1], g, t)
     z, d = spectral.analyse_winds(u, v, g, t)
@@ -73,7 +81,9 @@ def test_vorticity_of_analytic_rossby_haurwitz_winds():
     v = -k * 4 * c**3 * s * np.sin(4 * lon)
     zeta = 2 * w * s - k * s * c**4 * 30 * np.cos(4 * lon)
     vort, div = spectral.analyse_winds(u.astype(np.float32), v.astype(np.float32), g, g.truncation)
-    np.testing.assert_allclose(np.asarray(spectral.evaluate(vort, g, g.truncation)), zeta, atol=1e-5)
+    np.testing.assert_allclose(
+        np.asarray(spectral.evaluate(vort, g, g.truncation)), zeta, atol=1e-5
+    )
     assert np.abs(np.asarray(div)).max() < 1e-5
 
 
@@ -97,20 +107,32 @@ def test_perfect_model_forecast_reproduces_the_nature_run():
 
     cfg = SphereTestbedConfig.model_validate(zstore.read_restart(SAMPLE).config)
     tb = from_config(cfg, store=str(SAMPLE))
-    assert tb.channels == Channels(levels=WB2) and tb.grid == LatLonGrid(64, 32) and tb.steps_per_cycle == 12
+    assert (
+        tb.channels == Channels(levels=WB2)
+        and tb.grid == LatLonGrid(64, 32)
+        and tb.steps_per_cycle == 12
+    )
     truth = tb.truth(0, 3)
     assert truth.shape == (4, 53, 32, 64)
     fc = np.asarray(tb.cycle_forecast(truth[:2]))  # two members at once
     assert fc.shape == (2, 53, 32, 64)
     w = np.asarray(tb.grid.weights)
     rms = lambda a, b: np.sqrt((w * (a - b) ** 2).mean(axis=(-2, -1)))
-    for name in ("geopotential_500", "temperature_850", "u_component_of_wind_250", "v_component_of_wind_700", "surface_pressure"):
+    for name in (
+        "geopotential_500",
+        "temperature_850",
+        "u_component_of_wind_250",
+        "v_component_of_wind_700",
+        "surface_pressure",
+    ):
         c = tb.channels.names.index(name)
         err = rms(fc[:, c], np.asarray(truth[1:3, c]))
         persistence = rms(np.asarray(truth[:2, c]), np.asarray(truth[1:3, c]))
         assert np.all(err < 0.02 * persistence), (name, err, persistence)
     # imperfect model: the forecast section picks another resolution of the same dycore
-    cfg2 = SphereTestbedConfig.model_validate(cfg.model_dump() | {"forecast": {"resolution": "T31", "dt_minutes": 20.0}})
+    cfg2 = SphereTestbedConfig.model_validate(
+        cfg.model_dump() | {"forecast": {"resolution": "T31", "dt_minutes": 20.0}}
+    )
     imperfect = from_config(cfg2, perfect=False)
     assert imperfect.model.resolution == "T31" and imperfect.steps_per_cycle == 18
     assert imperfect.channels == tb.channels
@@ -126,8 +148,10 @@ def test_truth_windows_and_climatology_samples():
     tb = from_config(cfg.model_copy(update={"cycle_hours": 12}), store=str(SAMPLE))
     ds = zstore.open_store(SAMPLE)
     t = tb.truth(1, 1)  # store times 1 and 3
-    np.testing.assert_array_equal(np.asarray(t[1, tb.channels.index("temperature", 850)]),
-                                  ds["temperature"].sel(level=850).values[3])
+    np.testing.assert_array_equal(
+        np.asarray(t[1, tb.channels.index("temperature", 850)]),
+        ds["temperature"].sel(level=850).values[3],
+    )
     with pytest.raises(ValueError, match="need 5"):
         tb.truth(0, 2)
     clim = np.asarray(tb.climatology_samples(jax.random.key(0), 2, exclude=(1, 2)))
@@ -161,4 +185,6 @@ def test_spd_solve_equals_a_float64_solve():
     a = m @ np.swapaxes(m, -1, -2) + 0.5 * np.eye(9)
     b = rng.normal(size=(5, 7, 9))
     x = np.asarray(spd_solve(jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)))
-    np.testing.assert_allclose(x, np.linalg.solve(a, b[..., None])[..., 0], rtol=0, atol=1e-4 * np.abs(x).max())
+    np.testing.assert_allclose(
+        x, np.linalg.solve(a, b[..., None])[..., 0], rtol=0, atol=1e-4 * np.abs(x).max()
+    )

@@ -27,9 +27,15 @@ from ensda.experiment import make_osse, run_method
 CONFIG = "experiments/configs/l96_sweep.yaml"
 #: short, cheap trials; heartbeats fast enough that a dead worker is noticed in seconds
 SHORT = [
-    "cycles=150", "burn_in=20", "ensemble.size=10", "testbed.climatology_samples=300",
-    "testbed.spinup_steps=300", "tracking.figures=false", "lead_time.max_lead_h=null",
-    "sweep.heartbeat_interval=1", "sweep.grace_period=5",
+    "cycles=150",
+    "burn_in=20",
+    "ensemble.size=10",
+    "testbed.climatology_samples=300",
+    "testbed.spinup_steps=300",
+    "tracking.figures=false",
+    "lead_time.max_lead_h=null",
+    "sweep.heartbeat_interval=1",
+    "sweep.grace_period=5",
 ]
 GRID = "sweep.params={obs.density: [0.5, 1.0], method: [etkf, 3dvar]}"
 runner = CliRunner()
@@ -66,12 +72,18 @@ def load_study(env, name):
 def children(parent_id):
     client = MlflowClient()
     parent = client.get_run(parent_id)
-    runs = client.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+    runs = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'"
+    )
     return parent, runs
 
 
 def completed_points(study) -> list[tuple]:
-    return sorted((t.params["obs.density"], t.params["method"]) for t in study.get_trials() if t.state == TrialState.COMPLETE)
+    return sorted(
+        (t.params["obs.density"], t.params["method"])
+        for t in study.get_trials()
+        if t.state == TrialState.COMPLETE
+    )
 
 
 GRID_POINTS = sorted((d, m) for d in (0.5, 1.0) for m in ("etkf", "3dvar"))
@@ -91,7 +103,10 @@ def error_of(data) -> str:
     [
         ({"obs.densty": [0.5]}, "sweep.params.obs.densty"),  # no such field
         ({"obs.density": [0.5, 1.5]}, "sweep.params.obs.density"),  # a value out of range
-        ({"methods.letkf.radus": [2, 4]}, "sweep.params.methods.letkf.radus"),  # no such method setting
+        (
+            {"methods.letkf.radus": [2, 4]},
+            "sweep.params.methods.letkf.radus",
+        ),  # no such method setting
         ({"cycles.x": [1]}, "sweep.params.cycles.x"),  # cycles is not a section
         ({"obs.density": []}, "sweep.params.obs.density: empty list"),
         ({"obs.density": 0.5}, "sweep.params.obs.density"),  # neither a list nor a range
@@ -104,34 +119,71 @@ def test_bad_sweep_params_are_named(params, named):
 def test_sweep_ranges_and_samplers_are_checked():
     tpe = lambda space: {"sweep": {"sampler": "tpe", "params": {"assimilator.inflation": space}}}  # noqa: E731
     assert "empty range" in error_of(tpe({"low": 1.1, "high": 1.0}))
-    assert "log range needs low > 0" in error_of({"sweep": {"sampler": "tpe", "params": {"seeds.obs": {"low": 0, "high": 4, "log": True}}}})
-    assert "sweep.params.assimilator.inflation.range.lg" in error_of(tpe({"low": 1.0, "high": 1.1, "lg": True}))
-    assert "grid sampler needs a list" in error_of({"sweep": {"params": {"assimilator.inflation": {"low": 1.0, "high": 1.1}}}})
-    assert "sweep.objective" in error_of({"sweep": {"objective": "rmse", "params": {"method": ["etkf"]}}})
-    assert "|SSR - 1|" in error_of({"sweep": {"objective": "ssr_a", "direction": "maximize", "params": {"method": ["etkf"]}}})
+    assert "log range needs low > 0" in error_of(
+        {"sweep": {"sampler": "tpe", "params": {"seeds.obs": {"low": 0, "high": 4, "log": True}}}}
+    )
+    assert "sweep.params.assimilator.inflation.range.lg" in error_of(
+        tpe({"low": 1.0, "high": 1.1, "lg": True})
+    )
+    assert "grid sampler needs a list" in error_of(
+        {"sweep": {"params": {"assimilator.inflation": {"low": 1.0, "high": 1.1}}}}
+    )
+    assert "sweep.objective" in error_of(
+        {"sweep": {"objective": "rmse", "params": {"method": ["etkf"]}}}
+    )
+    assert "|SSR - 1|" in error_of(
+        {"sweep": {"objective": "ssr_a", "direction": "maximize", "params": {"method": ["etkf"]}}}
+    )
     # a setting only some swept methods have is valid if one of them accepts it
-    ok = config.validate({"sweep": {"params": {"assimilator.radius": [2.0, 4.0], "method": ["letkf", "3dvar"]}}})
+    ok = config.validate(
+        {"sweep": {"params": {"assimilator.radius": [2.0, 4.0], "method": ["letkf", "3dvar"]}}}
+    )
     assert ok.sweep.grid_size() == 4
-    assert "assimilator.radius" in error_of({"sweep": {"params": {"assimilator.radius": [2.0], "method": ["etkf", "3dvar"]}}})
+    assert "assimilator.radius" in error_of(
+        {"sweep": {"params": {"assimilator.radius": [2.0], "method": ["etkf", "3dvar"]}}}
+    )
     # a range: both ends applied to the config, int ranges take whole numbers
-    assert "sweep.params.ensemble.size" in error_of({"sweep": {"sampler": "random", "params": {"ensemble.size": {"low": 1, "high": 8, "int": True}}}})
-    rng = config.validate({"sweep": {"sampler": "random", "params": {"ensemble.size": {"low": 4, "high": 8, "int": True}}}})
+    assert "sweep.params.ensemble.size" in error_of(
+        {
+            "sweep": {
+                "sampler": "random",
+                "params": {"ensemble.size": {"low": 1, "high": 8, "int": True}},
+            }
+        }
+    )
+    rng = config.validate(
+        {
+            "sweep": {
+                "sampler": "random",
+                "params": {"ensemble.size": {"low": 4, "high": 8, "int": True}},
+            }
+        }
+    )
     assert rng.sweep.params["ensemble.size"].integer
 
 
 def test_shipped_sweep_config():
     """The reference sweep: 4 densities × (diffusion at 5 guidance strengths + LETKF, EnKF, 3D-Var)."""
     cfg = config.load(CONFIG)
-    assert cfg.sweep.sampler == "grid" and cfg.sweep.objective == "crps_a" and cfg.sweep.grid_size() == 4 * (5 + 3)
+    assert (
+        cfg.sweep.sampler == "grid"
+        and cfg.sweep.objective == "crps_a"
+        and cfg.sweep.grid_size() == 4 * (5 + 3)
+    )
     points = cfg.sweep.grid_points()
     assert sum(p["method"] == "diffusion" for p in points) == 20
-    assert all(("assimilator.guidance_strength" in p) == (p["method"] == "diffusion") for p in points)
+    assert all(
+        ("assimilator.guidance_strength" in p) == (p["method"] == "diffusion") for p in points
+    )
     assert {p["obs.density"] for p in points if p["method"] == "enkf"} == {0.05, 0.1, 0.25, 0.5}
     assert cfg.ensemble.size == 20 and cfg.cycles == 1100 and cfg.burn_in == 100
 
 
-CONDITIONAL = {"obs.density": [0.5, 1.0], "method": ["letkf", "3dvar"],
-               "assimilator.radius": {"values": [2.0, 4.0, 8.0], "when": {"method": "letkf"}}}
+CONDITIONAL = {
+    "obs.density": [0.5, 1.0],
+    "method": ["letkf", "3dvar"],
+    "assimilator.radius": {"values": [2.0, 4.0, 8.0], "when": {"method": "letkf"}},
+}
 
 
 def test_conditional_sweep_params():
@@ -140,21 +192,55 @@ def test_conditional_sweep_params():
     cfg = config.validate({"sweep": {"params": CONDITIONAL}})
     points = cfg.sweep.grid_points()
     assert len(points) == cfg.sweep.grid_size() == 2 * (3 + 1)
-    assert sorted((p["obs.density"], p.get("assimilator.radius", 0.0)) for p in points if p["method"] == "letkf") == [
-        (d, r) for d in (0.5, 1.0) for r in (2.0, 4.0, 8.0)]
+    assert sorted(
+        (p["obs.density"], p.get("assimilator.radius", 0.0))
+        for p in points
+        if p["method"] == "letkf"
+    ) == [(d, r) for d in (0.5, 1.0) for r in (2.0, 4.0, 8.0)]
     assert all(p.keys() == {"obs.density", "method"} for p in points if p["method"] == "3dvar")
     assert "'obs.every' is not an unconditional swept key" in error_of(
-        {"sweep": {"params": CONDITIONAL | {"assimilator.radius": {"values": [2.0], "when": {"obs.every": 2}}}}})
+        {
+            "sweep": {
+                "params": CONDITIONAL
+                | {"assimilator.radius": {"values": [2.0], "when": {"obs.every": 2}}}
+            }
+        }
+    )
     assert "method never takes ['etkf']" in error_of(
-        {"sweep": {"params": CONDITIONAL | {"assimilator.radius": {"values": [2.0], "when": {"method": ["letkf", "etkf"]}}}}})
+        {
+            "sweep": {
+                "params": CONDITIONAL
+                | {"assimilator.radius": {"values": [2.0], "when": {"method": ["letkf", "etkf"]}}}
+            }
+        }
+    )
     # a setting the conditioned method does not have
     assert "sweep.params.assimilator.radius" in error_of(
-        {"sweep": {"params": CONDITIONAL | {"assimilator.radius": {"values": [2.0], "when": {"method": "3dvar"}}}}})
+        {
+            "sweep": {
+                "params": CONDITIONAL
+                | {"assimilator.radius": {"values": [2.0], "when": {"method": "3dvar"}}}
+            }
+        }
+    )
     assert "grid sampler needs a list" in error_of(
-        {"sweep": {"params": CONDITIONAL | {"assimilator.radius": {"low": 2.0, "high": 8.0, "when": {"method": "letkf"}}}}})
+        {
+            "sweep": {
+                "params": CONDITIONAL
+                | {"assimilator.radius": {"low": 2.0, "high": 8.0, "when": {"method": "letkf"}}}
+            }
+        }
+    )
     # tpe: the conditional range is suggested only in the trials where it is active
-    tpe = config.validate({"sweep": {"sampler": "tpe", "params": CONDITIONAL | {
-        "assimilator.radius": {"low": 2.0, "high": 8.0, "when": {"method": "letkf"}}}}})
+    tpe = config.validate(
+        {
+            "sweep": {
+                "sampler": "tpe",
+                "params": CONDITIONAL
+                | {"assimilator.radius": {"low": 2.0, "high": 8.0, "when": {"method": "letkf"}}},
+            }
+        }
+    )
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(12):
         values = sweep.suggest(study.ask(), tpe.sweep)
@@ -163,14 +249,24 @@ def test_conditional_sweep_params():
 
 
 def test_sweep_command_errors_before_any_trial(env, tmp_path):
-    result = runner.invoke(app, ["sweep", env["config"], *sets(env, "sweep.params={obs.densty: [0.5]}")])
+    result = runner.invoke(
+        app, ["sweep", env["config"], *sets(env, "sweep.params={obs.densty: [0.5]}")]
+    )
     assert result.exit_code == 2 and "sweep.params.obs.densty" in result.output
     unreachable = f"sqlite:///{tmp_path / 'missing' / 'dir' / 'optuna.db'}"
     result = runner.invoke(app, ["sweep", env["config"], *sets(env), "--storage", unreachable])
     assert result.exit_code == 2 and "cannot open the Optuna storage" in result.output
     assert "unable to open database file" in result.output
-    result = runner.invoke(app, ["sweep", env["config"], *sets(env, "sweep.sampler=random", "sweep.params={obs.density: [0.5]}"),
-                                 "--storage", env["storage"]])
+    result = runner.invoke(
+        app,
+        [
+            "sweep",
+            env["config"],
+            *sets(env, "sweep.sampler=random", "sweep.params={obs.density: [0.5]}"),
+            "--storage",
+            env["storage"],
+        ],
+    )
     assert result.exit_code == 2 and "--trials" in result.output
 
 
@@ -184,7 +280,9 @@ def postgres_url() -> str:
     if not url:
         if os.environ.get("ENSDA_REQUIRE_POSTGRES"):
             pytest.fail("ENSDA_REQUIRE_POSTGRES is set but ENSDA_TEST_POSTGRES_URL is not")
-        pytest.skip("no PostgreSQL: set ENSDA_TEST_POSTGRES_URL (e.g. postgresql+psycopg://user@127.0.0.1:5432/db; .ci/run starts one)")
+        pytest.skip(
+            "no PostgreSQL: set ENSDA_TEST_POSTGRES_URL (e.g. postgresql+psycopg://user@127.0.0.1:5432/db; .ci/run starts one)"
+        )
     return url
 
 
@@ -194,15 +292,29 @@ def test_two_worker_grid_runs_each_point_once_with_child_runs(env, backend):
     PRUNED without running), each with its FINISHED MLflow child run; on SQLite and on a
     real PostgreSQL server (CI)."""
     storage = env["storage"] if backend == "sqlite" else postgres_url()
-    name = "grid2" if backend == "sqlite" else f"grid2-{uuid.uuid4().hex[:8]}"  # a server outlives the test
-    cmd = ["sweep", env["config"], *sets(env, GRID), "--workers", "2", "--storage", storage, "--study", name]
+    name = (
+        "grid2" if backend == "sqlite" else f"grid2-{uuid.uuid4().hex[:8]}"
+    )  # a server outlives the test
+    cmd = [
+        "sweep",
+        env["config"],
+        *sets(env, GRID),
+        "--workers",
+        "2",
+        "--storage",
+        storage,
+        "--study",
+        name,
+    ]
     result = runner.invoke(app, cmd)
     assert result.exit_code == 0, result.output
     study = optuna.load_study(study_name=name, storage=storage)
     assert completed_points(study) == GRID_POINTS
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in study.get_trials())
     # two worker processes, one CPU core each
-    assert {t.user_attrs[sweep.DEVICE] for t in study.get_trials() if t.state == TrialState.COMPLETE} == {"cpu (cores 0)", "cpu (cores 1)"}
+    assert {
+        t.user_attrs[sweep.DEVICE] for t in study.get_trials() if t.state == TrialState.COMPLETE
+    } == {"cpu (cores 0)", "cpu (cores 1)"}
 
     parent, runs = children(study.user_attrs[sweep.STUDY_PARENT])
     assert parent.info.status == "FINISHED" and parent.data.tags["optuna.study"] == name
@@ -218,15 +330,23 @@ def test_two_worker_grid_runs_each_point_once_with_child_runs(env, backend):
         assert run.data.metrics["crps_a"] == pytest.approx(t.value, rel=1e-12)
         summary = t.user_attrs[sweep.SUMMARY]
         if summary["lead_time_off_curve"]:  # "> max lead": no number to log, the tag says so
-            assert "lead_time_loss_h" not in run.data.metrics and run.data.tags["ensda.lead_time_loss"].startswith("> ")
+            assert "lead_time_loss_h" not in run.data.metrics and run.data.tags[
+                "ensda.lead_time_loss"
+            ].startswith("> ")
         else:
-            assert run.data.metrics["lead_time_loss_h"] == pytest.approx(summary["lead_time_loss_h"], rel=1e-12)
+            assert run.data.metrics["lead_time_loss_h"] == pytest.approx(
+                summary["lead_time_loss_h"], rel=1e-12
+            )
     assert any(not t.user_attrs[sweep.SUMMARY]["lead_time_off_curve"] for t in complete)
-    assert parent.data.metrics["best_crps_a"] == pytest.approx(min(t.value for t in complete), rel=1e-12)
+    assert parent.data.metrics["best_crps_a"] == pytest.approx(
+        min(t.value for t in complete), rel=1e-12
+    )
 
     # the same command again: nothing left, nothing run twice
     assert runner.invoke(app, cmd).exit_code == 0
-    assert len(optuna.load_study(study_name=name, storage=storage).get_trials()) == len(study.get_trials())
+    assert len(optuna.load_study(study_name=name, storage=storage).get_trials()) == len(
+        study.get_trials()
+    )
 
 
 CLAIM = """
@@ -252,7 +372,10 @@ def test_sqlite_claims_of_waiting_trials_are_atomic(tmp_path):
     study = optuna.create_study(study_name="claims", storage=sweep.open_storage(url))
     for i in range(120):
         study.enqueue_trial({"x": i})
-    procs = [subprocess.Popen([sys.executable, "-c", CLAIM, url], stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CLAIM, url], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     claims = [json.loads(p.communicate(timeout=300)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     assert sorted(sum(claims, [])) == list(range(120))
@@ -263,12 +386,25 @@ def test_four_workers_each_on_its_own_host_device(env, monkeypatch):
     each worker records the JAX device it computes on, and every trial ran on its worker's."""
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
     grid = "sweep.params={obs.density: [0.5, 1.0], method: [climatology, none]}"  # cheap to compile
-    cmd = ["sweep", env["config"], *sets(env, grid, "cycles=60", "lead_time.enabled=false"), "--workers", "4",
-           "--storage", env["storage"], "--study", "dev4"]
+    cmd = [
+        "sweep",
+        env["config"],
+        *sets(env, grid, "cycles=60", "lead_time.enabled=false"),
+        "--workers",
+        "4",
+        "--storage",
+        env["storage"],
+        "--study",
+        "dev4",
+    ]
     result = runner.invoke(app, cmd)
     assert result.exit_code == 0, result.output
     study = load_study(env, "dev4")
-    workers = {int(k.rsplit(".", 1)[1]): v for k, v in study.user_attrs.items() if k.startswith(sweep.WORKER + ".")}
+    workers = {
+        int(k.rsplit(".", 1)[1]): v
+        for k, v in study.user_attrs.items()
+        if k.startswith(sweep.WORKER + ".")
+    }
     assert sorted(workers) == [0, 1, 2, 3]
     assert [workers[i]["device"] for i in range(4)] == ["cpu:0", "cpu:1", "cpu:2", "cpu:3"]
     assert len({w["pid"] for w in workers.values()}) == 4
@@ -278,7 +414,9 @@ def test_four_workers_each_on_its_own_host_device(env, monkeypatch):
     for t in complete:
         index = int(t.user_attrs[sweep.DEVICE].split()[2])  # "cpu device i (cores ...)"
         assert t.user_attrs[sweep.JAX_DEVICE] == workers[index]["device"] == f"cpu:{index}"
-        assert client.get_run(t.user_attrs[sweep.RUN_ID]).data.tags["ensda.device"] == f"cpu:{index}"
+        assert (
+            client.get_run(t.user_attrs[sweep.RUN_ID]).data.tags["ensda.device"] == f"cpu:{index}"
+        )
 
 
 def test_trial_value_equals_run_method_on_the_same_config(env):
@@ -290,14 +428,28 @@ def test_trial_value_equals_run_method_on_the_same_config(env):
     result = runner.invoke(app, cmd)
     assert result.exit_code == 0, result.output
     trials = {t.params["method"]: t for t in load_study(env, "one").get_trials()}
-    assert trials.keys() == {"letkf", "climatology"} and "assimilator.radius" not in trials["climatology"].params
+    assert (
+        trials.keys() == {"letkf", "climatology"}
+        and "assimilator.radius" not in trials["climatology"].params
+    )
     trial = trials["letkf"]
     assert trial.state == TrialState.COMPLETE and trial.params["assimilator.radius"] == 3.0
-    cfg = config.load(env["config"], [*SHORT, f"tracking.experiment={env['experiment']}", "obs.density=0.5", "method=letkf",
-                                      "assimilator.radius=3.0", "sweep=null"])
+    cfg = config.load(
+        env["config"],
+        [
+            *SHORT,
+            f"tracking.experiment={env['experiment']}",
+            "obs.density=0.5",
+            "method=letkf",
+            "assimilator.radius=3.0",
+            "sweep=null",
+        ],
+    )
     direct = run_method(cfg, make_osse(cfg), "letkf")
     assert trial.value == pytest.approx(direct.summary["crps_a"], rel=1e-5)
-    assert trial.user_attrs[sweep.SUMMARY]["rmse_a"] == pytest.approx(direct.summary["rmse_a"], rel=1e-5)
+    assert trial.user_attrs[sweep.SUMMARY]["rmse_a"] == pytest.approx(
+        direct.summary["rmse_a"], rel=1e-5
+    )
     # ssr objective: |ssr - 1|
     assert sweep.objective_value({"ssr_a": 0.8}, "ssr_a") == pytest.approx(0.2)
     assert sweep.objective_value({"ssr_a": 1.3}, "ssr_a") == pytest.approx(0.3)
@@ -311,11 +463,26 @@ def test_resume_after_kill_9_mid_trial(env):
     cfg = config.load(env["config"], [*SHORT, f"tracking.experiment={env['experiment']}", GRID])
     study, budget = sweep.prepare(cfg, env["storage"], name)
     assert budget == 4 and sweep.study_tally(study, cfg.sweep).waiting == 4
-    worker = subprocess.Popen([sys.executable, "-m", "ensda.cli", "sweep-worker", "--storage", env["storage"], "--study", name])
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ensda.cli",
+            "sweep-worker",
+            "--storage",
+            env["storage"],
+            "--study",
+            name,
+        ]
+    )
     try:
         deadline = time.monotonic() + 120
         while True:  # a trial with its MLflow run open: the worker is inside run_method
-            running = [t for t in load_study(env, name).get_trials() if t.state == TrialState.RUNNING and sweep.RUN_ID in t.user_attrs]
+            running = [
+                t
+                for t in load_study(env, name).get_trials()
+                if t.state == TrialState.RUNNING and sweep.RUN_ID in t.user_attrs
+            ]
             if running or time.monotonic() > deadline or worker.poll() is not None:
                 break
             time.sleep(0.2)
@@ -336,7 +503,11 @@ def test_resume_after_kill_9_mid_trial(env):
     lost = study.get_trials()[killed.number]
     assert lost.state == TrialState.FAIL and sweep.FAILURE not in lost.user_attrs
     retries = [t for t in study.get_trials() if t.system_attrs.get("failed_trial") == killed.number]
-    assert len(retries) == 1 and retries[0].state == TrialState.COMPLETE and retries[0].params == lost.params
+    assert (
+        len(retries) == 1
+        and retries[0].state == TrialState.COMPLETE
+        and retries[0].params == lost.params
+    )
     # MLflow: the killed attempt FAILED with the reason, the retry FINISHED; 4 finished children
     client = MlflowClient()
     dead = client.get_run(killed.user_attrs[sweep.RUN_ID])
@@ -348,7 +519,15 @@ def test_resume_after_kill_9_mid_trial(env):
 
 def test_diverging_trial_fails_and_the_sweep_goes_on(env):
     grid = "sweep.params={methods.none.inflation: [50], method: [none, etkf]}"
-    cmd = ["sweep", env["config"], *sets(env, grid), "--storage", env["storage"], "--study", "diverge"]
+    cmd = [
+        "sweep",
+        env["config"],
+        *sets(env, grid),
+        "--storage",
+        env["storage"],
+        "--study",
+        "diverge",
+    ]
     result = runner.invoke(app, cmd)
     assert result.exit_code == 0, result.output
     trials = {t.params["method"]: t for t in load_study(env, "diverge").get_trials()}
@@ -365,15 +544,35 @@ def test_diverging_trial_fails_and_the_sweep_goes_on(env):
 
 def test_random_sampler_runs_the_trial_budget_and_resumes_to_a_larger_one(env):
     space = "sweep.params={assimilator.inflation: {low: 1.0, high: 1.1}}"
-    cmd = ["sweep", env["config"], *sets(env, space, "sweep.sampler=random", "method=etkf", "cycles=60"),
-           "--storage", env["storage"], "--study", "rnd"]
+    cmd = [
+        "sweep",
+        env["config"],
+        *sets(env, space, "sweep.sampler=random", "method=etkf", "cycles=60"),
+        "--storage",
+        env["storage"],
+        "--study",
+        "rnd",
+    ]
     assert runner.invoke(app, [*cmd, "--trials", "2"]).exit_code == 0
     assert runner.invoke(app, [*cmd, "--trials", "3"]).exit_code == 0
     trials = load_study(env, "rnd").get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     assert all(1.0 <= t.params["assimilator.inflation"] <= 1.1 for t in trials)
     # another config under the same study name is refused
-    other = runner.invoke(app, [*cmd[:-4], "--set", "obs.r_std=0.5", "--storage", env["storage"], "--study", "rnd", "--trials", "3"])
+    other = runner.invoke(
+        app,
+        [
+            *cmd[:-4],
+            "--set",
+            "obs.r_std=0.5",
+            "--storage",
+            env["storage"],
+            "--study",
+            "rnd",
+            "--trials",
+            "3",
+        ],
+    )
     assert other.exit_code == 2 and "obs.r_std" in other.output
     # a study started before a config field existed (stored without it) resumes with its default;
     # one whose stored config this version cannot read is refused with the reason
@@ -391,11 +590,26 @@ def test_random_sampler_runs_the_trial_budget_and_resumes_to_a_larger_one(env):
 def test_worker_setups_pin_devices():
     two_gpus = sweep.worker_setups(3, gpus=2, cores=[0, 1])
     assert [env["CUDA_VISIBLE_DEVICES"] for env, _, _ in two_gpus] == ["0", "1", "0"]
-    assert all(env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false" for env, _, _ in two_gpus)  # shared GPU
+    assert all(
+        env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false" for env, _, _ in two_gpus
+    )  # shared GPU
     cpu = sweep.worker_setups(2, gpus=0, cores=[0, 1, 2, 3])
     assert [cores for _, _, cores in cpu] == [[0, 1], [2, 3]]
-    assert all(env["JAX_PLATFORMS"] == "cpu" and "device_count" not in env["XLA_FLAGS"] for env, _, _ in cpu)
-    assert [cores for _, _, cores in sweep.worker_setups(3, gpus=0, cores=[0, 1])] == [[0], [1], [0]]
-    forced = sweep.worker_setups(3, gpus=0, cores=[0, 1], xla_flags="--xla_force_host_platform_device_count=2")
+    assert all(
+        env["JAX_PLATFORMS"] == "cpu" and "device_count" not in env["XLA_FLAGS"]
+        for env, _, _ in cpu
+    )
+    assert [cores for _, _, cores in sweep.worker_setups(3, gpus=0, cores=[0, 1])] == [
+        [0],
+        [1],
+        [0],
+    ]
+    forced = sweep.worker_setups(
+        3, gpus=0, cores=[0, 1], xla_flags="--xla_force_host_platform_device_count=2"
+    )
     assert [env[sweep.JAX_DEVICE_ENV] for env, _, _ in forced] == ["0", "1", "0"]
-    assert [label for _, label, _ in forced] == ["cpu device 0 (cores 0)", "cpu device 1 (cores 1)", "cpu device 0 (cores 0)"]
+    assert [label for _, label, _ in forced] == [
+        "cpu device 0 (cores 0)",
+        "cpu device 1 (cores 1)",
+        "cpu device 0 (cores 0)",
+    ]

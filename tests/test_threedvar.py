@@ -11,13 +11,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from reference import gc_ref
 
 from baselines import OptimalInterpolation, ThreeDVar
 from baselines.variational import matrix_sqrt
 from ensda.assimilator import SetupContext
-from ensda.observe import ObsNetwork, Observations
+from ensda.observe import Observations, ObsNetwork
 from ensda.testbeds import Lorenz96
-from reference import gc_ref
 
 
 @jax.jit
@@ -37,7 +37,9 @@ def spd(rng, n):
 
 def make_obs(y, idx, r, operator="identity"):
     return Observations(
-        y=jnp.asarray(y, jnp.float32), idx=jnp.asarray(idx, jnp.int32), r_std=jnp.asarray(r, jnp.float32),
+        y=jnp.asarray(y, jnp.float32),
+        idx=jnp.asarray(idx, jnp.int32),
+        r_std=jnp.asarray(r, jnp.float32),
         operator=operator,
     )
 
@@ -101,7 +103,12 @@ def test_nonlinear_square_operator_uses_linearised_h(linear_case, solver):
     if solver == "exact":
         assim = ThreeDVar(b=jnp.asarray(b, jnp.float32), solver="exact")
     else:
-        assim = ThreeDVar(b_sqrt=matrix_sqrt(jnp.asarray(b, jnp.float32)), solver="cg", cg_tol=1e-7, cg_maxiter=200)
+        assim = ThreeDVar(
+            b_sqrt=matrix_sqrt(jnp.asarray(b, jnp.float32)),
+            solver="cg",
+            cg_tol=1e-7,
+            cg_maxiter=200,
+        )
     got = analyse(assim, xb[None], obs)
     hjac = selection(idx, len(xb)) * (2.0 * xb)[None, :]  # rows: 2 x_b,i at the observed site i
     ref = blue(b, xb, y, hjac, xb[idx] ** 2, r)
@@ -112,7 +119,9 @@ def test_members_move_alike_by_the_increment_of_the_mean(linear_case):
     b, xb, y, idx, r = linear_case
     rng = np.random.default_rng(2)
     ens = xb + rng.normal(0.0, 0.5, (3, len(xb)))
-    got = analyse(ThreeDVar(b=jnp.asarray(b, jnp.float32), solver="exact"), ens, make_obs(y, idx, r))
+    got = analyse(
+        ThreeDVar(b=jnp.asarray(b, jnp.float32), solver="exact"), ens, make_obs(y, idx, r)
+    )
     h = selection(idx, len(xb))
     dx = blue(b, ens.mean(0), y, h, h @ ens.mean(0), r) - ens.mean(0)
     np.testing.assert_allclose(got, ens + dx, rtol=1e-4, atol=2e-4)
@@ -124,8 +133,10 @@ def context(n=12, samples=400, seed=3):
     z = rng.normal(size=(samples, n))
     clim = 2.0 + 3.0 * (z + np.roll(z, 1, 1) + 0.5 * np.roll(z, -2, 1)) / 1.5
     ctx = SetupContext(
-        testbed=Lorenz96(n=n), network=ObsNetwork(n_state=n, every=3),
-        climatology=jnp.asarray(clim, jnp.float32), key=jax.random.key(0),
+        testbed=Lorenz96(n=n),
+        network=ObsNetwork(n_state=n, every=3),
+        climatology=jnp.asarray(clim, jnp.float32),
+        key=jax.random.key(0),
     )
     return ctx, clim
 
@@ -145,9 +156,14 @@ def test_built_3dvar_uses_scaled_climatological_covariance(solver):
     np.testing.assert_allclose(got[0], blue(b, xb, y, h, h @ xb, r), rtol=1e-4, atol=2e-4)
 
 
-@pytest.mark.parametrize("method, settings, field", [
-    ("3dvar", {"scale": 0.0}, "scale"), ("3dvar", {"cg_maxiter": 0}, "cg_maxiter"), ("oi", {"radius": -1.0}, "radius"),
-])
+@pytest.mark.parametrize(
+    "method, settings, field",
+    [
+        ("3dvar", {"scale": 0.0}, "scale"),
+        ("3dvar", {"cg_maxiter": 0}, "cg_maxiter"),
+        ("oi", {"radius": -1.0}, "radius"),
+    ],
+)
 def test_bad_settings_are_named_on_validation(method, settings, field):
     from ensda.assimilator import validate_settings
 
@@ -163,7 +179,9 @@ def test_oi_is_blue_with_climatological_b_and_optional_gc_schur_product(radius):
     assert assim.ensemble is False
     b = np.cov(clim.astype(np.float32).astype(np.float64), rowvar=False)
     if radius is not None:
-        taper = np.array([[gc_ref(min(abs(i - j), n - abs(i - j)) / radius) for j in range(n)] for i in range(n)])
+        taper = np.array(
+            [[gc_ref(min(abs(i - j), n - abs(i - j)) / radius) for j in range(n)] for i in range(n)]
+        )
         b = b * taper
         assert taper[0, 6] == 0.0 and b[0, 6] == 0.0  # distance 6 ≥ 2c
     rng = np.random.default_rng(5)
@@ -177,4 +195,3 @@ def test_oi_is_blue_with_climatological_b_and_optional_gc_schur_product(radius):
         # beyond 2c of every observation the state is untouched
         far = [6, 7, 8, 9]  # distance ≥ 4 from sites 1 and 2
         np.testing.assert_allclose(got[0, far], xb[far], atol=1e-5)
-

@@ -49,25 +49,49 @@ def test_run_shows_up_in_ui(tmp_path):
     env = dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{tmp_path / 'mlflow.db'}")
     ensda = [sys.executable, "-m", "ensda.cli"]
     run = subprocess.run(
-        [*ensda, "run", str(ROOT / "experiments/configs/l96.yaml"), "--method", "3dvar",
-         "--set", "cycles=100", "--set", "burn_in=10", "--json"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [
+            *ensda,
+            "run",
+            str(ROOT / "experiments/configs/l96.yaml"),
+            "--method",
+            "3dvar",
+            "--set",
+            "cycles=100",
+            "--set",
+            "burn_in=10",
+            "--json",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert run.returncode == 0, run.stderr
     run_id = json.loads(run.stdout.strip().splitlines()[-1])["mlflow_run_id"]
 
     port = _free_port()
-    server = subprocess.Popen([*ensda, "ui", "--port", str(port)], cwd=tmp_path, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [*ensda, "ui", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         _wait_for(f"{base}/health", server)
         _, body = _get(f"{base}/api/2.0/mlflow/experiments/search", {"max_results": 10})
         experiments = {e["name"]: e for e in json.loads(body)["experiments"]}
         # the kind that makes MLflow 3's UI open the runs table, not the GenAI overview
-        assert {t["key"]: t["value"] for t in experiments["l96"]["tags"]}["mlflow.experimentKind"] == "custom_model_development"
+        assert {t["key"]: t["value"] for t in experiments["l96"]["tags"]}[
+            "mlflow.experimentKind"
+        ] == "custom_model_development"
         experiments = {name: e["experiment_id"] for name, e in experiments.items()}
-        _, body = _get(f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiments["l96"]]})
+        _, body = _get(
+            f"{base}/api/2.0/mlflow/runs/search", {"experiment_ids": [experiments["l96"]]}
+        )
         runs = json.loads(body)["runs"]
         assert [r["info"]["run_id"] for r in runs] == [run_id]
         status, page = _get(f"{base}/")
@@ -99,20 +123,46 @@ def test_ui_optuna_serves_both_and_ctrl_c_stops_both(tmp_path):
     port, optuna_port = _free_port(), _free_port()
     log = tmp_path / "ui.log"
     with open(log, "w") as out:
-        ui = subprocess.Popen([sys.executable, "-m", "ensda.cli", "ui", "--port", str(port), "--optuna", "--optuna-port", str(optuna_port),
-                               "--storage", storage], cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        ui = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ensda.cli",
+                "ui",
+                "--port",
+                str(port),
+                "--optuna",
+                "--optuna-port",
+                str(optuna_port),
+                "--storage",
+                storage,
+            ],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     groups = []
     try:
         deadline = time.time() + 60
-        while not groups and ui.poll() is None and time.time() < deadline:  # first, so that cleanup can find them
+        while (
+            not groups and ui.poll() is None and time.time() < deadline
+        ):  # first, so that cleanup can find them
             lines = [x for x in log.read_text().splitlines() if x.startswith("process groups: ")]
-            groups = [int(g) for g in lines[0].removeprefix("process groups: ").split(", ")] if lines else []
+            groups = (
+                [int(g) for g in lines[0].removeprefix("process groups: ").split(", ")]
+                if lines
+                else []
+            )
             time.sleep(0.2)
         assert len(groups) == 2 and all(_group_alive(g) for g in groups), log.read_text()
         body = _wait_for(f"http://127.0.0.1:{optuna_port}/api/studies", ui)
         assert [s["study_name"] for s in json.loads(body)["study_summaries"]] == ["ui-study"]
         assert _wait_for(f"http://127.0.0.1:{port}/health", ui)
-        ui.send_signal(signal.SIGINT)  # Ctrl-C: the terminal signals ensda's group, not the servers'
+        ui.send_signal(
+            signal.SIGINT
+        )  # Ctrl-C: the terminal signals ensda's group, not the servers'
         assert ui.wait(timeout=90) == 0
         deadline = time.time() + 20
         while any(_group_alive(g) for g in groups) and time.time() < deadline:

@@ -69,8 +69,8 @@ from pydantic import Field
 
 from baselines.localization import gaspari_cohn
 from ensda import assimilator as registry
-from ensda.diffusion.checkpoint import check_testbed, testbed_record
 from ensda.checkpoint import CheckpointError, read_meta, read_params, write_checkpoint
+from ensda.diffusion.checkpoint import check_testbed, testbed_record
 from ensda.diffusion.edm import EDM
 from ensda.diffusion.guidance import likelihood_guided
 from ensda.diffusion.samplers import SamplerConfig, nfe, sample
@@ -145,7 +145,9 @@ class AnchorSummary:
     distance: jax.Array  # to the nearest observed site
 
 
-def summarise(background: jax.Array, analysis: jax.Array, obs: Observations, distance: jax.Array) -> AnchorSummary:
+def summarise(
+    background: jax.Array, analysis: jax.Array, obs: Observations, distance: jax.Array
+) -> AnchorSummary:
     """The ``AnchorSummary`` of one cycle: background and anchor ensembles ``(N, n)``, the
     observations and the ``(n, n)`` distances between sites."""
     n = background.shape[-1]
@@ -155,8 +157,16 @@ def summarise(background: jax.Array, analysis: jax.Array, obs: Observations, dis
     std = jnp.ones((n,), background.dtype).at[sites].set(jnp.sqrt(hx.var(0, ddof=1) + obs.r_std**2))
     mask = jnp.zeros((n,), background.dtype).at[sites].set(1.0)
     nearest = jnp.min(jnp.where(mask[None, :] > 0, distance, jnp.inf), axis=-1)
-    return AnchorSummary(background.mean(0), background.std(0, ddof=1), analysis.mean(0), analysis.std(0, ddof=1),
-                         innovation, std, mask, nearest)
+    return AnchorSummary(
+        background.mean(0),
+        background.std(0, ddof=1),
+        analysis.mean(0),
+        analysis.std(0, ddof=1),
+        innovation,
+        std,
+        mask,
+        nearest,
+    )
 
 
 @pytree_dataclass
@@ -172,7 +182,9 @@ class AnchorNormalisation:
     def fit(summary: AnchorSummary, truth: np.ndarray) -> AnchorNormalisation:
         truth = np.asarray(truth, np.float64)
         resid = truth - np.asarray(summary.mean_a, np.float64)
-        return AnchorNormalisation(*(np.float32(v) for v in (truth.mean(), truth.std(), np.sqrt(np.mean(resid**2)))))
+        return AnchorNormalisation(
+            *(np.float32(v) for v in (truth.mean(), truth.std(), np.sqrt(np.mean(resid**2))))
+        )
 
     def scale(self, spread_a: jax.Array) -> jax.Array:
         """s_a = √(σ_a² + (f u)²)."""
@@ -183,7 +195,9 @@ class AnchorNormalisation:
 
     @staticmethod
     def from_dict(data: dict) -> AnchorNormalisation:
-        return AnchorNormalisation(*(jnp.float32(data[f.name]) for f in dataclasses.fields(AnchorNormalisation)))
+        return AnchorNormalisation(
+            *(jnp.float32(data[f.name]) for f in dataclasses.fields(AnchorNormalisation))
+        )
 
 
 def features(norm: AnchorNormalisation, s: AnchorSummary) -> jax.Array:
@@ -196,9 +210,19 @@ def features(norm: AnchorNormalisation, s: AnchorSummary) -> jax.Array:
     of it, a direct sign of an over- or under-confident anchor).
     """
     u = norm.residual_std
-    return jnp.stack([(s.mean_b - norm.clim_mean) / norm.clim_std, s.spread_b / u, (s.mean_a - s.mean_b) / u,
-                      s.spread_a / u, s.innovation * s.mask / u, s.innovation * s.mask / s.innovation_std, s.mask,
-                      jnp.minimum(s.distance / DISTANCE_SCALE, 1.0)], axis=-1)
+    return jnp.stack(
+        [
+            (s.mean_b - norm.clim_mean) / norm.clim_std,
+            s.spread_b / u,
+            (s.mean_a - s.mean_b) / u,
+            s.spread_a / u,
+            s.innovation * s.mask / u,
+            s.innovation * s.mask / s.innovation_std,
+            s.mask,
+            jnp.minimum(s.distance / DISTANCE_SCALE, 1.0),
+        ],
+        axis=-1,
+    )
 
 
 def target(norm: AnchorNormalisation, s: AnchorSummary, truth: jax.Array) -> jax.Array:
@@ -221,10 +245,16 @@ class AnchoredSpec:
         return ring_graph(self.n)
 
     def build(self, key: int | jax.Array = 0) -> GraphNetwork:
-        return GraphNetwork(1 + N_FEATURES, 1, self.graph(), self.gnn, conditional=True, rngs=nnx.Rngs(key))
+        return GraphNetwork(
+            1 + N_FEATURES, 1, self.graph(), self.gnn, conditional=True, rngs=nnx.Rngs(key)
+        )
 
     def to_dict(self) -> dict:
-        return {"n": self.n, "gnn": dataclasses.asdict(self.gnn), "edm": dataclasses.asdict(self.edm)}
+        return {
+            "n": self.n,
+            "gnn": dataclasses.asdict(self.gnn),
+            "edm": dataclasses.asdict(self.edm),
+        }
 
     @staticmethod
     def from_dict(data: dict) -> AnchoredSpec:
@@ -244,12 +274,31 @@ def network_fn(model: GraphNetwork, graph, condition: jax.Array):
 # ---------------------------------------------------------------------------- checkpoint
 
 
-def save(path, params, spec: AnchoredSpec, norm: AnchorNormalisation, testbed: dict, obs: dict, config: dict,
-         summary: dict) -> None:
+def save(
+    path,
+    params,
+    spec: AnchoredSpec,
+    norm: AnchorNormalisation,
+    testbed: dict,
+    obs: dict,
+    config: dict,
+    summary: dict,
+) -> None:
     """Write an ``ens-diffusion`` checkpoint (atomically: ``checkpoint.write_checkpoint``)."""
-    write_checkpoint(Path(path), params, {"format": FORMAT, "model": MODEL_KIND, "testbed": testbed,
-                                          "spec": spec.to_dict(), "normalisation": norm.to_dict(), "obs": obs,
-                                          "training": summary, "config": config})
+    write_checkpoint(
+        Path(path),
+        params,
+        {
+            "format": FORMAT,
+            "model": MODEL_KIND,
+            "testbed": testbed,
+            "spec": spec.to_dict(),
+            "normalisation": norm.to_dict(),
+            "obs": obs,
+            "training": summary,
+            "config": config,
+        },
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -265,16 +314,29 @@ def load(path, testbed: dict | None = None) -> AnchoredCheckpoint:
     """Load an ``ens-diffusion`` checkpoint; with ``testbed`` (``testbed_record``), check it
     was made for it."""
     path = Path(path)
-    meta = read_meta(path, FORMAT, (f"no ens-diffusion checkpoint at {path} (expected meta.json and params.npz); "
-                                    "train one with `ensda train CONFIG` (train.target: anchored)"))
+    meta = read_meta(
+        path,
+        FORMAT,
+        (
+            f"no ens-diffusion checkpoint at {path} (expected meta.json and params.npz); "
+            "train one with `ensda train CONFIG` (train.target: anchored)"
+        ),
+    )
     if meta.get("model") != MODEL_KIND:
-        raise CheckpointError(f"{path} holds a {meta.get('model', 'diffusion')!r} model, not an ens-diffusion "
-                              "(LETKF-anchored) one; train it with train.target: anchored")
+        raise CheckpointError(
+            f"{path} holds a {meta.get('model', 'diffusion')!r} model, not an ens-diffusion "
+            "(LETKF-anchored) one; train it with train.target: anchored"
+        )
     check_testbed(path, meta, testbed)
     spec = AnchoredSpec.from_dict(meta["spec"])
     graphdef, params = nnx.split(nnx.eval_shape(spec.build))
-    return AnchoredCheckpoint(spec, AnchorNormalisation.from_dict(meta["normalisation"]), read_params(path, params),
-                              graphdef, meta)
+    return AnchoredCheckpoint(
+        spec,
+        AnchorNormalisation.from_dict(meta["normalisation"]),
+        read_params(path, params),
+        graphdef,
+        meta,
+    )
 
 
 def affine_coupled(samples: jax.Array, members: jax.Array, spread: str = "model") -> jax.Array:
@@ -289,7 +351,10 @@ def affine_coupled(samples: jax.Array, members: jax.Array, spread: str = "model"
     if spread == "anchor":
         return samples.mean(0) + anomalies
     if spread == "global":
-        gain = jnp.sqrt(jnp.mean(samples.var(0, ddof=1)) / jnp.maximum(jnp.mean(anomalies.var(0, ddof=1)), 1e-24))
+        gain = jnp.sqrt(
+            jnp.mean(samples.var(0, ddof=1))
+            / jnp.maximum(jnp.mean(anomalies.var(0, ddof=1)), 1e-24)
+        )
         return samples.mean(0) + gain * anomalies
     unit = anomalies / jnp.maximum(anomalies.std(0, ddof=1), 1e-12)
     return samples.mean(0) + samples.std(0, ddof=1) * unit
@@ -339,19 +404,38 @@ class AnchoredDiffusionDA:
 
     @classmethod
     def build(cls, ctx, **settings) -> AnchoredDiffusionDA:
-        if not hasattr(ctx.testbed.grid, "n") or getattr(ctx.testbed.grid, "n_channels", None) is not None:
-            raise ValueError("ens-diffusion runs on Lorenz-96 only (the sphere version is not built yet)")
+        if (
+            not hasattr(ctx.testbed.grid, "n")
+            or getattr(ctx.testbed.grid, "n_channels", None) is not None
+        ):
+            raise ValueError(
+                "ens-diffusion runs on Lorenz-96 only (the sphere version is not built yet)"
+            )
         ck = load(settings["checkpoint"], testbed_record(ctx.testbed))
         trained = ck.meta.get("obs", {})
         network = ctx.network
         here = {"operator": network.operator, "r_std": float(network.r_std)}
-        if trained and (trained.get("operator") != here["operator"] or not np.isclose(trained.get("r_std"), here["r_std"])):
-            raise ValueError(f"the model was trained for observations {trained}, the network has {here}; "
-                             "retrain for this operator and error")
-        anchor = make_anchor(ctx, settings["anchor_radius"], settings["anchor_inflation"], settings["anchor_rtps"])
-        return cls(params=ck.params, graph=ck.spec.graph(), norm=ck.norm, anchor=anchor,
-                   distance=site_distances(ctx.testbed.grid), graphdef=ck.graphdef,
-                   edm=ck.spec.edm, **settings)
+        if trained and (
+            trained.get("operator") != here["operator"]
+            or not np.isclose(trained.get("r_std"), here["r_std"])
+        ):
+            raise ValueError(
+                f"the model was trained for observations {trained}, the network has {here}; "
+                "retrain for this operator and error"
+            )
+        anchor = make_anchor(
+            ctx, settings["anchor_radius"], settings["anchor_inflation"], settings["anchor_rtps"]
+        )
+        return cls(
+            params=ck.params,
+            graph=ck.spec.graph(),
+            norm=ck.norm,
+            anchor=anchor,
+            distance=site_distances(ctx.testbed.grid),
+            graphdef=ck.graphdef,
+            edm=ck.spec.edm,
+            **settings,
+        )
 
     @property
     def sampler_config(self) -> SamplerConfig:
@@ -363,7 +447,9 @@ class AnchoredDiffusionDA:
         return nfe(self.sampler_config)
 
     def denoiser(self, condition: jax.Array):
-        return self.edm.denoiser(network_fn(nnx.merge(self.graphdef, self.params), self.graph, condition))
+        return self.edm.denoiser(
+            network_fn(nnx.merge(self.graphdef, self.params), self.graph, condition)
+        )
 
     def analyse_with_summary(self, background: jax.Array, obs: Observations, key: jax.Array):
         """The analysis ensemble ``(N, n)`` and the cycle's ``AnchorSummary`` (training data)."""
@@ -373,14 +459,26 @@ class AnchoredDiffusionDA:
         scale = self.norm.scale(summary.spread_a)
         return self.sample(xa, summary, scale, obs, k_sample), summary
 
-    def sample(self, anchor_members: jax.Array, summary: AnchorSummary, scale: jax.Array, obs: Observations,
-               key: jax.Array) -> jax.Array:
+    def sample(
+        self,
+        anchor_members: jax.Array,
+        summary: AnchorSummary,
+        scale: jax.Array,
+        obs: Observations,
+        key: jax.Array,
+    ) -> jax.Array:
         """Members x̄_a + s_a z_j, z_j from the sampler (module docstring, ``coupling``)."""
         n_members, n = anchor_members.shape
         denoise = self.denoiser(features(self.norm, summary))
         if self.guidance_strength > 0:
-            denoise = likelihood_guided(denoise, lambda z: obs.h(summary.mean_a + scale * z), obs.y, obs.r_std**2,
-                                        self.guidance_strength, self.guidance_gamma)
+            denoise = likelihood_guided(
+                denoise,
+                lambda z: obs.h(summary.mean_a + scale * z),
+                obs.y,
+                obs.r_std**2,
+                self.guidance_strength,
+                self.guidance_gamma,
+            )
         keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(n_members))
         # the start at σ_max: ε √(σ_max² + σ_d²), the marginal of unit-variance residuals there
         width = np.sqrt(self.edm.sigma_max**2 + self.edm.sigma_data**2)
@@ -389,8 +487,10 @@ class AnchoredDiffusionDA:
         else:  # antithetic pairs ε, −ε: the sample mean of a near-linear flow carries little noise
             eps = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), (n,)))(keys)
             half = n_members // 2
-            eps = eps.at[half:2 * half].set(-eps[:half])
-        z = jax.vmap(lambda k, x: sample(denoise, k, (n,), self.edm, self.sampler_config, x)[0])(keys, width * eps)
+            eps = eps.at[half : 2 * half].set(-eps[:half])
+        z = jax.vmap(lambda k, x: sample(denoise, k, (n,), self.edm, self.sampler_config, x)[0])(
+            keys, width * eps
+        )
         if self.coupling == "ecc":
             z = copula_coupled(z, anchor_members)
         elif self.coupling == "affine":

@@ -30,12 +30,20 @@ def testbed_record(testbed) -> dict:
     cycle length."""
     if isinstance(testbed, FlatSphere):
         tb = testbed.testbed
-        return {"kind": "sphere", "grid": [tb.grid.n_lon, tb.grid.n_lat], "channels": list(tb.channels.names),
-                "cycle_hours": tb.hours_per_cycle}
+        return {
+            "kind": "sphere",
+            "grid": [tb.grid.n_lon, tb.grid.n_lat],
+            "channels": list(tb.channels.names),
+            "cycle_hours": tb.hours_per_cycle,
+        }
     if getattr(testbed, "kind", None) == "sphere":
-        return {"kind": "sphere", "grid": [testbed.grid.n_lon, testbed.grid.n_lat],
-                "channels": list(channels_of(testbed).names), "cycle_hours": testbed.cycle_hours}
-    get = (lambda k: getattr(testbed, k, "lorenz96" if k == "kind" else None))
+        return {
+            "kind": "sphere",
+            "grid": [testbed.grid.n_lon, testbed.grid.n_lat],
+            "channels": list(channels_of(testbed).names),
+            "cycle_hours": testbed.cycle_hours,
+        }
+    get = lambda k: getattr(testbed, k, "lorenz96" if k == "kind" else None)
     return {k: get(k) for k in TESTBED_FIELDS}
 
 
@@ -45,12 +53,26 @@ def check_testbed(path: Path, meta: dict, testbed: dict | None) -> None:
     if testbed is None:
         return
     made = meta["testbed"]
-    diff = [f"{k}: checkpoint {made.get(k)!r}, run {v!r}" for k, v in testbed.items() if made.get(k) != v]
+    diff = [
+        f"{k}: checkpoint {made.get(k)!r}, run {v!r}"
+        for k, v in testbed.items()
+        if made.get(k) != v
+    ]
     if diff:
-        raise CheckpointError(f"checkpoint {path} was made for another testbed ({'; '.join(diff)}); retrain with `ensda train`")
+        raise CheckpointError(
+            f"checkpoint {path} was made for another testbed ({'; '.join(diff)}); retrain with `ensda train`"
+        )
 
 
-def save_checkpoint(path: Path, params, spec: ModelSpec, norm: Normalisation, testbed: dict, config: dict, summary: dict) -> None:
+def save_checkpoint(
+    path: Path,
+    params,
+    spec: ModelSpec,
+    norm: Normalisation,
+    testbed: dict,
+    config: dict,
+    summary: dict,
+) -> None:
     """Write ``params.npz`` and ``meta.json`` into ``path`` (atomically: temp files, then rename)."""
     meta = {
         "format": FORMAT,
@@ -74,13 +96,19 @@ class Checkpoint:
 def load_checkpoint(path: str | Path, testbed: dict | None = None) -> Checkpoint:
     """Load a checkpoint; with ``testbed`` (as ``testbed_record``), check it was made for it."""
     path = Path(path)
-    meta = read_meta(path, FORMAT, (
-        f"no diffusion checkpoint at {path} (expected meta.json and params.npz); "
-        "train one with `ensda train CONFIG` (the config's train.checkpoint sets where it goes)"
-    ))
+    meta = read_meta(
+        path,
+        FORMAT,
+        (
+            f"no diffusion checkpoint at {path} (expected meta.json and params.npz); "
+            "train one with `ensda train CONFIG` (the config's train.checkpoint sets where it goes)"
+        ),
+    )
     if meta.get("model", "increment") != "increment":
-        raise CheckpointError(f"{path} holds an {meta['model']!r} (ens-diffusion) model, not a diffusion increment "
-                              "model; use it with method ens-diffusion, or train one with train.target: increment")
+        raise CheckpointError(
+            f"{path} holds an {meta['model']!r} (ens-diffusion) model, not a diffusion increment "
+            "model; use it with method ens-diffusion, or train one with train.target: increment"
+        )
     check_testbed(path, meta, testbed)
     spec = ModelSpec.from_dict(meta["spec"])
     norm = Normalisation.from_dict(meta["normalisation"])
@@ -88,5 +116,7 @@ def load_checkpoint(path: str | Path, testbed: dict | None = None) -> Checkpoint
     graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
     params = read_params(path, params)
     if jax.tree.leaves(rest):
-        raise CheckpointError(f"{path}: the network has non-parameter state, which checkpoints do not store")
+        raise CheckpointError(
+            f"{path}: the network has non-parameter state, which checkpoints do not store"
+        )
     return Checkpoint(spec, norm, nnx.merge(graphdef, params, rest), meta)

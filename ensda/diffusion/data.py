@@ -41,14 +41,18 @@ class Pairs:
     def __post_init__(self):
         shapes = {self.mean.shape, self.spread.shape, self.truth.shape}
         if len(shapes) != 1 or self.mean.ndim != 2:
-            raise ValueError(f"Pairs: mean, spread and truth must share one (M, n) shape, got {sorted(shapes)}")
+            raise ValueError(
+                f"Pairs: mean, spread and truth must share one (M, n) shape, got {sorted(shapes)}"
+            )
 
     def __len__(self) -> int:
         return self.mean.shape[0]
 
     @staticmethod
     def concat(parts: list[Pairs]) -> Pairs:
-        return Pairs(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("mean", "spread", "truth")))
+        return Pairs(
+            *(np.concatenate([getattr(p, f) for p in parts]) for f in ("mean", "spread", "truth"))
+        )
 
     def split(self, n_valid: int, key: jax.Array) -> tuple[Pairs, Pairs]:
         """A random (train, validation) split with ``n_valid`` validation examples."""
@@ -83,14 +87,22 @@ def perturbed_truth_pairs(
     log_e = jax.random.uniform(k_e, (m, 1), minval=np.log(error_min), maxval=np.log(error_max))
     e = jnp.exp(log_e)
     centre = starts + e * jax.random.normal(k_m, starts.shape)
-    members = centre[:, None, :] + e[:, None, :] * jax.random.normal(k_x, (m, n_members, starts.shape[-1]))
+    members = centre[:, None, :] + e[:, None, :] * jax.random.normal(
+        k_x, (m, n_members, starts.shape[-1])
+    )
     forecast = jax.jit(testbed.cycle_forecast)(members)
     mean, spread = jax.vmap(ensemble_summary)(forecast)
     return Pairs(np.asarray(mean), np.asarray(spread), np.asarray(targets))
 
 
 def anomaly_perturbed_pairs(
-    forecast, states: jax.Array, starts: jax.Array, key: jax.Array, n_members: int, error_min: float, error_max: float
+    forecast,
+    states: jax.Array,
+    starts: jax.Array,
+    key: jax.Array,
+    n_members: int,
+    error_min: float,
+    error_max: float,
 ) -> Pairs:
     r"""Backgrounds from one-cycle forecasts of truths perturbed by climatological anomalies.
 
@@ -124,7 +136,9 @@ def anomaly_perturbed_pairs(
     return Pairs(np.asarray(mean), np.asarray(spread), np.asarray(states[starts + 1]))
 
 
-def cycled_pairs(testbed, assimilator, truth: jax.Array, obs, x0: jax.Array, key: jax.Array) -> Pairs:
+def cycled_pairs(
+    testbed, assimilator, truth: jax.Array, obs, x0: jax.Array, key: jax.Array
+) -> Pairs:
     """The forecast ensembles of ``assimilator`` cycled over ``obs`` (one ``lax.scan``).
 
     ``truth`` is ``(K+1, n)`` with cycle 0 the initial time; returns K pairs.
@@ -193,18 +207,26 @@ class Normalisation:
         """The increment scale s ``(..., n)`` of backgrounds with member spread σ_b."""
         if self.spread_gain is None:
             return jnp.broadcast_to(jnp.asarray(self.increment_std), jnp.shape(spread))
-        return jnp.sqrt(jnp.square(self.spread_gain * spread) + jnp.square(SPREAD_FLOOR * self.increment_std))
+        return jnp.sqrt(
+            jnp.square(self.spread_gain * spread) + jnp.square(SPREAD_FLOOR * self.increment_std)
+        )
 
     @staticmethod
-    def fit(pairs: Pairs, groups: np.ndarray | None = None, spread_scaled: bool = False,
-            debias: bool = False) -> Normalisation:
+    def fit(
+        pairs: Pairs,
+        groups: np.ndarray | None = None,
+        spread_scaled: bool = False,
+        debias: bool = False,
+    ) -> Normalisation:
         """Statistics of ``pairs``, pooled within ``groups`` (an int per element; None: one
         group of all elements); ``spread_scaled``: fit the spread gain g too; ``debias``:
         the increment bias β too."""
         n = pairs.mean.shape[-1]
         groups = np.zeros(n, np.int64) if groups is None else np.asarray(groups)
         if groups.shape != (n,):
-            raise ValueError(f"Normalisation.fit: groups must have shape ({n},), got {groups.shape}")
+            raise ValueError(
+                f"Normalisation.fit: groups must have shape ({n},), got {groups.shape}"
+            )
         count = np.bincount(groups) * len(pairs)
 
         def pooled(values):  # mean over pairs and over the elements of each group
@@ -216,13 +238,23 @@ class Normalisation:
         gain = np.sqrt(inc2 / pooled(np.square(pairs.spread))) if spread_scaled else None
         bias = pooled(pairs.truth - pairs.mean) if debias else None
         stats = [np.asarray(s, np.float32) for s in (mean, std, np.sqrt(inc2))]
-        return Normalisation(*stats, *(None if v is None else np.asarray(v, np.float32) for v in (gain, bias)))
+        return Normalisation(
+            *stats, *(None if v is None else np.asarray(v, np.float32) for v in (gain, bias))
+        )
 
     def to_dict(self) -> dict:
-        return {f.name: None if getattr(self, f.name) is None else np.asarray(getattr(self, f.name)).tolist()
-                for f in dataclasses.fields(self)}
+        return {
+            f.name: None
+            if getattr(self, f.name) is None
+            else np.asarray(getattr(self, f.name)).tolist()
+            for f in dataclasses.fields(self)
+        }
 
     @staticmethod
     def from_dict(data: dict) -> Normalisation:
-        return Normalisation(*(None if data.get(f.name) is None else jnp.asarray(data[f.name], jnp.float32)
-                               for f in dataclasses.fields(Normalisation)))
+        return Normalisation(
+            *(
+                None if data.get(f.name) is None else jnp.asarray(data[f.name], jnp.float32)
+                for f in dataclasses.fields(Normalisation)
+            )
+        )

@@ -91,7 +91,9 @@ class EDM:
         sd = self.sigma_data
         return (sigma**2 + sd**2) / (sigma * sd) ** 2
 
-    def loss(self, net: Network, key: jax.Array, x0: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    def loss(
+        self, net: Network, key: jax.Array, x0: jax.Array, weights: jax.Array | None = None
+    ) -> jax.Array:
         """EDM loss of a batch ``x0 (B, ...)``: mean over b of λ(σ_b) · mean_i w_i (D(z_b, σ_b) − x0_b)_i².
 
         ``z_b = x0_b + σ_b ε_b``; ``net`` is called once on the batch:
@@ -134,7 +136,9 @@ def gaussian_denoiser(mean, cov) -> Denoiser:
     mean = jnp.asarray(mean, jnp.float32)
     cov = jnp.asarray(cov, jnp.float32)
     if mean.ndim != 1 or cov.shape != mean.shape * 2:
-        raise ValueError(f"gaussian_denoiser: mean (n,) and cov (n, n) needed, got {mean.shape}, {cov.shape}")
+        raise ValueError(
+            f"gaussian_denoiser: mean (n,) and cov (n, n) needed, got {mean.shape}, {cov.shape}"
+        )
     lam, u = jnp.linalg.eigh(cov)
     lam = jnp.maximum(lam, 0.0)
 

@@ -105,7 +105,9 @@ class EnSF:
         f = -(1.0 - self.eps_alpha) / self.alpha(t)
         return f, 1.0 - 2.0 * f * t
 
-    def prior_score(self, z: jax.Array, members: jax.Array, sq_norms: jax.Array, t: jax.Array) -> jax.Array:
+    def prior_score(
+        self, z: jax.Array, members: jax.Array, sq_norms: jax.Array, t: jax.Array
+    ) -> jax.Array:
         """Score of the kernel mixture of ``members`` (N, n) at z (n,); ``sq_norms`` = |z_j|².
         The softmax drops |z|², the same for every j: logits (α z·z_j − α²|z_j|²/2)/β²."""
         a = self.alpha(t)
@@ -117,7 +119,9 @@ class EnSF:
         mean = background.mean(0)
         if self.scale == "climatology":
             if self.clim_std is None:
-                raise ValueError("scale: climatology needs clim_std (build the method with EnSF.build)")
+                raise ValueError(
+                    "scale: climatology needs clim_std (build the method with EnSF.build)"
+                )
             s = self.clim_std.astype(mean.dtype)
         else:
             s = jnp.ones_like(mean)
@@ -137,7 +141,9 @@ class EnSF:
             def step(z, inputs):
                 i, t = inputs
                 f, g2 = self.drift(t)
-                score = self.prior_score(z, members, sq_norms, t) + (1.0 - t) ** self.damping * likelihood_score(z)
+                score = self.prior_score(z, members, sq_norms, t) + (
+                    1.0 - t
+                ) ** self.damping * likelihood_score(z)
                 xi = jax.random.normal(jax.random.fold_in(k_noise, i), z.shape, z.dtype)
                 return z - (f * z - g2 * score) * dt + jnp.sqrt(g2 * dt) * xi, None
 

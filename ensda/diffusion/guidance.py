@@ -60,7 +60,9 @@ def likelihood_guided(
     if y.ndim != 1:
         raise ValueError(f"likelihood_guided: y must be a vector (p,), got shape {y.shape}")
     if r_var.shape != y.shape:
-        raise ValueError(f"likelihood_guided: r_var shape {r_var.shape} does not match y shape {y.shape}")
+        raise ValueError(
+            f"likelihood_guided: r_var shape {r_var.shape} does not match y shape {y.shape}"
+        )
     if _concrete(r_var) and not np.all(np.asarray(r_var) > 0):
         raise ValueError("likelihood_guided: r_var (observation-error variances) must be > 0")
     if _concrete(strength) and not float(strength) >= 0:
@@ -82,7 +84,9 @@ def likelihood_guided(
 
         hx, vjp_fn, x0 = jax.vjp(predict, z, has_aux=True)
         if hx.shape != y.shape:
-            raise ValueError(f"likelihood_guided: h(x0) has shape {hx.shape}, y has shape {y.shape}")
+            raise ValueError(
+                f"likelihood_guided: h(x0) has shape {hx.shape}, y has shape {y.shape}"
+            )
         resid = y - hx
         s2 = sigma**2
         if cov == "scalar":

@@ -85,9 +85,13 @@ class ModelSpec:
 
     def __post_init__(self):
         if self.n % self.n_nodes:
-            raise ValueError(f"ModelSpec: state size {self.n} is not a multiple of the {self.n_nodes} grid nodes")
+            raise ValueError(
+                f"ModelSpec: state size {self.n} is not a multiple of the {self.n_nodes} grid nodes"
+            )
         if len(self.obs_r_std) != self.n_channels:
-            raise ValueError(f"ModelSpec: {len(self.obs_r_std)} observation error stds for {self.n_channels} channels")
+            raise ValueError(
+                f"ModelSpec: {len(self.obs_r_std)} observation error stds for {self.n_channels} channels"
+            )
 
     @property
     def n_nodes(self) -> int:
@@ -106,19 +110,29 @@ class ModelSpec:
         return jnp.repeat(jnp.asarray(self.obs_r_std, jnp.float32), self.n_nodes)
 
     def to_dict(self) -> dict:
-        return {"n": self.n, "gnn": dataclasses.asdict(self.gnn), "edm": dataclasses.asdict(self.edm),
-                "obs_r_std": list(self.obs_r_std),
-                "sphere": None if self.sphere is None else dataclasses.asdict(self.sphere),
-                "elementwise": self.elementwise, "elementwise_observed_only": self.elementwise_observed_only}
+        return {
+            "n": self.n,
+            "gnn": dataclasses.asdict(self.gnn),
+            "edm": dataclasses.asdict(self.edm),
+            "obs_r_std": list(self.obs_r_std),
+            "sphere": None if self.sphere is None else dataclasses.asdict(self.sphere),
+            "elementwise": self.elementwise,
+            "elementwise_observed_only": self.elementwise_observed_only,
+        }
 
     @staticmethod
     def from_dict(data: dict) -> ModelSpec:
         r_std = data["obs_r_std"]
         sphere = data.get("sphere")
-        return ModelSpec(int(data["n"]), GNNConfig(**data["gnn"]), EDM(**data["edm"]),
-                         tuple(float(v) for v in (r_std if isinstance(r_std, list) else [r_std])),
-                         None if sphere is None else SphereMesh(**sphere), int(data.get("elementwise", 0)),
-                         bool(data.get("elementwise_observed_only", False)))
+        return ModelSpec(
+            int(data["n"]),
+            GNNConfig(**data["gnn"]),
+            EDM(**data["edm"]),
+            tuple(float(v) for v in (r_std if isinstance(r_std, list) else [r_std])),
+            None if sphere is None else SphereMesh(**sphere),
+            int(data.get("elementwise", 0)),
+            bool(data.get("elementwise_observed_only", False)),
+        )
 
 
 class WithElementwise(nnx.Module):
@@ -129,32 +143,48 @@ class WithElementwise(nnx.Module):
     multiplied by the element's observation mask (its last feature).
     """
 
-    def __init__(self, network: GraphNetwork | SphereGraphNetwork, width: int, *, observed_only: bool = False,
-                 rngs: nnx.Rngs):
+    def __init__(
+        self,
+        network: GraphNetwork | SphereGraphNetwork,
+        width: int,
+        *,
+        observed_only: bool = False,
+        rngs: nnx.Rngs,
+    ):
         self.network = network
         self.observed_only = observed_only
-        self.elementwise = MLP(IN_FEATURES + 1, width, 1, hidden_layers=2, layer_norm=False, rngs=rngs)
+        self.elementwise = MLP(
+            IN_FEATURES + 1, width, 1, hidden_layers=2, layer_norm=False, rngs=rngs
+        )
         last = self.elementwise.layers[-1]
         last.kernel[...] = jnp.zeros_like(last.kernel[...])
         last.bias[...] = jnp.zeros_like(last.bias[...])
 
     def element_term(self, features: jax.Array, c_noise: jax.Array) -> jax.Array:
         """f of per-element features ``(..., n, 5)`` and c_noise ``(...)``: ``(..., n)``."""
-        noise = jnp.broadcast_to(jnp.asarray(c_noise, features.dtype)[..., None, None], features.shape[:-1] + (1,))
+        noise = jnp.broadcast_to(
+            jnp.asarray(c_noise, features.dtype)[..., None, None], features.shape[:-1] + (1,)
+        )
         term = self.elementwise(jnp.concatenate([features, noise], axis=-1))[..., 0]
         return term * features[..., -1] if self.observed_only else term
 
 
-def build_network(spec: ModelSpec, graph, key: int | jax.Array = 0) -> GraphNetwork | SphereGraphNetwork | WithElementwise:
+def build_network(
+    spec: ModelSpec, graph, key: int | jax.Array = 0
+) -> GraphNetwork | SphereGraphNetwork | WithElementwise:
     c = spec.n_channels
     rngs = nnx.Rngs(key)
     if spec.sphere is None:
         network = GraphNetwork(IN_FEATURES, 1, graph, spec.gnn, conditional=True, rngs=rngs)
     else:
-        network = SphereGraphNetwork(IN_FEATURES * c, c, graph, spec.gnn, conditional=True, rngs=rngs)
+        network = SphereGraphNetwork(
+            IN_FEATURES * c, c, graph, spec.gnn, conditional=True, rngs=rngs
+        )
     if spec.elementwise == 0:
         return network
-    return WithElementwise(network, spec.elementwise, observed_only=spec.elementwise_observed_only, rngs=rngs)
+    return WithElementwise(
+        network, spec.elementwise, observed_only=spec.elementwise_observed_only, rngs=rngs
+    )
 
 
 def to_nodes(a: jax.Array, n_channels: int) -> jax.Array:
@@ -189,12 +219,19 @@ def observation_channels(scale: jax.Array, mean: jax.Array, obs) -> tuple[jax.Ar
             "use likelihood guidance (obs_channels: false, guidance_strength > 0) for nonlinear operators"
         )
     n = mean.shape[-1]
-    innovation = jnp.zeros((n,), mean.dtype).at[obs.idx].set((obs.y - mean[obs.idx]) / scale[obs.idx])
+    innovation = (
+        jnp.zeros((n,), mean.dtype).at[obs.idx].set((obs.y - mean[obs.idx]) / scale[obs.idx])
+    )
     mask = jnp.zeros((n,), mean.dtype).at[obs.idx].set(1.0)
     return innovation, mask
 
 
-def network_fn(model: GraphNetwork | SphereGraphNetwork | WithElementwise, graph, condition: jax.Array, n_channels: int = 1):
+def network_fn(
+    model: GraphNetwork | SphereGraphNetwork | WithElementwise,
+    graph,
+    condition: jax.Array,
+    n_channels: int = 1,
+):
     """``net(z_in, c_noise) -> F`` with the conditioning channels bound (the EDM ``net``).
 
     z_in ``(..., n)``, condition ``(..., n, 4)`` broadcastable to it, c_noise ``(...)``;

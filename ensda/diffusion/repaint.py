@@ -63,7 +63,9 @@ def repaint_sample(
     known = jnp.asarray(known, jnp.float32)
     mask = jnp.asarray(mask, jnp.float32)
     if mask.shape != known.shape:
-        raise ValueError(f"repaint_sample: mask shape {mask.shape} does not match known shape {known.shape}")
+        raise ValueError(
+            f"repaint_sample: mask shape {mask.shape} does not match known shape {known.shape}"
+        )
     if not (isinstance(jumps, numbers.Integral) and jumps >= 1):
         raise ValueError(f"repaint_sample: jumps must be an int >= 1, got {jumps!r}")
     shape = known.shape

@@ -56,7 +56,9 @@ class SamplerConfig:
         if not self.s_noise >= 0:
             raise ValueError(f"SamplerConfig.s_noise must be >= 0, got {self.s_noise}")
         if not self.s_tmin <= self.s_tmax:
-            raise ValueError(f"SamplerConfig needs s_tmin <= s_tmax, got {self.s_tmin}, {self.s_tmax}")
+            raise ValueError(
+                f"SamplerConfig needs s_tmin <= s_tmax, got {self.s_tmin}, {self.s_tmax}"
+            )
 
 
 def nfe(config: SamplerConfig) -> int:
@@ -146,6 +148,13 @@ def sample(
     (x, count), _ = jax.lax.scan(body, (x, count), jnp.arange(config.steps - 1))
     last = config.steps - 1
     x, count = step(
-        denoiser, x, count, sig[last], sig[last + 1], jax.random.fold_in(step_key, last), config, final=True
+        denoiser,
+        x,
+        count,
+        sig[last],
+        sig[last + 1],
+        jax.random.fold_in(step_key, last),
+        config,
+        final=True,
     )
     return x, count

@@ -27,7 +27,9 @@ def crps_pointwise(ensemble: jax.Array, truth: jax.Array, estimator: str = "fair
         raise ValueError(f"CRPS estimator must be one of {sorted(ESTIMATORS)}, got {estimator!r}")
     if estimator == "fair" and ensemble.shape[0] < 2:
         raise ValueError("the fair CRPS needs at least 2 members; use estimator='standard'")
-    return sr.crps_ensemble(truth, ensemble, m_axis=0, estimator=ESTIMATORS[estimator], backend="jax")
+    return sr.crps_ensemble(
+        truth, ensemble, m_axis=0, estimator=ESTIMATORS[estimator], backend="jax"
+    )
 
 
 def crps(

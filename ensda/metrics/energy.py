@@ -23,7 +23,9 @@ def energy_score(
 ) -> jax.Array:
     """Energy score over the flattened state; member axis 0."""
     if estimator not in _ESTIMATORS:
-        raise ValueError(f"energy score estimator must be one of {sorted(_ESTIMATORS)}, got {estimator!r}")
+        raise ValueError(
+            f"energy score estimator must be one of {sorted(_ESTIMATORS)}, got {estimator!r}"
+        )
     n = ensemble.shape[0]
     ens = ensemble.reshape(n, -1)
     t = truth.reshape(-1)
@@ -32,4 +34,11 @@ def energy_score(
         scale = jnp.sqrt(w / w.sum())
     else:
         scale = jnp.full(t.shape, 1.0 / jnp.sqrt(t.size), ens.dtype)
-    return sr.es_ensemble(t * scale, ens * scale, m_axis=-2, v_axis=-1, estimator=_ESTIMATORS[estimator], backend="jax")
+    return sr.es_ensemble(
+        t * scale,
+        ens * scale,
+        m_axis=-2,
+        v_axis=-1,
+        estimator=_ESTIMATORS[estimator],
+        backend="jax",
+    )

@@ -46,8 +46,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -80,7 +80,9 @@ def _check_starts(start_cycles, n_truth: int, max_lead_cycles: int) -> None:
 
 
 @partial(jax.jit, static_argnames=("forecast_step", "max_lead_cycles"))
-def _rmse_by_start(forecast_step, initial_states, truth, start_cycles, max_lead_cycles, weights, scale):
+def _rmse_by_start(
+    forecast_step, initial_states, truth, start_cycles, max_lead_cycles, weights, scale
+):
     step = jax.vmap(forecast_step)
     unit = 1.0 if scale is None else scale
     rmse_one = jax.vmap(lambda x, t: jnp.sqrt(weighted_mean(((x - t) / unit) ** 2, weights)))
@@ -122,12 +124,16 @@ def forecast_rmse_by_start(
             f"initial_states (S, ...) and start_cycles (S,) disagree: {initial_states.shape} vs {start_cycles.shape}"
         )
     if initial_states.shape[1:] != truth.shape[1:]:
-        raise ValueError(f"state shapes differ: initial_states {initial_states.shape}, truth {truth.shape}")
+        raise ValueError(
+            f"state shapes differ: initial_states {initial_states.shape}, truth {truth.shape}"
+        )
     max_lead_cycles = int(max_lead_cycles)
     if max_lead_cycles < 0:
         raise ValueError(f"max_lead_cycles must be >= 0, got {max_lead_cycles}")
     _check_starts(start_cycles, truth.shape[0], max_lead_cycles)
-    return _rmse_by_start(forecast_step, initial_states, truth, start_cycles, max_lead_cycles, weights, scale)
+    return _rmse_by_start(
+        forecast_step, initial_states, truth, start_cycles, max_lead_cycles, weights, scale
+    )
 
 
 def forecast_rmse_curve(
@@ -144,8 +150,9 @@ def forecast_rmse_curve(
     The mean over the S starts of the per-start area-weighted RMSE (see
     ``forecast_rmse_by_start`` for the arguments).
     """
-    return forecast_rmse_by_start(forecast_step, initial_states, truth, start_cycles, max_lead_cycles, weights,
-                                  scale).mean(0)
+    return forecast_rmse_by_start(
+        forecast_step, initial_states, truth, start_cycles, max_lead_cycles, weights, scale
+    ).mean(0)
 
 
 def reference_initial_states(
@@ -164,7 +171,9 @@ def reference_initial_states(
     truth = jnp.asarray(truth)
     start_cycles = jnp.asarray(start_cycles, jnp.int32)
     base = truth[start_cycles] if states is None else jnp.asarray(states)
-    noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(key, k), base.shape[1:], base.dtype))(start_cycles)
+    noise = jax.vmap(
+        lambda k: jax.random.normal(jax.random.fold_in(key, k), base.shape[1:], base.dtype)
+    )(start_cycles)
     return base + noise_std * noise
 
 
@@ -195,7 +204,9 @@ def reference_curve(
         if key is None:
             raise ValueError("reference_curve: noise_std needs an explicit key")
         states = reference_initial_states(truth, start_cycles, noise_std, key, states)
-    return forecast_rmse_curve(forecast_step, states, truth, start_cycles, max_lead_cycles, weights, scale)
+    return forecast_rmse_curve(
+        forecast_step, states, truth, start_cycles, max_lead_cycles, weights, scale
+    )
 
 
 @pytree_dataclass
@@ -241,7 +252,9 @@ def lead_time_loss(
     leads_h = jnp.asarray(leads_h, r.dtype)
     c = jnp.asarray(ref_curve, r.dtype)
     if c.ndim != 1 or leads_h.shape != c.shape or c.shape[0] < 1:
-        raise ValueError(f"leads_h and ref_curve must be 1-D of the same length, got {leads_h.shape}, {c.shape}")
+        raise ValueError(
+            f"leads_h and ref_curve must be 1-D of the same length, got {leads_h.shape}, {c.shape}"
+        )
     lh = _concrete(leads_h)
     if lh is not None and np.any(np.diff(lh) <= 0):
         raise ValueError("leads_h must be strictly increasing")
@@ -273,14 +286,18 @@ def lead_time_loss(
     )
 
 
-def analysis_start_cycles(n_cycles: int, max_lead_cycles: int, burn_in: int = 0, stride: int = 1) -> np.ndarray:
+def analysis_start_cycles(
+    n_cycles: int, max_lead_cycles: int, burn_in: int = 0, stride: int = 1
+) -> np.ndarray:
     """Start cycles ``burn_in+1, burn_in+1+stride, ...`` with ``start + max_lead_cycles <= K``.
 
     Cycles are numbered 1..K as the analyses of a ``CycleResult`` (cycle ``k`` verifies
     against ``truth[k]``); ``burn_in`` cycles are skipped as in ``cycle.summarize``.
     """
     if burn_in < 0 or stride < 1:
-        raise ValueError(f"need burn_in >= 0 and stride >= 1, got burn_in={burn_in}, stride={stride}")
+        raise ValueError(
+            f"need burn_in >= 0 and stride >= 1, got burn_in={burn_in}, stride={stride}"
+        )
     starts = np.arange(burn_in + 1, n_cycles - max_lead_cycles + 1, stride)
     if starts.size == 0:
         raise ValueError(
@@ -295,7 +312,9 @@ def _analysis_means(analyses, truth: jax.Array) -> jax.Array:
     mean_a = jnp.asarray(getattr(analyses, "mean_a", analyses))
     expected = (truth.shape[0] - 1, *truth.shape[1:])
     if mean_a.shape != expected:
-        raise ValueError(f"analyses must be (K, ...) = {expected} for truth {truth.shape}, got {mean_a.shape}")
+        raise ValueError(
+            f"analyses must be (K, ...) = {expected} for truth {truth.shape}, got {mean_a.shape}"
+        )
     return mean_a
 
 
@@ -368,15 +387,30 @@ def lead_time_reference(
         max_lead_cycles = max(40, 2 * lead_cycles)
     if max_lead_cycles < lead_cycles:
         raise ValueError(f"max_lead_cycles ({max_lead_cycles}) < lead_cycles ({lead_cycles})")
-    if not (isinstance(hours_per_cycle, (int, float)) and math.isfinite(hours_per_cycle) and hours_per_cycle > 0):
+    if not (
+        isinstance(hours_per_cycle, (int, float))
+        and math.isfinite(hours_per_cycle)
+        and hours_per_cycle > 0
+    ):
         raise ValueError(f"hours_per_cycle must be a positive number, got {hours_per_cycle!r}")
     starts = analysis_start_cycles(n_cycles, max_lead_cycles, burn_in, stride)
-    ref_states = None if reference_states is None else jnp.asarray(reference_states)[jnp.asarray(starts - 1)]
-    curve = reference_curve(
-        forecast_step, truth, starts, max_lead_cycles, weights,
-        initial_states=ref_states, noise_std=reference_std, key=key, scale=scale,
+    ref_states = (
+        None if reference_states is None else jnp.asarray(reference_states)[jnp.asarray(starts - 1)]
     )
-    return LeadTimeReference(forecast_step, truth, starts, lead_cycles, float(hours_per_cycle), curve, weights, scale)
+    curve = reference_curve(
+        forecast_step,
+        truth,
+        starts,
+        max_lead_cycles,
+        weights,
+        initial_states=ref_states,
+        noise_std=reference_std,
+        key=key,
+        scale=scale,
+    )
+    return LeadTimeReference(
+        forecast_step, truth, starts, lead_cycles, float(hours_per_cycle), curve, weights, scale
+    )
 
 
 def score_analyses(reference: LeadTimeReference, analyses) -> LeadTimeCurves:
@@ -386,15 +420,28 @@ def score_analyses(reference: LeadTimeReference, analyses) -> LeadTimeCurves:
     truth = reference.truth
     starts = reference.start_cycles
     curve = forecast_rmse_curve(
-        reference.forecast_step, mean_a[jnp.asarray(starts - 1)], truth, starts, reference.max_lead_cycles, reference.weights,
+        reference.forecast_step,
+        mean_a[jnp.asarray(starts - 1)],
+        truth,
+        starts,
+        reference.max_lead_cycles,
+        reference.weights,
         reference.scale,
     )
-    loss = lead_time_loss(curve[reference.lead_cycles], reference.lead_cycles * reference.hours_per_cycle,
-                          reference.leads_h, reference.curve)
-    return LeadTimeCurves(loss, np.asarray(curve), np.asarray(reference.curve), reference.leads_h, int(starts.size))
+    loss = lead_time_loss(
+        curve[reference.lead_cycles],
+        reference.lead_cycles * reference.hours_per_cycle,
+        reference.leads_h,
+        reference.curve,
+    )
+    return LeadTimeCurves(
+        loss, np.asarray(curve), np.asarray(reference.curve), reference.leads_h, int(starts.size)
+    )
 
 
-def analysis_lead_time_loss(analyses, truth: jax.Array, forecast_step: ForecastStep, lead_cycles: int, **options) -> LeadTimeLoss:
+def analysis_lead_time_loss(
+    analyses, truth: jax.Array, forecast_step: ForecastStep, lead_cycles: int, **options
+) -> LeadTimeLoss:
     """Lead-time loss of the analyses of a cycled run (docs/design.md §5).
 
     ``analyses``: a ``CycleResult`` (its ``mean_a``) or analysis means ``(K, ...)`` of cycles
@@ -411,4 +458,6 @@ def analysis_lead_time_loss(analyses, truth: jax.Array, forecast_step: ForecastS
     """
     truth = jnp.asarray(truth)
     mean_a = _analysis_means(analyses, truth)
-    return score_analyses(lead_time_reference(truth, forecast_step, lead_cycles, **options), mean_a).loss
+    return score_analyses(
+        lead_time_reference(truth, forecast_step, lead_cycles, **options), mean_a
+    ).loss

@@ -22,11 +22,15 @@ def weighted_mean(values: jax.Array, weights: jax.Array | None = None, axis=None
     return jnp.sum(w * values, axis) / jnp.sum(w, axis)
 
 
-def ensemble_mean_mse(ensemble: jax.Array, truth: jax.Array, weights: jax.Array | None = None, axis=None) -> jax.Array:
+def ensemble_mean_mse(
+    ensemble: jax.Array, truth: jax.Array, weights: jax.Array | None = None, axis=None
+) -> jax.Array:
     """Area-weighted mean squared error of the ensemble mean (over ``axis`` of a member; None: all)."""
     return weighted_mean((ensemble.mean(0) - truth) ** 2, weights, axis)
 
 
-def ensemble_mean_rmse(ensemble: jax.Array, truth: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+def ensemble_mean_rmse(
+    ensemble: jax.Array, truth: jax.Array, weights: jax.Array | None = None
+) -> jax.Array:
     """Area-weighted RMSE of the ensemble mean."""
     return jnp.sqrt(ensemble_mean_mse(ensemble, truth, weights))

@@ -60,13 +60,19 @@ class GNNConfig:
         _check_int("n_frequencies", self.n_frequencies, 1)
 
 
-def check_noise_level(network: str, conditional: bool, nodes: jax.Array, noise_level: jax.Array | None) -> None:
+def check_noise_level(
+    network: str, conditional: bool, nodes: jax.Array, noise_level: jax.Array | None
+) -> None:
     """A conditional network needs ``noise_level`` broadcasting to the batch shape of
     ``nodes (..., V, F)``; an unconditional one takes none. Errors name ``network``."""
     if conditional and noise_level is None:
-        raise ValueError(f"{network}: conditional network needs noise_level (c_noise = log(sigma)/4)")
+        raise ValueError(
+            f"{network}: conditional network needs noise_level (c_noise = log(sigma)/4)"
+        )
     if not conditional and noise_level is not None:
-        raise ValueError(f"{network}: unconditional network (conditional=False), noise_level must be None")
+        raise ValueError(
+            f"{network}: unconditional network (conditional=False), noise_level must be None"
+        )
     if noise_level is not None:
         batch = nodes.shape[:-2]
         shape = jnp.shape(noise_level)
@@ -75,7 +81,9 @@ def check_noise_level(network: str, conditional: bool, nodes: jax.Array, noise_l
         except ValueError:
             ok = False
         if not ok:
-            raise ValueError(f"{network}: noise_level shape {shape} must broadcast to the batch shape {batch} of nodes")
+            raise ValueError(
+                f"{network}: noise_level shape {shape} must broadcast to the batch shape {batch} of nodes"
+            )
 
 
 class GraphNetwork(nnx.Module):
@@ -96,7 +104,9 @@ class GraphNetwork(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if in_features < 1 or out_features < 1:
-            raise ValueError(f"GraphNetwork: in/out features must be >= 1, got {in_features}, {out_features}")
+            raise ValueError(
+                f"GraphNetwork: in/out features must be >= 1, got {in_features}, {out_features}"
+            )
         n_edge_features = graph.edge_features.shape[-1]
         if n_edge_features < 1:
             raise ValueError("GraphNetwork: the graph needs at least one edge feature")
@@ -110,30 +120,48 @@ class GraphNetwork(nnx.Module):
         cond_features = latent if conditional else None
         if conditional:
             self.fourier = FourierEmbedding(config.n_frequencies)
-            self.cond_mlp = MLP(self.fourier.out_features, latent, latent, hidden_layers=hl, layer_norm=False, rngs=rngs)
+            self.cond_mlp = MLP(
+                self.fourier.out_features,
+                latent,
+                latent,
+                hidden_layers=hl,
+                layer_norm=False,
+                rngs=rngs,
+            )
         kw = {"hidden_layers": hl, "cond_features": cond_features, "rngs": rngs}
         self.node_encoder = MLP(in_features + self.n_node_features, latent, latent, **kw)
         self.edge_encoder = MLP(n_edge_features, latent, latent, **kw)
         self.processor = nnx.List([InteractionNetwork(latent, **kw) for _ in range(config.steps)])
-        self.decoder = MLP(latent, latent, out_features, hidden_layers=hl, layer_norm=False, rngs=rngs)
+        self.decoder = MLP(
+            latent, latent, out_features, hidden_layers=hl, layer_norm=False, rngs=rngs
+        )
         last = self.decoder.layers[-1]
         last.kernel[...] = jnp.zeros_like(last.kernel[...])
         last.bias[...] = jnp.zeros_like(last.bias[...])
 
     def _check(self, graph: Graph, nodes: jax.Array, noise_level: jax.Array | None) -> None:
-        if nodes.ndim < 2 or nodes.shape[-2] != graph.n_nodes or nodes.shape[-1] != self.in_features:
+        if (
+            nodes.ndim < 2
+            or nodes.shape[-2] != graph.n_nodes
+            or nodes.shape[-1] != self.in_features
+        ):
             raise ValueError(
                 f"GraphNetwork: nodes must have shape (..., {graph.n_nodes}, {self.in_features}) "
                 f"(V = graph.n_nodes, in_features), got {nodes.shape}"
             )
-        if graph.edge_features.shape[-1] != self.n_edge_features or graph.node_features.shape[-1] != self.n_node_features:
+        if (
+            graph.edge_features.shape[-1] != self.n_edge_features
+            or graph.node_features.shape[-1] != self.n_node_features
+        ):
             raise ValueError(
                 f"GraphNetwork: built for {self.n_edge_features} edge / {self.n_node_features} node features, "
                 f"the graph has {graph.edge_features.shape[-1]} / {graph.node_features.shape[-1]}"
             )
         check_noise_level("GraphNetwork", self.conditional, nodes, noise_level)
 
-    def __call__(self, graph: Graph, nodes: jax.Array, noise_level: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, graph: Graph, nodes: jax.Array, noise_level: jax.Array | None = None
+    ) -> jax.Array:
         """Apply the network: ``nodes (..., V, in)``, ``noise_level (...)`` -> ``(..., V, out)``."""
         self._check(graph, nodes, noise_level)
         nodes = jnp.asarray(nodes, jnp.float32)

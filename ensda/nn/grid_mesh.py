@@ -72,7 +72,9 @@ def grid_points(latitudes, longitudes) -> np.ndarray:
     lat = np.asarray(latitudes, np.float64)
     lon = np.asarray(longitudes, np.float64)
     if lat.ndim != 1 or lon.ndim != 1 or lat.size < 1 or lon.size < 1:
-        raise ValueError(f"grid latitudes and longitudes must be non-empty 1-D arrays, got {lat.shape}, {lon.shape}")
+        raise ValueError(
+            f"grid latitudes and longitudes must be non-empty 1-D arrays, got {lat.shape}, {lon.shape}"
+        )
     if np.any(np.abs(lat) > 90.0):
         raise ValueError("grid latitudes must lie in [-90, 90] degrees")
     la, lo = np.meshgrid(np.deg2rad(lat), np.deg2rad(lon), indexing="ij")
@@ -91,7 +93,9 @@ def longest_edge(mesh: TriangleMesh) -> float:
     return float(np.linalg.norm(mesh.vertices[e[:, 0]] - mesh.vertices[e[:, 1]], axis=-1).max())
 
 
-def radius_edges(points: np.ndarray, nodes: np.ndarray, radius: float) -> tuple[np.ndarray, np.ndarray]:
+def radius_edges(
+    points: np.ndarray, nodes: np.ndarray, radius: float
+) -> tuple[np.ndarray, np.ndarray]:
     """All pairs (point p, node n) with chord |p − n| ≤ ``radius``, sorted by node then point.
 
     Unit vectors in; vectorised in blocks of points (chord² = 2 − 2 p·n).
@@ -122,7 +126,9 @@ def _face_coordinates(points: np.ndarray, corners: np.ndarray) -> np.ndarray:
     )
 
 
-def containing_faces(points: np.ndarray, meshes: tuple[TriangleMesh, ...]) -> tuple[np.ndarray, np.ndarray]:
+def containing_faces(
+    points: np.ndarray, meshes: tuple[TriangleMesh, ...]
+) -> tuple[np.ndarray, np.ndarray]:
     """Face of the finest mesh containing each unit vector, and its barycentric weights.
 
     ``meshes``: levels 0..R from :func:`~ensda.nn.mesh.mesh_hierarchy`. Returns face
@@ -131,7 +137,9 @@ def containing_faces(points: np.ndarray, meshes: tuple[TriangleMesh, ...]) -> tu
     """
     points = np.asarray(points, np.float64)
     coarse = meshes[0]
-    coords = _face_coordinates(points[:, None, :], coarse.vertices[coarse.faces][None])  # (N, 20, 3)
+    coords = _face_coordinates(
+        points[:, None, :], coarse.vertices[coarse.faces][None]
+    )  # (N, 20, 3)
     face = np.argmax(coords.min(axis=-1), axis=-1)
     for mesh in meshes[1:]:
         candidates = 4 * face[:, None] + np.arange(4)  # (N, 4)
@@ -181,7 +189,9 @@ def mesh2grid_graph(latitudes, longitudes, refinement: int) -> Graph:
     face, _ = containing_faces(points, meshes)
     senders = meshes[-1].faces[face].reshape(-1)
     receivers = np.repeat(np.arange(len(points)), 3)
-    return _bipartite_graph(senders, receivers, meshes[-1].vertices[senders], points[receivers], points)
+    return _bipartite_graph(
+        senders, receivers, meshes[-1].vertices[senders], points[receivers], points
+    )
 
 
 def _bipartite_graph(senders, receivers, sender_xyz, receiver_xyz, grid_xyz) -> Graph:

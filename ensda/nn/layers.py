@@ -33,7 +33,9 @@ FOURIER_MAX_FREQUENCY = 16.0
 
 
 def fourier_frequencies(
-    n: int, min_frequency: float = FOURIER_MIN_FREQUENCY, max_frequency: float = FOURIER_MAX_FREQUENCY
+    n: int,
+    min_frequency: float = FOURIER_MIN_FREQUENCY,
+    max_frequency: float = FOURIER_MAX_FREQUENCY,
 ) -> np.ndarray:
     r"""Angular frequencies :math:`\omega_k = 2\pi f_{min} (f_{max}/f_{min})^{k/(n-1)}`, k = 0..n-1.
 
@@ -43,7 +45,9 @@ def fourier_frequencies(
     if n < 1:
         raise ValueError(f"fourier_frequencies: n must be >= 1, got {n}")
     if not 0 < min_frequency <= max_frequency:
-        raise ValueError(f"need 0 < min_frequency <= max_frequency, got {min_frequency}, {max_frequency}")
+        raise ValueError(
+            f"need 0 < min_frequency <= max_frequency, got {min_frequency}, {max_frequency}"
+        )
     k = np.arange(n) / max(n - 1, 1)
     return (2 * np.pi * min_frequency * (max_frequency / min_frequency) ** k).astype(np.float32)
 
@@ -65,7 +69,9 @@ class FourierEmbedding(nnx.Module):
         max_frequency: float = FOURIER_MAX_FREQUENCY,
     ):
         # Kept as a tuple of floats: static, not a parameter.
-        self.frequencies = tuple(float(w) for w in fourier_frequencies(n_frequencies, min_frequency, max_frequency))
+        self.frequencies = tuple(
+            float(w) for w in fourier_frequencies(n_frequencies, min_frequency, max_frequency)
+        )
 
     @property
     def out_features(self) -> int:
@@ -98,8 +104,12 @@ class ConditionalLayerNorm(nnx.Module):
     def __init__(self, features: int, cond_features: int, *, epsilon: float = 1e-5, rngs: nnx.Rngs):
         zeros = nnx.initializers.zeros_init()
         self.epsilon = epsilon
-        self.scale = nnx.Linear(cond_features, features, kernel_init=zeros, bias_init=zeros, rngs=rngs)
-        self.offset = nnx.Linear(cond_features, features, kernel_init=zeros, bias_init=zeros, rngs=rngs)
+        self.scale = nnx.Linear(
+            cond_features, features, kernel_init=zeros, bias_init=zeros, rngs=rngs
+        )
+        self.offset = nnx.Linear(
+            cond_features, features, kernel_init=zeros, bias_init=zeros, rngs=rngs
+        )
 
     def __call__(self, x: jax.Array, cond: jax.Array) -> jax.Array:
         return normalize(x, self.epsilon) * (1.0 + self.scale(cond)) + self.offset(cond)
@@ -128,7 +138,9 @@ class MLP(nnx.Module):
         if hidden_layers < 0:
             raise ValueError(f"MLP: hidden_layers must be >= 0, got {hidden_layers}")
         if cond_features is not None and not layer_norm:
-            raise ValueError("MLP: cond_features needs layer_norm=True (conditioning enters through the LayerNorm)")
+            raise ValueError(
+                "MLP: cond_features needs layer_norm=True (conditioning enters through the LayerNorm)"
+            )
         widths = [in_features] + [hidden] * hidden_layers + [out_features]
         self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(widths)])
         self.conditional = cond_features is not None
@@ -217,7 +229,9 @@ class InteractionNetwork(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if aggregation not in AGGREGATIONS:
-            raise ValueError(f"InteractionNetwork: aggregation must be one of {sorted(AGGREGATIONS)}, got {aggregation!r}")
+            raise ValueError(
+                f"InteractionNetwork: aggregation must be one of {sorted(AGGREGATIONS)}, got {aggregation!r}"
+            )
         self.latent = latent
         self.aggregation = aggregation
         kw = {"hidden_layers": hidden_layers, "cond_features": cond_features, "rngs": rngs}
@@ -237,5 +251,7 @@ class InteractionNetwork(nnx.Module):
         vr = gather_nodes(receiver_nodes, receivers)
         edges = edges + self.edge_mlp(concat_broadcast(edges, vs, vr), cond)
         incoming = AGGREGATIONS[self.aggregation](edges, receivers, receiver_nodes.shape[-2])
-        receiver_nodes = receiver_nodes + self.node_mlp(concat_broadcast(receiver_nodes, incoming), cond)
+        receiver_nodes = receiver_nodes + self.node_mlp(
+            concat_broadcast(receiver_nodes, incoming), cond
+        )
         return edges, receiver_nodes

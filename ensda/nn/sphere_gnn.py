@@ -111,13 +111,19 @@ class SphereGraphNetwork(nnx.Module):
         rngs: nnx.Rngs,
     ):
         if in_features < 1 or out_features < 1:
-            raise ValueError(f"SphereGraphNetwork: in/out features must be >= 1, got {in_features}, {out_features}")
+            raise ValueError(
+                f"SphereGraphNetwork: in/out features must be >= 1, got {in_features}, {out_features}"
+            )
         if not isinstance(graphs, GridMeshGraphs):
-            raise TypeError(f"SphereGraphNetwork: graphs must be a GridMeshGraphs, got {type(graphs).__name__}")
+            raise TypeError(
+                f"SphereGraphNetwork: graphs must be a GridMeshGraphs, got {type(graphs).__name__}"
+            )
         sizes = _feature_sizes(graphs)
         missing = [k for k, n in sizes.items() if n < 1 and k != "grid node"]
         if missing:
-            raise ValueError(f"SphereGraphNetwork: the graphs need at least one feature for: {', '.join(missing)}")
+            raise ValueError(
+                f"SphereGraphNetwork: the graphs need at least one feature for: {', '.join(missing)}"
+            )
         self.in_features = in_features
         self.out_features = out_features
         self.feature_sizes = tuple(sizes.items())
@@ -127,7 +133,14 @@ class SphereGraphNetwork(nnx.Module):
         cond_features = latent if conditional else None
         if conditional:
             self.fourier = FourierEmbedding(config.n_frequencies)
-            self.cond_mlp = MLP(self.fourier.out_features, latent, latent, hidden_layers=hl, layer_norm=False, rngs=rngs)
+            self.cond_mlp = MLP(
+                self.fourier.out_features,
+                latent,
+                latent,
+                hidden_layers=hl,
+                layer_norm=False,
+                rngs=rngs,
+            )
         kw = {"hidden_layers": hl, "cond_features": cond_features, "rngs": rngs}
         # embeddings
         self.grid_embedding = MLP(in_features + sizes["grid node"], latent, latent, **kw)
@@ -141,14 +154,20 @@ class SphereGraphNetwork(nnx.Module):
         self.processor = nnx.List([InteractionNetwork(latent, **kw) for _ in range(config.steps)])
         # mesh -> grid, then the output MLP (no LayerNorm, last Linear zero)
         self.decoder = InteractionNetwork(latent, **kw)
-        self.output = MLP(latent, latent, out_features, hidden_layers=hl, layer_norm=False, rngs=rngs)
+        self.output = MLP(
+            latent, latent, out_features, hidden_layers=hl, layer_norm=False, rngs=rngs
+        )
         last = self.output.layers[-1]
         last.kernel[...] = jnp.zeros_like(last.kernel[...])
         last.bias[...] = jnp.zeros_like(last.bias[...])
 
-    def _check(self, graphs: GridMeshGraphs, nodes: jax.Array, noise_level: jax.Array | None) -> None:
+    def _check(
+        self, graphs: GridMeshGraphs, nodes: jax.Array, noise_level: jax.Array | None
+    ) -> None:
         if not isinstance(graphs, GridMeshGraphs):
-            raise TypeError(f"SphereGraphNetwork: graphs must be a GridMeshGraphs, got {type(graphs).__name__}")
+            raise TypeError(
+                f"SphereGraphNetwork: graphs must be a GridMeshGraphs, got {type(graphs).__name__}"
+            )
         sizes = _feature_sizes(graphs)
         if tuple(sizes.items()) != self.feature_sizes:
             raise ValueError(
@@ -157,7 +176,11 @@ class SphereGraphNetwork(nnx.Module):
         for name in _NAMES:
             g: Graph = getattr(graphs, name)
             n_edges = g.senders.shape[0]
-            if g.senders.shape != (n_edges,) or g.receivers.shape != (n_edges,) or g.edge_features.shape[0] != n_edges:
+            if (
+                g.senders.shape != (n_edges,)
+                or g.receivers.shape != (n_edges,)
+                or g.edge_features.shape[0] != n_edges
+            ):
                 raise ValueError(
                     f"SphereGraphNetwork: graphs.{name} has senders {g.senders.shape}, receivers "
                     f"{g.receivers.shape}, edge_features {g.edge_features.shape}: need (E,), (E,), (E, Fe)"
@@ -178,8 +201,14 @@ class SphereGraphNetwork(nnx.Module):
             ("mesh2grid.receivers", graphs.mesh2grid.receivers, n_grid),
         ):
             # np.asarray first: a jnp reduction is staged (a tracer) under jit even on constants
-            if _is_concrete(index) and index.size and not (0 <= np.asarray(index).min() and np.asarray(index).max() < bound):
-                raise ValueError(f"SphereGraphNetwork: graphs.{name} must lie in [0, {bound}) (the node count)")
+            if (
+                _is_concrete(index)
+                and index.size
+                and not (0 <= np.asarray(index).min() and np.asarray(index).max() < bound)
+            ):
+                raise ValueError(
+                    f"SphereGraphNetwork: graphs.{name} must lie in [0, {bound}) (the node count)"
+                )
         if nodes.ndim < 2 or nodes.shape[-2] != n_grid or nodes.shape[-1] != self.in_features:
             raise ValueError(
                 f"SphereGraphNetwork: nodes must have shape (..., {n_grid}, {self.in_features}) "
@@ -187,7 +216,9 @@ class SphereGraphNetwork(nnx.Module):
             )
         check_noise_level("SphereGraphNetwork", self.conditional, nodes, noise_level)
 
-    def __call__(self, graphs: GridMeshGraphs, nodes: jax.Array, noise_level: jax.Array | None = None) -> jax.Array:
+    def __call__(
+        self, graphs: GridMeshGraphs, nodes: jax.Array, noise_level: jax.Array | None = None
+    ) -> jax.Array:
         """Apply the network: ``nodes (..., n_grid, in)``, ``noise_level (...)`` -> ``(..., n_grid, out)``."""
         self._check(graphs, nodes, noise_level)
         nodes = jnp.asarray(nodes, jnp.float32)

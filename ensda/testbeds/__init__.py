@@ -38,7 +38,9 @@ class TestbedKind(Protocol):
     def forecast_model(self, cfg): ...
     def network(self, cfg, obs): ...  # an observation network from an obs section
     def dense_network(self, cfg, network): ...  # every site / column observed
-    def truth_and_climatology(self, cfg, model, truth_key, clim_key): ...  # (truth, climatology, store start)
+    def truth_and_climatology(
+        self, cfg, model, truth_key, clim_key
+    ): ...  # (truth, climatology, store start)
     def channel_std(self, climatology, model): ...  # (C,) metric scales, or None
     def run_info(self, cfg, osse): ...  # per-channel info of a run (``SphereRun``), or None
 
@@ -48,7 +50,11 @@ KINDS: dict[str, TestbedKind] = {LORENZ96.kind: LORENZ96, SPHERE.kind: SPHERE}
 
 
 def _section_kind(value: Any) -> Any:
-    return value.get("kind", next(iter(KINDS))) if isinstance(value, dict) else getattr(value, "kind", None)
+    return (
+        value.get("kind", next(iter(KINDS)))
+        if isinstance(value, dict)
+        else getattr(value, "kind", None)
+    )
 
 
 def _obs_tag(value: Any) -> str | None:
@@ -58,8 +64,11 @@ def _obs_tag(value: Any) -> str | None:
 #: the ``testbed:`` section: the config model of its ``kind`` (default: the first kind)
 TestbedSection = Annotated[
     Union[tuple(Annotated[k.config, Tag(k.kind)] for k in KINDS.values())],  # noqa: UP007 (built from KINDS)
-    Discriminator(_section_kind, custom_error_type="testbed_kind",
-                  custom_error_message=f"testbed.kind must be {' or '.join(KINDS)}"),
+    Discriminator(
+        _section_kind,
+        custom_error_type="testbed_kind",
+        custom_error_message=f"testbed.kind must be {' or '.join(KINDS)}",
+    ),
 ]
 #: the ``obs:`` section: the network model of a testbed kind, told apart by its keys
 ObsSection = Annotated[
@@ -77,4 +86,13 @@ def get(kind: str) -> TestbedKind:
     return KINDS[kind]
 
 
-__all__ = ["KINDS", "SECTION_TAGS", "Lorenz96", "ObsSection", "RingGrid", "TestbedKind", "TestbedSection", "get"]
+__all__ = [
+    "KINDS",
+    "SECTION_TAGS",
+    "Lorenz96",
+    "ObsSection",
+    "RingGrid",
+    "TestbedKind",
+    "TestbedSection",
+    "get",
+]

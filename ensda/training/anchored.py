@@ -35,8 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ensda import metrics
-from ensda import experiment
+from ensda import experiment, metrics
 from ensda.assimilator import SetupContext
 from ensda.config import ExperimentConfig, validate
 from ensda.diffusion.anchored import (
@@ -56,8 +55,8 @@ from ensda.diffusion.anchored import (
 )
 from ensda.diffusion.checkpoint import testbed_record
 from ensda.diffusion.edm import EDM
-from ensda.training.increment import TrainResult, fit
 from ensda.nn import GNNConfig
+from ensda.training.increment import TrainResult, fit
 
 #: cycles at the start of each training run left out (the filter's spin-up)
 SKIP_CYCLES = 50
@@ -79,8 +78,10 @@ class Examples:
 
     @staticmethod
     def concat(parts: list[Examples]) -> Examples:
-        return Examples(jax.tree.map(lambda *a: np.concatenate(a), *(p.summary for p in parts)),
-                        np.concatenate([p.truth for p in parts]))
+        return Examples(
+            jax.tree.map(lambda *a: np.concatenate(a), *(p.summary for p in parts)),
+            np.concatenate([p.truth for p in parts]),
+        )
 
     def take(self, idx) -> Examples:
         return Examples(jax.tree.map(lambda a: a[idx], self.summary), self.truth[idx])
@@ -109,32 +110,52 @@ def _setup(cfg: ExperimentConfig, src_index: int, round_index: int):
     obs_cfg = src.obs.model_dump(exclude_unset=True)
     for k in ("operator", "r_std"):
         if obs_cfg.setdefault(k, getattr(cfg.obs, k)) != getattr(cfg.obs, k):
-            raise ValueError(f"train.sources[{src_index}].obs.{k} must equal obs.{k} ({getattr(cfg.obs, k)!r}): "
-                             "the anchored model is trained for the experiment's observation operator and error")
-    sub = validate(cfg.model_dump(exclude={"sweep", "train"}) | {"obs": obs_cfg, "cycles": cycles, "burn_in": 0})
+            raise ValueError(
+                f"train.sources[{src_index}].obs.{k} must equal obs.{k} ({getattr(cfg.obs, k)!r}): "
+                "the anchored model is trained for the experiment's observation operator and error"
+            )
+    sub = validate(
+        cfg.model_dump(exclude={"sweep", "train"})
+        | {"obs": obs_cfg, "cycles": cycles, "burn_in": 0}
+    )
     model = experiment.make_forecast_model(sub)
     network = experiment.make_network(sub)
     key = jax.random.key(seed)
     n_runs = t.runs if round_index == 0 else t.round_runs
     run_keys = jax.random.split(key, n_runs)
     truths = jax.vmap(lambda k: model.nature_run(k, cycles))(run_keys)
-    obs_list = [network.observe_run(truths[r, 1:], jax.random.fold_in(run_keys[r], 1)) for r in range(n_runs)]
+    obs_list = [
+        network.observe_run(truths[r, 1:], jax.random.fold_in(run_keys[r], 1))
+        for r in range(n_runs)
+    ]
     obs = jax.tree.map(lambda *a: jnp.stack(a), *obs_list)
-    noise = jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 2), (t.members, truths.shape[-1])))(run_keys)
+    noise = jax.vmap(
+        lambda k: jax.random.normal(jax.random.fold_in(k, 2), (t.members, truths.shape[-1]))
+    )(run_keys)
     x0 = truths[:, :1] + cfg.ensemble.init_std * noise
     ctx = SetupContext(model, network, jnp.zeros((1, truths.shape[-1])), key)
     (lo_f, hi_f), (lo_a, hi_a) = t.anchor_inflation, t.anchor_rtps
     lo_r, hi_r = src.anchor_radius or t.anchor_radius
     u = jax.random.uniform(jax.random.fold_in(key, 3), (3, n_runs))
     base = make_anchor(ctx, hi_r, 1.0, 0.0)
-    anchors = jax.vmap(lambda r, f, a: dataclasses.replace(with_radius(base, r), inflation=f, rtps=a))(
-        lo_r + (hi_r - lo_r) * u[0], lo_f + (hi_f - lo_f) * u[1], lo_a + (hi_a - lo_a) * u[2])
+    anchors = jax.vmap(
+        lambda r, f, a: dataclasses.replace(with_radius(base, r), inflation=f, rtps=a)
+    )(lo_r + (hi_r - lo_r) * u[0], lo_f + (hi_f - lo_f) * u[1], lo_a + (hi_a - lo_a) * u[2])
     distance = site_distances(model.grid)
-    return model, truths, obs, x0, anchors, distance, jax.random.split(jax.random.fold_in(key, 4), n_runs)
+    return (
+        model,
+        truths,
+        obs,
+        x0,
+        anchors,
+        distance,
+        jax.random.split(jax.random.fold_in(key, 4), n_runs),
+    )
 
 
-def cycled_examples(cfg: ExperimentConfig, src_index: int, round_index: int,
-                    method: AnchoredDiffusionDA | None) -> tuple[Examples, RoundScore]:
+def cycled_examples(
+    cfg: ExperimentConfig, src_index: int, round_index: int, method: AnchoredDiffusionDA | None
+) -> tuple[Examples, RoundScore]:
     """Examples of one source network: its ``train.runs`` runs cycled with their anchors
     (``method`` None) or with ``method`` on their anchors; diverged runs are left out."""
     model, truths, obs, x0, anchors, distance, keys = _setup(cfg, src_index, round_index)
@@ -143,34 +164,55 @@ def cycled_examples(cfg: ExperimentConfig, src_index: int, round_index: int,
         if method is None:
             xa = anchor.analyse(xf, y, key)
             return xa, summarise(xf, xa, y, distance)
-        return dataclasses.replace(method, anchor=anchor, distance=distance).analyse_with_summary(xf, y, key)
+        return dataclasses.replace(method, anchor=anchor, distance=distance).analyse_with_summary(
+            xf, y, key
+        )
 
     def one(anchor, truth, obs, x0, key):
         def body(x, inputs):
             k, y, t = inputs
             xa, summary = step(anchor, model.cycle_forecast(x), y, jax.random.fold_in(key, k))
             w = jnp.ones_like(t)
-            score = (metrics.ensemble_mean_mse(xa, t, w), metrics.squared_spread(xa, w),
-                     metrics.crps(xa, t, w, estimator="fair"))
+            score = (
+                metrics.ensemble_mean_mse(xa, t, w),
+                metrics.squared_spread(xa, w),
+                metrics.crps(xa, t, w, estimator="fair"),
+            )
             return xa, (summary, score)
 
         ks = 1 + jnp.arange(truth.shape[0] - 1)
         return jax.lax.scan(body, x0, (ks, obs, truth[1:]))[1]
 
     summary, (mse, spread2, crps) = jax.jit(jax.vmap(one))(anchors, truths, obs, x0, keys)
-    keep = kept_cycles(np.isfinite(np.asarray(summary.spread_a)).all(-1) & np.isfinite(np.asarray(crps)))
+    keep = kept_cycles(
+        np.isfinite(np.asarray(summary.spread_a)).all(-1) & np.isfinite(np.asarray(crps))
+    )
     score_keep = keep.copy()
     if cfg.train.max_anchor_rmse is not None and method is None:
-        anchor_rmse = np.sqrt(np.mean((np.asarray(summary.mean_a) - np.asarray(truths[:, 1:])) ** 2, axis=-1))
+        anchor_rmse = np.sqrt(
+            np.mean((np.asarray(summary.mean_a) - np.asarray(truths[:, 1:])) ** 2, axis=-1)
+        )
         keep &= ~(anchor_rmse > cfg.train.max_anchor_rmse)
     if not keep.any():
-        raise FloatingPointError(f"every training run of train.sources[{src_index}] diverged before cycle "
-                                 f"{SKIP_CYCLES + DIVERGENCE_MARGIN} (round {round_index})")
-    mse, spread2 = np.asarray(mse, np.float64)[score_keep], np.asarray(spread2, np.float64)[score_keep]
-    score = RoundScore(round_index, float(np.asarray(crps)[score_keep].mean()), float(np.sqrt(mse).mean()),
-                       float(metrics.spread_skill_ratio(spread2.mean(), mse.mean(), cfg.train.members)),
-                       int(score_keep[:, -1].sum()), keep.shape[0])
-    return Examples(jax.tree.map(lambda a: np.asarray(a)[keep], summary), np.asarray(truths[:, 1:])[keep]), score
+        raise FloatingPointError(
+            f"every training run of train.sources[{src_index}] diverged before cycle "
+            f"{SKIP_CYCLES + DIVERGENCE_MARGIN} (round {round_index})"
+        )
+    mse, spread2 = (
+        np.asarray(mse, np.float64)[score_keep],
+        np.asarray(spread2, np.float64)[score_keep],
+    )
+    score = RoundScore(
+        round_index,
+        float(np.asarray(crps)[score_keep].mean()),
+        float(np.sqrt(mse).mean()),
+        float(metrics.spread_skill_ratio(spread2.mean(), mse.mean(), cfg.train.members)),
+        int(score_keep[:, -1].sum()),
+        keep.shape[0],
+    )
+    return Examples(
+        jax.tree.map(lambda a: np.asarray(a)[keep], summary), np.asarray(truths[:, 1:])[keep]
+    ), score
 
 
 def kept_cycles(finite: np.ndarray) -> np.ndarray:
@@ -178,7 +220,9 @@ def kept_cycles(finite: np.ndarray) -> np.ndarray:
     (spin-up) and, in a run that diverged, before ``DIVERGENCE_MARGIN`` cycles ahead of its first
     non-finite cycle (a filter that has lost track is an example; the blow-up is not)."""
     k = np.arange(finite.shape[1])
-    first_bad = np.where(finite.all(1), finite.shape[1] + DIVERGENCE_MARGIN, np.argmin(finite, axis=1))
+    first_bad = np.where(
+        finite.all(1), finite.shape[1] + DIVERGENCE_MARGIN, np.argmin(finite, axis=1)
+    )
     return (k[None, :] >= SKIP_CYCLES) & (k[None, :] < first_bad[:, None] - DIVERGENCE_MARGIN)
 
 
@@ -187,15 +231,30 @@ def _arrays(norm: AnchorNormalisation, ex: Examples) -> tuple[jax.Array, jax.Arr
     return features(norm, s), target(norm, s, jnp.asarray(ex.truth))
 
 
-def train_anchored(cfg: ExperimentConfig, progress: Callable[[int, float, float], None] | None = None,
-                   report: Callable[[str], None] = lambda _: None,
-                   log: Callable[[int, dict], None] | None = None) -> TrainResult:
+def train_anchored(
+    cfg: ExperimentConfig,
+    progress: Callable[[int, float, float], None] | None = None,
+    report: Callable[[str], None] = lambda _: None,
+    log: Callable[[int, dict], None] | None = None,
+) -> TrainResult:
     """Make the data, train the anchored denoiser over ``1 + train.rounds`` rounds and save it."""
     t = cfg.train
-    spec = AnchoredSpec(cfg.testbed.n, GNNConfig(latent=t.latent, steps=t.message_steps, hidden_layers=t.hidden_layers,
-                                                 n_frequencies=t.frequencies),
-                        EDM(sigma_data=1.0, sigma_min=t.sigma_min, sigma_max=t.sigma_max, p_mean=t.p_mean,
-                            p_std=t.p_std))
+    spec = AnchoredSpec(
+        cfg.testbed.n,
+        GNNConfig(
+            latent=t.latent,
+            steps=t.message_steps,
+            hidden_layers=t.hidden_layers,
+            n_frequencies=t.frequencies,
+        ),
+        EDM(
+            sigma_data=1.0,
+            sigma_min=t.sigma_min,
+            sigma_max=t.sigma_max,
+            p_mean=t.p_mean,
+            p_std=t.p_std,
+        ),
+    )
     graph = spec.graph()
     graphdef, params = nnx.split(spec.build(t.seed))
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
@@ -216,16 +275,28 @@ def train_anchored(cfg: ExperimentConfig, progress: Callable[[int, float, float]
         t0 = time.perf_counter()
         for i, src in enumerate(t.sources):
             ex, score = cycled_examples(cfg, i, rnd, method)
-            if rnd > 0:  # oversampled to a ROUND_SHARE of the round-0 examples, or it would not count
-                ex = ex.take(np.resize(np.arange(len(ex)), max(len(ex), int(ROUND_SHARE * n_first))))
+            if (
+                rnd > 0
+            ):  # oversampled to a ROUND_SHARE of the round-0 examples, or it would not count
+                ex = ex.take(
+                    np.resize(np.arange(len(ex)), max(len(ex), int(ROUND_SHARE * n_first)))
+                )
             parts.append(ex)
             scores.append(score)
             what = "LETKF anchor" if method is None else "ens-diffusion"
-            report(f"round {rnd}, source {i} ({what}, {score.runs_kept}/{score.runs} runs finite): "
-                   f"{len(ex)} examples; cycled crps_a {score.crps_a:.4f}, rmse_a {score.rmse_a:.4f}, "
-                   f"ssr_a {score.ssr_a:.3f}")
+            report(
+                f"round {rnd}, source {i} ({what}, {score.runs_kept}/{score.runs} runs finite): "
+                f"{len(ex)} examples; cycled crps_a {score.crps_a:.4f}, rmse_a {score.rmse_a:.4f}, "
+                f"ssr_a {score.ssr_a:.3f}"
+            )
             if log is not None:
-                log(rnd, {f"train/round_crps_a.src{i}": score.crps_a, f"train/round_ssr_a.src{i}": score.ssr_a})
+                log(
+                    rnd,
+                    {
+                        f"train/round_crps_a.src{i}": score.crps_a,
+                        f"train/round_ssr_a.src{i}": score.ssr_a,
+                    },
+                )
         data = Examples.concat(parts)
         n_first = n_first or len(data)
         data_s += time.perf_counter() - t0
@@ -236,28 +307,72 @@ def train_anchored(cfg: ExperimentConfig, progress: Callable[[int, float, float]
             data = parts[0]
             norm = AnchorNormalisation.fit(data.summary, data.truth) if norm is None else norm
             valid = _arrays(norm, valid_ex)
-            report(f"{len(data)} training and {n_valid} validation examples; residual std u = "
-                   f"{float(norm.residual_std):.4f}")
+            report(
+                f"{len(data)} training and {n_valid} validation examples; residual std u = "
+                f"{float(norm.residual_std):.4f}"
+            )
         n_steps = t.steps if rnd == 0 else t.round_steps
         if rnd == 0 and t.init is not None:
             n_steps = 0
         if n_steps:
-            fitted = fit(loss_of, params, _arrays(norm, data), valid, t, n_steps, progress, log,
-                         first_step=steps[-1] if steps else 0, seed_offset=100 * rnd)
+            fitted = fit(
+                loss_of,
+                params,
+                _arrays(norm, data),
+                valid,
+                t,
+                n_steps,
+                progress,
+                log,
+                first_step=steps[-1] if steps else 0,
+                seed_offset=100 * rnd,
+            )
             params = fitted.ema
             train_s += fitted.train_s
             steps += fitted.steps
             losses += fitted.loss
             val_losses += fitted.val_loss
         if rnd < t.rounds:  # the next round cycles this model
-            method = AnchoredDiffusionDA(params=params, graph=graph, norm=norm, anchor=None, distance=None,
-                                         graphdef=graphdef, edm=spec.edm, sampler=t.round_sampler,
-                                         steps=t.round_sampler_steps)
+            method = AnchoredDiffusionDA(
+                params=params,
+                graph=graph,
+                norm=norm,
+                anchor=None,
+                distance=None,
+                graphdef=graphdef,
+                edm=spec.edm,
+                sampler=t.round_sampler,
+                steps=t.round_sampler_steps,
+            )
 
-    summary = {"steps": int(steps[-1]), "final_loss": losses[-1], "final_val_loss": val_losses[-1],
-               "n_train": len(data), "n_params": n_params, "data_s": data_s, "train_s": train_s,
-               "rounds": [dataclasses.asdict(s) for s in scores]}
+    summary = {
+        "steps": int(steps[-1]),
+        "final_loss": losses[-1],
+        "final_val_loss": val_losses[-1],
+        "n_train": len(data),
+        "n_params": n_params,
+        "data_s": data_s,
+        "train_s": train_s,
+        "rounds": [dataclasses.asdict(s) for s in scores],
+    }
     obs = {"operator": cfg.obs.operator, "r_std": float(cfg.obs.r_std)}
-    save(Path(t.checkpoint), params, spec, norm, testbed_record(cfg.testbed), obs, cfg.model_dump(mode="json"), summary)
-    return TrainResult(Path(t.checkpoint), np.asarray(steps), np.asarray(losses), np.asarray(val_losses), len(data),
-                       n_params, data_s, train_s)
+    save(
+        Path(t.checkpoint),
+        params,
+        spec,
+        norm,
+        testbed_record(cfg.testbed),
+        obs,
+        cfg.model_dump(mode="json"),
+        summary,
+    )
+    return TrainResult(
+        Path(t.checkpoint),
+        np.asarray(steps),
+        np.asarray(losses),
+        np.asarray(val_losses),
+        len(data),
+        n_params,
+        data_s,
+        train_s,
+    )

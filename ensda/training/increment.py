@@ -50,8 +50,8 @@ from ensda.diffusion.model import (
     network_fn,
 )
 from ensda.nn import GNNConfig
-from ensda.testbeds.sphere.observe import GLOBAL_R_STD
 from ensda.testbeds.sphere.grid import LatLonGrid
+from ensda.testbeds.sphere.observe import GLOBAL_R_STD
 from ensda.testbeds.sphere.store import open_store
 from ensda.testbeds.sphere.testbed import FlatGrid, channels_of
 
@@ -65,17 +65,35 @@ def on_sphere(cfg: ExperimentConfig) -> bool:
 
 def model_spec(cfg: ExperimentConfig) -> ModelSpec:
     t = cfg.train
-    gnn = GNNConfig(latent=t.latent, steps=t.message_steps, hidden_layers=t.hidden_layers, n_frequencies=t.frequencies)
-    edm = EDM(sigma_data=1.0, sigma_min=t.sigma_min, sigma_max=t.sigma_max, p_mean=t.p_mean, p_std=t.p_std)
+    gnn = GNNConfig(
+        latent=t.latent,
+        steps=t.message_steps,
+        hidden_layers=t.hidden_layers,
+        n_frequencies=t.frequencies,
+    )
+    edm = EDM(
+        sigma_data=1.0, sigma_min=t.sigma_min, sigma_max=t.sigma_max, p_mean=t.p_mean, p_std=t.p_std
+    )
     if not on_sphere(cfg):
-        return ModelSpec(n=cfg.testbed.n, gnn=gnn, edm=edm, obs_r_std=(cfg.obs.r_std,), elementwise=t.elementwise,
-                         elementwise_observed_only=t.elementwise_observed_only)
+        return ModelSpec(
+            n=cfg.testbed.n,
+            gnn=gnn,
+            edm=edm,
+            obs_r_std=(cfg.obs.r_std,),
+            elementwise=t.elementwise,
+            elementwise_observed_only=t.elementwise_observed_only,
+        )
     channels, grid = channels_of(cfg.testbed), cfg.testbed.grid
     r_std = dict(GLOBAL_R_STD) | cfg.obs.r_std
-    return ModelSpec(n=channels.n * grid.n_lon * grid.n_lat, gnn=gnn, edm=edm,
-                     obs_r_std=tuple(float(r_std[channels.variable(c)]) for c in range(channels.n)),
-                     sphere=SphereMesh(grid.n_lon, grid.n_lat, t.refinement), elementwise=t.elementwise,
-                     elementwise_observed_only=t.elementwise_observed_only)
+    return ModelSpec(
+        n=channels.n * grid.n_lon * grid.n_lat,
+        gnn=gnn,
+        edm=edm,
+        obs_r_std=tuple(float(r_std[channels.variable(c)]) for c in range(channels.n)),
+        sphere=SphereMesh(grid.n_lon, grid.n_lat, t.refinement),
+        elementwise=t.elementwise,
+        elementwise_observed_only=t.elementwise_observed_only,
+    )
 
 
 # ---------------------------------------------------------------------------- data
@@ -95,30 +113,47 @@ def make_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: 
         report(f"perturbed truths: {t.perturbed_samples} examples")
         testbed = experiment.make_testbed(cfg)
         truth = testbed.nature_run(jax.random.key(t.seed), t.perturbed_samples)
-        parts.append(perturbed_truth_pairs(testbed, truth, jax.random.key(t.seed + 1), t.members, t.error_min, t.error_max))
+        parts.append(
+            perturbed_truth_pairs(
+                testbed, truth, jax.random.key(t.seed + 1), t.members, t.error_min, t.error_max
+            )
+        )
     base = cfg.model_dump(exclude={"sweep", "train"})
     truth_window = _sphere_truth_cycles(cfg) if on_sphere(cfg) and t.sources else None
     for i, src in enumerate(t.sources):
         report(f"cycled {src.method} on {_describe(src.obs.model_dump())}: {src.cycles} cycles")
         seed = t.seed + 10 * (i + 1)
         data = base | {
-            "obs": src.obs.model_dump(), "cycles": src.cycles, "burn_in": 0,
+            "obs": src.obs.model_dump(),
+            "cycles": src.cycles,
+            "burn_in": 0,
             "ensemble": base["ensemble"] | {"size": t.members},
-            "seeds": {"truth": seed, "obs": seed + 1, "ensemble": seed + 2, "assimilator": seed + 3},
-            "method": src.method, "assimilator": {}, "methods": {src.method: src.settings},
+            "seeds": {
+                "truth": seed,
+                "obs": seed + 1,
+                "ensemble": seed + 2,
+                "assimilator": seed + 3,
+            },
+            "method": src.method,
+            "assimilator": {},
+            "methods": {src.method: src.settings},
             "lead_time": base["lead_time"] | {"enabled": False},
         }
         if truth_window is not None:
             first, n_cycles = truth_window
             if src.cycles > n_cycles:
-                raise ValueError(f"train.sources[{i}].cycles is {src.cycles}; the training truths "
-                                 f"(train.store_times) hold {n_cycles} cycles")
+                raise ValueError(
+                    f"train.sources[{i}].cycles is {src.cycles}; the training truths "
+                    f"(train.store_times) hold {n_cycles} cycles"
+                )
             data["testbed"] = base["testbed"] | {"truth_start": first}
         sub = validate(data)
         osse = experiment.make_osse(sub)
         assim = experiment.build_assimilator(sub, osse, src.method)
         x0 = experiment.initial_ensemble(sub, osse, t.members)
-        pairs = cycled_pairs(osse.forecast_model, assim, osse.truth, osse.obs, x0, jax.random.key(seed + 3))
+        pairs = cycled_pairs(
+            osse.forecast_model, assim, osse.truth, osse.obs, x0, jax.random.key(seed + 3)
+        )
         skip = min(100, len(pairs) // 10)  # the spin-up of the cycled filter
         parts.append(Pairs(pairs.mean[skip:], pairs.spread[skip:], pairs.truth[skip:]))
     return Pairs.concat(parts)
@@ -138,7 +173,7 @@ def _sphere_truth_cycles(cfg: ExperimentConfig, model=None) -> tuple[int, int]:
     """The first store time of the sphere training truths and the cycles they span."""
     model = experiment.make_forecast_model(cfg) if model is None else model
     first, stop = store_window(cfg)
-    return first, (stop - 1 - first) // model.testbed._stride
+    return first, (stop - 1 - first) // model.testbed.stride
 
 
 def sphere_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: None) -> Pairs:
@@ -153,10 +188,19 @@ def sphere_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _
     states = tb.truth(first, n_cycles).reshape(n_cycles + 1, -1)
     key = jax.random.key(t.seed)
     starts = jax.random.randint(jax.random.fold_in(key, 0), (t.perturbed_samples,), 0, n_cycles)
-    report(f"perturbed truths: {t.perturbed_samples} examples, {t.members} members, "
-           f"{'emulator' if tb.emulator is not None else 'dycore'} forecasts")
-    return anomaly_perturbed_pairs(model.cycle_forecast, states, starts, jax.random.fold_in(key, 1), t.members,
-                                   t.error_min, t.error_max)
+    report(
+        f"perturbed truths: {t.perturbed_samples} examples, {t.members} members, "
+        f"{'emulator' if tb.emulator is not None else 'dycore'} forecasts"
+    )
+    return anomaly_perturbed_pairs(
+        model.cycle_forecast,
+        states,
+        starts,
+        jax.random.fold_in(key, 1),
+        t.members,
+        t.error_min,
+        t.error_max,
+    )
 
 
 def _describe(obs: dict) -> str:
@@ -170,7 +214,9 @@ def _describe(obs: dict) -> str:
 def random_networks(key: jax.Array, batch: int, n: int, t: TrainConfig) -> jax.Array:
     """Observation masks ``(batch, n)`` of random networks (see the module docstring)."""
     k_kind, k_every, k_phase, k_density, k_sites, k_drop = jax.random.split(key, 6)
-    every = jnp.asarray(t.every_choices)[jax.random.randint(k_every, (batch,), 0, len(t.every_choices))]
+    every = jnp.asarray(t.every_choices)[
+        jax.random.randint(k_every, (batch,), 0, len(t.every_choices))
+    ]
     phase = jax.random.randint(k_phase, (batch,), 0, 1 << 20) % every
     sites = jnp.arange(n)
     regular = ((sites[None, :] - phase[:, None]) % every[:, None]) == 0
@@ -181,12 +227,16 @@ def random_networks(key: jax.Array, batch: int, n: int, t: TrainConfig) -> jax.A
     return (jnp.where(use_regular, regular, scattered) & keep).astype(jnp.float32)
 
 
-def random_columns(key: jax.Array, batch: int, n_columns: int, n_channels: int, t: TrainConfig) -> jax.Array:
+def random_columns(
+    key: jax.Array, batch: int, n_columns: int, n_channels: int, t: TrainConfig
+) -> jax.Array:
     """Observation masks ``(batch, n_channels · n_columns)`` of random column networks (the
     sphere): a density log-uniform in [density_min, density_max], every channel of an
     observed column observed; no observations with probability ``p_uncond``."""
     k_density, k_cols, k_drop = jax.random.split(key, 3)
-    log_d = jax.random.uniform(k_density, (batch, 1), minval=jnp.log(t.density_min), maxval=jnp.log(t.density_max))
+    log_d = jax.random.uniform(
+        k_density, (batch, 1), minval=jnp.log(t.density_min), maxval=jnp.log(t.density_max)
+    )
     cols = jax.random.uniform(k_cols, (batch, n_columns)) < jnp.exp(log_d)
     keep = jax.random.uniform(k_drop, (batch, 1)) >= t.p_uncond
     return jnp.tile(cols & keep, (1, n_channels)).astype(jnp.float32)
@@ -209,7 +259,9 @@ def loss_weights(cfg: ExperimentConfig) -> jax.Array | None:
     if not on_sphere(cfg):
         return None
     channels, grid = channels_of(cfg.testbed), cfg.testbed.grid
-    w_var = np.asarray([cfg.train.variable_weights.get(channels.variable(c), 1.0) for c in range(channels.n)])
+    w_var = np.asarray(
+        [cfg.train.variable_weights.get(channels.variable(c), 1.0) for c in range(channels.n)]
+    )
     cos = FlatGrid(LatLonGrid(grid.n_lon, grid.n_lat), channels.n).weights
     return jnp.repeat(jnp.asarray(w_var / w_var.mean(), jnp.float32), grid.n_lon * grid.n_lat) * cos
 
@@ -225,12 +277,18 @@ def normalisation_groups(cfg: ExperimentConfig) -> np.ndarray | None:
 # ---------------------------------------------------------------------------- training
 
 
-def optimiser(t: TrainConfig, n_steps: int | None = None) -> tuple[optax.Schedule, optax.GradientTransformation]:
+def optimiser(
+    t: TrainConfig, n_steps: int | None = None
+) -> tuple[optax.Schedule, optax.GradientTransformation]:
     """The learning-rate schedule (linear warm-up, cosine decay over ``n_steps``, default
     ``t.steps``) and AdamW with clipping."""
     n_steps = t.steps if n_steps is None else n_steps
-    schedule = optax.warmup_cosine_decay_schedule(0.0, t.lr, min(t.warmup, n_steps - 1), n_steps, end_value=0.01 * t.lr)
-    return schedule, optax.chain(optax.clip_by_global_norm(t.clip), optax.adamw(schedule, weight_decay=t.weight_decay))
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, t.lr, min(t.warmup, n_steps - 1), n_steps, end_value=0.01 * t.lr
+    )
+    return schedule, optax.chain(
+        optax.clip_by_global_norm(t.clip), optax.adamw(schedule, weight_decay=t.weight_decay)
+    )
 
 
 def training_arrays(pairs: Pairs, norm: Normalisation) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -241,8 +299,15 @@ def training_arrays(pairs: Pairs, norm: Normalisation) -> tuple[jax.Array, jax.A
     return jnp.asarray(pairs.mean), jnp.asarray(pairs.spread), jnp.asarray(z, jnp.float32)
 
 
-def training_loss(spec: ModelSpec, graph, graphdef, rest, norm: Normalisation, t: TrainConfig,
-                  weights: jax.Array | None):
+def training_loss(
+    spec: ModelSpec,
+    graph,
+    graphdef,
+    rest,
+    norm: Normalisation,
+    t: TrainConfig,
+    weights: jax.Array | None,
+):
     """``loss_of(params, key, mean, spread, z)``: the EDM loss of the denoiser
     ``nnx.merge(graphdef, params, rest)`` on a batch with random networks and observation
     noise (``batch_condition``)."""
@@ -277,8 +342,16 @@ def update_step(loss_of, t: TrainConfig, tx: optax.GradientTransformation):
     return step
 
 
-def training_step(spec: ModelSpec, graph, graphdef, rest, norm: Normalisation, t: TrainConfig,
-                  tx: optax.GradientTransformation, weights: jax.Array | None):
+def training_step(
+    spec: ModelSpec,
+    graph,
+    graphdef,
+    rest,
+    norm: Normalisation,
+    t: TrainConfig,
+    tx: optax.GradientTransformation,
+    weights: jax.Array | None,
+):
     """``(loss_of, step)`` of the increment denoiser: ``training_loss`` and its ``update_step``."""
     loss_of = training_loss(spec, graph, graphdef, rest, norm, t, weights)
     return loss_of, update_step(loss_of, t, tx)
@@ -293,9 +366,18 @@ class Fitted:
     train_s: float
 
 
-def fit(loss_of, params, data: tuple, valid: tuple, t: TrainConfig, n_steps: int,
-        progress: Callable[[int, float, float], None] | None = None, log: Callable[[int, dict], None] | None = None,
-        first_step: int = 0, seed_offset: int = 0) -> Fitted:
+def fit(
+    loss_of,
+    params,
+    data: tuple,
+    valid: tuple,
+    t: TrainConfig,
+    n_steps: int,
+    progress: Callable[[int, float, float], None] | None = None,
+    log: Callable[[int, dict], None] | None = None,
+    first_step: int = 0,
+    seed_offset: int = 0,
+) -> Fitted:
     """Minimise ``loss_of(params, key, *batch)`` over ``data`` for ``n_steps`` steps (AdamW with
     the schedule of ``optimiser``, EMA of the weights), in jitted ``lax.scan`` chunks of
     ``t.log_every`` steps; after each chunk the validation loss of the EMA weights on ``valid``
@@ -309,8 +391,9 @@ def fit(loss_of, params, data: tuple, valid: tuple, t: TrainConfig, n_steps: int
     @jax.jit
     def chunk(params, opt_state, ema, start, key):
         steps = start + jnp.arange(t.log_every)
-        (params, opt_state, ema), losses = jax.lax.scan(lambda carry, step: train_step(carry, step, key, data),
-                                                        (params, opt_state, ema), steps)
+        (params, opt_state, ema), losses = jax.lax.scan(
+            lambda carry, step: train_step(carry, step, key, data), (params, opt_state, ema), steps
+        )
         return params, opt_state, ema, losses.mean()
 
     val_key = jax.random.key(t.seed + 3 + seed_offset)
@@ -324,15 +407,20 @@ def fit(loss_of, params, data: tuple, valid: tuple, t: TrainConfig, n_steps: int
         done += t.log_every
         loss, val = float(loss), float(validation(ema))
         if not np.isfinite(loss):
-            raise FloatingPointError(f"training loss became non-finite near step {first_step + done}; "
-                                     "lower train.lr or raise train.clip")
+            raise FloatingPointError(
+                f"training loss became non-finite near step {first_step + done}; "
+                "lower train.lr or raise train.clip"
+            )
         steps.append(first_step + min(done, n_steps))
         losses.append(loss)
         val_losses.append(val)
         if progress is not None:
             progress(steps[-1], loss, val)
         if log is not None:
-            log(steps[-1], {"train/loss": loss, "train/val_loss": val, "train/lr": float(schedule(done))})
+            log(
+                steps[-1],
+                {"train/loss": loss, "train/val_loss": val, "train/lr": float(schedule(done))},
+            )
     return Fitted(ema, steps, losses, val_losses, time.perf_counter() - t1)
 
 
@@ -367,10 +455,18 @@ def train_increment(
     data_s = time.perf_counter() - t0
     if not np.isfinite(pairs.mean).all():
         raise FloatingPointError("non-finite training backgrounds")
-    train_pairs, valid_pairs = pairs.split(min(t.validation, len(pairs) // 5), jax.random.key(t.seed + 2))
-    norm = Normalisation.fit(train_pairs, normalisation_groups(cfg), spread_scaled=t.target_scale == "spread",
-                             debias=t.debias)
-    report(f"{len(train_pairs)} training and {len(valid_pairs)} validation examples; increment std {float(norm.increment_std.mean()):.3f}")
+    train_pairs, valid_pairs = pairs.split(
+        min(t.validation, len(pairs) // 5), jax.random.key(t.seed + 2)
+    )
+    norm = Normalisation.fit(
+        train_pairs,
+        normalisation_groups(cfg),
+        spread_scaled=t.target_scale == "spread",
+        debias=t.debias,
+    )
+    report(
+        f"{len(train_pairs)} training and {len(valid_pairs)} validation examples; increment std {float(norm.increment_std.mean()):.3f}"
+    )
 
     spec = model_spec(cfg)
     graph = spec.graph()
@@ -383,17 +479,42 @@ def train_increment(
     valid = training_arrays(valid_pairs, norm)
     loss_of = training_loss(spec, graph, graphdef, rest, norm, t, weights)
     fitted = fit(loss_of, params, data, valid, t, t.steps, progress, log)
-    ema, steps, losses, val_losses, train_s = fitted.ema, fitted.steps, fitted.loss, fitted.val_loss, fitted.train_s
+    ema, steps, losses, val_losses, train_s = (
+        fitted.ema,
+        fitted.steps,
+        fitted.loss,
+        fitted.val_loss,
+        fitted.train_s,
+    )
 
     result = TrainResult(
-        Path(t.checkpoint), np.asarray(steps), np.asarray(losses), np.asarray(val_losses),
-        len(train_pairs), n_params, data_s, train_s,
+        Path(t.checkpoint),
+        np.asarray(steps),
+        np.asarray(losses),
+        np.asarray(val_losses),
+        len(train_pairs),
+        n_params,
+        data_s,
+        train_s,
     )
     summary = {
-        "steps": int(steps[-1]), "final_loss": losses[-1], "final_val_loss": val_losses[-1],
-        "n_train": len(train_pairs), "n_params": n_params, "data_s": data_s, "train_s": train_s,
+        "steps": int(steps[-1]),
+        "final_loss": losses[-1],
+        "final_val_loss": val_losses[-1],
+        "n_train": len(train_pairs),
+        "n_params": n_params,
+        "data_s": data_s,
+        "train_s": train_s,
     }
     if on_sphere(cfg):  # the store times the training truths came from
         summary["store_times"] = list(store_window(cfg))
-    save_checkpoint(Path(t.checkpoint), ema, spec, norm, testbed_record(cfg.testbed), cfg.model_dump(mode="json"), summary)
+    save_checkpoint(
+        Path(t.checkpoint),
+        ema,
+        spec,
+        norm,
+        testbed_record(cfg.testbed),
+        cfg.model_dump(mode="json"),
+        summary,
+    )
     return result

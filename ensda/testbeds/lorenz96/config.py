@@ -32,9 +32,19 @@ class ObsConfig(Strict):
 
     @pydantic.model_validator(mode="after")
     def _one_network(self):
-        chosen = [n for n, on in (("every", self.every != 1), ("density", self.density is not None), ("sites", self.sites is not None)) if on]
+        chosen = [
+            n
+            for n, on in (
+                ("every", self.every != 1),
+                ("density", self.density is not None),
+                ("sites", self.sites is not None),
+            )
+            if on
+        ]
         if len(chosen) > 1:
-            raise ValueError(f"give only one of obs.every, obs.density, obs.sites (got {', '.join(chosen)})")
+            raise ValueError(
+                f"give only one of obs.every, obs.density, obs.sites (got {', '.join(chosen)})"
+            )
         if self.redraw and self.density is None:
             raise ValueError("obs.redraw needs obs.density (only random networks are redrawn)")
         return self

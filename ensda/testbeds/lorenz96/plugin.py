@@ -45,7 +45,9 @@ class Lorenz96Kind:
     def check(self, cfg) -> None:
         """Cross-section checks of an experiment on this testbed (``ValueError`` naming the key)."""
         if not isinstance(cfg.obs, ObsConfig):
-            raise ValueError(f"obs.kind: global networks ({cfg.obs.kind}) need testbed.kind: sphere")
+            raise ValueError(
+                f"obs.kind: global networks ({cfg.obs.kind}) need testbed.kind: sphere"
+            )
 
     def check_source_obs(self, cfg, obs, where: str) -> None:
         """A training source's network (``train.sources[i].obs``) fits this testbed."""
@@ -67,7 +69,13 @@ class Lorenz96Kind:
 
     def model(self, cfg) -> Lorenz96:
         t = cfg.testbed
-        return Lorenz96(n=t.n, forcing=t.forcing, dt=t.dt, steps_per_cycle=t.steps_per_cycle, spinup_steps=t.spinup_steps)
+        return Lorenz96(
+            n=t.n,
+            forcing=t.forcing,
+            dt=t.dt,
+            steps_per_cycle=t.steps_per_cycle,
+            spinup_steps=t.spinup_steps,
+        )
 
     def forecast_model(self, cfg) -> Lorenz96:
         """The nature-run model with the ``forecast_model`` values that are set."""
@@ -75,15 +83,25 @@ class Lorenz96Kind:
         return dataclasses.replace(self.model(cfg), **changes)
 
     def network(self, cfg, obs: ObsConfig) -> ObsNetwork:
-        return ObsNetwork(n_state=cfg.testbed.n, every=obs.every, density=obs.density,
-                          sites=tuple(obs.sites) if obs.sites is not None else None,
-                          redraw=obs.redraw, r_std=obs.r_std, operator=obs.operator)
+        return ObsNetwork(
+            n_state=cfg.testbed.n,
+            every=obs.every,
+            density=obs.density,
+            sites=tuple(obs.sites) if obs.sites is not None else None,
+            redraw=obs.redraw,
+            r_std=obs.r_std,
+            operator=obs.operator,
+        )
 
     def dense_network(self, cfg, network: ObsNetwork) -> ObsNetwork:
         """Every site observed, with the network's error std and operator."""
-        return ObsNetwork(n_state=cfg.testbed.n, every=1, r_std=network.r_std, operator=network.operator)
+        return ObsNetwork(
+            n_state=cfg.testbed.n, every=1, r_std=network.r_std, operator=network.operator
+        )
 
-    def truth_and_climatology(self, cfg, model: Lorenz96, truth_key, clim_key) -> tuple[jax.Array, jax.Array, None]:
+    def truth_and_climatology(
+        self, cfg, model: Lorenz96, truth_key, clim_key
+    ) -> tuple[jax.Array, jax.Array, None]:
         """A nature run of ``cycles`` cycles and independent attractor samples (no store start)."""
         truth = model.nature_run(truth_key, cfg.cycles)
         return truth, model.climatology_samples(clim_key, cfg.testbed.climatology_samples), None

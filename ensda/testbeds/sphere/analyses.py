@@ -79,13 +79,22 @@ def start(path: str | Path, info: dict) -> None:
     path = Path(path)
     if path.exists():
         if not is_analysis_store(path):
-            raise ValueError(f"{path} exists and is not an analysis store written by ensda: not overwriting it")
+            raise ValueError(
+                f"{path} exists and is not an analysis store written by ensda: not overwriting it"
+            )
         shutil.rmtree(path)
     zarr.open_group(str(path), mode="w").attrs[ATTR] = json.dumps(info, default=str)
 
 
-def write(path: str | Path, states, times, channels: Channels, grid: LatLonGrid, info: dict | None = None,
-          time_chunk: int = 1) -> None:
+def write(
+    path: str | Path,
+    states,
+    times,
+    channels: Channels,
+    grid: LatLonGrid,
+    info: dict | None = None,
+    time_chunk: int = 1,
+) -> None:
     """Append ensembles ``states`` — flat ``(time, member, n_state)`` or ``(time, member, n, lat,
     lon)`` — valid at ``times`` to the store (created on the first call; ``info`` is stored as
     the ``ensda_analyses`` attribute when it is created). Times must come after those written."""
@@ -95,14 +104,18 @@ def write(path: str | Path, states, times, channels: Channels, grid: LatLonGrid,
     if states.ndim == 3:
         states = states.reshape(states.shape[:2] + shape)
     if states.ndim != 5 or states.shape[2:] != shape or states.shape[0] != times.shape[0]:
-        raise ValueError(f"expected ensembles (time={times.shape[0]}, member, {channels.n * grid.n}) or "
-                         f"(time, member, {', '.join(map(str, shape))}), got {states.shape}")
+        raise ValueError(
+            f"expected ensembles (time={times.shape[0]}, member, {channels.n * grid.n}) or "
+            f"(time, member, {', '.join(map(str, shape))}), got {states.shape}"
+        )
     done = n_written(path)
     if done:
         last = zstore.open_store(path)["time"].values[-1]
         if not (times > last).all() or (np.diff(times) <= np.timedelta64(0)).any():
-            raise ValueError(f"{path}: times must increase after the last written {str(last)[:19]}, "
-                             f"got {str(times[0])[:19]} .. {str(times[-1])[:19]}")
+            raise ValueError(
+                f"{path}: times must increase after the last written {str(last)[:19]}, "
+                f"got {str(times[0])[:19]} .. {str(times[-1])[:19]}"
+            )
     import zarr
 
     if not Path(path, "zarr.json").exists():
@@ -110,13 +123,21 @@ def write(path: str | Path, states, times, channels: Channels, grid: LatLonGrid,
     # xarray replaces the group's attributes at each write: pass on those there (``start``'s)
     attrs = dict(zarr.open_group(str(path), mode="r").attrs)
     attrs.setdefault(ATTR, json.dumps(info or {}, default=str))
-    ds = zstore.to_dataset(channels.unstack(states), times, grid.latitudes, grid.longitudes, channels.levels, attrs,
-                           members=np.arange(states.shape[1]))
+    ds = zstore.to_dataset(
+        channels.unstack(states),
+        times,
+        grid.latitudes,
+        grid.longitudes,
+        channels.levels,
+        attrs,
+        members=np.arange(states.shape[1]),
+    )
     zstore.append(path, ds, time_chunk)
 
 
-def read(path: str | Path, channels: Channels | None = None, grid: LatLonGrid | None = None,
-         index=None) -> Ensembles:
+def read(
+    path: str | Path, channels: Channels | None = None, grid: LatLonGrid | None = None, index=None
+) -> Ensembles:
     """The ensembles of a store (its times ``index``; None: all) as flat states on ``grid``
     in ``channels`` (None: the store's own variables, levels and equiangular grid)."""
     if channels is None or grid is None:

@@ -35,33 +35,47 @@ class Channels:
         """Channel of ``variable`` at ``level`` (hPa; None for a surface variable)."""
         if level is None:
             if variable not in self.surface:
-                raise KeyError(f"{variable!r} is not a surface variable of this state ({self.surface})")
+                raise KeyError(
+                    f"{variable!r} is not a surface variable of this state ({self.surface})"
+                )
             return len(self.variables) * len(self.levels) + self.surface.index(variable)
         if variable not in self.variables or level not in self.levels:
-            raise KeyError(f"no channel {variable}_{level} (variables {self.variables}, levels {self.levels})")
+            raise KeyError(
+                f"no channel {variable}_{level} (variables {self.variables}, levels {self.levels})"
+            )
         return self.variables.index(variable) * len(self.levels) + self.levels.index(level)
 
     @property
     def pressures(self) -> tuple[float, ...]:
         """Pressure (hPa) of each channel, surface variables at ``SURFACE_HPA`` (for
         vertical localisation and correlations in ln p)."""
-        return tuple(float(self.levels[c % len(self.levels)]) if self.variable(c) in self.variables else SURFACE_HPA
-                     for c in range(self.n))
+        return tuple(
+            float(self.levels[c % len(self.levels)])
+            if self.variable(c) in self.variables
+            else SURFACE_HPA
+            for c in range(self.n)
+        )
 
     def variable(self, channel: int) -> str:
         """The variable of ``channel``."""
         n3d = len(self.variables) * len(self.levels)
-        return self.variables[channel // len(self.levels)] if channel < n3d else self.surface[channel - n3d]
+        return (
+            self.variables[channel // len(self.levels)]
+            if channel < n3d
+            else self.surface[channel - n3d]
+        )
 
     def stack(self, fields: dict) -> jax.Array:
         """``{name: (..., level, lat, lon) or (..., lat, lon)}`` → state ``(..., n, lat, lon)``."""
-        parts = [fields[v] for v in self.variables] + [fields[s][..., None, :, :] for s in self.surface]
+        parts = [fields[v] for v in self.variables] + [
+            fields[s][..., None, :, :] for s in self.surface
+        ]
         return jnp.concatenate(parts, axis=-3)
 
     def unstack(self, x: jax.Array) -> dict:
         """State ``(..., n, lat, lon)`` → ``{name: (..., level, lat, lon) or (..., lat, lon)}``."""
         nl = len(self.levels)
-        out = {v: x[..., i * nl:(i + 1) * nl, :, :] for i, v in enumerate(self.variables)}
+        out = {v: x[..., i * nl : (i + 1) * nl, :, :] for i, v in enumerate(self.variables)}
         base = len(self.variables) * nl
         out.update({s: x[..., base + i, :, :] for i, s in enumerate(self.surface)})
         return out

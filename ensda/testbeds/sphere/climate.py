@@ -50,7 +50,12 @@ def time_mean_map(da, level_hpa: float | None = None):
     if "level" in da.dims:
         da = da.sel(level=level_hpa, method="nearest")
     used = float(da["level"]) if "level" in da.coords else None
-    mean = _mean_over(da.astype(np.float64), ("time",)).sortby("latitude").transpose("latitude", "longitude").load()
+    mean = (
+        _mean_over(da.astype(np.float64), ("time",))
+        .sortby("latitude")
+        .transpose("latitude", "longitude")
+        .load()
+    )
     return mean, used
 
 
@@ -82,8 +87,13 @@ def poleward_contrast(t_zm_level, hemisphere: str) -> dict:
     eq = rows[np.argmin(np.abs(lat[rows]))]
     pole = rows[np.argmax(np.abs(lat[rows]))]
     t_eq, t_pole = float(t_zm_level.values[eq]), float(t_zm_level.values[pole])
-    return {"equator_latitude": float(lat[eq]), "equator_K": t_eq, "pole_latitude": float(lat[pole]),
-            "pole_K": t_pole, "equator_minus_pole_K": t_eq - t_pole}
+    return {
+        "equator_latitude": float(lat[eq]),
+        "equator_K": t_eq,
+        "pole_latitude": float(lat[pole]),
+        "pole_K": t_pole,
+        "equator_minus_pole_K": t_eq - t_pole,
+    }
 
 
 def climatology_numbers(ds, max_times: int | None = None, t_level_hpa: float = 850.0) -> dict:
@@ -112,7 +122,10 @@ def climatology_numbers(ds, max_times: int | None = None, t_level_hpa: float = 8
         if "level" in t_zm.dims:
             t_zm = t_zm.sel(level=t_level_hpa, method="nearest")
             level = float(t_zm["level"])
-        out["temperature"] = {"level_hpa": level, **{h: poleward_contrast(t_zm, h) for h in HEMISPHERES}}
+        out["temperature"] = {
+            "level_hpa": level,
+            **{h: poleward_contrast(t_zm, h) for h in HEMISPHERES},
+        }
     if "surface_pressure" in ds:
         ps, _ = time_mean_map(ds["surface_pressure"])
         out["surface_pressure_global_mean_pa"] = global_mean(ps.values, ps["latitude"].values)
@@ -125,7 +138,9 @@ def format_numbers(numbers: dict) -> list[str]:
     """``climatology_numbers`` as lines of text."""
     lines = []
     if "n_times" in numbers:
-        lines.append(f"climatology over {numbers['n_times']} times, {numbers['first_time']} .. {numbers['last_time']}")
+        lines.append(
+            f"climatology over {numbers['n_times']} times, {numbers['first_time']} .. {numbers['last_time']}"
+        )
     for h, j in numbers.get("jets", {}).items():
         at = f"{j['level_hpa']:g} hPa, " if j["level_hpa"] is not None else ""
         lines.append(f"  {h} jet: {j['u_m_s']:.2f} m/s at {at}{j['latitude']:.2f}°")
@@ -134,8 +149,12 @@ def format_numbers(numbers: dict) -> list[str]:
         where = f"{tt['level_hpa']:g} hPa" if tt["level_hpa"] is not None else "the level"
         for h in HEMISPHERES:
             c = tt[h]
-            lines.append(f"  {h} zonal-mean T at {where}: {c['equator_K']:.2f} K at {c['equator_latitude']:.2f}°, "
-                         f"{c['pole_K']:.2f} K at {c['pole_latitude']:.2f}° (equator − pole {c['equator_minus_pole_K']:.2f} K)")
+            lines.append(
+                f"  {h} zonal-mean T at {where}: {c['equator_K']:.2f} K at {c['equator_latitude']:.2f}°, "
+                f"{c['pole_K']:.2f} K at {c['pole_latitude']:.2f}° (equator − pole {c['equator_minus_pole_K']:.2f} K)"
+            )
     if numbers.get("surface_pressure_global_mean_pa") is not None:
-        lines.append(f"  global mean surface pressure: {numbers['surface_pressure_global_mean_pa'] / 100:.2f} hPa")
+        lines.append(
+            f"  global mean surface pressure: {numbers['surface_pressure_global_mean_pa'] / 100:.2f} hPa"
+        )
     return lines

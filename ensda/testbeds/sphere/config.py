@@ -38,10 +38,15 @@ RESOLUTIONS = ("T21", "T31", "T42", "T63", "T85")
 WB2_LEVELS = (50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 850, 925, 1000)
 #: ERA5 names of the state variables of each model: (on pressure levels, at the surface)
 MODEL_VARIABLES = {
-    "held_suarez": (("geopotential", "temperature", "u_component_of_wind", "v_component_of_wind"), ("surface_pressure",)),
+    "held_suarez": (
+        ("geopotential", "temperature", "u_component_of_wind", "v_component_of_wind"),
+        ("surface_pressure",),
+    ),
     "shallow_water": (("geopotential", "u_component_of_wind", "v_component_of_wind"), ()),
 }
-Variable = Literal["geopotential", "temperature", "u_component_of_wind", "v_component_of_wind", "surface_pressure"]
+Variable = Literal[
+    "geopotential", "temperature", "u_component_of_wind", "v_component_of_wind", "surface_pressure"
+]
 
 
 class SphereGridConfig(Strict):
@@ -53,7 +58,9 @@ class SphereGridConfig(Strict):
     @pydantic.model_validator(mode="after")
     def _check(self):
         if self.n_lon != 2 * self.n_lat:
-            raise ValueError(f"grid: n_lon must be 2 * n_lat (equal spacing), got {self.n_lon}x{self.n_lat}")
+            raise ValueError(
+                f"grid: n_lon must be 2 * n_lat (equal spacing), got {self.n_lon}x{self.n_lat}"
+            )
         return self
 
 
@@ -84,8 +91,12 @@ class SphereForecastConfig(Strict):
 
     @pydantic.model_validator(mode="after")
     def _check(self):
-        if self.emulator is not None and (self.resolution is not None or self.dt_minutes is not None):
-            raise ValueError("forecast.emulator replaces the dycore: leave forecast.resolution and dt_minutes unset")
+        if self.emulator is not None and (
+            self.resolution is not None or self.dt_minutes is not None
+        ):
+            raise ValueError(
+                "forecast.emulator replaces the dycore: leave forecast.resolution and dt_minutes unset"
+            )
         return self
 
 
@@ -148,19 +159,34 @@ class SphereTestbedConfig(Strict):
             raise ValueError(f"levels must be strictly increasing (hPa, top first), got {lv}")
         unknown = [c for c in self.headline_channels or () if c not in self.channel_names]
         if unknown:
-            raise ValueError(f"headline_channels: {unknown} are not channels of the state "
-                             f"(e.g. {list(self.channel_names[:3])} ... {self.channel_names[-1]!r})")
+            raise ValueError(
+                f"headline_channels: {unknown} are not channels of the state "
+                f"(e.g. {list(self.channel_names[:3])} ... {self.channel_names[-1]!r})"
+            )
         if lv[0] <= 0 or lv[-1] >= 1100:
             raise ValueError(f"levels must lie in (0, 1100) hPa, got {lv}")
         steps = self.nature.output_hours * 60 / self.dt_minutes
         if abs(steps - round(steps)) > 1e-9:
-            raise ValueError(f"nature.output_hours ({self.nature.output_hours} h) must be a whole number "
-                             f"of model steps (dt_minutes = {self.dt_minutes})")
+            raise ValueError(
+                f"nature.output_hours ({self.nature.output_hours} h) must be a whole number "
+                f"of model steps (dt_minutes = {self.dt_minutes})"
+            )
         if self.cycle_hours % self.nature.output_hours:
-            raise ValueError(f"cycle_hours ({self.cycle_hours}) must be a multiple of nature.output_hours ({self.nature.output_hours})")
-        for name, dt_min in (("dt_minutes", self.dt_minutes), ("forecast.dt_minutes", self.forecast.dt_minutes)):
-            if dt_min is not None and abs(self.cycle_hours * 60 / dt_min - round(self.cycle_hours * 60 / dt_min)) > 1e-9:
-                raise ValueError(f"cycle_hours ({self.cycle_hours} h) must be a whole number of {name} ({dt_min}) steps")
+            raise ValueError(
+                f"cycle_hours ({self.cycle_hours}) must be a multiple of nature.output_hours ({self.nature.output_hours})"
+            )
+        for name, dt_min in (
+            ("dt_minutes", self.dt_minutes),
+            ("forecast.dt_minutes", self.forecast.dt_minutes),
+        ):
+            if (
+                dt_min is not None
+                and abs(self.cycle_hours * 60 / dt_min - round(self.cycle_hours * 60 / dt_min))
+                > 1e-9
+            ):
+                raise ValueError(
+                    f"cycle_hours ({self.cycle_hours} h) must be a whole number of {name} ({dt_min}) steps"
+                )
         return self
 
 
@@ -196,10 +222,14 @@ class SphereObsConfig(Strict):
         state does not hold."""
         bad = sorted(set(self.variables or ()) - set(testbed.state_variables))
         if bad:
-            raise ValueError(f"obs.variables: {bad} not in the {testbed.model} state ({list(testbed.state_variables)})")
+            raise ValueError(
+                f"obs.variables: {bad} not in the {testbed.model} state ({list(testbed.state_variables)})"
+            )
         bad = sorted(set(self.levels or ()) - set(testbed.state_levels))
         if bad:
-            raise ValueError(f"obs.levels: {bad} are not levels of the state ({list(testbed.state_levels)})")
+            raise ValueError(
+                f"obs.levels: {bad} are not levels of the state ({list(testbed.state_levels)})"
+            )
 
 
 def load_testbed(path, overrides: list[str] | None = None) -> SphereTestbedConfig:
@@ -210,7 +240,9 @@ def load_testbed(path, overrides: list[str] | None = None) -> SphereTestbedConfi
     """
     section = apply_overrides(read_yaml(path), overrides or []).get("testbed") or {}
     if not isinstance(section, dict) or section.get("kind") != "sphere":
-        raise ConfigError(f"{path}: testbed.kind must be 'sphere' for a sphere nature run, got {section.get('kind') if isinstance(section, dict) else section!r}")
+        raise ConfigError(
+            f"{path}: testbed.kind must be 'sphere' for a sphere nature run, got {section.get('kind') if isinstance(section, dict) else section!r}"
+        )
     try:
         return SphereTestbedConfig.model_validate(section)
     except pydantic.ValidationError as err:

@@ -45,7 +45,12 @@ from ensda.testbeds.sphere import spectral
 from ensda.testbeds.sphere.grid import LatLonGrid
 
 #: ERA5 / WeatherBench 2 names of the variables on pressure levels and at the surface
-PRESSURE_LEVEL_VARIABLES = ("geopotential", "temperature", "u_component_of_wind", "v_component_of_wind")
+PRESSURE_LEVEL_VARIABLES = (
+    "geopotential",
+    "temperature",
+    "u_component_of_wind",
+    "v_component_of_wind",
+)
 SURFACE_VARIABLES = ("surface_pressure",)
 
 
@@ -105,7 +110,9 @@ class _Dycore:
         """One model step ``state -> state`` (pure; dinosaur IMEX SIL3 + exponential filter)."""
         from dinosaur import time_integration
 
-        with jax.ensure_compile_time_eval():  # constants concrete even when first built inside a trace
+        with (
+            jax.ensure_compile_time_eval()
+        ):  # constants concrete even when first built inside a trace
             step = time_integration.imex_rk_sil3(self.equation, self.dt)
             filters = [time_integration.exponential_step_filter(self.horizontal, self.dt)]
             return time_integration.step_with_filters(step, filters)
@@ -126,7 +133,9 @@ class HeldSuarez(_Dycore):
     def coords(self):
         from dinosaur import coordinate_systems, sigma_coordinates
 
-        return coordinate_systems.CoordinateSystem(self.horizontal, sigma_coordinates.SigmaCoordinates.equidistant(self.layers))
+        return coordinate_systems.CoordinateSystem(
+            self.horizontal, sigma_coordinates.SigmaCoordinates.equidistant(self.layers)
+        )
 
     @functools.cached_property
     def _rest(self):
@@ -147,8 +156,12 @@ class HeldSuarez(_Dycore):
         from dinosaur import held_suarez, primitive_equations, time_integration
 
         orography = primitive_equations.truncated_modal_orography(self._rest[2], self.coords)
-        dyn = primitive_equations.PrimitiveEquationsSigma(self.reference_temperature, orography, self.coords, self.specs)
-        forcing = held_suarez.HeldSuarezForcingSigma(self.coords, self.specs, self.reference_temperature)
+        dyn = primitive_equations.PrimitiveEquationsSigma(
+            self.reference_temperature, orography, self.coords, self.specs
+        )
+        forcing = held_suarez.HeldSuarezForcingSigma(
+            self.coords, self.specs, self.reference_temperature
+        )
         return time_integration.compose_equations([dyn, forcing])
 
     def initial_state(self, key: jax.Array):
@@ -159,20 +172,33 @@ class HeldSuarez(_Dycore):
     def perturb(self, state, key: jax.Array, amplitude_k: float):
         """``state`` plus Gaussian noise of std ``amplitude_k`` kelvin in the grid-point temperature."""
         h = self.horizontal
-        noise = amplitude_k / self._si("kelvin") * jax.random.normal(key, (self.layers,) + h.nodal_shape, jnp.float32)
-        return dataclasses.replace(state, temperature_variation=state.temperature_variation + h.clip_wavenumbers(h.to_modal(noise)))
+        noise = (
+            amplitude_k
+            / self._si("kelvin")
+            * jax.random.normal(key, (self.layers,) + h.nodal_shape, jnp.float32)
+        )
+        return dataclasses.replace(
+            state,
+            temperature_variation=state.temperature_variation
+            + h.clip_wavenumbers(h.to_modal(noise)),
+        )
 
     def fields(self, state, out: Output) -> dict[str, jax.Array]:
         """ERA5 variables on ``out``: 3-D ones ``(level, lat, lon)``, surface ones ``(lat, lon)``, SI."""
         from dinosaur import primitive_equations
 
         t = self.output_truncation(out.grid)
-        temp = self.reference_temperature[:, None, None] + spectral.evaluate(state.temperature_variation, out.grid, t)
+        temp = self.reference_temperature[:, None, None] + spectral.evaluate(
+            state.temperature_variation, out.grid, t
+        )
         lnps = spectral.evaluate(state.log_surface_pressure, out.grid, t)[0]
         u, v = spectral.evaluate_winds(state.vorticity, state.divergence, out.grid, t)
         phi = primitive_equations.get_geopotential_on_sigma(
-            temp, nodal_orography=jnp.zeros(out.grid.shape), sigma=self.coords.vertical,
-            gravity_acceleration=self.specs.g, ideal_gas_constant=self.specs.R,
+            temp,
+            nodal_orography=jnp.zeros(out.grid.shape),
+            sigma=self.coords.vertical,
+            gravity_acceleration=self.specs.g,
+            ideal_gas_constant=self.specs.R,
         )
         ps = jnp.exp(lnps) * self._si("pascal")
         temp = temp * self._si("kelvin")
@@ -204,7 +230,9 @@ class HeldSuarez(_Dycore):
         from dinosaur import primitive_equations
 
         t, g = self.output_truncation(out.grid), out.grid
-        x = jnp.log(jnp.asarray(out.levels, jnp.float32)[:, None, None] * 100.0 / f["surface_pressure"])
+        x = jnp.log(
+            jnp.asarray(out.levels, jnp.float32)[:, None, None] * 100.0 / f["surface_pressure"]
+        )
         log_sigma = np.log(self.coords.vertical.centers)
         temp = invert_columns(x, log_sigma, f["temperature"]) / self._si("kelvin")
         wind = self._si("m/s")
@@ -214,8 +242,11 @@ class HeldSuarez(_Dycore):
         lnps = jnp.log(f["surface_pressure"] / self._si("pascal"))[None]
         pad = partial(spectral.truncate, truncation=self.truncation)
         return primitive_equations.State(
-            vorticity=pad(vort), divergence=pad(div),
-            temperature_variation=pad(spectral.analyse(temp - self.reference_temperature[:, None, None], g, t)),
+            vorticity=pad(vort),
+            divergence=pad(div),
+            temperature_variation=pad(
+                spectral.analyse(temp - self.reference_temperature[:, None, None], g, t)
+            ),
             log_surface_pressure=pad(spectral.analyse(lnps, g, t)),
         )
 
@@ -228,7 +259,9 @@ class ShallowWater(_Dycore):
     def coords(self):
         from dinosaur import coordinate_systems, layer_coordinates
 
-        return coordinate_systems.CoordinateSystem(self.horizontal, layer_coordinates.LayerCoordinates(1))
+        return coordinate_systems.CoordinateSystem(
+            self.horizontal, layer_coordinates.LayerCoordinates(1)
+        )
 
     @functools.cached_property
     def _setup(self):
@@ -242,7 +275,10 @@ class ShallowWater(_Dycore):
         from dinosaur import shallow_water
 
         return shallow_water.ShallowWaterEquations(
-            self.coords, self.specs, orography=np.zeros(self.horizontal.modal_shape), reference_potential=self._setup[1]
+            self.coords,
+            self.specs,
+            orography=np.zeros(self.horizontal.modal_shape),
+            reference_potential=self._setup[1],
         )
 
     def initial_state(self, key: jax.Array):
@@ -252,8 +288,15 @@ class ShallowWater(_Dycore):
     def perturb(self, state, key: jax.Array, amplitude_m: float):
         """``state`` plus Gaussian noise of std ``amplitude_m`` metres in the layer depth."""
         h = self.horizontal
-        noise = amplitude_m * self.specs.g / self._si("m") * jax.random.normal(key, (1,) + h.nodal_shape, jnp.float32)
-        return dataclasses.replace(state, potential=state.potential + h.clip_wavenumbers(h.to_modal(noise)))
+        noise = (
+            amplitude_m
+            * self.specs.g
+            / self._si("m")
+            * jax.random.normal(key, (1,) + h.nodal_shape, jnp.float32)
+        )
+        return dataclasses.replace(
+            state, potential=state.potential + h.clip_wavenumbers(h.to_modal(noise))
+        )
 
     def fields(self, state, out: Output) -> dict[str, jax.Array]:
         """Geopotential g·h and winds ``(1, lat, lon)`` (SI) on the single nominal level of ``out``."""
@@ -263,7 +306,11 @@ class ShallowWater(_Dycore):
         phi = self._setup[1][:, None, None] + spectral.evaluate(state.potential, out.grid, t)
         u, v = spectral.evaluate_winds(state.vorticity, state.divergence, out.grid, t)
         wind = self._si("m/s")
-        return {"geopotential": phi * self._si("m**2/s**2"), "u_component_of_wind": u * wind, "v_component_of_wind": v * wind}
+        return {
+            "geopotential": phi * self._si("m**2/s**2"),
+            "u_component_of_wind": u * wind,
+            "v_component_of_wind": v * wind,
+        }
 
     def from_fields(self, f: dict[str, jax.Array], out: Output):
         """A dycore state from geopotential and winds on ``out`` (the inverse of ``fields``)."""
@@ -271,10 +318,14 @@ class ShallowWater(_Dycore):
 
         t, g = self.output_truncation(out.grid), out.grid
         wind = self._si("m/s")
-        vort, div = spectral.analyse_winds(f["u_component_of_wind"] / wind, f["v_component_of_wind"] / wind, g, t)
+        vort, div = spectral.analyse_winds(
+            f["u_component_of_wind"] / wind, f["v_component_of_wind"] / wind, g, t
+        )
         phi = f["geopotential"] / self._si("m**2/s**2") - self._setup[1][:, None, None]
         pad = partial(spectral.truncate, truncation=self.truncation)
-        return shallow_water.State(vorticity=pad(vort), divergence=pad(div), potential=pad(spectral.analyse(phi, g, t)))
+        return shallow_water.State(
+            vorticity=pad(vort), divergence=pad(div), potential=pad(spectral.analyse(phi, g, t))
+        )
 
 
 def interp_columns(x: jax.Array, knots: np.ndarray, f: jax.Array) -> jax.Array:
@@ -300,7 +351,9 @@ def interp_weights(x: jax.Array, knots: np.ndarray) -> jax.Array:
     hi = jnp.clip(jnp.searchsorted(knots, x), 1, k - 1)
     lo = hi - 1
     w = jnp.clip((x - knots[lo]) / (knots[hi] - knots[lo]), 0.0, 1.0)
-    return (1 - w)[:, None] * jax.nn.one_hot(lo, k, axis=1) + w[:, None] * jax.nn.one_hot(hi, k, axis=1)
+    return (1 - w)[:, None] * jax.nn.one_hot(lo, k, axis=1) + w[:, None] * jax.nn.one_hot(
+        hi, k, axis=1
+    )
 
 
 def invert_columns(x: jax.Array, knots: np.ndarray, y: jax.Array, ridge: float = 1e-5) -> jax.Array:
@@ -328,7 +381,9 @@ def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
     k = a.shape[-1]
     cols = []  # columns of L: cols[j] = L[..., :, j]
     for j in range(k):
-        done = jnp.stack(cols, axis=-1) if cols else jnp.zeros(a.shape[:-1] + (0,), a.dtype)  # (..., K, j)
+        done = (
+            jnp.stack(cols, axis=-1) if cols else jnp.zeros(a.shape[:-1] + (0,), a.dtype)
+        )  # (..., K, j)
         col = a[..., :, j] - jnp.einsum("...ij,...j->...i", done, done[..., j, :])
         diag = jnp.sqrt(col[..., j])
         col = jnp.where(jnp.arange(k) < j, 0.0, col / diag[..., None])
@@ -345,7 +400,9 @@ def spd_solve(a: jax.Array, b: jax.Array) -> jax.Array:
     return jnp.stack(x, axis=-1)
 
 
-def geopotential_to_pressure(x: jax.Array, log_sigma: np.ndarray, phi: jax.Array, temp: jax.Array, r_dry: float) -> jax.Array:
+def geopotential_to_pressure(
+    x: jax.Array, log_sigma: np.ndarray, phi: jax.Array, temp: jax.Array, r_dry: float
+) -> jax.Array:
     """Geopotential at ln(p/p_s) = ``x`` from σ-level values (see the module docstring).
 
     Knots: ln σ_k with Φ_k, and the surface (ln σ = 0, Φ = 0); hydrostatic beyond them:
@@ -371,7 +428,9 @@ def integrate(model: _Dycore, state, n_out: int, steps_per_out: int, out: Output
     return jax.lax.scan(block, state, None, length=n_out)
 
 
-def make_model(kind: str, resolution: str = "T42", dt_minutes: float = 20.0, layers: int = 8) -> _Dycore:
+def make_model(
+    kind: str, resolution: str = "T42", dt_minutes: float = 20.0, layers: int = 8
+) -> _Dycore:
     """The dycore named ``kind`` (``held_suarez`` or ``shallow_water``)."""
     if kind == "held_suarez":
         return HeldSuarez(resolution=resolution, dt_minutes=dt_minutes, layers=layers)

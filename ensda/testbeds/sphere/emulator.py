@@ -50,9 +50,9 @@ checkpoints (``ensda.diffusion.checkpoint``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Sequence
-import functools
 from functools import partial
 from pathlib import Path
 
@@ -66,14 +66,21 @@ from ensda.checkpoint import CheckpointError, read_meta, read_params, write_chec
 from ensda.nn import GNNConfig, SphereGraphNetwork
 from ensda.nn.grid_mesh import GridMeshGraphs
 from ensda.pytree import pytree_dataclass
-from ensda.testbeds.sphere.grid import LatLonGrid, mesh_graphs
 from ensda.testbeds.sphere.channels import Channels
+from ensda.testbeds.sphere.grid import LatLonGrid, mesh_graphs
 
 FORMAT = 1
 KIND = "sphere_emulator"
 #: channels the evaluation table reports by name (those the state has)
-HEADLINE = ("geopotential_500", "temperature_850", "u_component_of_wind_250", "v_component_of_wind_250",
-            "temperature_500", "u_component_of_wind_850", "surface_pressure")
+HEADLINE = (
+    "geopotential_500",
+    "temperature_850",
+    "u_component_of_wind_250",
+    "v_component_of_wind_250",
+    "temperature_500",
+    "u_component_of_wind_850",
+    "surface_pressure",
+)
 
 
 # ---------------------------------------------------------------------------- spec and normalisation
@@ -98,22 +105,38 @@ class EmulatorSpec:
 
     def network(self, key: int | jax.Array = 0) -> SphereGraphNetwork:
         c = self.n_channels
-        return SphereGraphNetwork(c, c, self.graphs(), self.gnn, conditional=False, rngs=nnx.Rngs(key))
+        return SphereGraphNetwork(
+            c, c, self.graphs(), self.gnn, conditional=False, rngs=nnx.Rngs(key)
+        )
 
     def to_dict(self) -> dict:
         ch = self.channels
-        return {"channels": {"variables": list(ch.variables), "levels": list(ch.levels), "surface": list(ch.surface),
-                             "names": list(ch.names)},
-                "grid": {"n_lon": self.grid.n_lon, "n_lat": self.grid.n_lat, "name": self.grid.name},
-                "refinement": self.refinement, "gnn": dataclasses.asdict(self.gnn),
-                "hours_per_cycle": self.hours_per_cycle}
+        return {
+            "channels": {
+                "variables": list(ch.variables),
+                "levels": list(ch.levels),
+                "surface": list(ch.surface),
+                "names": list(ch.names),
+            },
+            "grid": {"n_lon": self.grid.n_lon, "n_lat": self.grid.n_lat, "name": self.grid.name},
+            "refinement": self.refinement,
+            "gnn": dataclasses.asdict(self.gnn),
+            "hours_per_cycle": self.hours_per_cycle,
+        }
 
     @staticmethod
     def from_dict(d: dict) -> EmulatorSpec:
         ch = d["channels"]
-        channels = Channels(tuple(ch["variables"]), tuple(int(v) for v in ch["levels"]), tuple(ch["surface"]))
-        return EmulatorSpec(channels, LatLonGrid(int(d["grid"]["n_lon"]), int(d["grid"]["n_lat"])),
-                            int(d["refinement"]), GNNConfig(**d["gnn"]), int(d["hours_per_cycle"]))
+        channels = Channels(
+            tuple(ch["variables"]), tuple(int(v) for v in ch["levels"]), tuple(ch["surface"])
+        )
+        return EmulatorSpec(
+            channels,
+            LatLonGrid(int(d["grid"]["n_lon"]), int(d["grid"]["n_lat"])),
+            int(d["refinement"]),
+            GNNConfig(**d["gnn"]),
+            int(d["hours_per_cycle"]),
+        )
 
 
 @pytree_dataclass
@@ -132,7 +155,9 @@ class EmulatorNorm:
         sums, one channel at a time). A constant channel gets σ = 1 (s = 1), so it passes."""
         states = np.asarray(states)
         if states.ndim != 4 or states.shape[0] < 2:
-            raise ValueError(f"EmulatorNorm.fit: states must be (T >= 2, C, n_lat, n_lon), got {states.shape}")
+            raise ValueError(
+                f"EmulatorNorm.fit: states must be (T >= 2, C, n_lat, n_lon), got {states.shape}"
+            )
         stats = []
         for c in range(states.shape[1]):
             x = states[:, c].astype(np.float64)
@@ -144,11 +169,15 @@ class EmulatorNorm:
         return EmulatorNorm(*(jnp.asarray(s, jnp.float32) for s in (mean, std, diff_std)))
 
     def to_dict(self) -> dict:
-        return {f.name: np.asarray(getattr(self, f.name)).tolist() for f in dataclasses.fields(self)}
+        return {
+            f.name: np.asarray(getattr(self, f.name)).tolist() for f in dataclasses.fields(self)
+        }
 
     @staticmethod
     def from_dict(d: dict) -> EmulatorNorm:
-        return EmulatorNorm(*(jnp.asarray(d[f.name], jnp.float32) for f in dataclasses.fields(EmulatorNorm)))
+        return EmulatorNorm(
+            *(jnp.asarray(d[f.name], jnp.float32) for f in dataclasses.fields(EmulatorNorm))
+        )
 
 
 def _col(v: jax.Array) -> jax.Array:
@@ -159,7 +188,9 @@ def _col(v: jax.Array) -> jax.Array:
 # ---------------------------------------------------------------------------- pure forecast functions
 
 
-def residual(graphdef, params, graphs: GridMeshGraphs, norm: EmulatorNorm, x: jax.Array) -> jax.Array:
+def residual(
+    graphdef, params, graphs: GridMeshGraphs, norm: EmulatorNorm, x: jax.Array
+) -> jax.Array:
     """The network's normalised residual F((x − μ)/σ) of one state ``(C, n_lat, n_lon)``."""
     c, n_lat, n_lon = x.shape
     nodes = ((x - _col(norm.mean)) / _col(norm.std)).reshape(c, n_lat * n_lon).T
@@ -178,7 +209,9 @@ def _batched_step(graphdef, params, graphs, norm):
 
 
 @partial(jax.jit, static_argnames=("graphdef", "n_cycles"))
-def trajectory(graphdef, params, graphs: GridMeshGraphs, norm: EmulatorNorm, x: jax.Array, n_cycles: int) -> jax.Array:
+def trajectory(
+    graphdef, params, graphs: GridMeshGraphs, norm: EmulatorNorm, x: jax.Array, n_cycles: int
+) -> jax.Array:
     """The states after 1..n_cycles cycles from ``x (..., C, n_lat, n_lon)``:
     ``(..., n_cycles, C, n_lat, n_lon)`` (a ``lax.scan``, leading axes vmapped)."""
     lead, shape = x.shape[:-3], x.shape[-3:]
@@ -193,7 +226,9 @@ def trajectory(graphdef, params, graphs: GridMeshGraphs, norm: EmulatorNorm, x: 
 
 
 @partial(jax.jit, static_argnames=("graphdef", "n_cycles"))
-def forecast(graphdef, params, graphs: GridMeshGraphs, norm: EmulatorNorm, x: jax.Array, n_cycles: int) -> jax.Array:
+def forecast(
+    graphdef, params, graphs: GridMeshGraphs, norm: EmulatorNorm, x: jax.Array, n_cycles: int
+) -> jax.Array:
     """The state ``n_cycles`` cycles after ``x (..., C, n_lat, n_lon)`` (same shape)."""
     shape = x.shape[-3:]
     advance = _batched_step(graphdef, params, graphs, norm)
@@ -219,7 +254,9 @@ class Emulator:
     def init(spec: EmulatorSpec, norm: EmulatorNorm, key: int | jax.Array = 0) -> Emulator:
         graphdef, params, rest = nnx.split(spec.network(key), nnx.Param, ...)
         if jax.tree.leaves(rest):
-            raise ValueError("the emulator network has non-parameter state, which its checkpoints do not store")
+            raise ValueError(
+                "the emulator network has non-parameter state, which its checkpoints do not store"
+            )
         return Emulator(spec, norm, graphdef, params)
 
     def replace(self, **changes) -> Emulator:
@@ -236,8 +273,10 @@ class Emulator:
     def _check(self, x) -> None:
         want = (self.spec.n_channels,) + self.spec.grid.shape
         if tuple(x.shape[-3:]) != want:
-            raise ValueError(f"emulator states must be (..., {want[0]}, {want[1]}, {want[2]}) "
-                             f"(channels {self.spec.channels.names[:2]}..., grid {self.spec.grid.name}), got {x.shape}")
+            raise ValueError(
+                f"emulator states must be (..., {want[0]}, {want[1]}, {want[2]}) "
+                f"(channels {self.spec.channels.names[:2]}..., grid {self.spec.grid.name}), got {x.shape}"
+            )
 
     def forecast(self, x: jax.Array, n_cycles: int) -> jax.Array:
         """The states ``n_cycles`` cycles after ``x (..., C, n_lat, n_lon)``."""
@@ -254,13 +293,17 @@ class Emulator:
     def cycle_forecast(self, x: jax.Array) -> jax.Array:
         return self.forecast(x, 1)
 
-    def check_matches(self, channels: Channels, grid: LatLonGrid, hours_per_cycle: int, where: str = "") -> None:
+    def check_matches(
+        self, channels: Channels, grid: LatLonGrid, hours_per_cycle: int, where: str = ""
+    ) -> None:
         """Raise ``ValueError`` unless the emulator was made for this state and cycle."""
         s = self.spec
         problems = []
         if s.channels.names != channels.names:
-            problems.append(f"channels {len(s.channels.names)} ({s.channels.names[:2]}...), the state has "
-                            f"{len(channels.names)} ({channels.names[:2]}...)")
+            problems.append(
+                f"channels {len(s.channels.names)} ({s.channels.names[:2]}...), the state has "
+                f"{len(channels.names)} ({channels.names[:2]}...)"
+            )
         if s.grid != grid:
             problems.append(f"grid {s.grid.name}, the state's is {grid.name}")
         if s.hours_per_cycle != hours_per_cycle:
@@ -300,7 +343,9 @@ class EmulatorTrainConfig:
 
     def __post_init__(self):
         if self.steps < 1 or self.batch < 1 or self.log_every < 1:
-            raise ValueError(f"steps, batch and log_every must be >= 1, got {self.steps}, {self.batch}, {self.log_every}")
+            raise ValueError(
+                f"steps, batch and log_every must be >= 1, got {self.steps}, {self.batch}, {self.log_every}"
+            )
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must lie in (0, 1), got {self.eval_fraction}")
         if self.lr <= 0 or self.warmup < 0:
@@ -313,7 +358,9 @@ def n_train_times(n_times: int, eval_fraction: float) -> int:
     """How many leading times of ``n_times`` are trained on (the rest are held out)."""
     n = round(n_times * (1.0 - eval_fraction))
     if n < 2 or n_times - n < 2:
-        raise ValueError(f"{n_times} times with eval_fraction {eval_fraction}: need >= 2 training and >= 2 held-out times")
+        raise ValueError(
+            f"{n_times} times with eval_fraction {eval_fraction}: need >= 2 training and >= 2 held-out times"
+        )
     return n
 
 
@@ -324,8 +371,10 @@ def channel_weights(channels: Channels, weights: Sequence[tuple[str, float]]) ->
     known = set(names) | set(channels.variables) | set(channels.surface)
     unknown = sorted(set(given) - known)
     if unknown:
-        raise ValueError(f"loss_weights: {unknown} are neither variables {channels.variables + channels.surface} "
-                         f"nor channels of the state")
+        raise ValueError(
+            f"loss_weights: {unknown} are neither variables {channels.variables + channels.surface} "
+            f"nor channels of the state"
+        )
     lam = [given.get(n, given.get(channels.variable(c), 1.0)) for c, n in enumerate(names)]
     lam = np.asarray(lam, np.float32)
     if (lam < 0).any() or lam.sum() <= 0:
@@ -333,8 +382,9 @@ def channel_weights(channels: Channels, weights: Sequence[tuple[str, float]]) ->
     return lam
 
 
-def loss_fn(graphdef, params, graphs, norm: EmulatorNorm, area: jax.Array, lam: jax.Array,
-            window: jax.Array) -> jax.Array:
+def loss_fn(
+    graphdef, params, graphs, norm: EmulatorNorm, area: jax.Array, lam: jax.Array, window: jax.Array
+) -> jax.Array:
     r"""The rollout loss of windows ``(B, K + 1, C, n_lat, n_lon)`` of consecutive states:
 
     .. math::
@@ -370,13 +420,26 @@ class TrainedEmulator:
 
     @property
     def summary(self) -> dict:
-        return {"steps": int(self.steps[-1]), "initial_loss": self.initial_loss, "final_loss": float(self.loss[-1]),
-                "final_val_loss": float(self.val_loss[-1]), "n_train_times": self.n_train, "n_params": self.n_params,
-                "train_s": self.train_s, "step_s": self.step_s}
+        return {
+            "steps": int(self.steps[-1]),
+            "initial_loss": self.initial_loss,
+            "final_loss": float(self.loss[-1]),
+            "final_val_loss": float(self.val_loss[-1]),
+            "n_train_times": self.n_train,
+            "n_params": self.n_params,
+            "train_s": self.train_s,
+            "step_s": self.step_s,
+        }
 
 
-def train_emulator(states: np.ndarray, channels: Channels, config: EmulatorTrainConfig, key: jax.Array,
-                   progress: bool = True, init: Emulator | None = None) -> TrainedEmulator:
+def train_emulator(
+    states: np.ndarray,
+    channels: Channels,
+    config: EmulatorTrainConfig,
+    key: jax.Array,
+    progress: bool = True,
+    init: Emulator | None = None,
+) -> TrainedEmulator:
     """Train an emulator on states ``(T, C, n_lat, n_lon)`` one cycle apart (module docstring).
 
     Windows (t, .., t + K) with t + K < n_train, n_train = ``n_train_times(T, eval_fraction)``,
@@ -387,7 +450,9 @@ def train_emulator(states: np.ndarray, channels: Channels, config: EmulatorTrain
     """
     states = np.asarray(states, np.float32)
     if states.ndim != 4 or states.shape[1] != channels.n:
-        raise ValueError(f"states must be (T, {channels.n}, n_lat, n_lon) for these channels, got {states.shape}")
+        raise ValueError(
+            f"states must be (T, {channels.n}, n_lat, n_lon) for these channels, got {states.shape}"
+        )
     t = config
     n_lat, n_lon = states.shape[-2:]
     grid = LatLonGrid(n_lon, n_lat)
@@ -395,20 +460,28 @@ def train_emulator(states: np.ndarray, channels: Channels, config: EmulatorTrain
     k_init, k_train = jax.random.split(key)
     if init is None:
         norm = EmulatorNorm.fit(states[:n_train])
-        emu = Emulator.init(EmulatorSpec(channels, grid, t.refinement, t.gnn, t.hours_per_cycle), norm, k_init)
+        emu = Emulator.init(
+            EmulatorSpec(channels, grid, t.refinement, t.gnn, t.hours_per_cycle), norm, k_init
+        )
     else:
         init.check_matches(channels, grid, t.hours_per_cycle, where="to fine-tune")
         emu, norm = init, init.norm
     if n_train <= t.rollout or states.shape[0] - n_train <= t.rollout:
-        raise ValueError(f"rollout {t.rollout}: needs more than {t.rollout} training and held-out states "
-                         f"(have {n_train} and {states.shape[0] - n_train})")
+        raise ValueError(
+            f"rollout {t.rollout}: needs more than {t.rollout} training and held-out states "
+            f"(have {n_train} and {states.shape[0] - n_train})"
+        )
     graphdef, params, graphs = emu.graphdef, emu.params, emu.graphs
     n_params = sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
     area = grid.weights
     lam = jnp.asarray(channel_weights(channels, t.loss_weights))
 
-    schedule = optax.warmup_cosine_decay_schedule(0.0, t.lr, min(t.warmup, t.steps - 1), t.steps, end_value=0.01 * t.lr)
-    tx = optax.chain(optax.clip_by_global_norm(t.clip), optax.adamw(schedule, weight_decay=t.weight_decay))
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, t.lr, min(t.warmup, t.steps - 1), t.steps, end_value=0.01 * t.lr
+    )
+    tx = optax.chain(
+        optax.clip_by_global_norm(t.clip), optax.adamw(schedule, weight_decay=t.weight_decay)
+    )
     opt_state = tx.init(params)
     loss_of = partial(loss_fn, graphdef)
 
@@ -424,7 +497,9 @@ def train_emulator(states: np.ndarray, channels: Channels, config: EmulatorTrain
     def chunk(params, opt_state, graphs, data, start, n):
         def one(carry, i):
             params, opt_state = carry
-            idx = jax.random.randint(jax.random.fold_in(k_train, i), (t.batch,), 0, data.shape[0] - t.rollout)
+            idx = jax.random.randint(
+                jax.random.fold_in(k_train, i), (t.batch,), 0, data.shape[0] - t.rollout
+            )
             window = data[idx[:, None] + jnp.asarray(offsets)]
             loss, grads = jax.value_and_grad(loss_of)(params, graphs, norm, area, lam, window)
             updates, opt_state = tx.update(grads, opt_state, params)
@@ -434,8 +509,12 @@ def train_emulator(states: np.ndarray, channels: Channels, config: EmulatorTrain
         return params, opt_state, losses.mean()
 
     validation = jax.jit(lambda p, g: loss_of(p, g, norm, area, lam, val_windows))
-    idx0 = np.asarray(jax.random.randint(jax.random.fold_in(k_train, 0), (t.batch,), 0, n_train - t.rollout))
-    initial = float(jax.jit(loss_of)(params, graphs, norm, area, lam, data[idx0[:, None] + offsets]))
+    idx0 = np.asarray(
+        jax.random.randint(jax.random.fold_in(k_train, 0), (t.batch,), 0, n_train - t.rollout)
+    )
+    initial = float(
+        jax.jit(loss_of)(params, graphs, norm, area, lam, data[idx0[:, None] + offsets])
+    )
 
     bar = None
     if progress:
@@ -453,7 +532,9 @@ def train_emulator(states: np.ndarray, channels: Channels, config: EmulatorTrain
                 t_compiled, first_n = time.perf_counter(), n
             done += n
             if not np.isfinite(loss):
-                raise FloatingPointError(f"emulator training loss became non-finite near step {done}; lower the learning rate")
+                raise FloatingPointError(
+                    f"emulator training loss became non-finite near step {done}; lower the learning rate"
+                )
             val = float(validation(params, graphs))
             steps.append(done)
             losses.append(loss)
@@ -466,8 +547,17 @@ def train_emulator(states: np.ndarray, channels: Channels, config: EmulatorTrain
             bar.close()
     t_end = time.perf_counter()
     step_s = (t_end - t_compiled) / (done - first_n) if done > first_n else float("nan")
-    return TrainedEmulator(emu.replace(params=params), np.asarray(steps), np.asarray(losses), np.asarray(val_losses),
-                           initial, n_train, n_params, t_end - t0, step_s)
+    return TrainedEmulator(
+        emu.replace(params=params),
+        np.asarray(steps),
+        np.asarray(losses),
+        np.asarray(val_losses),
+        initial,
+        n_train,
+        n_params,
+        t_end - t0,
+        step_s,
+    )
 
 
 # ---------------------------------------------------------------------------- evaluation
@@ -478,8 +568,14 @@ def weighted_mse(a: jax.Array, b: jax.Array, area: jax.Array) -> jax.Array:
     return (area * (a - b) ** 2).sum(axis=(-2, -1)) / area.sum()
 
 
-def evaluate(emulator: Emulator, states: np.ndarray, leads: Sequence[int] = tuple(range(1, 9)),
-             climatology: np.ndarray | None = None, starts: Sequence[int] | None = None, batch: int = 16) -> dict:
+def evaluate(
+    emulator: Emulator,
+    states: np.ndarray,
+    leads: Sequence[int] = tuple(range(1, 9)),
+    climatology: np.ndarray | None = None,
+    starts: Sequence[int] | None = None,
+    batch: int = 16,
+) -> dict:
     """Rollout RMSE per channel of the emulator, persistence and climatology.
 
     ``states (T, C, n_lat, n_lon)`` one cycle apart (e.g. the held-out window); forecasts
@@ -502,14 +598,19 @@ def evaluate(emulator: Emulator, states: np.ndarray, leads: Sequence[int] = tupl
     if starts.size == 0:
         raise ValueError(f"{states.shape[0]} states: no start time leaves room for lead {max_lead}")
     if starts.min() < 0 or starts.max() + max_lead >= states.shape[0]:
-        raise ValueError(f"{states.shape[0]} states: start times {starts.min()}..{starts.max()} with lead "
-                         f"{max_lead} do not fit")
+        raise ValueError(
+            f"{states.shape[0]} states: start times {starts.min()}..{starts.max()} with lead "
+            f"{max_lead} do not fit"
+        )
     clim = jnp.asarray(states.mean(0) if climatology is None else climatology, jnp.float32)
     area = emulator.spec.grid.weights
     li = np.asarray(leads) - 1
-    sums = {f: np.zeros((len(leads), states.shape[1])) for f in ("emulator", "persistence", "climatology")}
+    sums = {
+        f: np.zeros((len(leads), states.shape[1]))
+        for f in ("emulator", "persistence", "climatology")
+    }
     for i in range(0, starts.size, batch):
-        s = starts[i:i + batch]
+        s = starts[i : i + batch]
         x0 = jnp.asarray(states[s])
         truth = jnp.asarray(states[s[:, None] + np.asarray(leads)[None, :]])  # (b, L, C, lat, lon)
         fc = emulator.trajectory(x0, max_lead)[:, li]
@@ -520,14 +621,18 @@ def evaluate(emulator: Emulator, states: np.ndarray, leads: Sequence[int] = tupl
     mse = {f: v / starts.size for f, v in sums.items()}
     hours = emulator.spec.hours_per_cycle
     return {
-        "leads": leads, "lead_hours": [lead * hours for lead in leads],
-        "channels": list(emulator.spec.channels.names), "n_starts": int(starts.size),
+        "leads": leads,
+        "lead_hours": [lead * hours for lead in leads],
+        "channels": list(emulator.spec.channels.names),
+        "n_starts": int(starts.size),
         "rmse": {f: np.sqrt(m).tolist() for f, m in mse.items()},
         "aggregate": {f: np.sqrt((m / var).mean(axis=1)).tolist() for f, m in mse.items()},
     }
 
 
-def summary_table(result: dict, channels: Sequence[str] | None = None, lead_hours: int | None = None) -> dict:
+def summary_table(
+    result: dict, channels: Sequence[str] | None = None, lead_hours: int | None = None
+) -> dict:
     """The evaluation at one lead (default the longest) for the headline channels (default
     ``HEADLINE`` where present) and the aggregate: ``{name: {emulator, persistence,
     climatology, beats_both}}``, plus how many of all channels beat both."""
@@ -546,7 +651,11 @@ def summary_table(result: dict, channels: Sequence[str] | None = None, lead_hour
     table["aggregate (standardised)"] = row({f: result["aggregate"][f][k] for f in forecasts})
     rm = {f: np.asarray(result["rmse"][f][k]) for f in forecasts}
     n_beat = int((rm["emulator"] < np.minimum(rm["persistence"], rm["climatology"])).sum())
-    return {"lead_hours": hours[k], "rows": table, "channels_beating_both": f"{n_beat}/{len(names)}"}
+    return {
+        "lead_hours": hours[k],
+        "rows": table,
+        "channels_beating_both": f"{n_beat}/{len(names)}",
+    }
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -555,24 +664,37 @@ def summary_table(result: dict, channels: Sequence[str] | None = None, lead_hour
 def save_emulator(path: str | Path, emulator: Emulator, training: dict | None = None) -> None:
     """Write the emulator to the directory ``path`` (``params.npz`` + ``meta.json``, atomically).
     ``training``: the training window, config and summary (JSON-able)."""
-    meta = {"format": FORMAT, "kind": KIND, "spec": emulator.spec.to_dict(), "normalisation": emulator.norm.to_dict(),
-            "training": training if training is not None else emulator.meta.get("training", {})}
+    meta = {
+        "format": FORMAT,
+        "kind": KIND,
+        "spec": emulator.spec.to_dict(),
+        "normalisation": emulator.norm.to_dict(),
+        "training": training if training is not None else emulator.meta.get("training", {}),
+    }
     write_checkpoint(Path(path), emulator.params, meta)
 
 
 def load_emulator(path: str | Path) -> Emulator:
     """The emulator saved at ``path`` (``CheckpointError`` if missing or not an emulator)."""
     path = Path(path)
-    meta = read_meta(path, FORMAT, f"no emulator checkpoint at {path} (expected meta.json and params.npz); "
-                                   "train one with experiments/sphere_emulator.py")
+    meta = read_meta(
+        path,
+        FORMAT,
+        f"no emulator checkpoint at {path} (expected meta.json and params.npz); "
+        "train one with experiments/sphere_emulator.py",
+    )
     if meta.get("kind") != KIND:
-        raise CheckpointError(f"{path}: a {meta.get('kind', 'diffusion')!r} checkpoint, not a sphere emulator")
+        raise CheckpointError(
+            f"{path}: a {meta.get('kind', 'diffusion')!r} checkpoint, not a sphere emulator"
+        )
     spec = EmulatorSpec.from_dict(meta["spec"])
     norm = EmulatorNorm.from_dict(meta["normalisation"])
     abstract = nnx.eval_shape(lambda: spec.network(0))
     graphdef, template, rest = nnx.split(abstract, nnx.Param, ...)
     if jax.tree.leaves(rest):
-        raise CheckpointError(f"{path}: the network has non-parameter state, which checkpoints do not store")
+        raise CheckpointError(
+            f"{path}: the network has non-parameter state, which checkpoints do not store"
+        )
     return Emulator(spec, norm, graphdef, read_params(path, template), meta)
 
 
@@ -580,8 +702,14 @@ def load_emulator(path: str | Path) -> Emulator:
 LONG_DAYS = (1, 5, 10, 15, 20, 30, 40, 60)
 
 
-def long_rollout(emulator: Emulator, held: np.ndarray, climatology: np.ndarray, train_states: np.ndarray,
-                 days: float, n_starts: int = 3) -> dict:
+def long_rollout(
+    emulator: Emulator,
+    held: np.ndarray,
+    climatology: np.ndarray,
+    train_states: np.ndarray,
+    days: float,
+    n_starts: int = 3,
+) -> dict:
     r"""Whether long free rollouts stay in the climate: from ``n_starts`` starts evenly spaced
     in the first part of ``held (T, C, n_lat, n_lon)`` (each with ``days`` of truth after it),
     at each of ``LONG_DAYS`` within ``days``, averaged over the starts:
@@ -595,9 +723,13 @@ def long_rollout(emulator: Emulator, held: np.ndarray, climatology: np.ndarray, 
     per_day = round(24 / emulator.hours_per_cycle)
     n_cycles = int(round(days * per_day))
     if n_cycles < 1 or held.shape[0] <= n_cycles:
-        raise ValueError(f"long_rollout: {days} days need more than {n_cycles} held-out states, have {held.shape[0]}")
+        raise ValueError(
+            f"long_rollout: {days} days need more than {n_cycles} held-out states, have {held.shape[0]}"
+        )
     starts = np.unique(np.linspace(0, held.shape[0] - 1 - n_cycles, n_starts).round().astype(int))
-    traj = np.asarray(emulator.trajectory(jnp.asarray(held[starts]), n_cycles))  # (S, K, C, lat, lon)
+    traj = np.asarray(
+        emulator.trajectory(jnp.asarray(held[starts]), n_cycles)
+    )  # (S, K, C, lat, lon)
     truth = held[starts[:, None] + 1 + np.arange(n_cycles)]
     area = np.asarray(emulator.spec.grid.weights, np.float64)
     area = area / area.mean()
@@ -614,6 +746,11 @@ def long_rollout(emulator: Emulator, held: np.ndarray, climatology: np.ndarray, 
     var_ratio = spatial_var(traj) / spatial_var(np.asarray(train_states, np.float64)).mean(0)
     report = [d for d in LONG_DAYS if d * per_day <= n_cycles]
     k = np.asarray([d * per_day - 1 for d in report])
-    return {"days": report, "n_starts": int(starts.size), "start_times": starts.tolist(),
-            "rmse": np.sqrt(mse[:, k].mean(-1)).mean(0).tolist(), "abs_bias": bias[:, k].mean(-1).mean(0).tolist(),
-            "variance_ratio": var_ratio[:, k].mean(-1).mean(0).tolist()}
+    return {
+        "days": report,
+        "n_starts": int(starts.size),
+        "start_times": starts.tolist(),
+        "rmse": np.sqrt(mse[:, k].mean(-1)).mean(0).tolist(),
+        "abs_bias": bias[:, k].mean(-1).mean(0).tolist(),
+        "variance_ratio": var_ratio[:, k].mean(-1).mean(0).tolist(),
+    }

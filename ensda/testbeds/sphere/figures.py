@@ -13,12 +13,17 @@ from __future__ import annotations
 import numpy as np
 
 from ensda.cycle import CycleResult
-from ensda.figures import plt
+from ensda.run_figures import plt
 from ensda.testbeds.sphere import climate
 
 #: channel units (SI) by variable, for colour-bar labels
-UNITS = {"geopotential": "m²/s²", "temperature": "K", "u_component_of_wind": "m/s", "v_component_of_wind": "m/s",
-         "surface_pressure": "Pa"}
+UNITS = {
+    "geopotential": "m²/s²",
+    "temperature": "K",
+    "u_component_of_wind": "m/s",
+    "v_component_of_wind": "m/s",
+    "surface_pressure": "Pa",
+}
 
 
 def last_cycle_fields(result: CycleResult, sphere) -> dict[str, np.ndarray]:
@@ -29,8 +34,13 @@ def last_cycle_fields(result: CycleResult, sphere) -> dict[str, np.ndarray]:
     final = np.asarray(result.final_ensemble, np.float64)
     spread = final.std(0, ddof=1) if final.shape[0] > 1 else np.zeros(final.shape[1:])
     mean_a = np.asarray(result.mean_a[-1], np.float64).reshape(shape)
-    return {"truth": sphere.truth_last, "background mean": np.asarray(result.mean_f[-1], np.float64).reshape(shape),
-            "analysis mean": mean_a, "analysis spread": spread.reshape(shape), "analysis error": mean_a - sphere.truth_last}
+    return {
+        "truth": sphere.truth_last,
+        "background mean": np.asarray(result.mean_f[-1], np.float64).reshape(shape),
+        "analysis mean": mean_a,
+        "analysis spread": spread.reshape(shape),
+        "analysis error": mean_a - sphere.truth_last,
+    }
 
 
 def channel_maps_figure(fields: dict[str, np.ndarray], sphere, channel: str, title: str = ""):
@@ -44,11 +54,13 @@ def channel_maps_figure(fields: dict[str, np.ndarray], sphere, channel: str, tit
     fig, axes = plt.subplots(2, 3, figsize=(13, 6), constrained_layout=True)
     lo, hi = float(fields["truth"][c].min()), float(fields["truth"][c].max())
     err = float(np.abs(fields["analysis error"][c]).max()) or 1.0
-    styles = {"truth": dict(cmap="viridis", vmin=lo, vmax=hi),
-              "background mean": dict(cmap="viridis", vmin=lo, vmax=hi),
-              "analysis mean": dict(cmap="viridis", vmin=lo, vmax=hi),
-              "analysis spread": dict(cmap="magma", vmin=0.0),
-              "analysis error": dict(cmap="RdBu_r", vmin=-err, vmax=err)}
+    styles = {
+        "truth": dict(cmap="viridis", vmin=lo, vmax=hi),
+        "background mean": dict(cmap="viridis", vmin=lo, vmax=hi),
+        "analysis mean": dict(cmap="viridis", vmin=lo, vmax=hi),
+        "analysis spread": dict(cmap="magma", vmin=0.0),
+        "analysis error": dict(cmap="RdBu_r", vmin=-err, vmax=err),
+    }
     for ax, (name, style) in zip(axes.flat, styles.items()):
         mesh = ax.pcolormesh(lon, lat, fields[name][c], shading="nearest", **style)
         fig.colorbar(mesh, ax=ax, shrink=0.6, label=units)
@@ -58,11 +70,21 @@ def channel_maps_figure(fields: dict[str, np.ndarray], sphere, channel: str, tit
         ax.set_aspect("equal")
     summary = axes.flat[-1]
     summary.axis("off")
-    rms = lambda v: float(np.sqrt(np.average(v**2, weights=np.broadcast_to(np.cos(np.deg2rad(lat))[:, None], v.shape))))  # noqa: E731
-    summary.text(0.0, 0.9, f"{channel} at the last cycle\n\ncos-lat weighted\nRMSE of the analysis mean: "
-                 f"{rms(fields['analysis error'][c]):.4g} {units}\nRMSE of the background mean: "
-                 f"{rms(fields['background mean'][c] - fields['truth'][c]):.4g} {units}\n"
-                 f"climatological σ: {float(sphere.channel_std[c]):.4g} {units}", va="top", fontsize=10)
+    rms = lambda v: float(
+        np.sqrt(
+            np.average(v**2, weights=np.broadcast_to(np.cos(np.deg2rad(lat))[:, None], v.shape))
+        )
+    )  # noqa: E731
+    summary.text(
+        0.0,
+        0.9,
+        f"{channel} at the last cycle\n\ncos-lat weighted\nRMSE of the analysis mean: "
+        f"{rms(fields['analysis error'][c]):.4g} {units}\nRMSE of the background mean: "
+        f"{rms(fields['background mean'][c] - fields['truth'][c]):.4g} {units}\n"
+        f"climatological σ: {float(sphere.channel_std[c]):.4g} {units}",
+        va="top",
+        fontsize=10,
+    )
     fig.suptitle(f"{title}  {channel}".strip())
     return fig
 
@@ -73,8 +95,20 @@ def channel_rmse_figure(per_channel: dict[str, np.ndarray], sphere, title: str =
     names = sphere.names
     y = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(7, 1.5 + 0.22 * len(names)), constrained_layout=True)
-    ax.barh(y + 0.2, per_channel["rmse_f"] / sphere.channel_std, height=0.4, color="tab:orange", label="background")
-    ax.barh(y - 0.2, per_channel["rmse_a"] / sphere.channel_std, height=0.4, color="tab:blue", label="analysis")
+    ax.barh(
+        y + 0.2,
+        per_channel["rmse_f"] / sphere.channel_std,
+        height=0.4,
+        color="tab:orange",
+        label="background",
+    )
+    ax.barh(
+        y - 0.2,
+        per_channel["rmse_a"] / sphere.channel_std,
+        height=0.4,
+        color="tab:blue",
+        label="analysis",
+    )
     ax.axvline(1.0, color="grey", lw=0.8, ls=":", label="climatological σ")
     ax.set_yticks(y, names, fontsize=7)
     ax.invert_yaxis()
@@ -123,11 +157,22 @@ def _zonal_section(fig, ax, field, cmap: str, step: float, units: str, centred: 
 
 def _map(fig, ax, field, cmap: str, step: float, units: str, title: str):
     """A time-mean latitude × longitude field, filled, with labelled contours every ``step``."""
-    lat, lon, values = field["latitude"].values, field["longitude"].values, np.asarray(field.values, np.float64)
+    lat, lon, values = (
+        field["latitude"].values,
+        field["longitude"].values,
+        np.asarray(field.values, np.float64),
+    )
     mesh = ax.pcolormesh(lon, lat, values, shading="nearest", cmap=cmap)
     lo, hi = np.floor(values.min() / step) * step, np.ceil(values.max() / step) * step
     if hi > lo:
-        lines = ax.contour(lon, lat, values, levels=np.arange(lo, hi + 0.5 * step, step), colors="k", linewidths=0.5)
+        lines = ax.contour(
+            lon,
+            lat,
+            values,
+            levels=np.arange(lo, hi + 0.5 * step, step),
+            colors="k",
+            linewidths=0.5,
+        )
         ax.clabel(lines, fmt="%g", fontsize=6)
     fig.colorbar(mesh, ax=ax, shrink=0.6, label=units)
     ax.set_title(title)
@@ -136,7 +181,9 @@ def _map(fig, ax, field, cmap: str, step: float, units: str, title: str):
     ax.set_aspect("equal")
 
 
-def climatology_figure(ds, max_times: int | None = None, title: str = "", numbers: dict | None = None):
+def climatology_figure(
+    ds, max_times: int | None = None, title: str = "", numbers: dict | None = None
+):
     """Climatology of a nature run (its last ``max_times`` times, all when ``None``): zonal-
     and time-mean u and T on latitude × pressure with the jet maxima marked, and time-mean
     maps of z500 (as geopotential height) and T850. Panels whose variable the store lacks
@@ -147,12 +194,25 @@ def climatology_figure(ds, max_times: int | None = None, title: str = "", number
     fig, axes = plt.subplots(2, 2, figsize=(13, 8), constrained_layout=True)
     (ax_u, ax_t), (ax_z, ax_t850) = axes
     if "u_component_of_wind" in ds:
-        _zonal_section(fig, ax_u, climate.zonal_time_mean(ds["u_component_of_wind"]), "RdBu_r", 5.0, "m/s", centred=True)
+        _zonal_section(
+            fig,
+            ax_u,
+            climate.zonal_time_mean(ds["u_component_of_wind"]),
+            "RdBu_r",
+            5.0,
+            "m/s",
+            centred=True,
+        )
         for j in numbers["jets"].values():
             if j["level_hpa"] is not None:
                 ax_u.plot(j["latitude"], j["level_hpa"], marker="x", color="k", ms=8, mew=2)
-                ax_u.annotate(f"{j['u_m_s']:.1f} m/s", (j["latitude"], j["level_hpa"]), xytext=(4, 6),
-                              textcoords="offset points", fontsize=7)
+                ax_u.annotate(
+                    f"{j['u_m_s']:.1f} m/s",
+                    (j["latitude"], j["level_hpa"]),
+                    xytext=(4, 6),
+                    textcoords="offset points",
+                    fontsize=7,
+                )
         ax_u.set_title("zonal- and time-mean u (× jet maxima)")
     if "temperature" in ds:
         _zonal_section(fig, ax_t, climate.zonal_time_mean(ds["temperature"]), "plasma", 10.0, "K")
@@ -165,10 +225,19 @@ def climatology_figure(ds, max_times: int | None = None, title: str = "", number
         t, level = climate.time_mean_map(ds["temperature"], 850.0)
         at = f" at {level:g} hPa" if level is not None else ""
         _map(fig, ax_t850, t, "plasma", 5.0, "K", f"time-mean temperature{at}")
-    for ax, name in ((ax_u, "u_component_of_wind"), (ax_t, "temperature"), (ax_z, "geopotential"), (ax_t850, "temperature")):
+    for ax, name in (
+        (ax_u, "u_component_of_wind"),
+        (ax_t, "temperature"),
+        (ax_z, "geopotential"),
+        (ax_t850, "temperature"),
+    ):
         if name not in ds:
             ax.axis("off")
             ax.set_title(f"no {name}")
-    span = f"{numbers['n_times']} times, {numbers['first_time']} .. {numbers['last_time']}" if "n_times" in numbers else ""
+    span = (
+        f"{numbers['n_times']} times, {numbers['first_time']} .. {numbers['last_time']}"
+        if "n_times" in numbers
+        else ""
+    )
     fig.suptitle(f"{title}  climatology over {span}".strip())
     return fig

@@ -120,7 +120,9 @@ def _cell_bounds(centres: np.ndarray, low: float, high: float) -> np.ndarray:
     return np.concatenate([[low], mid, [high]])
 
 
-def conservative_weights(src_lat: np.ndarray, src_lon: np.ndarray, grid: LatLonGrid) -> tuple[np.ndarray, np.ndarray]:
+def conservative_weights(
+    src_lat: np.ndarray, src_lon: np.ndarray, grid: LatLonGrid
+) -> tuple[np.ndarray, np.ndarray]:
     """First-order conservative regridding from a rectilinear lat–lon grid to ``grid``.
 
     Source cells are bounded by the midpoints between centres (±90° at the ends; periodic in
@@ -140,7 +142,12 @@ def conservative_weights(src_lat: np.ndarray, src_lon: np.ndarray, grid: LatLonG
     s_lat = np.sin(np.deg2rad(_cell_bounds(src_lat, -90.0, 90.0)))
     d = 180.0 / grid.n_lat
     t_lat = np.sin(np.deg2rad(-90.0 + d * np.arange(grid.n_lat + 1)))
-    w_lat = np.clip(np.minimum(t_lat[1:, None], s_lat[None, 1:]) - np.maximum(t_lat[:-1, None], s_lat[None, :-1]), 0, None)
+    w_lat = np.clip(
+        np.minimum(t_lat[1:, None], s_lat[None, 1:])
+        - np.maximum(t_lat[:-1, None], s_lat[None, :-1]),
+        0,
+        None,
+    )
     ext = np.concatenate([src_lon[-1:] - 360.0, src_lon, src_lon[:1] + 360.0])
     s_lon = (ext[1:] + ext[:-1]) / 2  # edges: n_src + 1 values, first below the first centre
     dl = 360.0 / grid.n_lon

@@ -32,13 +32,22 @@ from ensda.testbeds.sphere.grid import LatLonGrid
 SPINUP_BLOCK_DAYS = 10.0
 #: config keys (or key prefixes) that may differ when continuing a store: the length and place
 #: of the run, and the experiment settings that do not shape the nature run
-RESUMABLE_CHANGES = ("nature.days", "nature.store", "cycle_hours", "forecast.", "truth_start", "climatology_samples")
+RESUMABLE_CHANGES = (
+    "nature.days",
+    "nature.store",
+    "cycle_hours",
+    "forecast.",
+    "truth_start",
+    "climatology_samples",
+)
 
 
 def build(cfg: SphereTestbedConfig):
     """The dycore and the output (grid, levels) of a sphere testbed config."""
     model = make_model(cfg.model, cfg.resolution, cfg.dt_minutes, cfg.layers)
-    return model, Output(LatLonGrid(cfg.grid.n_lon, cfg.grid.n_lat), tuple(int(v) for v in cfg.state_levels))
+    return model, Output(
+        LatLonGrid(cfg.grid.n_lon, cfg.grid.n_lat), tuple(int(v) for v in cfg.state_levels)
+    )
 
 
 def state_arrays(state) -> dict[str, np.ndarray]:
@@ -69,33 +78,46 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 def _check_same_run(saved: dict, current: dict, path: Path) -> None:
     a, b = _flat(saved), _flat(current)
-    differ = sorted(k for k in set(a) | set(b) if not k.startswith(RESUMABLE_CHANGES) and a.get(k) != b.get(k))
+    differ = sorted(
+        k for k in set(a) | set(b) if not k.startswith(RESUMABLE_CHANGES) and a.get(k) != b.get(k)
+    )
     if differ:
         detail = ", ".join(f"{k}: store {a.get(k)!r} vs config {b.get(k)!r}" for k in differ)
-        raise ValueError(f"{path} was started with another testbed config ({detail}); "
-                         "use a new store path or restore those settings")
+        raise ValueError(
+            f"{path} was started with another testbed config ({detail}); "
+            "use a new store path or restore those settings"
+        )
 
 
 def _attrs(cfg: SphereTestbedConfig, model, out: Output) -> dict:
     import dinosaur
 
     trunc = model.output_truncation(out.grid)
-    what = (f"Held-Suarez primitive equations {cfg.resolution} L{cfg.layers}" if cfg.model == "held_suarez"
-            else f"shallow water (barotropic instability) {cfg.resolution}")
+    what = (
+        f"Held-Suarez primitive equations {cfg.resolution} L{cfg.layers}"
+        if cfg.model == "held_suarez"
+        else f"shallow water (barotropic instability) {cfg.resolution}"
+    )
     return {
         "source": f"ensda nature run: dinosaur {getattr(dinosaur, '__version__', '?')} {what}, dt {cfg.dt_minutes} min",
         "grid": f"{out.grid.name} (WeatherBench 2 convention: cell-centred latitudes, no poles, south to north)",
         "truncation": f"T{trunc}",
         "regridding": f"triangular spectral truncation at T{trunc}, exact evaluation of the series at the grid points",
-        "vertical_interpolation": ("sigma to pressure levels linear in ln p; T, u, v constant beyond the end layers; "
-                                   "geopotential hydrostatic above the top layer and below the surface"),
+        "vertical_interpolation": (
+            "sigma to pressure levels linear in ln p; T, u, v constant beyond the end layers; "
+            "geopotential hydrostatic above the top layer and below the surface"
+        ),
         "spinup_days": cfg.spinup_days,
         "ensda_testbed": json.dumps(cfg.model_dump(mode="json")),
     }
 
 
-def generate(cfg: SphereTestbedConfig, store: str | Path | None = None, progress: bool = True,
-             max_blocks: int | None = None) -> dict:
+def generate(
+    cfg: SphereTestbedConfig,
+    store: str | Path | None = None,
+    progress: bool = True,
+    max_blocks: int | None = None,
+) -> dict:
     """Spin up (or resume) and write the nature run; returns a summary with timings.
 
     ``max_blocks`` stops after that many output blocks (for tests of resumption).
@@ -108,22 +130,34 @@ def generate(cfg: SphereTestbedConfig, store: str | Path | None = None, progress
     restart = zstore.read_restart(path)
     if restart is None:
         if path.exists() and any(path.iterdir()):
-            raise ValueError(f"{path} exists and is not an ensda nature store (no restart group): choose another path")
+            raise ValueError(
+                f"{path} exists and is not an ensda nature store (no restart group): choose another path"
+            )
         path.parent.mkdir(parents=True, exist_ok=True)
         zstore.init_store(path, config)
         state, spun, written = model.initial_state(jax.random.key(cfg.nature.seed)), 0, 0
     else:
         _check_same_run(restart.config, config, path)
         spun, written = restart.spinup_steps, restart.n_written
-        state = restore_state(model, restart.arrays) if restart.arrays else model.initial_state(jax.random.key(cfg.nature.seed))
+        state = (
+            restore_state(model, restart.arrays)
+            if restart.arrays
+            else model.initial_state(jax.random.key(cfg.nature.seed))
+        )
         zstore.truncate(path, written)
 
     steps_per_day = model.steps_per(24)
     spin_total = round(cfg.spinup_days * steps_per_day)
     block = int(SPINUP_BLOCK_DAYS * steps_per_day)
     t0 = time.perf_counter()
-    with tqdm(total=spin_total / steps_per_day, initial=spun / steps_per_day, unit="day", desc="spin-up",
-              disable=not progress or spun >= spin_total, leave=False) as bar:
+    with tqdm(
+        total=spin_total / steps_per_day,
+        initial=spun / steps_per_day,
+        unit="day",
+        desc="spin-up",
+        disable=not progress or spun >= spin_total,
+        leave=False,
+    ) as bar:
         while spun < spin_total:
             n = min(block, spin_total - spun)
             state, _ = integrate(model, state, 1, n, None)
@@ -140,15 +174,23 @@ def generate(cfg: SphereTestbedConfig, store: str | Path | None = None, progress
     attrs = _attrs(cfg, model, out)
     timings, blocks = [], 0
     days_per_out = cfg.nature.output_hours / 24
-    with tqdm(total=total * days_per_out, initial=written * days_per_out, unit="day", desc="nature run",
-              disable=not progress, leave=False) as bar:
+    with tqdm(
+        total=total * days_per_out,
+        initial=written * days_per_out,
+        unit="day",
+        desc="nature run",
+        disable=not progress,
+        leave=False,
+    ) as bar:
         while written < total and (max_blocks is None or blocks < max_blocks):
             c = min(chunk, total - written)
             tb = time.perf_counter()
             state, fields = integrate(model, state, c, per_out, out)
             fields = jax.device_get(fields)
             times = start + (written + np.arange(c)) * step
-            ds = zstore.to_dataset(fields, times, out.grid.latitudes, out.grid.longitudes, out.levels, attrs)
+            ds = zstore.to_dataset(
+                fields, times, out.grid.latitudes, out.grid.longitudes, out.levels, attrs
+            )
             zstore.append(path, ds, chunk)
             written += c
             zstore.write_restart(path, state_arrays(state), spun, written)
@@ -158,14 +200,26 @@ def generate(cfg: SphereTestbedConfig, store: str | Path | None = None, progress
     steady = timings[1:] or timings  # the first block includes compilation
     s_per_day = round(sum(t for t, _ in steady) / sum(d for _, d in steady), 3) if steady else None
     return {
-        "store": str(path), "n_times": written, "complete": written >= total, "model": cfg.model,
-        "resolution": cfg.resolution, "spinup_s": round(spinup_s, 2),
-        "nature_s": round(sum(t for t, _ in timings), 2), "s_per_model_day": s_per_day,
+        "store": str(path),
+        "n_times": written,
+        "complete": written >= total,
+        "model": cfg.model,
+        "resolution": cfg.resolution,
+        "spinup_s": round(spinup_s, 2),
+        "nature_s": round(sum(t for t, _ in timings), 2),
+        "s_per_model_day": s_per_day,
     }
 
 
-def twin_divergence(cfg: SphereTestbedConfig, state, days: float, amplitude: float, key: jax.Array,
-                    variables: dict[str, int | None], output_hours: int | None = None) -> dict:
+def twin_divergence(
+    cfg: SphereTestbedConfig,
+    state,
+    days: float,
+    amplitude: float,
+    key: jax.Array,
+    variables: dict[str, int | None],
+    output_hours: int | None = None,
+) -> dict:
     """Error growth between a run from ``state`` and one from ``state`` plus a tiny perturbation.
 
     The perturbation is ``model.perturb(state, key, amplitude)`` (K of temperature for
@@ -195,11 +249,17 @@ def twin_divergence(cfg: SphereTestbedConfig, state, days: float, amplitude: flo
         diff = np.sqrt((w * (f[0] - f[1]) ** 2).mean(axis=(-2, -1)))
         clim = np.sqrt(2.0 * (w * f[0].var(axis=0)).mean())
         mean = (w * f[0]).mean(axis=(-2, -1))
-        result[name if level is None else f"{name}{level}"] = {"rmse": diff, "clim": float(clim), "mean": mean}
+        result[name if level is None else f"{name}{level}"] = {
+            "rmse": diff,
+            "clim": float(clim),
+            "mean": mean,
+        }
     return result
 
 
-def doubling_time_hours(hours: np.ndarray, rmse: np.ndarray, clim: float, low: float = 1e-3, high: float = 0.25) -> float:
+def doubling_time_hours(
+    hours: np.ndarray, rmse: np.ndarray, clim: float, low: float = 1e-3, high: float = 0.25
+) -> float:
     """Error-doubling time from the exponential phase: a least-squares line through
     log₂ rmse against time where low·clim < rmse < high·clim (NaN if fewer than 3 points)."""
     sel = (rmse > low * clim) & (rmse < high * clim)

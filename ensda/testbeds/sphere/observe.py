@@ -76,8 +76,12 @@ class GlobalObsNetwork:
             raise ValueError(f"obs.variables {bad} are not in the state (it has {sorted(known)})")
         bad_levels = sorted(set(self.levels or ()) - set(self.channels.levels))
         if bad_levels:
-            raise ValueError(f"obs.levels {bad_levels} are not levels of the state {list(self.channels.levels)}")
-        missing = sorted({self.channels.variable(c) for c in self.observed_channels} - set(dict(self.r_std)))
+            raise ValueError(
+                f"obs.levels {bad_levels} are not levels of the state {list(self.channels.levels)}"
+            )
+        missing = sorted(
+            {self.channels.variable(c) for c in self.observed_channels} - set(dict(self.r_std))
+        )
         if missing:
             raise ValueError(f"obs.r_std has no error for {missing}")
 
@@ -110,10 +114,14 @@ class GlobalObsNetwork:
     def channel_r_std(self) -> jax.Array:
         """Observation error std of each observed channel."""
         r = dict(self.r_std)
-        return jnp.asarray([r[self.channels.variable(c)] for c in self.observed_channels], jnp.float32)
+        return jnp.asarray(
+            [r[self.channels.variable(c)] for c in self.observed_channels], jnp.float32
+        )
 
     def _column_coords(self):
-        lat = jnp.repeat(jnp.deg2rad(jnp.asarray(self.grid.latitudes, jnp.float32)), self.grid.n_lon)
+        lat = jnp.repeat(
+            jnp.deg2rad(jnp.asarray(self.grid.latitudes, jnp.float32)), self.grid.n_lon
+        )
         lon = jnp.tile(jnp.deg2rad(jnp.asarray(self.grid.longitudes, jnp.float32)), self.grid.n_lat)
         return lat, lon
 
@@ -135,14 +143,24 @@ class GlobalObsNetwork:
         """Latitudes and longitudes (radians) of the satellites' ground tracks in the cycle's
         window, sampled every 2 minutes: ``(n_satellites · n_times,)`` each."""
         minutes = self.cycle_hours * 60.0
-        t_h = cycle * self.cycle_hours + jnp.linspace(-0.5, 0.5, int(minutes // 2) + 1) * self.cycle_hours
+        t_h = (
+            cycle * self.cycle_hours
+            + jnp.linspace(-0.5, 0.5, int(minutes // 2) + 1) * self.cycle_hours
+        )
         k_u, k_node = jax.random.split(key)
         u0 = jax.random.uniform(k_u, (self.n_satellites, 1), maxval=2 * jnp.pi)
-        node0 = jax.random.uniform(k_node, ()) * 2 * jnp.pi + 2 * jnp.pi * jnp.arange(self.n_satellites)[:, None] / self.n_satellites
+        node0 = (
+            jax.random.uniform(k_node, ()) * 2 * jnp.pi
+            + 2 * jnp.pi * jnp.arange(self.n_satellites)[:, None] / self.n_satellites
+        )
         u = u0 + 2 * jnp.pi * t_h[None] * 60.0 / self.period_minutes
         inc = jnp.deg2rad(self.inclination_deg)
         lat = jnp.arcsin(jnp.sin(inc) * jnp.sin(u))
-        lon = node0 + jnp.arctan2(jnp.cos(inc) * jnp.sin(u), jnp.cos(u)) - 2 * jnp.pi * t_h[None] / EARTH_DAY_HOURS
+        lon = (
+            node0
+            + jnp.arctan2(jnp.cos(inc) * jnp.sin(u), jnp.cos(u))
+            - 2 * jnp.pi * t_h[None] / EARTH_DAY_HOURS
+        )
         return lat.ravel(), jnp.mod(lon, 2 * jnp.pi).ravel()
 
     def site_indices(self, key: jax.Array, cycle: jax.Array | int) -> jax.Array:
@@ -152,7 +170,9 @@ class GlobalObsNetwork:
             k = jax.random.fold_in(key, cycle) if self.redraw else key
             cols = jax.random.permutation(k, n)[:p]
         elif self.kind == "stations":
-            cols = jax.random.choice(jax.random.fold_in(key, 1), n, (p,), replace=False, p=self.station_weights(key))
+            cols = jax.random.choice(
+                jax.random.fold_in(key, 1), n, (p,), replace=False, p=self.station_weights(key)
+            )
         else:
             lat, lon = self._column_coords()
             t_lat, t_lon = self.ground_track(key, cycle)
@@ -169,8 +189,13 @@ class GlobalObsNetwork:
         r_std = jnp.repeat(self.channel_r_std(), self.n_columns)
         clean = truth.reshape(-1)[idx]
         eps = jax.random.normal(jax.random.fold_in(noise_key, cycle), clean.shape, clean.dtype)
-        return Observations(y=clean + r_std * eps, idx=idx, r_std=r_std, site=jnp.tile(cols, chans.shape[0]),
-                            state_shape=(self.channels.n,) + self.grid.shape)
+        return Observations(
+            y=clean + r_std * eps,
+            idx=idx,
+            r_std=r_std,
+            site=jnp.tile(cols, chans.shape[0]),
+            state_shape=(self.channels.n,) + self.grid.shape,
+        )
 
     def observe_run(self, truths: jax.Array, key: jax.Array) -> Observations:
         """Observations of every cycle of a run: ``truths (K, n_var, n_lat, n_lon)`` -> stacked."""
@@ -190,18 +215,27 @@ class GlobalObsNetwork:
 
         idx, y = np.asarray(obs.idx), np.asarray(obs.y, np.float32)
         if idx.ndim != 2:
-            raise ValueError(f"expected observations stacked over cycles (cycles, p), got idx of shape {idx.shape}")
+            raise ValueError(
+                f"expected observations stacked over cycles (cycles, p), got idx of shape {idx.shape}"
+            )
         ch = self.channels
         chan = idx[0] // self.grid.n
         if not (idx // self.grid.n == chan).all():
-            raise ValueError("observation slots change channel between cycles: not observations of this network")
+            raise ValueError(
+                "observation slots change channel between cycles: not observations of this network"
+            )
         col = idx % self.grid.n
         lat = np.asarray(self.grid.latitudes)[col // self.grid.n_lon]
         lon = np.asarray(self.grid.longitudes)[col % self.grid.n_lon]
-        level = [float(ch.levels[c % len(ch.levels)]) if ch.variable(c) in ch.variables else np.nan for c in chan]
+        level = [
+            float(ch.levels[c % len(ch.levels)]) if ch.variable(c) in ch.variables else np.nan
+            for c in chan
+        ]
         dims = ("cycle", "obs")
 
-        def names(items):  # variable-length strings: zarr v3 has a spec for these (fixed-width: none)
+        def names(
+            items,
+        ):  # variable-length strings: zarr v3 has a spec for these (fixed-width: none)
             return np.asarray(items, dtype=object)
 
         coords = {}
@@ -211,11 +245,26 @@ class GlobalObsNetwork:
                 raise ValueError(f"{times.shape[0]} times for {y.shape[0]} cycles of observations")
             coords["time"] = ("cycle", times)
         return xr.Dataset(
-            {"value": (dims, y), "r_std": (dims, np.asarray(obs.r_std, np.float32)), "column": (dims, col.astype(np.int32)),
-             "latitude": (dims, lat.astype(np.float32)), "longitude": (dims, lon.astype(np.float32))},
-            coords={"cycle": np.arange(1, y.shape[0] + 1), "channel": ("obs", names([ch.names[c] for c in chan])),
-                    "variable": ("obs", names([ch.variable(c) for c in chan])), "level": ("obs", np.asarray(level))}
+            {
+                "value": (dims, y),
+                "r_std": (dims, np.asarray(obs.r_std, np.float32)),
+                "column": (dims, col.astype(np.int32)),
+                "latitude": (dims, lat.astype(np.float32)),
+                "longitude": (dims, lon.astype(np.float32)),
+            },
+            coords={
+                "cycle": np.arange(1, y.shape[0] + 1),
+                "channel": ("obs", names([ch.names[c] for c in chan])),
+                "variable": ("obs", names([ch.variable(c) for c in chan])),
+                "level": ("obs", np.asarray(level)),
+            }
             | coords,
-            attrs={"kind": self.kind, "density": self.density, "redraw": int(self.redraw),
-                   "cycle_hours": self.cycle_hours, "grid": self.grid.name, "n_columns": self.n_columns},
+            attrs={
+                "kind": self.kind,
+                "density": self.density,
+                "redraw": int(self.redraw),
+                "cycle_hours": self.cycle_hours,
+                "grid": self.grid.name,
+                "n_columns": self.n_columns,
+            },
         )

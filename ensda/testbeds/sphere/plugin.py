@@ -50,12 +50,16 @@ def channel_std(samples: jax.Array, testbed: FlatSphere) -> jax.Array:
     ``testbed.channel_std``, the same σ as 3D-Var's climatological B): about the RMSE of a
     climatological forecast.
     """
-    std = sphere_channel_std(testbed.unflatten(samples), testbed.testbed.grid, by_latitude=False)[:, 0, 0]
+    std = sphere_channel_std(testbed.unflatten(samples), testbed.testbed.grid, by_latitude=False)[
+        :, 0, 0
+    ]
     flat = np.flatnonzero(~(np.asarray(std) > 0))
     if flat.size:
         names = [testbed.testbed.channels.names[i] for i in flat]
-        raise ValueError(f"channels {names} have no climatological variance in the {samples.shape[0]} samples: "
-                         "cannot normalise the metrics by them")
+        raise ValueError(
+            f"channels {names} have no climatological variance in the {samples.shape[0]} samples: "
+            "cannot normalise the metrics by them"
+        )
     return std
 
 
@@ -88,26 +92,41 @@ class SphereKind:
         """Cross-section checks of an experiment on the sphere (``ValueError`` naming the key)."""
         cfg.obs.check_state(cfg.testbed)
         if cfg.forecast_model.forcing is not None:
-            raise ValueError("forecast_model.forcing is a Lorenz-96 setting; on the sphere set testbed.forecast "
-                             "(resolution, dt_minutes) for an imperfect model")
-        if cfg.ensemble.init == "climatology" and cfg.testbed.climatology_samples < cfg.ensemble.size:
-            raise ValueError(f"testbed.climatology_samples ({cfg.testbed.climatology_samples}) must be at least "
-                             f"ensemble.size ({cfg.ensemble.size}) for ensemble.init: climatology")
+            raise ValueError(
+                "forecast_model.forcing is a Lorenz-96 setting; on the sphere set testbed.forecast "
+                "(resolution, dt_minutes) for an imperfect model"
+            )
+        if (
+            cfg.ensemble.init == "climatology"
+            and cfg.testbed.climatology_samples < cfg.ensemble.size
+        ):
+            raise ValueError(
+                f"testbed.climatology_samples ({cfg.testbed.climatology_samples}) must be at least "
+                f"ensemble.size ({cfg.ensemble.size}) for ensemble.init: climatology"
+            )
         if cfg.train is not None:
             t = cfg.train
             if t.store_times is not None and t.store_times[0] + 2 > t.store_times[1]:
                 raise ValueError(f"train.store_times {list(t.store_times)}: need first + 2 <= stop")
-            known = set(MODEL_VARIABLES[cfg.testbed.model][0]) | set(MODEL_VARIABLES[cfg.testbed.model][1])
+            known = set(MODEL_VARIABLES[cfg.testbed.model][0]) | set(
+                MODEL_VARIABLES[cfg.testbed.model][1]
+            )
             bad = sorted(set(t.variable_weights) - known)
             if bad:
-                raise ValueError(f"train.variable_weights: {bad} are not variables of the state ({sorted(known)})")
+                raise ValueError(
+                    f"train.variable_weights: {bad} are not variables of the state ({sorted(known)})"
+                )
             if t.target == "anchored":
-                raise ValueError("train.target anchored (ens-diffusion) runs on Lorenz-96 only for now")
+                raise ValueError(
+                    "train.target anchored (ens-diffusion) runs on Lorenz-96 only for now"
+                )
 
     def check_source_obs(self, cfg, obs, where: str) -> None:
         """A training source's network (``train.sources[i].obs``) is a column network of the state."""
         if not isinstance(obs, SphereObsConfig):
-            raise ValueError(f"{where}: on the sphere a source needs a column network (kind: random, stations or swaths)")
+            raise ValueError(
+                f"{where}: on the sphere a source needs a column network (kind: random, stations or swaths)"
+            )
         obs.check_state(cfg.testbed)
 
     def max_radius(self, cfg) -> float | None:
@@ -119,7 +138,11 @@ class SphereKind:
 
     def perfect_model(self, cfg) -> bool:
         f, t = cfg.testbed.forecast, cfg.testbed
-        return f.emulator is None and f.resolution in (None, t.resolution) and f.dt_minutes in (None, t.dt_minutes)
+        return (
+            f.emulator is None
+            and f.resolution in (None, t.resolution)
+            and f.dt_minutes in (None, t.dt_minutes)
+        )
 
     def model(self, cfg) -> FlatSphere:
         return FlatSphere(from_config(cfg.testbed))
@@ -131,10 +154,18 @@ class SphereKind:
     def network(self, cfg, obs: SphereObsConfig) -> GlobalObsNetwork:
         t = cfg.testbed
         return GlobalObsNetwork(
-            LatLonGrid(t.grid.n_lon, t.grid.n_lat), channels_of(t), kind=obs.kind, density=obs.density,
-            redraw=obs.redraw, variables=obs.variables, levels=obs.levels,
-            r_std=tuple((dict(GLOBAL_R_STD) | obs.r_std).items()), cycle_hours=t.cycle_hours,
-            n_clusters=obs.n_clusters, n_satellites=obs.n_satellites, inclination_deg=obs.inclination_deg,
+            LatLonGrid(t.grid.n_lon, t.grid.n_lat),
+            channels_of(t),
+            kind=obs.kind,
+            density=obs.density,
+            redraw=obs.redraw,
+            variables=obs.variables,
+            levels=obs.levels,
+            r_std=tuple((dict(GLOBAL_R_STD) | obs.r_std).items()),
+            cycle_hours=t.cycle_hours,
+            n_clusters=obs.n_clusters,
+            n_satellites=obs.n_satellites,
+            inclination_deg=obs.inclination_deg,
             period_minutes=obs.period_minutes,
         )
 
@@ -142,11 +173,14 @@ class SphereKind:
         """Every column observed, in the network's channels."""
         return dataclasses.replace(network, kind="random", density=1.0, redraw=False)
 
-    def truth_and_climatology(self, cfg, model: FlatSphere, truth_key, clim_key) -> tuple[jax.Array, jax.Array, int]:
+    def truth_and_climatology(
+        self, cfg, model: FlatSphere, truth_key, clim_key
+    ) -> tuple[jax.Array, jax.Array, int]:
         """A window of the store (and its first store time); the climatology from outside it."""
         start = model.truth_start(truth_key, cfg.cycles, cfg.testbed.truth_start)
-        truth, clim = model.truth_and_climatology(truth_key, cfg.cycles, clim_key, cfg.testbed.climatology_samples,
-                                                  start)
+        truth, clim = model.truth_and_climatology(
+            truth_key, cfg.cycles, clim_key, cfg.testbed.climatology_samples, start
+        )
         return truth, clim, start
 
     def channel_std(self, climatology: jax.Array, model: FlatSphere) -> jax.Array:
@@ -155,8 +189,13 @@ class SphereKind:
     def run_info(self, cfg, osse) -> SphereRun:
         """The channels, headline channels, grid, σ_c and last truth of a sphere OSSE."""
         tb = osse.testbed
-        return SphereRun(tb.testbed.grid, tb.testbed.channels.names, cfg.testbed.headline,
-                         np.asarray(osse.channel_std), np.asarray(tb.unflatten(osse.truth[-1])))
+        return SphereRun(
+            tb.testbed.grid,
+            tb.testbed.channels.names,
+            cfg.testbed.headline,
+            np.asarray(osse.channel_std),
+            np.asarray(tb.unflatten(osse.truth[-1])),
+        )
 
 
 SPHERE = SphereKind()

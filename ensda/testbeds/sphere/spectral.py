@@ -33,7 +33,9 @@ def harmonics(grid: LatLonGrid, truncation: int):
     from dinosaur import spherical_harmonic
 
     if truncation + 1 > grid.n_lon // 2:
-        raise ValueError(f"truncation T{truncation} needs at least {2 * truncation + 2} longitudes, grid has {grid.n_lon}")
+        raise ValueError(
+            f"truncation T{truncation} needs at least {2 * truncation + 2} longitudes, grid has {grid.n_lon}"
+        )
     return spherical_harmonic.Grid(
         longitude_wavenumbers=truncation + 1,
         total_wavenumbers=truncation + 2,
@@ -97,7 +99,9 @@ def _lat_weights(grid: LatLonGrid) -> np.ndarray:
 
 def _fourier_rows(h, field: jax.Array) -> jax.Array:
     """Real-Fourier coefficients ``(..., rows, lat)`` of grid values ``(..., lat, lon)``."""
-    f = jnp.asarray(h.spherical_harmonics.basis.f, jnp.float32)  # (lon, rows), orthonormal for weights 2π / n_lon
+    f = jnp.asarray(
+        h.spherical_harmonics.basis.f, jnp.float32
+    )  # (lon, rows), orthonormal for weights 2π / n_lon
     return jnp.einsum("...jl,lr->...rj", field, f) * (2 * np.pi / f.shape[0])
 
 
@@ -121,7 +125,9 @@ def analyse(values: jax.Array, grid: LatLonGrid, truncation: int) -> jax.Array:
     least-squares fit (exact inverse of ``evaluate`` for fields of degree ≤ T)."""
     h = harmonics(grid, truncation)
     g = _fourier_rows(h, values)
-    return jnp.einsum("rlj,...rj->...rl", jnp.asarray(_scalar_inverse(grid, truncation), jnp.float32), g)
+    return jnp.einsum(
+        "rlj,...rj->...rl", jnp.asarray(_scalar_inverse(grid, truncation), jnp.float32), g
+    )
 
 
 @functools.lru_cache(maxsize=16)
@@ -144,7 +150,9 @@ def _wind_inverse(grid: LatLonGrid, truncation: int):
     def observed(units, m_rows):  # unit coefficients (4 nl, 2, rows, T + 2) -> (4 nl, 4 lat)
         u, v = evaluate_winds(units[:, 0], units[:, 1], grid, t)
         gu, gv = _fourier_rows(h, u), _fourier_rows(h, v)  # (4 nl, rows, lat)
-        return jnp.concatenate([gu[:, m_rows[0]], gu[:, m_rows[1]], gv[:, m_rows[0]], gv[:, m_rows[1]]], axis=-1)
+        return jnp.concatenate(
+            [gu[:, m_rows[0]], gu[:, m_rows[1]], gv[:, m_rows[0]], gv[:, m_rows[1]]], axis=-1
+        )
 
     def columns(m_rows):
         units = np.zeros((4 * nl, 2) + shape, np.float32)
@@ -160,14 +168,18 @@ def _wind_inverse(grid: LatLonGrid, truncation: int):
             a = columns(rows[m])
         known = np.zeros(4 * nl, bool)
         for k, i in enumerate([0, 1, 0, 1]):  # ζ on row 0 and 1 of m, then δ
-            known[k * nl:(k + 1) * nl] = valid[m, i] & (l >= max(m, 1)) & (l <= t)
+            known[k * nl : (k + 1) * nl] = valid[m, i] & (l >= max(m, 1)) & (l <= t)
         seen = np.repeat(np.array([True, valid[m, 1], True, valid[m, 1]]), n_lat)
         w = sw * seen
-        inverse[m][np.ix_(known, seen)] = np.linalg.pinv(w[:, None] * a[:, known])[:, seen] * w[None, seen]
+        inverse[m][np.ix_(known, seen)] = (
+            np.linalg.pinv(w[:, None] * a[:, known])[:, seen] * w[None, seen]
+        )
     return inverse, rows, valid
 
 
-def analyse_winds(u: jax.Array, v: jax.Array, grid: LatLonGrid, truncation: int) -> tuple[jax.Array, jax.Array]:
+def analyse_winds(
+    u: jax.Array, v: jax.Array, grid: LatLonGrid, truncation: int
+) -> tuple[jax.Array, jax.Array]:
     """Vorticity and divergence coefficients ``(..., 2T + 1, T + 2)`` (nondimensional) from the
     wind components ``(..., n_lat, n_lon)``: the degree-T least-squares fit, exact inverse of
     ``evaluate_winds`` for a degree-T flow (the global means of ζ and δ are zero)."""
@@ -175,7 +187,15 @@ def analyse_winds(u: jax.Array, v: jax.Array, grid: LatLonGrid, truncation: int)
     inverse, rows, valid = _wind_inverse(grid, truncation)
     nl = truncation + 2
     gu, gv = _fourier_rows(h, u), _fourier_rows(h, v)  # (..., rows, lat)
-    obs = jnp.concatenate([gu[..., rows[:, 0], :], gu[..., rows[:, 1], :], gv[..., rows[:, 0], :], gv[..., rows[:, 1], :]], axis=-1)
+    obs = jnp.concatenate(
+        [
+            gu[..., rows[:, 0], :],
+            gu[..., rows[:, 1], :],
+            gv[..., rows[:, 0], :],
+            gv[..., rows[:, 1], :],
+        ],
+        axis=-1,
+    )
     c = jnp.einsum("mkn,...mn->...mk", jnp.asarray(inverse, jnp.float32), obs)  # (..., T + 1, 4 nl)
     c = c.reshape(c.shape[:-1] + (2, 2, nl))  # (..., m, field, row of m, l)
     out = jnp.zeros(c.shape[:-4] + (2,) + h.modal_shape, c.dtype)
@@ -203,5 +223,7 @@ def evaluate_adjoint(values: jax.Array, grid: LatLonGrid, truncation: int) -> ja
     """Adjoint of ``evaluate`` (Euclidean inner products on grid values and coefficients):
     grid values ``(..., n_lat, n_lon)`` → coefficients ``(..., 2T + 1, T + 2)``, Sᵀ y."""
     shape = values.shape[:-2] + harmonics(grid, truncation).modal_shape
-    (out,) = jax.linear_transpose(lambda c: evaluate(c, grid, truncation), jax.ShapeDtypeStruct(shape, values.dtype))(values)
+    (out,) = jax.linear_transpose(
+        lambda c: evaluate(c, grid, truncation), jax.ShapeDtypeStruct(shape, values.dtype)
+    )(values)
     return out

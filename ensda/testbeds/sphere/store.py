@@ -32,11 +32,27 @@ from pathlib import Path
 import numpy as np
 
 VARIABLE_ATTRS = {
-    "geopotential": {"units": "m**2 s**-2", "long_name": "Geopotential", "standard_name": "geopotential"},
+    "geopotential": {
+        "units": "m**2 s**-2",
+        "long_name": "Geopotential",
+        "standard_name": "geopotential",
+    },
     "temperature": {"units": "K", "long_name": "Temperature", "standard_name": "air_temperature"},
-    "u_component_of_wind": {"units": "m s**-1", "long_name": "U component of wind", "standard_name": "eastward_wind"},
-    "v_component_of_wind": {"units": "m s**-1", "long_name": "V component of wind", "standard_name": "northward_wind"},
-    "surface_pressure": {"units": "Pa", "long_name": "Surface pressure", "standard_name": "surface_air_pressure"},
+    "u_component_of_wind": {
+        "units": "m s**-1",
+        "long_name": "U component of wind",
+        "standard_name": "eastward_wind",
+    },
+    "v_component_of_wind": {
+        "units": "m s**-1",
+        "long_name": "V component of wind",
+        "standard_name": "northward_wind",
+    },
+    "surface_pressure": {
+        "units": "Pa",
+        "long_name": "Surface pressure",
+        "standard_name": "surface_air_pressure",
+    },
 }
 COORD_ATTRS = {
     "member": {"long_name": "ensemble member"},
@@ -49,8 +65,15 @@ DIMS_2D = ("time", "latitude", "longitude")
 RESTART_GROUP = "_restart"
 
 
-def to_dataset(fields: dict, times: np.ndarray, latitudes: np.ndarray, longitudes: np.ndarray, levels, attrs: dict | None = None,
-               members=None):
+def to_dataset(
+    fields: dict,
+    times: np.ndarray,
+    latitudes: np.ndarray,
+    longitudes: np.ndarray,
+    levels,
+    attrs: dict | None = None,
+    members=None,
+):
     """An ``xarray.Dataset`` from stacked fields ``{name: (time, [level,] lat, lon)}``; with
     ``members`` (the ensemble's member labels) from ``{name: (time, member, [level,] lat, lon)}``
     with a ``member`` dim after ``time`` (ensemble stores: ``analyses.py``)."""
@@ -66,7 +89,11 @@ def to_dataset(fields: dict, times: np.ndarray, latitudes: np.ndarray, longitude
         if members is not None:
             dims = dims[:1] + ("member",) + dims[1:]
         data[name] = xr.Variable(dims, value, attrs=VARIABLE_ATTRS.get(name, {}))
-    coords = {} if members is None else {"member": ("member", np.asarray(members, np.int32), COORD_ATTRS["member"])}
+    coords = (
+        {}
+        if members is None
+        else {"member": ("member", np.asarray(members, np.int32), COORD_ATTRS["member"])}
+    )
     coords |= {
         "time": ("time", np.asarray(times, "datetime64[ns]")),
         "level": ("level", np.asarray(levels, np.int32), COORD_ATTRS["level"]),
@@ -88,7 +115,11 @@ def append(path: str | Path, ds, time_chunk: int) -> None:
     """Write ``ds`` to the store: create the variables on the first call, then append by time."""
     if n_times(path) == 0:
         encoding = {name: {"chunks": (time_chunk,) + ds[name].shape[1:]} for name in ds.data_vars}
-        encoding["time"] = {"chunks": (max(time_chunk, 1024),), "units": "hours since 1970-01-01", "dtype": "int64"}
+        encoding["time"] = {
+            "chunks": (max(time_chunk, 1024),),
+            "units": "hours since 1970-01-01",
+            "dtype": "int64",
+        }
         ds.to_zarr(str(path), mode="a", consolidated=False, encoding=encoding)
     else:
         ds.to_zarr(str(path), append_dim="time", consolidated=False)
@@ -137,7 +168,9 @@ def write_restart(path: str | Path, arrays: dict, spinup_steps: int, n_written: 
     target = group.require_group(slot)
     for name, value in arrays.items():
         target.create_array(name, data=np.asarray(value), overwrite=True)
-    group.attrs.update({"slot": slot, "spinup_steps": int(spinup_steps), "n_written": int(n_written)})
+    group.attrs.update(
+        {"slot": slot, "spinup_steps": int(spinup_steps), "n_written": int(n_written)}
+    )
 
 
 def read_restart(path: str | Path) -> Restart | None:
@@ -159,8 +192,14 @@ def read_restart(path: str | Path) -> Restart | None:
 
 
 #: other spellings of the WeatherBench 2 dims (CDS netCDF, CF short names)
-DIM_ALIASES = {"lat": "latitude", "lon": "longitude", "pressure_level": "level", "isobaricInhPa": "level",
-               "plev": "level", "valid_time": "time"}
+DIM_ALIASES = {
+    "lat": "latitude",
+    "lon": "longitude",
+    "pressure_level": "level",
+    "isobaricInhPa": "level",
+    "plev": "level",
+    "valid_time": "time",
+}
 
 
 def normalise(ds):
@@ -175,11 +214,17 @@ def normalise(ds):
     variables are kept after them.
     """
     ds = ds.rename({k: v for k, v in DIM_ALIASES.items() if k in ds.dims or k in ds.coords})
-    if "latitude" in ds.coords and ds.sizes.get("latitude", 0) > 1 and ds["latitude"].values[0] > ds["latitude"].values[-1]:
+    if (
+        "latitude" in ds.coords
+        and ds.sizes.get("latitude", 0) > 1
+        and ds["latitude"].values[0] > ds["latitude"].values[-1]
+    ):
         ds = ds.isel(latitude=slice(None, None, -1))
     if "longitude" in ds.coords and (ds["longitude"].values < 0).any():
         ds = ds.assign_coords(longitude=ds["longitude"] % 360.0).sortby("longitude")
-    names = [n for n in VARIABLE_ATTRS if n in ds.data_vars] + sorted(n for n in ds.data_vars if n not in VARIABLE_ATTRS)
+    names = [n for n in VARIABLE_ATTRS if n in ds.data_vars] + sorted(
+        n for n in ds.data_vars if n not in VARIABLE_ATTRS
+    )
     order = [d for d in ("time", "member", "level", "latitude", "longitude") if d in ds.dims]
     return ds[names].transpose(*order, ...)
 
@@ -204,14 +249,23 @@ def describe(path: str | Path) -> dict:
             out["time"]["step_hours"] = float((t[1] - t[0]) / np.timedelta64(1, "h"))
     if "latitude" in ds.coords:
         lat, lon = ds["latitude"].values, ds["longitude"].values
-        out["grid"] = {"n_lon": int(lon.size), "n_lat": int(lat.size), "lat_first": float(lat[0]),
-                       "lat_last": float(lat[-1]), "lon_first": float(lon[0]),
-                       "lon_step": float(lon[1] - lon[0]) if lon.size > 1 else None}
+        out["grid"] = {
+            "n_lon": int(lon.size),
+            "n_lat": int(lat.size),
+            "lat_first": float(lat[0]),
+            "lat_last": float(lat[-1]),
+            "lon_first": float(lon[0]),
+            "lon_step": float(lon[1] - lon[0]) if lon.size > 1 else None,
+        }
     if "level" in ds.coords:
         out["levels_hpa"] = [int(v) for v in ds["level"].values]
-    out["variables"] = {name: {"dims": list(var.dims), "units": var.attrs.get("units"), "dtype": str(var.dtype)}
-                        for name, var in ds.data_vars.items()}
-    out["size_mb"] = round(sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6, 3)
+    out["variables"] = {
+        name: {"dims": list(var.dims), "units": var.attrs.get("units"), "dtype": str(var.dtype)}
+        for name, var in ds.data_vars.items()
+    }
+    out["size_mb"] = round(
+        sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file()) / 1e6, 3
+    )
     restart = read_restart(path)
     if restart is not None:
         out["restart"] = {"spinup_steps": restart.spinup_steps, "n_written": restart.n_written}

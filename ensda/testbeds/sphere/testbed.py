@@ -101,7 +101,8 @@ class SphereTestbed:
         return StoreReader(str(self.store), self.grid, self.channels)
 
     @property
-    def _dataset(self):
+    def dataset(self):
+        """The nature-run store, opened (``store.open_store``)."""
         return self._reader.dataset
 
     @property
@@ -109,12 +110,15 @@ class SphereTestbed:
         return self._reader.regrid
 
     @property
-    def _stride(self) -> int:
-        t = self._dataset["time"].values
+    def stride(self) -> int:
+        """Store times per cycle (the cycle length over the store's output interval)."""
+        t = self.dataset["time"].values
         out_h = (t[1] - t[0]) / np.timedelta64(1, "h") if t.size > 1 else self.hours_per_cycle
         stride = self.hours_per_cycle / out_h
         if abs(stride - round(stride)) > 1e-9:
-            raise ValueError(f"cycle of {self.hours_per_cycle} h is not a multiple of the store's {out_h} h output")
+            raise ValueError(
+                f"cycle of {self.hours_per_cycle} h is not a multiple of the store's {out_h} h output"
+            )
         return round(stride)
 
     def _read(self, index) -> np.ndarray:
@@ -122,26 +126,32 @@ class SphereTestbed:
 
     def times(self, start: int, n_cycles: int) -> np.ndarray:
         """The store's times (datetime64[ns]) of ``truth(start, n_cycles)``: ``(n_cycles + 1,)``."""
-        index = start + self._stride * np.arange(n_cycles + 1)
-        return self._dataset["time"].values[index]
+        index = start + self.stride * np.arange(n_cycles + 1)
+        return self.dataset["time"].values[index]
 
     def truth(self, start: int, n_cycles: int) -> jax.Array:
         """States at cycles 0..n_cycles, one cycle apart from store time index ``start``:
         shape ``(n_cycles + 1, n, lat, lon)``."""
-        index = start + self._stride * np.arange(n_cycles + 1)
-        if index[-1] >= self._dataset.sizes["time"]:
-            raise ValueError(f"{self.store} holds {self._dataset.sizes['time']} times; "
-                             f"{n_cycles} cycles from index {start} need {index[-1] + 1}")
+        index = start + self.stride * np.arange(n_cycles + 1)
+        if index[-1] >= self.dataset.sizes["time"]:
+            raise ValueError(
+                f"{self.store} holds {self.dataset.sizes['time']} times; "
+                f"{n_cycles} cycles from index {start} need {index[-1] + 1}"
+            )
         return jnp.asarray(self._read(index))
 
-    def climatology_samples(self, key: jax.Array, n_samples: int, exclude: tuple[int, int] | None = None) -> jax.Array:
+    def climatology_samples(
+        self, key: jax.Array, n_samples: int, exclude: tuple[int, int] | None = None
+    ) -> jax.Array:
         """``n_samples`` states at distinct random store times, outside ``exclude = (first, last)``
         time indices (inclusive) when given; sorted in time, shape ``(n_samples, n, lat, lon)``."""
-        times = np.arange(self._dataset.sizes["time"])
+        times = np.arange(self.dataset.sizes["time"])
         if exclude is not None:
             times = times[(times < exclude[0]) | (times > exclude[1])]
         if n_samples > times.size:
-            raise ValueError(f"{n_samples} climatology samples asked, {times.size} store times available")
+            raise ValueError(
+                f"{n_samples} climatology samples asked, {times.size} store times available"
+            )
         pick = np.sort(np.asarray(jax.random.choice(key, times.size, (n_samples,), replace=False)))
         return jnp.asarray(self._read(times[pick]))
 
@@ -171,9 +181,13 @@ class StoreReader:
         have = Channels.of_dataset(ds)
         missing = [n for n in self.channels.names if n not in have.names]
         if missing:
-            variables = sorted({self.channels.variable(self.channels.names.index(n)) for n in missing})
-            raise ValueError(f"{self.path}: the store lacks channels {missing[:5]}{' ...' if len(missing) > 5 else ''} "
-                             f"(variables {variables}; it has {sorted(ds.data_vars)})")
+            variables = sorted(
+                {self.channels.variable(self.channels.names.index(n)) for n in missing}
+            )
+            raise ValueError(
+                f"{self.path}: the store lacks channels {missing[:5]}{' ...' if len(missing) > 5 else ''} "
+                f"(variables {variables}; it has {sorted(ds.data_vars)})"
+            )
         return ds
 
     @property
@@ -186,11 +200,17 @@ class StoreReader:
         """None when the store is on the analysis grid, else conservative weights (``conservative_weights``)."""
         lat, lon = self.dataset["latitude"].values, self.dataset["longitude"].values
         same = lat.shape == self.grid.latitudes.shape and lon.shape == self.grid.longitudes.shape
-        if same and np.allclose(lat, self.grid.latitudes, atol=1e-3) and np.allclose(lon, self.grid.longitudes, atol=1e-3):
+        if (
+            same
+            and np.allclose(lat, self.grid.latitudes, atol=1e-3)
+            and np.allclose(lon, self.grid.longitudes, atol=1e-3)
+        ):
             return None
         if lat.size < self.grid.n_lat or lon.size < self.grid.n_lon:
-            raise ValueError(f"{self.path}: grid {lon.size}x{lat.size} is coarser than the analysis grid "
-                             f"{self.grid.name}: regridding only coarsens")
+            raise ValueError(
+                f"{self.path}: grid {lon.size}x{lat.size} is coarser than the analysis grid "
+                f"{self.grid.name}: regridding only coarsens"
+            )
         return conservative_weights(lat, lon, self.grid)
 
     def read(self, index) -> np.ndarray:
@@ -206,9 +226,11 @@ class StoreReader:
         if bad.any():
             at = np.argwhere(bad)[0]
             member = f" member {at[1]}" if states.ndim == 5 else ""
-            raise ValueError(f"{self.path}: non-finite values (NaN/Inf) in {self.channels.names[at[-3]]} at time "
-                             f"{str(ds['time'].values[at[0]])[:19]}{member} ({int(bad.sum())} values in the "
-                             f"{len(index)} times read)")
+            raise ValueError(
+                f"{self.path}: non-finite values (NaN/Inf) in {self.channels.names[at[-3]]} at time "
+                f"{str(ds['time'].values[at[0]])[:19]}{member} ({int(bad.sum())} values in the "
+                f"{len(index)} times read)"
+            )
         return states
 
 
@@ -218,7 +240,9 @@ def _forecast(testbed: SphereTestbed, x: jax.Array, n_cycles: int) -> jax.Array:
 
     def one(xi):
         state = model.from_fields(ch.unstack(xi), out)
-        state = jax.lax.fori_loop(0, n_cycles * testbed.steps_per_cycle, lambda _, s: model.step(s), state)
+        state = jax.lax.fori_loop(
+            0, n_cycles * testbed.steps_per_cycle, lambda _, s: model.step(s), state
+        )
         return ch.stack(model.fields(state, out))
 
     lead = x.shape[:-3]
@@ -292,22 +316,30 @@ class FlatSphere:
         if start is not None:
             return int(start)
         tb = self.testbed
-        span, n_times = n_cycles * tb._stride, tb._dataset.sizes["time"]
+        span, n_times = n_cycles * tb.stride, tb.dataset.sizes["time"]
         if span >= n_times:
-            raise ValueError(f"{tb.store} holds {n_times} times, too few for {n_cycles} cycles of {tb.hours_per_cycle} h")
+            raise ValueError(
+                f"{tb.store} holds {n_times} times, too few for {n_cycles} cycles of {tb.hours_per_cycle} h"
+            )
         return int(jax.random.randint(key, (), 0, n_times - span))
 
     def truth_times(self, start: int, n_cycles: int) -> np.ndarray:
         """Valid times (datetime64[ns]) of the truth at cycles 0..n_cycles from store time ``start``."""
         return self.testbed.times(start, n_cycles)
 
-    def truth_and_climatology(self, key: jax.Array, n_cycles: int, clim_key: jax.Array, n_samples: int,
-                              start: int | None = None) -> tuple[jax.Array, jax.Array]:
+    def truth_and_climatology(
+        self,
+        key: jax.Array,
+        n_cycles: int,
+        clim_key: jax.Array,
+        n_samples: int,
+        start: int | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
         """Flat truth at cycles 0..n_cycles from the store, ``(n_cycles + 1, n_state)``, from
         store time ``start`` (None: drawn with ``key`` among the starts that fit), and
         ``n_samples`` flat store states outside that window (key ``clim_key``)."""
         tb = self.testbed
-        span = n_cycles * tb._stride
+        span = n_cycles * tb.stride
         start = self.truth_start(key, n_cycles, start)
         truth = tb.truth(start, n_cycles)
         clim = tb.climatology_samples(clim_key, n_samples, exclude=(start, start + span))
@@ -325,14 +357,24 @@ def from_config(cfg, store: str | None = None, perfect: bool = True) -> SphereTe
     channels, emulator = channels_of(cfg), None
     if not perfect:
         f = cfg.forecast
-        model = dataclasses.replace(model, resolution=f.resolution or cfg.resolution, dt_minutes=f.dt_minutes or cfg.dt_minutes)
+        model = dataclasses.replace(
+            model,
+            resolution=f.resolution or cfg.resolution,
+            dt_minutes=f.dt_minutes or cfg.dt_minutes,
+        )
         if f.emulator is not None:
             from ensda.testbeds.sphere.emulator import load_emulator
 
             emulator = load_emulator(f.emulator)
             emulator.check_matches(channels, out.grid, cfg.cycle_hours, where=f.emulator)
-    return SphereTestbed(model, out.grid, channels, cfg.cycle_hours, store if store is not None else cfg.nature.store,
-                         emulator)
+    return SphereTestbed(
+        model,
+        out.grid,
+        channels,
+        cfg.cycle_hours,
+        store if store is not None else cfg.nature.store,
+        emulator,
+    )
 
 
 def channels_of(cfg) -> Channels:

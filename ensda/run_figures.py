@@ -18,9 +18,22 @@ def error_spread_figure(result: CycleResult, burn_in: int, title: str = ""):
     fig, ax = plt.subplots(figsize=(8, 3.5), constrained_layout=True)
     for stage, colour in (("f", "tab:orange"), ("a", "tab:blue")):
         label = {"f": "forecast", "a": "analysis"}[stage]
-        ax.plot(cycles, np.sqrt(np.asarray(getattr(result, f"mse_{stage}"))), color=colour, lw=0.8, label=f"RMSE {label}")
+        ax.plot(
+            cycles,
+            np.sqrt(np.asarray(getattr(result, f"mse_{stage}"))),
+            color=colour,
+            lw=0.8,
+            label=f"RMSE {label}",
+        )
         if result.n_members > 1:
-            ax.plot(cycles, np.sqrt(np.asarray(getattr(result, f"spread2_{stage}"))), color=colour, lw=0.8, ls="--", label=f"spread {label}")
+            ax.plot(
+                cycles,
+                np.sqrt(np.asarray(getattr(result, f"spread2_{stage}"))),
+                color=colour,
+                lw=0.8,
+                ls="--",
+                label=f"spread {label}",
+            )
     ax.axvline(burn_in, color="grey", lw=0.8, ls=":", label="end of burn-in")
     ax.set_yscale("log")
     ax.set_xlabel("cycle")
@@ -43,7 +56,9 @@ def rank_histogram_figure(result: CycleResult, burn_in: int, title: str = ""):
 def rank_histogram_axes(ax, counts, title: str = "", colour: str = "tab:blue") -> None:
     """Rank-histogram frequencies from ``counts`` (N + 1 ranks) with the flat line, on ``ax``."""
     counts = np.asarray(counts, np.float64)
-    ax.bar(np.arange(counts.size), counts / counts.sum(), width=1.0, color=colour, edgecolor="white")
+    ax.bar(
+        np.arange(counts.size), counts / counts.sum(), width=1.0, color=colour, edgecolor="white"
+    )
     ax.axhline(1.0 / counts.size, color="k", lw=0.8, ls="--", label="flat")
     ax.set_title(title)
 
@@ -55,18 +70,37 @@ def lead_time_figure(curves, title: str = ""):
     loss = curves.loss
     matched = None if bool(loss.off_curve) else float(loss.matched_lead_h)
     fig, ax = plt.subplots(figsize=(6, 3.8), constrained_layout=True)
-    ax.plot(curves.leads_h, curves.reference_curve, color="k", lw=1.2, label="from the reference states")
-    lead_time_axes(ax, curves.leads_h, curves.analysis_curve, float(loss.lead_h), float(loss.rmse), matched,
-                   label="from the analyses")
+    ax.plot(
+        curves.leads_h, curves.reference_curve, color="k", lw=1.2, label="from the reference states"
+    )
+    lead_time_axes(
+        ax,
+        curves.leads_h,
+        curves.analysis_curve,
+        float(loss.lead_h),
+        float(loss.rmse),
+        matched,
+        label="from the analyses",
+    )
     ax.set_xlabel("lead (h)")
     ax.set_ylabel("forecast RMSE")
-    ax.set_title(f"{title}  lead-time loss at {float(loss.lead_h):g} h: {loss.text} ({curves.n_starts} starts)".strip())
+    ax.set_title(
+        f"{title}  lead-time loss at {float(loss.lead_h):g} h: {loss.text} ({curves.n_starts} starts)".strip()
+    )
     ax.legend(fontsize=7, loc="upper left")
     return fig
 
 
-def lead_time_axes(ax, leads_h, analysis_curve, lead_h: float, rmse: float, matched_lead_h: float | None,
-                   colour: str = "tab:blue", label: str = "") -> None:
+def lead_time_axes(
+    ax,
+    leads_h,
+    analysis_curve,
+    lead_h: float,
+    rmse: float,
+    matched_lead_h: float | None,
+    colour: str = "tab:blue",
+    label: str = "",
+) -> None:
     """One analysis RMSE-vs-lead curve on ``ax`` with its lead-time loss marked: r at lead L,
     and (unless off the reference curve: ``matched_lead_h`` None) an arrow to the lead ℓ*
     where the reference curve reaches r."""
@@ -75,7 +109,12 @@ def lead_time_axes(ax, leads_h, analysis_curve, lead_h: float, rmse: float, matc
     ax.axhline(rmse, color=colour, lw=0.7, ls=":", alpha=0.6)
     if matched_lead_h is not None:
         ax.plot([matched_lead_h], [rmse], "o", color="k", ms=4)
-        ax.annotate("", xy=(matched_lead_h, rmse), xytext=(lead_h, rmse), arrowprops={"arrowstyle": "<->", "color": "tab:red"})
+        ax.annotate(
+            "",
+            xy=(matched_lead_h, rmse),
+            xytext=(lead_h, rmse),
+            arrowprops={"arrowstyle": "<->", "color": "tab:red"},
+        )
 
 
 def close(fig) -> None:

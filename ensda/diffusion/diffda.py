@@ -139,11 +139,19 @@ class DiffusionDA:
     @classmethod
     def build(cls, ctx, **settings) -> DiffusionDA:
         """``settings`` come validated with every default filled in (``assimilator.build``)."""
-        if not (settings["obs_channels"] or settings["guidance_strength"] > 0 or settings["repaint_jumps"] > 0):
-            raise ValueError("no observation conditioning selected: set obs_channels, guidance_strength > 0 or repaint_jumps > 0")
+        if not (
+            settings["obs_channels"]
+            or settings["guidance_strength"] > 0
+            or settings["repaint_jumps"] > 0
+        ):
+            raise ValueError(
+                "no observation conditioning selected: set obs_channels, guidance_strength > 0 or repaint_jumps > 0"
+            )
         if settings["coupling"] == "background" and settings["repaint_jumps"] > 0:
-            raise ValueError("coupling: background needs the ODE sampler; RePaint (repaint_jumps > 0) re-noises "
-                             "at every jump, so use coupling: independent with it")
+            raise ValueError(
+                "coupling: background needs the ODE sampler; RePaint (repaint_jumps > 0) re-noises "
+                "at every jump, so use coupling: independent with it"
+            )
         network = ctx.network
         if network.n_obs < 1:
             raise ValueError("the observation network observes nothing")
@@ -162,8 +170,16 @@ class DiffusionDA:
                     f"the network has r_std {observed.tolist()}; retrain or use guidance (obs_channels: false)"
                 )
         graphdef, params = nnx.split(ck.model)
-        return cls(params=params, graph=ck.spec.graph(), norm=ck.norm, distance=_column_distance(ctx.testbed),
-                   graphdef=graphdef, edm=ck.spec.edm, n_channels=ck.spec.n_channels, **settings)
+        return cls(
+            params=params,
+            graph=ck.spec.graph(),
+            norm=ck.norm,
+            distance=_column_distance(ctx.testbed),
+            graphdef=graphdef,
+            edm=ck.spec.edm,
+            n_channels=ck.spec.n_channels,
+            **settings,
+        )
 
     @property
     def sampler_config(self) -> SamplerConfig:
@@ -192,8 +208,14 @@ class DiffusionDA:
             # γ σ² term (a variance of z) and R are in the same units
             s_obs = scale[obs.idx]
             denoise = likelihood_guided(
-                denoise, lambda z: obs.h(to_state(scale, mean, z)) / s_obs, obs.y / s_obs, (obs.r_std / s_obs) ** 2,
-                self.guidance_strength, self.guidance_gamma, self.edm.sigma_data, self.guidance_cov,
+                denoise,
+                lambda z: obs.h(to_state(scale, mean, z)) / s_obs,
+                obs.y / s_obs,
+                (obs.r_std / s_obs) ** 2,
+                self.guidance_strength,
+                self.guidance_gamma,
+                self.edm.sigma_data,
+                self.guidance_cov,
             )
         return denoise
 
@@ -211,7 +233,9 @@ class DiffusionDA:
         nearest, dist = jax.lax.map(in_channel, jnp.arange(self.n_channels))  # (C, G) each
         return nearest.reshape(-1), dist.reshape(-1)
 
-    def repaint_known(self, mean: jax.Array, scale: jax.Array, obs: Observations) -> tuple[jax.Array, jax.Array]:
+    def repaint_known(
+        self, mean: jax.Array, scale: jax.Array, obs: Observations
+    ) -> tuple[jax.Array, jax.Array]:
         """Known increment (in units of ``scale``) and soft mask of every state element: the
         increment observed in its channel at the nearest observed column, the mask of that
         distance."""
@@ -224,11 +248,20 @@ class DiffusionDA:
         its channel, half-width ``localisation`` (set)."""
         return gaspari_cohn(self.nearest_observation(obs)[1], self.localisation)
 
-    def sample_increments(self, background: jax.Array, obs: Observations, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    def sample_increments(
+        self, background: jax.Array, obs: Observations, key: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
         """Normalised increments ``(N, n)`` and the runtime denoiser-call counts ``(N,)``."""
         return self._sample(background.mean(0), background.std(0, ddof=1), background, obs, key)
 
-    def _sample(self, mean: jax.Array, spread: jax.Array, background: jax.Array, obs: Observations, key: jax.Array):
+    def _sample(
+        self,
+        mean: jax.Array,
+        spread: jax.Array,
+        background: jax.Array,
+        obs: Observations,
+        key: jax.Array,
+    ):
         n_members, n = background.shape
         denoise = self.denoiser(mean, spread, obs)
         keys = jax.vmap(lambda j: jax.random.fold_in(key, j))(jnp.arange(n_members))
@@ -237,14 +270,20 @@ class DiffusionDA:
             keys = jax.lax.with_sharding_constraint(keys, sharding)
         if self.repaint_jumps:
             known, mask = self.repaint_known(mean, self.norm.scale(spread), obs)
-            draw = lambda k: repaint_sample(denoise, k, known, mask, self.edm, self.sampler_config, self.repaint_jumps)
+            draw = lambda k: repaint_sample(
+                denoise, k, known, mask, self.edm, self.sampler_config, self.repaint_jumps
+            )
             z, count = jax.vmap(draw)(keys)
         elif self.coupling == "background":
             eps = (background - mean) / jnp.where(spread > 0, spread, 1.0)
-            start = lambda k, e: sample(denoise, k, (n,), self.edm, self.sampler_config, x_init=self.edm.sigma_max * e)
+            start = lambda k, e: sample(
+                denoise, k, (n,), self.edm, self.sampler_config, x_init=self.edm.sigma_max * e
+            )
             z, count = jax.vmap(start)(keys, eps)
         else:
-            z, count = jax.vmap(lambda k: sample(denoise, k, (n,), self.edm, self.sampler_config))(keys)
+            z, count = jax.vmap(lambda k: sample(denoise, k, (n,), self.edm, self.sampler_config))(
+                keys
+            )
         if sharding is not None:
             z = jax.lax.with_sharding_constraint(z, sharding)
         return z, count
