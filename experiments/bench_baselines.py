@@ -52,13 +52,13 @@ import os
 import platform
 import sys
 import time
-from functools import partial
 
 import jax
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from ensda.benchmark import forecast_only, json_safe, settings_text
 from ensda.config import load
 from ensda.cycle import run_cycles, summarize
 from ensda.experiment import build_assimilator, initial_ensemble, make_osse
@@ -196,12 +196,6 @@ def _local_slots(assim) -> int | None:
     return None
 
 
-@partial(jax.jit, static_argnums=(0, 2))
-def forecast_only(testbed, x0: jax.Array, cycles: int) -> jax.Array:
-    """The ensemble forecast alone over ``cycles`` cycles (no analysis, no metrics)."""
-    return jax.lax.fori_loop(0, cycles, lambda _, x: testbed.cycle_forecast(x), x0)
-
-
 def _row(rows: list[dict], n: int, method: str) -> dict | None:
     return next((r for r in rows if r["n"] == n and r["method"] == method), None)
 
@@ -237,18 +231,6 @@ def check_targets(rows: list[dict]) -> list[dict]:
     return out
 
 
-def _settings_text(settings: dict) -> str:
-    shown = {
-        k: v
-        for k, v in settings.items()
-        if not (k == "rtps" and v == 0.0 or k == "inflation" and v == 1.0)
-    }
-    return (
-        " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
-        or "-"
-    )
-
-
 def render(rows: list[dict], targets: list[dict], repeats: int, console: Console) -> None:
     table = Table(
         title=f"Analysis cycles per second, Lorenz-96, all variables observed, R = I "
@@ -281,8 +263,7 @@ def render(rows: list[dict], targets: list[dict], repeats: int, console: Console
         table.add_row(
             f"{r['n']:,}",
             r["method"],
-            _settings_text(r["settings"])
-            + ("" if r["local_k"] is None else f" (k={r['local_k']})"),
+            settings_text(r["settings"]) + ("" if r["local_k"] is None else f" (k={r['local_k']})"),
             str(r["members"]),
             str(r["cycles"]),
             f"{r['compile_s']:.2f}",
@@ -311,17 +292,6 @@ def render(rows: list[dict], targets: list[dict], repeats: int, console: Console
         console.print(
             f"[bold {colour}]{t['status']}[/] {t['name']}: {value} (limit {t['limit']:g})"
         )
-
-
-def json_safe(obj):
-    """NaN/inf -> None, so the file is strict JSON."""
-    if isinstance(obj, dict):
-        return {k: json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [json_safe(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def main(argv: list[str] | None = None) -> dict:

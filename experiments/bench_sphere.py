@@ -49,10 +49,7 @@ A few minutes on 2 CPU cores (the N-member forecast, ~20-30 s per run at N = 32,
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
-import platform
 import sys
 import time
 from functools import partial
@@ -65,8 +62,21 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_baselines import forecast_only, json_safe
 
+from ensda.benchmark import (
+    analyse_jit,
+    compile_timed,
+    environment,
+    finish,
+    forecast_only,
+    judge_targets,
+    parse_common,
+    print_targets,
+    runs_text,
+    settings_text,
+    skip_missing_store,
+    timed_rounds,
+)
 from ensda.config import load
 from ensda.cycle import channel_metrics
 from ensda.experiment import build_assimilator, initial_ensemble, make_osse
@@ -94,34 +104,9 @@ TARGETS = (
 
 
 @jax.jit
-def analyse_jit(assim, background: jax.Array, obs, key: jax.Array) -> jax.Array:
-    return assim.analyse(background, obs, key)
-
-
-@jax.jit
 def _rmse(ens: jax.Array, truth: jax.Array, weights: jax.Array, std: jax.Array) -> jax.Array:
     """Normalised aggregate RMSE of the ensemble mean (the cycler's ``mse`` metric, square-rooted)."""
     return jnp.sqrt(channel_metrics(ens, truth, weights, std)["mse"])
-
-
-def timed_rounds(jobs: list[dict], repeats: int, budget_s: float) -> None:
-    """Run each job's ``call()`` up to ``repeats`` times, the jobs interleaved; no further
-    run of a job once its runs took ``budget_s``. Appends the wall times to ``job["runs"]``
-    and keeps the last result in ``job["result"]``."""
-    for _ in range(repeats):
-        for job in jobs:
-            if job["runs"] and sum(job["runs"]) >= budget_s:
-                continue
-            t0 = time.perf_counter()
-            job["result"] = jax.block_until_ready(job["call"]())
-            job["runs"].append(time.perf_counter() - t0)
-
-
-def compile_timed(fn, *args) -> tuple[object, float]:
-    """``fn.lower(*args).compile()`` (the compiled function takes the dynamic arguments) and its seconds."""
-    t0 = time.perf_counter()
-    compiled = fn.lower(*args).compile()
-    return compiled, time.perf_counter() - t0
 
 
 def bench_dycore(
@@ -252,44 +237,9 @@ def bench_cycle(cfg, repeats: int, budget_s: float, console: Console) -> list[di
     return rows
 
 
-def runs_text(runs: list[float]) -> str:
-    return " ".join(f"{t:.2f}" for t in runs) + " s"
-
-
 def check_targets(dycore: dict, rows: list[dict], members: int) -> list[dict]:
     """PASS/FAIL of each target; a non-finite result fails (value nan, or inf for a time)."""
     return judge_targets(TARGETS, {"dycore": dycore} | {r["method"]: r for r in rows}, members)
-
-
-def judge_targets(targets, by_row: dict[str, dict], members: int) -> list[dict]:
-    """PASS/FAIL/SKIP of each ``(name, row, quantity, limit, direction)`` target against
-    ``by_row[row][quantity]`` ("ge": passes when value >= limit, "le" when <=); a row that
-    was not measured is SKIP, a non-finite row (``finite`` false) fails (value inf)."""
-    out = []
-    for name, row, quantity, limit, direction in targets:
-        r = by_row.get(row)
-        value = None if r is None else r[quantity] if r["finite"] else math.inf
-        if value is None:
-            status = "SKIP"
-        else:
-            ok = math.isfinite(value) and (value >= limit if direction == "ge" else value <= limit)
-            status = "PASS" if ok else "FAIL"
-        out.append(
-            {"name": name.format(members=members), "value": value, "limit": limit, "status": status}
-        )
-    return out
-
-
-def _settings_text(settings: dict) -> str:
-    shown = {
-        k: v
-        for k, v in settings.items()
-        if not (k == "rtps" and v == 0.0 or k == "inflation" and v == 1.0)
-    }
-    return (
-        " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in shown.items())
-        or "-"
-    )
 
 
 def render(
@@ -356,7 +306,7 @@ def render(
             else f"{r['rmse_a']:.4f}"
             if r["finite"]
             else "[red]non-finite[/]",
-            _settings_text(r["settings"]),
+            settings_text(r["settings"]),
         )
     console.print(table)
     console.print(
@@ -366,15 +316,6 @@ def render(
         "model days advanced per second by the N-member forecast, all members together."
     )
     print_targets(targets, console)
-
-
-def print_targets(targets: list[dict], console: Console) -> None:
-    for t in targets:
-        value = "-" if t["value"] is None else f"{t['value']:.3g}"
-        colour = {"PASS": "green", "FAIL": "red", "SKIP": "yellow"}[t["status"]]
-        console.print(
-            f"[bold {colour}]{t['status']}[/] {t['name']}: {value} (limit {t['limit']:g})"
-        )
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -388,7 +329,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     console = Console(width=max(Console().width, 150), stderr=args.json_out == "-")
     cfg = load(args.config, [*OSSE_OVERRIDES, f"ensemble.size={args.members}", *args.overrides])
-    if not cfg.sphere:
+    if cfg.testbed.kind != "sphere":
         ap.error(f"{args.config} is not a sphere config (testbed.kind: {cfg.testbed.kind})")
     store = cfg.testbed.nature.store
     restart = zstore.read_restart(store)
@@ -417,124 +358,6 @@ def main(argv: list[str] | None = None) -> dict:
         "targets": targets,
     }
     return finish(report, t_start, args, console)
-
-
-def parse_common(
-    ap: argparse.ArgumentParser,
-    argv: list[str] | None,
-    config: str,
-    budget_s: float,
-    fixed_overrides: tuple[str, ...],
-    why_members: str,
-) -> argparse.Namespace:
-    """Add the options the sphere benchmarks share (--config, --members, --repeats,
-    --budget, --set, --json, --check) to ``ap``, parse ``argv`` and check them."""
-    ap.add_argument("--config", default=config, help=f"experiment config (default {config})")
-    ap.add_argument("--members", type=int, default=32, help="ensemble size N (default 32)")
-    ap.add_argument(
-        "--repeats", type=int, default=3, help="timed runs per job at most (best counts; default 3)"
-    )
-    ap.add_argument(
-        "--budget",
-        type=float,
-        default=budget_s,
-        metavar="SECONDS",
-        help=f"no further run of a job once its runs took this long (default {budget_s:g})",
-    )
-    ap.add_argument(
-        "--set",
-        dest="overrides",
-        nargs="+",
-        action="extend",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"further config overrides (after {' '.join(fixed_overrides)} ensemble.size=N)",
-    )
-    ap.add_argument(
-        "--json",
-        dest="json_out",
-        metavar="PATH",
-        help="also write the results as JSON ('-': stdout)",
-    )
-    ap.add_argument(
-        "--check",
-        action="store_true",
-        help="exit with status 1 if a target fails (or the store is missing)",
-    )
-    args = ap.parse_args(argv)
-    if args.repeats < 1:
-        ap.error("--repeats must be >= 1")
-    if args.members < 2:
-        ap.error(f"--members must be >= 2 ({why_members})")
-    return args
-
-
-def skip_missing_store(
-    bench: str, args: argparse.Namespace, store, targets, console: Console
-) -> dict:
-    """Without the nature-run store: a SKIP line and report (exit 1 with ``--check``)."""
-    judged = [
-        {"name": t[0].format(members=args.members), "value": None, "limit": t[3], "status": "SKIP"}
-        for t in targets
-    ]
-    console.print(
-        f"[bold yellow]SKIP[/] {bench.replace('_', ' ')} benchmark: no nature-run store at {store} "
-        f"(make it with: ensda data nature {args.config})"
-    )
-    report = {
-        "bench": bench,
-        "config": args.config,
-        "skipped": f"no nature-run store at {store}",
-        "targets": judged,
-        "passed": not args.check,
-    }
-    write_json(report, args.json_out)
-    if args.check:
-        sys.exit(1)
-    return report
-
-
-def environment(console: Console, what: str) -> dict:
-    """Print and return where the benchmark runs: jax, its backend and device, CPUs, load."""
-    device = jax.devices()[0]
-    load_before = os.getloadavg()[0]
-    console.print(
-        f"jax {jax.__version__} on {jax.default_backend()} ({device.device_kind}, {jax.device_count()} "
-        f"device(s)), {os.cpu_count()} CPUs, load average {load_before:.1f}; {what}"
-    )
-    return {
-        "jax": jax.__version__,
-        "backend": jax.default_backend(),
-        "device": f"{device.platform}:{device.device_kind}",
-        "device_count": jax.device_count(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_average": [load_before],
-    }
-
-
-def finish(report: dict, t_start: float, args: argparse.Namespace, console: Console) -> dict:
-    """Print the total time and load, complete ``report`` (wall time, load after, passed),
-    write it as JSON (``--json``), exit 1 with ``--check`` if a target failed."""
-    wall = time.perf_counter() - t_start
-    load_after = os.getloadavg()[0]
-    console.print(f"total {wall:.0f} s; load average {load_after:.1f}")
-    report["load_average"] = [*report["load_average"], load_after]
-    report |= {"wall_s": wall, "passed": all(t["status"] != "FAIL" for t in report["targets"])}
-    report = write_json(report, args.json_out)
-    if args.check and not report["passed"]:
-        sys.exit(1)
-    return report
-
-
-def write_json(report: dict, path: str | None) -> dict:
-    report = json_safe(report)
-    if path == "-":
-        print(json.dumps(report))
-    elif path:
-        with open(path, "w") as f:
-            json.dump(report, f, indent=1)
-    return report
 
 
 if __name__ == "__main__":

@@ -88,12 +88,14 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_baselines import forecast_only
-from bench_sphere import (
+
+from ensda.assimilator import network_calls
+from ensda.benchmark import (
     analyse_jit,
     compile_timed,
     environment,
     finish,
+    forecast_only,
     judge_targets,
     parse_common,
     print_targets,
@@ -101,8 +103,6 @@ from bench_sphere import (
     skip_missing_store,
     timed_rounds,
 )
-
-from ensda.assimilator import network_calls
 from ensda.config import load
 from ensda.diffusion.checkpoint import save_checkpoint, testbed_record
 from ensda.diffusion.data import Normalisation, Pairs
@@ -549,7 +549,7 @@ def main(argv: list[str] | None = None) -> dict:
     console = Console(width=max(Console().width, 150), stderr=args.json_out == "-")
     overrides = [*OSSE_OVERRIDES, f"ensemble.size={args.members}", *args.overrides]
     cfg = load(args.config, overrides)
-    if not cfg.sphere or cfg.train is None:
+    if cfg.testbed.kind != "sphere" or cfg.train is None:
         ap.error(f"{args.config} is not a sphere config with a train: section")
     store = cfg.testbed.nature.store
     if zstore.read_restart(store) is None:
