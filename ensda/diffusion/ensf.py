@@ -43,10 +43,8 @@ every sample to (α_ε times) one background member, plus the last step's noise 
 g √Δt ≈ √Δt per element), and the likelihood, damped and weaker than the prior's 1/β_t²
 pull once β_t² < r², mostly chooses which member: a resampling with jitter, whose
 unobserved elements are copies of members. A larger ``t_end`` stops the SDE while the
-kernels are still √ε wide (a regularised resampling). Measured on Lorenz-96 (40 sites,
-N = 20, 1,000 cycles): with every 4th site observed, R = I, rmse_a 4.73 with the paper's
-settings and 3.0 at best (t_end 0.05-0.2, inflation, RTPS), near the free run's 3.70, where
-the LETKF has 0.65; every 2nd site, 300 cycles: 0.96 with t_end 0.1 and inflation 1.05.
+kernels are still √ε wide (a regularised resampling). How far that gets on sparse
+Lorenz-96 networks is measured in experiments/README ("ensf").
 
 The analysis uses the background as given; ``inflation`` and ``rtps`` wrap it as every
 ensemble method (the paper uses the raw forecast ensemble: inflation 1, rtps 0).

@@ -1,4 +1,4 @@
-r"""A learned one-cycle forecast model of the sphere testbed (issue 7 item 3a).
+r"""A learned one-cycle forecast model of the sphere testbed.
 
 **Model.** On lat–lon states ``x (..., C, n_lat, n_lon)`` (``testbed.Channels`` order, SI
 units) one cycle (6 h) is the residual step
