@@ -10,39 +10,13 @@ instead of branching on it, so a new testbed is a package here and one line in `
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Protocol, Union
+from typing import Annotated, Any, Union
 
 from pydantic import Discriminator, Tag
 
+from ensda.testbeds.kind import TestbedKind, TrainingGeometry, TruthWindow
 from ensda.testbeds.lorenz96 import LORENZ96, Lorenz96, RingGrid
 from ensda.testbeds.sphere.plugin import SPHERE
-
-
-class TestbedKind(Protocol):
-    kind: ClassVar[str]  # the ``testbed.kind`` value
-    config: ClassVar[type]  # the ``testbed:`` section (a ``Strict`` model with ``kind``)
-    obs_config: ClassVar[type]  # the ``obs:`` section
-    obs_tag: ClassVar[str]  # the obs section's tag in the config's union
-    unsupported: ClassVar[dict[str, str]]  # method -> why it cannot run here
-    lost_track: ClassVar[bool]  # whether summaries report ``lost_track_a``
-    lat_lon_stores: ClassVar[bool]  # states are lat-lon fields (zarr stores, ``ensda assimilate``)
-
-    def owns_obs(self, value: Any) -> bool: ...  # an ``obs`` value (dict or model) is of this kind
-    def default_obs(self, obs: dict | None) -> dict | None: ...  # the raw obs section, completed
-    def check(self, cfg) -> None: ...  # cross-section checks, ``ValueError`` naming the key
-    def check_source_obs(self, cfg, obs, where: str) -> None: ...  # a training source's network
-    def max_radius(self, cfg) -> float | None: ...  # the largest meaningful localisation radius
-    def hours_per_cycle(self, cfg) -> float: ...
-    def perfect_model(self, cfg) -> bool: ...
-    def model(self, cfg): ...  # the nature run's model
-    def forecast_model(self, cfg): ...
-    def network(self, cfg, obs): ...  # an observation network from an obs section
-    def dense_network(self, cfg, network): ...  # every site / column observed
-    def truth_and_climatology(
-        self, cfg, model, truth_key, clim_key
-    ): ...  # (truth, climatology, store start)
-    def channel_std(self, climatology, model): ...  # (C,) metric scales, or None
-    def run_info(self, cfg, osse): ...  # per-channel info of a run (``SphereRun``), or None
 
 
 #: every testbed kind by its ``testbed.kind`` (the first is the default)
@@ -94,5 +68,7 @@ __all__ = [
     "RingGrid",
     "TestbedKind",
     "TestbedSection",
+    "TrainingGeometry",
+    "TruthWindow",
     "get",
 ]

@@ -50,17 +50,6 @@ from ensda.diffusion.model import (
     network_fn,
 )
 from ensda.nn import GNNConfig
-from ensda.testbeds.sphere.grid import LatLonGrid
-from ensda.testbeds.sphere.observe import GLOBAL_R_STD
-from ensda.testbeds.sphere.store import open_store
-from ensda.testbeds.sphere.testbed import FlatGrid, channels_of
-
-
-def on_sphere(cfg: ExperimentConfig) -> bool:
-    """Whether the increment model is trained on the sphere (mesh GNN, store truths, cos φ
-    loss weights) rather than on the ring: the one testbed switch left in training, until
-    the testbed kinds provide the training geometry themselves."""
-    return cfg.testbed.kind == "sphere"
 
 
 def model_spec(cfg: ExperimentConfig) -> ModelSpec:
@@ -74,23 +63,13 @@ def model_spec(cfg: ExperimentConfig) -> ModelSpec:
     edm = EDM(
         sigma_data=1.0, sigma_min=t.sigma_min, sigma_max=t.sigma_max, p_mean=t.p_mean, p_std=t.p_std
     )
-    if not on_sphere(cfg):
-        return ModelSpec(
-            n=cfg.testbed.n,
-            gnn=gnn,
-            edm=edm,
-            obs_r_std=(cfg.obs.r_std,),
-            elementwise=t.elementwise,
-            elementwise_observed_only=t.elementwise_observed_only,
-        )
-    channels, grid = channels_of(cfg.testbed), cfg.testbed.grid
-    r_std = dict(GLOBAL_R_STD) | cfg.obs.r_std
+    geo = cfg.testbed_kind.training_geometry(cfg)
     return ModelSpec(
-        n=channels.n * grid.n_lon * grid.n_lat,
+        n=geo.n_state,
         gnn=gnn,
         edm=edm,
-        obs_r_std=tuple(float(r_std[channels.variable(c)]) for c in range(channels.n)),
-        sphere=SphereMesh(grid.n_lon, grid.n_lat, t.refinement),
+        obs_r_std=geo.channel_r_std,
+        sphere=None if geo.lat_lon is None else SphereMesh(*geo.lat_lon, t.refinement),
         elementwise=t.elementwise,
         elementwise_observed_only=t.elementwise_observed_only,
     )
@@ -102,13 +81,15 @@ def model_spec(cfg: ExperimentConfig) -> ModelSpec:
 def make_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: None) -> Pairs:
     """All training examples of ``cfg.train`` (perturbed truths, then each cycled source).
 
-    On the sphere the cycled sources run over the training truths of ``store_window`` with
-    the experiment's forecast model (the emulator), as the perturbed truths do.
+    On a store-backed testbed (the sphere) the perturbed truths and the cycled sources come
+    from the testbed's training window of the store (``TestbedKind.training_window``), with
+    the experiment's forecast model (the emulator); elsewhere from nature runs of their own.
     """
     t = cfg.train
     parts = []
-    if t.perturbed_samples and on_sphere(cfg):
-        parts.append(sphere_pairs(cfg, report))
+    window = cfg.testbed_kind.training_window(cfg)
+    if t.perturbed_samples and window is not None:
+        parts.append(store_pairs(cfg, window, report))
     elif t.perturbed_samples:
         report(f"perturbed truths: {t.perturbed_samples} examples")
         testbed = experiment.make_testbed(cfg)
@@ -119,7 +100,6 @@ def make_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: 
             )
         )
     base = cfg.model_dump(exclude={"sweep", "train"})
-    truth_window = _sphere_truth_cycles(cfg) if on_sphere(cfg) and t.sources else None
     for i, src in enumerate(t.sources):
         report(f"cycled {src.method} on {_describe(src.obs.model_dump())}: {src.cycles} cycles")
         seed = t.seed + 10 * (i + 1)
@@ -139,14 +119,13 @@ def make_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: 
             "methods": {src.method: src.settings},
             "lead_time": base["lead_time"] | {"enabled": False},
         }
-        if truth_window is not None:
-            first, n_cycles = truth_window
-            if src.cycles > n_cycles:
+        if window is not None:
+            if src.cycles > window.n_cycles:
                 raise ValueError(
                     f"train.sources[{i}].cycles is {src.cycles}; the training truths "
-                    f"(train.store_times) hold {n_cycles} cycles"
+                    f"(train.store_times) hold {window.n_cycles} cycles"
                 )
-            data["testbed"] = base["testbed"] | {"truth_start": first}
+            data["testbed"] = base["testbed"] | {"truth_start": window.first}
         sub = validate(data)
         osse = experiment.make_osse(sub)
         assim = experiment.build_assimilator(sub, osse, src.method)
@@ -159,31 +138,14 @@ def make_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: 
     return Pairs.concat(parts)
 
 
-def store_window(cfg: ExperimentConfig) -> tuple[int, int]:
-    """Store time indices [first, stop) of the sphere training truths (``train.store_times``,
-    default the first 80 % of the config's nature-run store, the emulator's training window)."""
-    n_times = open_store(cfg.testbed.nature.store).sizes["time"]
-    first, stop = cfg.train.store_times or (0, int(0.8 * n_times))
-    if stop > n_times:
-        raise ValueError(f"train.store_times stops at {stop}, the store holds {n_times} times")
-    return first, stop
-
-
-def _sphere_truth_cycles(cfg: ExperimentConfig, model=None) -> tuple[int, int]:
-    """The first store time of the sphere training truths and the cycles they span."""
-    model = experiment.make_forecast_model(cfg) if model is None else model
-    first, stop = store_window(cfg)
-    return first, (stop - 1 - first) // model.testbed.stride
-
-
-def sphere_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: None) -> Pairs:
-    """Sphere training examples: store truths in ``store_window``, perturbed by
-    climatological anomalies of the same window and forecast one cycle with the
+def store_pairs(cfg: ExperimentConfig, window, report: Callable[[str], None] = lambda _: None) -> Pairs:
+    """Training examples of a store-backed testbed: store truths of its training ``window``,
+    perturbed by climatological anomalies of the same window and forecast one cycle with the
     experiment's forecast model (``anomaly_perturbed_pairs``)."""
     t = cfg.train
     model = experiment.make_forecast_model(cfg)
     tb = model.testbed
-    first, n_cycles = _sphere_truth_cycles(cfg, model)
+    first, n_cycles = window.first, window.n_cycles
     report(f"sphere truths: from store time {first}, {n_cycles + 1} states one cycle apart")
     states = tb.truth(first, n_cycles).reshape(n_cycles + 1, -1)
     key = jax.random.key(t.seed)
@@ -254,24 +216,15 @@ def batch_condition(key, norm: Normalisation, mean, spread, z, t: TrainConfig, s
 
 
 def loss_weights(cfg: ExperimentConfig) -> jax.Array | None:
-    """Per-element loss weights on the sphere: cos φ (mean 1) × ``train.variable_weights``
-    (normalised to mean 1 over channels); None on Lorenz-96 (uniform)."""
-    if not on_sphere(cfg):
-        return None
-    channels, grid = channels_of(cfg.testbed), cfg.testbed.grid
-    w_var = np.asarray(
-        [cfg.train.variable_weights.get(channels.variable(c), 1.0) for c in range(channels.n)]
-    )
-    cos = FlatGrid(LatLonGrid(grid.n_lon, grid.n_lat), channels.n).weights
-    return jnp.repeat(jnp.asarray(w_var / w_var.mean(), jnp.float32), grid.n_lon * grid.n_lat) * cos
+    """Per-element loss weights of the testbed (on the sphere cos φ × ``train.variable_weights``,
+    mean 1); None: uniform (Lorenz-96)."""
+    return cfg.testbed_kind.training_geometry(cfg).loss_weights
 
 
 def normalisation_groups(cfg: ExperimentConfig) -> np.ndarray | None:
-    """Pooling groups of the normalisation: one (Lorenz-96), or each channel × latitude."""
-    if not on_sphere(cfg):
-        return None
-    channels, grid = channels_of(cfg.testbed), cfg.testbed.grid
-    return np.repeat(np.arange(channels.n * grid.n_lat), grid.n_lon)
+    """Pooling groups of the normalisation: one (None, Lorenz-96), or on the sphere each
+    channel × latitude."""
+    return cfg.testbed_kind.training_geometry(cfg).groups
 
 
 # ---------------------------------------------------------------------------- training
@@ -506,8 +459,8 @@ def train_increment(
         "data_s": data_s,
         "train_s": train_s,
     }
-    if on_sphere(cfg):  # the store times the training truths came from
-        summary["store_times"] = list(store_window(cfg))
+    if (window := cfg.testbed_kind.training_window(cfg)) is not None:
+        summary["store_times"] = [window.first, window.stop]  # where the training truths came from
     save_checkpoint(
         Path(t.checkpoint),
         ema,

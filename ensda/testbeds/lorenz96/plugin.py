@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import jax
 
 from ensda.observe import ObsNetwork
+from ensda.testbeds.kind import TrainingGeometry, TruthWindow
 from ensda.testbeds.lorenz96.config import ObsConfig, TestbedConfig
 from ensda.testbeds.lorenz96.model import HOURS_PER_TIME_UNIT, Lorenz96
 
@@ -112,6 +113,14 @@ class Lorenz96Kind:
 
     def run_info(self, cfg, osse) -> None:
         """No per-channel tables or maps."""
+        return None
+
+    def training_geometry(self, cfg) -> TrainingGeometry:
+        """A ring of ``n`` sites, one channel, uniform loss weights and one normalisation group."""
+        return TrainingGeometry(n_state=cfg.testbed.n, channel_r_std=(cfg.obs.r_std,), lat_lon=None)
+
+    def training_window(self, cfg) -> TruthWindow | None:
+        """None: training truths are nature runs of their own (seeded by ``train.seed``)."""
         return None
 
 

@@ -16,12 +16,15 @@ import dataclasses
 from typing import Any, ClassVar
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from ensda.testbeds.kind import TrainingGeometry, TruthWindow
 from ensda.testbeds.sphere.config import MODEL_VARIABLES, SphereObsConfig, SphereTestbedConfig
 from ensda.testbeds.sphere.grid import LatLonGrid
 from ensda.testbeds.sphere.observe import GLOBAL_R_STD, GlobalObsNetwork
-from ensda.testbeds.sphere.testbed import FlatSphere, channels_of, from_config
+from ensda.testbeds.sphere.store import open_store
+from ensda.testbeds.sphere.testbed import FlatGrid, FlatSphere, channels_of, from_config, store_stride
 from ensda.testbeds.sphere.testbed import channel_std as sphere_channel_std
 
 
@@ -196,6 +199,34 @@ class SphereKind:
             np.asarray(osse.channel_std),
             np.asarray(tb.unflatten(osse.truth[-1])),
         )
+
+    def training_geometry(self, cfg) -> TrainingGeometry:
+        """The channels × lat-lon grid (a mesh GNN's), R per channel (``obs.r_std`` over
+        ``GLOBAL_R_STD``), loss weights cos φ (mean 1) × ``train.variable_weights`` (mean 1
+        over channels), and a normalisation group per channel × latitude."""
+        channels, grid = channels_of(cfg.testbed), cfg.testbed.grid
+        r_std = dict(GLOBAL_R_STD) | cfg.obs.r_std
+        variable_weights = {} if cfg.train is None else cfg.train.variable_weights
+        w_var = np.asarray([variable_weights.get(channels.variable(c), 1.0) for c in range(channels.n)])
+        cos = FlatGrid(LatLonGrid(grid.n_lon, grid.n_lat), channels.n).weights
+        weights = jnp.repeat(jnp.asarray(w_var / w_var.mean(), jnp.float32), grid.n_lon * grid.n_lat) * cos
+        return TrainingGeometry(
+            n_state=channels.n * grid.n_lon * grid.n_lat,
+            channel_r_std=tuple(float(r_std[channels.variable(c)]) for c in range(channels.n)),
+            lat_lon=(grid.n_lon, grid.n_lat),
+            loss_weights=weights,
+            groups=np.repeat(np.arange(channels.n * grid.n_lat), grid.n_lon),
+        )
+
+    def training_window(self, cfg) -> TruthWindow:
+        """The store times of the training truths: ``train.store_times``, default the first
+        80 % of the nature-run store (the emulator's training window), and the cycles
+        (``testbed.cycle_hours``) they span."""
+        times = open_store(cfg.testbed.nature.store)["time"].values
+        first, stop = cfg.train.store_times or (0, int(0.8 * times.size))
+        if stop > times.size:
+            raise ValueError(f"train.store_times stops at {stop}, the store holds {times.size} times")
+        return TruthWindow(first, stop, (stop - 1 - first) // store_stride(times, cfg.testbed.cycle_hours))
 
 
 SPHERE = SphereKind()

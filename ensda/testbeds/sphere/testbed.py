@@ -54,6 +54,15 @@ from ensda.testbeds.sphere.dycore import (
 from ensda.testbeds.sphere.grid import LatLonGrid, conservative_weights
 
 
+def store_stride(times: np.ndarray, hours_per_cycle: float) -> int:
+    """Store times per cycle of ``hours_per_cycle`` for a store with valid ``times``."""
+    out_h = (times[1] - times[0]) / np.timedelta64(1, "h") if times.size > 1 else hours_per_cycle
+    stride = hours_per_cycle / out_h
+    if abs(stride - round(stride)) > 1e-9:
+        raise ValueError(f"cycle of {hours_per_cycle} h is not a multiple of the store's {out_h} h output")
+    return round(stride)
+
+
 @dataclasses.dataclass(frozen=True)
 class SphereTestbed:
     """Forecasts of lat–lon states with a dycore, the grid and the nature-run store."""
@@ -112,14 +121,7 @@ class SphereTestbed:
     @property
     def stride(self) -> int:
         """Store times per cycle (the cycle length over the store's output interval)."""
-        t = self.dataset["time"].values
-        out_h = (t[1] - t[0]) / np.timedelta64(1, "h") if t.size > 1 else self.hours_per_cycle
-        stride = self.hours_per_cycle / out_h
-        if abs(stride - round(stride)) > 1e-9:
-            raise ValueError(
-                f"cycle of {self.hours_per_cycle} h is not a multiple of the store's {out_h} h output"
-            )
-        return round(stride)
+        return store_stride(self.dataset["time"].values, self.hours_per_cycle)
 
     def _read(self, index) -> np.ndarray:
         return self._reader.read(index)
