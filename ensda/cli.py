@@ -34,17 +34,6 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 
-SUMMARY_KEYS = (
-    "rmse_a",
-    "spread_a",
-    "crps_a",
-    "ssr_a",
-    "rmse_f",
-    "crps_f",
-    "energy_a",
-    "rank_flatness_a",
-    "nfe",
-)
 TABLE_KEYS = ("rmse_a", "spread_a", "ssr_a", "crps_a", "rmse_f")
 
 SetOpt = typer.Option(
@@ -152,34 +141,6 @@ def _run_methods(
     return osse, runs
 
 
-def _record(run) -> dict:
-    if isinstance(run, Exception):  # diverged
-        return {"method": run.method, "diverged": str(run), "diverged_at_cycle": run.cycle}
-    rec = {"method": run.method}
-    rec.update({k: run.summary[k] for k in SUMMARY_KEYS})
-    if "lost_track_a" in run.summary:
-        rec["lost_track_a"] = run.summary["lost_track_a"]
-    if (
-        run.lead_time is not None
-    ):  # JSON has no inf: null when off the curve, the text says "> max lead"
-        loss = run.lead_time.loss
-        rec.update(
-            lead_time_loss_h=float(loss.loss_h) if not bool(loss.off_curve) else None,
-            lead_time_loss=loss.text,
-            lead_time_rmse=float(loss.rmse),
-            lead_h=float(loss.lead_h),
-        )
-    rec.update(
-        n_cycles=run.summary["n_cycles"],
-        n_members=run.n_members,
-        compile_s=round(run.compile_s, 3),
-        run_s=round(run.run_s, 3),
-        wall_s=round(run.compile_s + run.run_s, 3),
-        settings=run.settings,
-    )
-    return rec
-
-
 def _table(records: list[dict], title: str) -> Table:
     table = Table(title=title)
     table.add_column("method")
@@ -228,7 +189,7 @@ def run(
     ),
 ):
     """Run one cycled experiment (OSSE) and print its time-mean scores."""
-    from ensda import tracking
+    from ensda import experiment, tracking
 
     cfg = _load(
         config,
@@ -242,7 +203,7 @@ def run(
         )
     console = _console(as_json)
     osse, (result,) = _run_methods(cfg, [cfg.method], console, analyses=analyses)
-    record = _record(result)
+    record = experiment.run_record(result)
     with tracking.method_run(cfg, f"{cfg.name}:{cfg.method}") as mlrun:
         tracking.log_result(mlrun, cfg, result, osse)
     console.print(_table([record], f"{cfg.name} — {cfg.cycles} cycles, burn-in {cfg.burn_in}"))
@@ -400,7 +361,6 @@ def compare(
     from ensda import assimilator as registry
     from ensda import experiment, tracking
     from ensda import tune as tn
-    from ensda.config import flatten
 
     names = (
         list(COMPARE_DEFAULT)
@@ -430,36 +390,19 @@ def compare(
             _fail(str(err))
     t0 = time.perf_counter()
     osse, runs = _run_methods(cfg, names, console, keep_going=True)
-    records = [_record(r) for r in runs]
-    params = flatten(cfg)
-    params.pop("method", None)
-    if tuned:
-        params["tuned_file"] = str(tuned[0])
-    with tracking.tracked_run(
-        cfg.tracking,
-        f"{cfg.name}:compare",
-        params | {"methods": ",".join(names)},
-        tracking.config_tags(cfg),
-    ) as parent:
-        for r in runs:
-            child_cfg = cfg.model_copy(update={"method": r.method})
-            with tracking.method_run(child_cfg, f"{cfg.name}:{r.method}", parent=parent) as child:
-                if isinstance(r, Exception):
-                    child.fail(str(r))
-                else:
-                    tracking.log_result(child, cfg, r)
-        parent.log_dict({"results": records}, "comparison.json")
-        tracking.log_observations(parent, osse)
-        parent.log_metrics({"wall_s": time.perf_counter() - t0})
+    records = [experiment.run_record(r) for r in runs]
+    parent_id = tracking.log_comparison(
+        cfg, names, osse, runs, records, time.perf_counter() - t0, None if not tuned else tuned[0]
+    )
     console.print(
         _table(
             records,
             f"{cfg.name} — {cfg.cycles} cycles, burn-in {cfg.burn_in}, same truth and observations",
         )
     )
-    if parent.run_id:
+    if parent_id:
         console.print(
-            f"MLflow parent run {parent.run_id} in {tracking.tracking_uri(cfg.tracking.uri)}",
+            f"MLflow parent run {parent_id} in {tracking.tracking_uri(cfg.tracking.uri)}",
             highlight=False,
         )
     if as_json:
@@ -469,9 +412,7 @@ def compare(
             else None
         )
         print(
-            json.dumps(
-                {"results": records, "mlflow_run_id": parent.run_id, "tuned": used}, default=str
-            )
+            json.dumps({"results": records, "mlflow_run_id": parent_id, "tuned": used}, default=str)
         )
 
 
@@ -584,13 +525,14 @@ def _run_study(cfg, name: str, storage: str, trials: int | None, workers: int, c
             if workers == 1:
                 sw.run_worker(storage, name, 0, "in-process", report=report)
             else:
-                _supervise(
-                    sw,
+                codes = sw.supervise(
                     sw.start_workers(storage, name, workers),
                     lambda: sw.study_tally(study_obj, cfg.sweep),
                     report,
-                    console,
                 )
+                for i, code in enumerate(codes):
+                    if code:
+                        console.print(f"[red]worker {i} exited with code {code}[/]")
         except sw.SweepError as err:
             _fail(str(err))
         except KeyboardInterrupt:
@@ -690,25 +632,6 @@ def _tracking_uri(cfg) -> str:
     from ensda.tracking import tracking_uri
 
     return tracking_uri(cfg.tracking.uri)
-
-
-def _supervise(sw, procs, poll, report, console) -> None:
-    """Report ``poll()`` while the worker processes run; on Ctrl-C stop them (their trials
-    are retried by the next launch)."""
-    try:
-        while any(p.poll() is None for p in procs):
-            report(poll())
-            time.sleep(sw.POLL_S)
-    except KeyboardInterrupt:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait()
-        raise
-    report(poll())
-    for i, p in enumerate(procs):
-        if p.returncode:
-            console.print(f"[red]worker {i} exited with code {p.returncode}[/]")
 
 
 def _best_table(study, cfg, sw, top: int = 10) -> Table:

@@ -274,3 +274,48 @@ def lost_track_fraction(result, osse: OSSE, burn_in: int) -> float:
         osse.climatology.mean(0)[None, None], truth, osse.testbed.grid.weights, axis=-1
     )
     return float(jnp.mean(result.mse_a[burn_in:] > clim_mse))
+
+
+#: summary scores of a run's JSON record (``run_record``)
+SUMMARY_KEYS = (
+    "rmse_a",
+    "spread_a",
+    "crps_a",
+    "ssr_a",
+    "rmse_f",
+    "crps_f",
+    "energy_a",
+    "rank_flatness_a",
+    "nfe",
+)
+
+
+def run_record(run: MethodRun | NonFiniteStateError) -> dict:
+    """The JSON record of a method's run (``ensda run`` / ``compare --json``, the comparison
+    artifact): its summary scores, lead-time loss, timings and settings; for a run that
+    diverged, the cycle and the reason."""
+    if isinstance(run, Exception):  # diverged
+        return {"method": run.method, "diverged": str(run), "diverged_at_cycle": run.cycle}
+    rec = {"method": run.method}
+    rec.update({k: run.summary[k] for k in SUMMARY_KEYS})
+    if "lost_track_a" in run.summary:
+        rec["lost_track_a"] = run.summary["lost_track_a"]
+    if (
+        run.lead_time is not None
+    ):  # JSON has no inf: null when off the curve, the text says "> max lead"
+        loss = run.lead_time.loss
+        rec.update(
+            lead_time_loss_h=float(loss.loss_h) if not bool(loss.off_curve) else None,
+            lead_time_loss=loss.text,
+            lead_time_rmse=float(loss.rmse),
+            lead_h=float(loss.lead_h),
+        )
+    rec.update(
+        n_cycles=run.summary["n_cycles"],
+        n_members=run.n_members,
+        compile_s=round(run.compile_s, 3),
+        run_s=round(run.run_s, 3),
+        wall_s=round(run.compile_s + run.run_s, 3),
+        settings=run.settings,
+    )
+    return rec

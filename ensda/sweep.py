@@ -619,6 +619,24 @@ def worker_setups(
     return setups
 
 
+def supervise(procs: list[subprocess.Popen], poll: Callable, report: Callable) -> list[int]:
+    """``report(poll())`` while the worker processes run, and once after; their exit codes.
+    On Ctrl-C the workers are stopped (SIGTERM; their trials are retried by the next launch)
+    and the ``KeyboardInterrupt`` goes on."""
+    try:
+        while any(p.poll() is None for p in procs):
+            report(poll())
+            time.sleep(POLL_S)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            p.wait()
+        raise
+    report(poll())
+    return [p.returncode for p in procs]
+
+
 def start_workers(storage_url: str, study_name: str, k: int) -> list[subprocess.Popen]:
     """Start ``k`` worker processes on this machine, each pinned to one device."""
     cores = sorted(os.sched_getaffinity(0))

@@ -179,6 +179,29 @@ def log_result(run: Run | NullRun, cfg, result, osse=None) -> None:
         log_observations(run, osse)
 
 
+def log_comparison(cfg, names, osse, runs, records, wall_s: float, tuned_file=None) -> str | None:
+    """``ensda compare``'s runs: a parent run (the config without ``method``, the methods, the
+    tuned-settings file) holding ``comparison.json`` (``records``), the observations and the
+    wall time, and a child run per method (``method_run``; FAILED with the reason for a run
+    that diverged). Returns the parent's run id (None with tracking off)."""
+    params = flatten(cfg) | {"methods": ",".join(names)}
+    params.pop("method", None)
+    if tuned_file is not None:
+        params["tuned_file"] = str(tuned_file)
+    with tracked_run(cfg.tracking, f"{cfg.name}:compare", params, config_tags(cfg)) as parent:
+        for r in runs:
+            child_cfg = cfg.model_copy(update={"method": r.method})
+            with method_run(child_cfg, f"{cfg.name}:{r.method}", parent=parent) as child:
+                if isinstance(r, Exception):
+                    child.fail(str(r))
+                else:
+                    log_result(child, cfg, r)
+        parent.log_dict({"results": records}, "comparison.json")
+        log_observations(parent, osse)
+        parent.log_metrics({"wall_s": wall_s})
+    return parent.run_id
+
+
 def _client(tracking):
     return _client_for(tracking_uri(tracking.uri))
 
