@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from analysis import report_figures as figures
-from ensda import tracking
+from ensda import sweep, tracking
 
 #: summary metrics of the results table and results.csv, in order, with the table's decimals
 TABLE_METRICS = ("rmse_a", "spread_a", "ssr_a", "crps_a", "rmse_f", "nfe", "wall_s")
@@ -161,8 +161,6 @@ class ReportData:
 def study_parent(study: str, storage: str) -> str:
     """The MLflow parent run id of the sweep ``study`` in the Optuna ``storage``."""
     import optuna
-
-    from ensda import sweep
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:

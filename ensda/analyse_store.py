@@ -40,9 +40,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ensda import assimilator as registry
+from ensda.experiment import (
+    OSSE,
+    build_assimilator,
+    make_forecast_model,
+    make_network,
+    make_testbed,
+)
 from ensda.observe import Observations
 from ensda.testbeds.sphere import analyses as an
 from ensda.testbeds.sphere.observe import GlobalObsNetwork
+from ensda.testbeds.sphere.store import open_store
+from ensda.testbeds.sphere.testbed import StoreReader
 
 
 @dataclasses.dataclass(frozen=True)
@@ -190,16 +200,6 @@ def assimilate(
     docstring). ``progress(done, total)`` after each time. Returns a summary: times analysed,
     members, and the mean over times of the normalised observation-minus-background and
     observation-minus-analysis RMS, sqrt(mean(((y − H x̄) / σ_o)²))."""
-    from ensda import assimilator as registry
-    from ensda.experiment import (
-        OSSE,
-        build_assimilator,
-        make_forecast_model,
-        make_network,
-        make_testbed,
-    )
-    from ensda.testbeds.sphere.testbed import StoreReader
-
     if not cfg.testbed_kind.lat_lon_stores:
         raise ValueError(
             "ensda assimilate works on sphere configs (testbed.kind: sphere): the stores are lat-lon fields"
@@ -305,6 +305,4 @@ def assimilate(
 
 
 def _written_times(path) -> np.ndarray:
-    from ensda.testbeds.sphere.store import open_store
-
     return np.asarray(open_store(path)["time"].values, "datetime64[ns]")

@@ -47,6 +47,7 @@ import time
 import warnings
 from collections.abc import Callable
 
+import jax
 import numpy as np
 import optuna
 from optuna.trial import TrialState
@@ -54,6 +55,7 @@ from optuna.trial import TrialState
 from ensda import tracking
 from ensda.config import ConfigError, ExperimentConfig, SweepConfig, flatten, validate
 from ensda.cycle import NonFiniteStateError
+from ensda.experiment import make_osse, run_method
 
 DEFAULT_STORAGE = "sqlite:///optuna.db"
 SQLITE_TIMEOUT_S = 60  # a worker waits this long for SQLite's write lock
@@ -384,7 +386,6 @@ def run_trial(
     Raises ``TrialFailure`` (reason in the trial's user attr ``ensda.failure``) if the values
     make no valid config, the run diverges or the objective is not finite.
     """
-    from ensda.experiment import make_osse, run_method
 
     def failed(reason: str):
         trial.set_user_attr(FAILURE, reason)
@@ -440,8 +441,6 @@ def replicate_mean(results: list, run, objective: str):
 
 def _jax_device() -> str:
     """The device this process computes on (JAX's default device), e.g. ``TFRT_CPU_2``, ``cuda:0``."""
-    import jax
-
     return str(jax.config.jax_default_device or jax.devices()[0])
 
 
@@ -671,7 +670,5 @@ def worker_main(
     if cpus:
         os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
     if JAX_DEVICE_ENV in os.environ:
-        import jax
-
         jax.config.update("jax_default_device", jax.devices()[int(os.environ[JAX_DEVICE_ENV])])
     run_worker(storage_url, study_name, index, device)

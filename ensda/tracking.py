@@ -23,11 +23,13 @@ import logging
 import math
 import os
 import tempfile
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
+from ensda.cycle import channel_summary, rank_histogram_counts
 from ensda.schema import flatten
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -111,8 +113,6 @@ class Run:
             self.client.log_artifacts(self.run_id, tmp)
 
     def _log_series(self, series: dict[str, tuple]) -> None:
-        import time
-
         from mlflow.entities import Metric
 
         ts = int(time.time() * 1000)
@@ -313,8 +313,6 @@ def log_method_run(run: Run | NullRun, method_run, burn_in: int, figures: bool =
     if (
         method_run.n_members > 1
     ):  # the counts as data (reports redraw them; the PNG is for browsing)
-        from ensda.cycle import rank_histogram_counts
-
         counts = np.rint(rank_histogram_counts(method_run.result, burn_in)).astype(np.int64)
         run.log_dict(
             {"counts": counts.tolist(), "n_members": method_run.n_members, "burn_in": burn_in},
@@ -358,8 +356,6 @@ def log_observations(run: Run | NullRun, osse) -> None:
 def _log_sphere(run: Run, method_run, burn_in: int, figures: bool) -> None:
     """Per-channel time means as ``channel_metrics.json``; with figures, their bar chart and
     the last-cycle maps of the headline channels."""
-    from ensda.cycle import channel_summary
-
     sphere = method_run.sphere
     per = channel_summary(method_run.result, burn_in)
     run.log_dict(

@@ -43,6 +43,7 @@ from ensda.diffusion.data import Normalisation
 from ensda.diffusion.edm import EDM
 from ensda.nn import GNNConfig, GraphNetwork, SphereGraphNetwork, ring_graph
 from ensda.nn.layers import MLP
+from ensda.testbeds.sphere.grid import mesh_graphs
 
 #: background mean, background spread, observed increment, observation mask
 N_CONDITION = 4
@@ -62,8 +63,6 @@ class SphereMesh:
         return self.n_lon * self.n_lat
 
     def graphs(self):
-        from ensda.testbeds.sphere.grid import mesh_graphs
-
         return mesh_graphs(self.n_lon, self.n_lat, self.refinement)
 
 

@@ -18,7 +18,6 @@ from ensda.testbeds.kind import TestbedKind, TrainingGeometry, TruthWindow
 from ensda.testbeds.lorenz96 import LORENZ96, Lorenz96, RingGrid
 from ensda.testbeds.sphere.plugin import SPHERE
 
-
 #: every testbed kind by its ``testbed.kind`` (the first is the default)
 KINDS: dict[str, TestbedKind] = {LORENZ96.kind: LORENZ96, SPHERE.kind: SPHERE}
 

@@ -138,7 +138,9 @@ def make_pairs(cfg: ExperimentConfig, report: Callable[[str], None] = lambda _: 
     return Pairs.concat(parts)
 
 
-def store_pairs(cfg: ExperimentConfig, window, report: Callable[[str], None] = lambda _: None) -> Pairs:
+def store_pairs(
+    cfg: ExperimentConfig, window, report: Callable[[str], None] = lambda _: None
+) -> Pairs:
     """Training examples of a store-backed testbed: store truths of its training ``window``,
     perturbed by climatological anomalies of the same window and forecast one cycle with the
     experiment's forecast model (``anomaly_perturbed_pairs``)."""

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ensda.nn.grid_mesh import grid_mesh_graphs
+
 EARTH_RADIUS_KM = 6371.0
 
 
@@ -165,8 +167,6 @@ def mesh_graphs(n_lon: int, n_lat: int, refinement: int):
     """The grid → multi-mesh → grid graphs (``ensda.nn.grid_mesh.GridMeshGraphs``) of the
     ``n_lon`` × ``n_lat`` grid and the mesh of that refinement; cached, and concrete arrays
     even when first asked for under a trace (e.g. ``nnx.eval_shape`` while loading a model)."""
-    from ensda.nn.grid_mesh import grid_mesh_graphs
-
     grid = LatLonGrid(n_lon, n_lat)
     with jax.ensure_compile_time_eval():
         return grid_mesh_graphs(grid.latitudes, grid.longitudes, refinement)

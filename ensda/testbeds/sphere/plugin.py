@@ -24,7 +24,13 @@ from ensda.testbeds.sphere.config import MODEL_VARIABLES, SphereObsConfig, Spher
 from ensda.testbeds.sphere.grid import LatLonGrid
 from ensda.testbeds.sphere.observe import GLOBAL_R_STD, GlobalObsNetwork
 from ensda.testbeds.sphere.store import open_store
-from ensda.testbeds.sphere.testbed import FlatGrid, FlatSphere, channels_of, from_config, store_stride
+from ensda.testbeds.sphere.testbed import (
+    FlatGrid,
+    FlatSphere,
+    channels_of,
+    from_config,
+    store_stride,
+)
 from ensda.testbeds.sphere.testbed import channel_std as sphere_channel_std
 
 
@@ -207,9 +213,14 @@ class SphereKind:
         channels, grid = channels_of(cfg.testbed), cfg.testbed.grid
         r_std = dict(GLOBAL_R_STD) | cfg.obs.r_std
         variable_weights = {} if cfg.train is None else cfg.train.variable_weights
-        w_var = np.asarray([variable_weights.get(channels.variable(c), 1.0) for c in range(channels.n)])
+        w_var = np.asarray(
+            [variable_weights.get(channels.variable(c), 1.0) for c in range(channels.n)]
+        )
         cos = FlatGrid(LatLonGrid(grid.n_lon, grid.n_lat), channels.n).weights
-        weights = jnp.repeat(jnp.asarray(w_var / w_var.mean(), jnp.float32), grid.n_lon * grid.n_lat) * cos
+        weights = (
+            jnp.repeat(jnp.asarray(w_var / w_var.mean(), jnp.float32), grid.n_lon * grid.n_lat)
+            * cos
+        )
         return TrainingGeometry(
             n_state=channels.n * grid.n_lon * grid.n_lat,
             channel_r_std=tuple(float(r_std[channels.variable(c)]) for c in range(channels.n)),
@@ -225,8 +236,12 @@ class SphereKind:
         times = open_store(cfg.testbed.nature.store)["time"].values
         first, stop = cfg.train.store_times or (0, int(0.8 * times.size))
         if stop > times.size:
-            raise ValueError(f"train.store_times stops at {stop}, the store holds {times.size} times")
-        return TruthWindow(first, stop, (stop - 1 - first) // store_stride(times, cfg.testbed.cycle_hours))
+            raise ValueError(
+                f"train.store_times stops at {stop}, the store holds {times.size} times"
+            )
+        return TruthWindow(
+            first, stop, (stop - 1 - first) // store_stride(times, cfg.testbed.cycle_hours)
+        )
 
 
 SPHERE = SphereKind()

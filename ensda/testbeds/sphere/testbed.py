@@ -52,6 +52,8 @@ from ensda.testbeds.sphere.dycore import (
     _Dycore,
 )
 from ensda.testbeds.sphere.grid import LatLonGrid, conservative_weights
+from ensda.testbeds.sphere.nature import build
+from ensda.testbeds.sphere.store import open_store
 
 
 def store_stride(times: np.ndarray, hours_per_cycle: float) -> int:
@@ -59,7 +61,9 @@ def store_stride(times: np.ndarray, hours_per_cycle: float) -> int:
     out_h = (times[1] - times[0]) / np.timedelta64(1, "h") if times.size > 1 else hours_per_cycle
     stride = hours_per_cycle / out_h
     if abs(stride - round(stride)) > 1e-9:
-        raise ValueError(f"cycle of {hours_per_cycle} h is not a multiple of the store's {out_h} h output")
+        raise ValueError(
+            f"cycle of {hours_per_cycle} h is not a multiple of the store's {out_h} h output"
+        )
     return round(stride)
 
 
@@ -177,8 +181,6 @@ class StoreReader:
 
     @functools.cached_property
     def dataset(self):
-        from ensda.testbeds.sphere.store import open_store
-
         ds = open_store(self.path)
         have = Channels.of_dataset(ds)
         missing = [n for n in self.channels.names if n not in have.names]
@@ -353,8 +355,6 @@ def from_config(cfg, store: str | None = None, perfect: bool = True) -> SphereTe
     forecast model of ``cfg.forecast`` (resolution and time step, unset values as the nature
     run's; or the emulator checkpoint ``forecast.emulator``, checked against the state and
     cycle), the analysis grid, the channels of the nature run's variables and levels."""
-    from ensda.testbeds.sphere.nature import build
-
     model, out = build(cfg)
     channels, emulator = channels_of(cfg), None
     if not perfect:
