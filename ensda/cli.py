@@ -920,5 +920,68 @@ def train(
     )
 
 
+@app.command("train-emulator")
+def train_emulator(
+    config: Path = typer.Argument(
+        ...,
+        help="Sphere experiment YAML with an 'emulator' section (its nature-run store is trained on).",
+    ),
+    sets: list[str] = SetOpt,
+    eval_only: bool = typer.Option(
+        False, "--eval-only", help="Score the checkpoint of emulator.checkpoint again; no training."
+    ),
+    as_json: bool = JsonOpt,
+):
+    """Train the sphere forecast emulator on the config's nature run and score its held-out rollouts."""
+    from ensda.training.emulator import train_and_evaluate
+
+    cfg = _load(config, sets)
+    if cfg.emulator is None:
+        _fail(f"{config} has no 'emulator' section: nothing to train")
+    console = _console(as_json)
+    try:
+        run = train_and_evaluate(
+            cfg,
+            eval_only=eval_only,
+            report=lambda text: console.print(text, highlight=False),
+            progress=console.is_terminal,
+        )
+    except (ValueError, FileNotFoundError) as err:
+        _fail(str(err))
+    res, table = run.evaluation, run.evaluation["table_48h"]
+    console.print(
+        f"{res['n_starts']} forecasts from the held-out window, {res['eval_s']:.1f} s; "
+        f"RMSE at {table['lead_hours']} h (emulator / persistence / climatology):",
+        highlight=False,
+    )
+    for name, row in table["rows"].items():
+        verdict = "beats both" if row["beats_both"] else "does NOT beat both"
+        console.print(
+            f"  {name:28s} {row['emulator']:10.4g} {row['persistence']:10.4g} "
+            f"{row['climatology']:10.4g}  {verdict}",
+            highlight=False,
+        )
+    console.print(
+        f"  channels beating both: {table['channels_beating_both']}; "
+        f"full table: {run.checkpoint / 'evaluation.json'}",
+        highlight=False,
+    )
+    if "long_rollout" in res:
+        lr = res["long_rollout"]
+        rows = zip(lr["days"], lr["rmse"], lr["abs_bias"], lr["variance_ratio"], strict=True)
+        console.print(
+            f"long rollouts from {lr['n_starts']} held-out starts (day: standardised rmse / "
+            "mean |global-mean bias| / variance ratio):\n  "
+            + "  ".join(f"{d:g}: {r:.2f} / {b:.2f} / {v:.2f}" for d, r, b, v in rows),
+            highlight=False,
+        )
+    if as_json:
+        print(
+            json.dumps(
+                {"checkpoint": str(run.checkpoint), "table_48h": table, "trained": run.trained}
+            )
+        )
+
+
 if __name__ == "__main__":
     app()

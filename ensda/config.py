@@ -40,7 +40,7 @@ from ensda.schema import (  # noqa: F401  (re-exported: the config API in one pl
 from ensda.sweep_config import OBJECTIVES, SweepConfig, SweepRange, SweepValues, as_list  # noqa: F401
 from ensda.testbeds import ObsSection, TestbedSection
 from ensda.testbeds.lorenz96.config import ObsConfig, TestbedConfig  # noqa: F401  (the defaults)
-from ensda.train_config import TrainConfig, TrainSource  # noqa: F401
+from ensda.train_config import EmulatorConfig, TrainConfig, TrainSource  # noqa: F401
 
 
 class ForecastModelConfig(Strict):
@@ -154,6 +154,7 @@ class ExperimentConfig(Strict):
     forecast_model: ForecastModelConfig = ForecastModelConfig()
     lead_time: LeadTimeConfig = LeadTimeConfig()
     train: TrainConfig | None = None
+    emulator: EmulatorConfig | None = None
 
     @pydantic.model_validator(mode="before")
     @classmethod

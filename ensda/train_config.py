@@ -175,3 +175,40 @@ class TrainConfig(Strict):
                     f"train.target anchored: sources {short} need more than 60 cycles (50 are spin-up)"
                 )
         return self
+
+
+class EmulatorConfig(Strict):
+    """``ensda train-emulator``: the sphere forecast emulator (``ensda.testbeds.sphere.emulator``,
+    a GraphCast-style grid → multi-mesh → grid GNN of one cycle's residual) trained on the
+    first part of the config's nature-run store (``testbed.nature.store``) and scored on the
+    held-out rest. The checkpoint serves as ``testbed.forecast.emulator``."""
+
+    #: output directory of the emulator checkpoint (and its ``evaluation.json``)
+    checkpoint: str = "checkpoints/sphere_emulator"
+    steps: int = Field(20_000, ge=1)
+    batch: int = Field(4, ge=1)
+    latent: int = Field(64, ge=4)
+    #: processor message-passing steps
+    message_steps: int = Field(4, ge=1)
+    hidden_layers: int = Field(1, ge=0)
+    #: icosahedral multi-mesh refinement (a 64 × 32 grid: at most 3)
+    refinement: int = Field(3, ge=0, le=6)
+    lr: float = Field(1e-3, gt=0)
+    warmup: int = Field(500, ge=0)
+    weight_decay: float = Field(0.1, ge=0)
+    log_every: int = Field(100, ge=1)
+    #: the last part of the store's times held out from training (the evaluation window)
+    eval_fraction: float = Field(0.2, gt=0, lt=1)
+    #: loss weight per variable or channel (``temperature_850`` wins over ``temperature``); others 1
+    loss_weights: dict[str, Annotated[float, Field(gt=0)]] = Field(default_factory=dict)
+    #: cycles of the rollout loss (1: the one-step residual loss)
+    rollout: int = Field(1, ge=1)
+    #: fine-tune this emulator checkpoint (its network and normalisation); None: from scratch
+    init: str | None = None
+    #: days of the long rollouts from held-out starts (error, global-mean bias, variance ratio); 0: none
+    long_days: float = Field(40.0, ge=0)
+    seed: int = 0
+    #: read only the first ``times`` store times (quick checks); None: all
+    times: int | None = Field(None, ge=3)
+    #: evaluation start times, evenly spaced in the held-out window; None: every one that fits
+    max_starts: int | None = Field(None, ge=1)

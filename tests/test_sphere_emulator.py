@@ -356,3 +356,47 @@ def test_fine_tuning_starts_from_the_trained_emulator_with_a_rollout_loss(traine
     assert tuned.val_loss[-1] < 0.2
     with pytest.raises(ValueError, match="rollout must be >= 1"):
         EmulatorTrainConfig(rollout=0)
+
+
+def test_train_emulator_command_trains_scores_and_rescores_its_checkpoint(tmp_path):
+    """``ensda train-emulator`` on a tiny shallow-water nature run: it writes a checkpoint that
+    loads as the config's forecast emulator, and ``--eval-only`` on that checkpoint gives the
+    same held-out scores as the run that trained it (the saved network is the trained one)."""
+    import yaml
+    from test_sphere_cycle import sw_experiment
+    from typer.testing import CliRunner
+
+    from ensda.cli import app
+    from ensda.config import validate
+    from ensda.testbeds.sphere.nature import generate
+
+    store = tmp_path / "nature.zarr"
+    generate(validate(sw_experiment(store)).testbed, progress=False)
+    out = tmp_path / "emu"
+    section = {"checkpoint": str(out), "steps": 6, "batch": 2, "latent": 8, "message_steps": 1,
+               "refinement": 1, "log_every": 3, "warmup": 2, "eval_fraction": 0.3, "long_days": 0,
+               "max_starts": 3}
+    config = tmp_path / "sw.yaml"
+    config.write_text(yaml.safe_dump(sw_experiment(store, emulator=section)))
+    runner = CliRunner()
+    trained = runner.invoke(app, ["train-emulator", str(config), "--json"])
+    assert trained.exit_code == 0, trained.output
+    first = json.loads(trained.stdout.strip().splitlines()[-1])
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["training"]["train_times"] == [0, 27]  # 40 states one cycle apart, 30 % held out
+    rescored = runner.invoke(app, ["train-emulator", str(config), "--eval-only", "--json"])
+    assert rescored.exit_code == 0, rescored.output
+    again = json.loads(rescored.stdout.strip().splitlines()[-1])
+    assert again["table_48h"] == first["table_48h"]
+    assert first["trained"]["n_params"] > 0 and again["trained"] is None
+    emulator = load_emulator(out)  # usable as testbed.forecast.emulator of this config
+    cfg = validate(sw_experiment(store, testbed=sw_experiment(store)["testbed"]
+                                 | {"forecast": {"emulator": str(out)}}))
+    emulator.check_matches(SW, LatLonGrid(32, 16), cfg.testbed.cycle_hours, where=str(out))
+
+
+def test_emulator_section_needs_the_sphere():
+    from ensda.config import ConfigError, validate
+
+    with pytest.raises(ConfigError, match="emulator: the forecast emulator is trained on a sphere"):
+        validate({"emulator": {"steps": 10}})

@@ -49,6 +49,11 @@ class Lorenz96Kind:
             raise ValueError(
                 f"obs.kind: global networks ({cfg.obs.kind}) need testbed.kind: sphere"
             )
+        if cfg.emulator is not None:
+            raise ValueError(
+                "emulator: the forecast emulator is trained on a sphere nature run "
+                "(testbed.kind: sphere)"
+            )
 
     def check_source_obs(self, cfg, obs, where: str) -> None:
         """A training source's network (``train.sources[i].obs``) fits this testbed."""

@@ -83,7 +83,7 @@ class SphereForecastConfig(Strict):
     """The forecast model of the experiments (backgrounds): the nature run's dycore at this
     resolution and time step; unset values are the nature run's (a perfect model). Or,
     with ``emulator``, a learned forecast model: the checkpoint directory of a
-    ``testbeds.sphere.emulator`` (``experiments/sphere_emulator.py``)."""
+    ``testbeds.sphere.emulator`` (``ensda train-emulator``)."""
 
     resolution: Literal[RESOLUTIONS] | None = None
     dt_minutes: float | None = Field(None, gt=0)

@@ -681,7 +681,7 @@ def load_emulator(path: str | Path) -> Emulator:
         path,
         FORMAT,
         f"no emulator checkpoint at {path} (expected meta.json and params.npz); "
-        "train one with experiments/sphere_emulator.py",
+        "train one with `ensda train-emulator CONFIG`",
     )
     if meta.get("kind") != KIND:
         raise CheckpointError(
