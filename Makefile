@@ -33,8 +33,11 @@ quickstart: venv
 	@echo "        $(BIN)/ensda ui --optuna   (and optuna-dashboard on http://127.0.0.1:8080)"
 	@echo "Report: outputs/quickstart/report.html"
 
-# pytest exits 5 when it collects no test: that fails here as any other error.
+# Style first (ruff, configured in pyproject.toml: lint rules, format, lines <= 100), then the
+# tests; pytest exits 5 when it collects no test: that fails here as any other error.
 test: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # Benchmarks: ETKF/LETKF throughput on Lorenz-96, then the sphere testbed (dycore speed, one

@@ -4,7 +4,8 @@
     store = tracking.Store(uri)                       # MLflow access goes through ensda.tracking
     data = report.collect(store, parent_run_id)       # child runs: params, metrics, tags, artifacts
     written = report.write(data, "outputs/report-<id>")  # PNGs, results.csv, report.html
-    report.log(store, data, written)                  # the files as artifacts of the parent, under report/
+    report.log(store, data, written)                  # the files as artifacts of the parent,
+                                                      # under report/
 
 ``collect`` reads, for each child run of the target (a sweep's trials, a comparison's
 methods; the run itself when it has no children but has metrics): its params, summary
@@ -122,7 +123,8 @@ class ReportData:
 
     @property
     def finished(self) -> list[RunRecord]:
-        """Runs with summary metrics that did not fail (a sweep in progress: its finished trials)."""
+        """Runs with summary metrics that did not fail (a sweep in progress: its finished
+        trials)."""
         return [r for r in self.records if r.status != "FAILED" and "crps_a" in r.metrics]
 
     @property
@@ -144,7 +146,8 @@ class ReportData:
 
     @property
     def headline(self) -> list[str]:
-        """The headline channels: those with summary metrics ``rmse_a.<channel>``, in channel order."""
+        """The headline channels: those with summary metrics ``rmse_a.<channel>``, in channel
+        order."""
         found = {
             k.split(".", 1)[1] for r in self.finished for k in r.metrics if k.startswith("rmse_a.")
         }
@@ -172,7 +175,8 @@ def study_parent(study: str, storage: str) -> str:
     parent = attrs.get(sweep.STUDY_PARENT)
     if parent is None:
         raise ReportError(
-            f"study {study!r} in {storage} has no MLflow parent run (tracking was off, or not an `ensda sweep` study)"
+            f"study {study!r} in {storage} has no MLflow parent run (tracking was off, or not an "
+            "`ensda sweep` study)"
         )
     return parent
 
@@ -309,7 +313,8 @@ def _observed_columns(store: tracking.Store, run_id: str) -> ObservedColumns:
 
 
 def _with_series(records: list[RunRecord]) -> list[RunRecord]:
-    """Name each run's line: its method, with the guidance strength when diffusion runs have several."""
+    """Name each run's line: its method, with the guidance strength when diffusion runs have
+    several."""
     several = len({r.guidance for r in records if r.guidance is not None}) > 1
     named = [
         dataclasses.replace(
@@ -417,7 +422,8 @@ def write(data: ReportData, out: Path | str) -> Written:
 
 
 def log(store: tracking.Store, data: ReportData, written: Written) -> None:
-    """The report's files as artifacts of the parent run, under ``report/`` (the maps under ``report/maps/``)."""
+    """The report's files as artifacts of the parent run, under ``report/`` (the maps under
+    ``report/maps/``)."""
     groups: dict[str, list[Path]] = {}
     for path in written.files:
         sub = path.parent.relative_to(written.out).as_posix()
@@ -541,7 +547,8 @@ def cell(value, digits: int = 4) -> str:
 
 
 def ui_link(data: ReportData, run: RunRecord | tracking.StoredRun) -> str:
-    """The run's page in the MLflow UI: the tracking server itself, or `ensda ui` for a local store."""
+    """The run's page in the MLflow UI: the tracking server itself, or `ensda ui` for a local
+    store."""
     base = data.uri.rstrip("/") if data.uri.startswith(("http://", "https://")) else LOCAL_UI
     return f"{base}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
 
@@ -597,11 +604,13 @@ def _html(
     about.append(
         (
             "runs",
-            f"{len(data.records)} ({n_done} with results, {len(data.records) - n_done} failed or unfinished)",
+            f"{len(data.records)} ({n_done} with results, {len(data.records) - n_done} failed or "
+            "unfinished)",
         )
     )
     parts = [
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{_CSS}</style></head><body>",
+        "<!DOCTYPE html><html><head><meta "
+        f"charset='utf-8'><title>{e(title)}</title><style>{_CSS}</style></head><body>",
         f"<h1>{e(title)}</h1>",
         "<table>",
     ]
@@ -618,7 +627,8 @@ def _html(
     parts.append("<h2>Results</h2>")
     parts.append(
         "<p>Time means after burn-in (docs/design.md §5); links open the MLflow UI "
-        f"({'the tracking server' if data.uri.startswith('http') else '<code>ensda ui</code>'}).</p>"
+        f"({'the tracking server' if data.uri.startswith('http') else '<code>ensda ui</code>'})"
+        ".</p>"
     )
     parts.append(_results_table(data))
     parts.append("</body></html>")
@@ -675,7 +685,10 @@ def _headline_html(data: ReportData, notes: dict[str, str], maps: dict) -> str:
     e = html.escape
     channels = data.headline
     if not channels:
-        return '<p class="note">headline channels: left out: no run has metrics &lt;metric&gt;.&lt;channel&gt; (rmse_a.geopotential_500, ...)</p>'
+        return (
+            '<p class="note">headline channels: left out: no run has metrics '
+            "&lt;metric&gt;.&lt;channel&gt; (rmse_a.geopotential_500, ...)</p>"
+        )
     several = len({r.density for r in data.finished}) > 1
     unit = lambda c: UNITS.get(figures.channel_level(c)[0], "")
     label = {"rmse_a": "RMSE", "crps_a": "CRPS", "ssr_a": "SSR"}
@@ -719,7 +732,8 @@ def _headline_html(data: ReportData, notes: dict[str, str], maps: dict) -> str:
             parts.append(f'<img alt="{e(name)}" src="data:image/png;base64,{b64}">')
         if not shown:
             parts.append(
-                f'<p class="note">{MAPS_DIR}: {e(notes.get(MAPS_DIR, "left out: no run logged maps of this channel"))}</p>'
+                f'<p class="note">{MAPS_DIR}: '
+                f"{e(notes.get(MAPS_DIR, 'left out: no run logged maps of this channel'))}</p>"
             )
     if maps and notes.get(MAPS_DIR):
         parts.append(f'<p class="note">{MAPS_DIR}: {e(notes[MAPS_DIR])}</p>')

@@ -42,7 +42,8 @@ SPHERE_FIGURES = (
 
 
 def figures_for(data) -> tuple:
-    """(figure name, title) of the report of ``data``: ``FIGURES``, and on the sphere ``SPHERE_FIGURES``."""
+    """(figure name, title) of the report of ``data``: ``FIGURES``, and on the sphere
+    ``SPHERE_FIGURES``."""
     return FIGURES + SPHERE_FIGURES if data.sphere else FIGURES
 
 
@@ -151,7 +152,8 @@ def crps_heatmap_figure(data):
         )
         return (
             None,
-            f"left out: needs diffusion runs at two or more densities and guidance strengths ({found})",
+            "left out: needs diffusion runs at two or more densities and guidance strengths "
+            f"({found})",
         )
     cells = defaultdict(list)
     for r in runs:
@@ -186,7 +188,8 @@ def crps_heatmap_figure(data):
 
 
 def rank_histograms_figure(data):
-    """Small multiples of the stored rank-histogram counts: a row per series, a column per density."""
+    """Small multiples of the stored rank-histogram counts: a row per series, a column per
+    density."""
     runs = [r for r in data.finished if r.rank_counts is not None]
     lacking = sorted(
         {r.series for r in data.finished if r.rank_counts is None and (r.n_members or 2) > 1}
@@ -195,7 +198,8 @@ def rank_histograms_figure(data):
     if not runs:
         return (
             None,
-            "left out: no run has stored rank-histogram counts (rank_histogram.json; ensemble methods only)",
+            "left out: no run has stored rank-histogram counts (rank_histogram.json; ensemble "
+            "methods only)",
         )
     counts = defaultdict(list)
     for r in runs:

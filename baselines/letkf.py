@@ -123,7 +123,8 @@ class LETKF:
                 return local_neighbourhoods(self.grid, n_sites, self.radius)
         if self.neighbours.shape[0] != n_sites:
             raise ValueError(
-                f"LETKF neighbourhoods are for {self.neighbours.shape[0]} sites, the state has {n_sites}"
+                f"LETKF neighbourhoods are for {self.neighbours.shape[0]} sites, the state has "
+                f"{n_sites}"
             )
         return self.neighbours, self.taper
 
@@ -228,7 +229,8 @@ class ColumnLETKF:
         if background[0].size != self.n_channels * n_cols or obs.y.shape[-1] != pc * m:
             raise ValueError(
                 f"LETKF built for {self.n_channels} channels x {n_cols} columns and {pc} x {m} "
-                f"observations per cycle, got a state of {background[0].size} and {obs.y.shape[-1]} observations"
+                f"observations per cycle, got a state of {background[0].size} and "
+                f"{obs.y.shape[-1]} observations"
             )
         x_mean, x_anom = anomalies(background.reshape(n_members, self.n_channels, n_cols))
         y_mean, y_anom = observed_anomalies(background, obs)

@@ -18,7 +18,8 @@ deviations, isotropic spherical-harmonic horizontal correlation of ``length_km``
 exponential correlation in ln p of ``vertical_length`` between the levels of a variable,
 or with ``balance`` the climatological correlation of all channels of a column) and the
 analysis is the ``cg`` solve above with U = B^{1/2} applied matrix-free. ``length_km``,
-``vertical_length``, ``sigma_by_latitude`` and ``balance`` are settings of the sphere only; ``solver: exact`` is refused there.
+``vertical_length``, ``sigma_by_latitude`` and ``balance`` are settings of the sphere only;
+``solver: exact`` is refused there.
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ class ThreeDVar:
         if isinstance(ctx.network, GlobalObsNetwork):
             if solver == "exact":
                 raise ValueError(
-                    "solver 'exact' needs a dense B; on the sphere B is an operator: use 'cg' (or 'auto')"
+                    "solver 'exact' needs a dense B; on the sphere B is an operator: use 'cg' (or "
+                    "'auto')"
                 )
             return SphereThreeDVar.build(
                 ctx,

@@ -75,7 +75,8 @@ def cg_increment(
     sqrt, sqrt_t, xb: jax.Array, obs: Observations, tol: float, maxiter: int
 ) -> tuple[jax.Array, jax.Array]:
     """δx = U v with (I + Uᵀ Hᵀ R⁻¹ H U) v = Uᵀ Hᵀ R⁻¹ d solved by CG, for B = U Uᵀ given as
-    the functions ``sqrt`` (v ↦ U v) and ``sqrt_t`` (δx ↦ Uᵀ δx). Returns δx and the CG iterations."""
+    the functions ``sqrt`` (v ↦ U v) and ``sqrt_t`` (δx ↦ Uᵀ δx). Returns δx and the CG
+    iterations."""
     hx, h_jvp = jax.linearize(obs.h, xb)
     h_vjp = jax.linear_transpose(h_jvp, xb)
     rinv = 1.0 / obs.r_std**2

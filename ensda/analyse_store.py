@@ -1,6 +1,7 @@
 """One-shot assimilation of stores on disk (``ensda assimilate``): no cycling, no truth.
 
-    ensda assimilate CONFIG --background BG.zarr --observations OBS.zarr --out AN.zarr [--method letkf]
+    ensda assimilate CONFIG --background BG.zarr --observations OBS.zarr --out AN.zarr
+                     [--method letkf]
 
 For every time of the background store, one analysis of that time's background ensemble
 with that time's observations, written to an analysis store (``testbeds.sphere.analyses``).
@@ -101,7 +102,8 @@ def read_observations(
     grid, ch = network.grid, network.channels
     if ds.attrs.get("grid", grid.name) != grid.name:
         raise ValueError(
-            f"{path}: observations on the grid {ds.attrs['grid']}, the config's analysis grid is {grid.name}"
+            f"{path}: observations on the grid {ds.attrs['grid']}, the config's analysis grid is "
+            f"{grid.name}"
         )
     col = np.asarray(ds["column"].values, np.int64)
     if col.size and (col.min() < 0 or col.max() >= grid.n):
@@ -145,9 +147,9 @@ def read_observations(
     layout = [ch.names[c] for c in net.observed_channels for _ in range(net.n_columns)]
     if layout != names:
         raise ValueError(
-            f"{path}: {len(names)} observation slots in channels {list(dict.fromkeys(names))} are not "
-            f"laid out as a GlobalObsNetwork observes them ({net.n_columns} columns in each observed channel, "
-            "channel-major)"
+            f"{path}: {len(names)} observation slots in channels {list(dict.fromkeys(names))} are "
+            f"not laid out as a GlobalObsNetwork observes them ({net.n_columns} columns in each "
+            "observed channel, channel-major)"
         )
 
     cycles = np.asarray(ds["cycle"].values, np.int64)
@@ -158,7 +160,8 @@ def read_observations(
         times = np.datetime64(obs_start, "ns") + (cycles * hours * 3600e9).astype("timedelta64[ns]")
     else:
         raise ValueError(
-            f"{path}: the observations have no time coordinate (cycles {cycles[0]}..{cycles[-1]} only): "
+            f"{path}: the observations have no time coordinate (cycles {cycles[0]}..{cycles[-1]} "
+            "only): "
             "give the valid time of cycle 0 (--obs-start) to match them to the background times"
         )
     chan = np.asarray([ch.names.index(n) for n in names], np.int64)
@@ -202,7 +205,8 @@ def assimilate(
     observation-minus-analysis RMS, sqrt(mean(((y − H x̄) / σ_o)²))."""
     if not cfg.testbed_kind.lat_lon_stores:
         raise ValueError(
-            "ensda assimilate works on sphere configs (testbed.kind: sphere): the stores are lat-lon fields"
+            "ensda assimilate works on sphere configs (testbed.kind: sphere): the stores are "
+            "lat-lon fields"
         )
     method = method or cfg.method
     cls = registry.get(method)
@@ -214,9 +218,9 @@ def assimilate(
     members = reader.members
     if members is None and cls.ensemble:
         raise ValueError(
-            f"{background} is a deterministic store (no 'member' dim): the ensemble method {method!r} needs "
-            "a background ensemble (dims time, member, level, latitude, longitude); a one-member method "
-            "such as 3dvar takes a deterministic background"
+            f"{background} is a deterministic store (no 'member' dim): the ensemble method "
+            f"{method!r} needs a background ensemble (dims time, member, level, latitude, "
+            "longitude); a one-member method such as 3dvar takes a deterministic background"
         )
     if members is not None and cls.ensemble and members < 2:
         raise ValueError(
@@ -255,8 +259,8 @@ def assimilate(
         written = _written_times(out)
         if written.size > bg_times.size or (written != bg_times[: written.size]).any():
             raise ValueError(
-                f"{out} holds {written.size} analyses at {_times_text(written)}, not the first times of "
-                f"{background} ({_times_text(bg_times)}): give another --out"
+                f"{out} holds {written.size} analyses at {_times_text(written)}, not the first "
+                f"times of {background} ({_times_text(bg_times)}): give another --out"
             )
     else:
         an.start(
@@ -283,7 +287,8 @@ def assimilate(
         xa = analyse(assim, xb, y, jax.random.fold_in(key, int(obsfile.cycles[j])))
         if not bool(jnp.isfinite(xa).all()):
             raise ValueError(
-                f"the {method} analysis at {_t(bg_times[i])} is not finite (NaN/Inf): nothing written for it"
+                f"the {method} analysis at {_t(bg_times[i])} is not finite (NaN/Inf): nothing "
+                "written for it"
             )
         an.write(out, np.asarray(xa)[None], bg_times[i : i + 1], tb.channels, tb.grid)
         omb.append(_rms((y.y - y.h(xb.mean(0))) / y.r_std))

@@ -31,7 +31,8 @@ def analyse_jit(assim, background: jax.Array, obs, key: jax.Array) -> jax.Array:
 
 
 def compile_timed(fn, *args) -> tuple[object, float]:
-    """``fn.lower(*args).compile()`` (the compiled function takes the dynamic arguments) and its seconds."""
+    """``fn.lower(*args).compile()`` (the compiled function takes the dynamic arguments) and its
+    seconds."""
     t0 = time.perf_counter()
     compiled = fn.lower(*args).compile()
     return compiled, time.perf_counter() - t0
@@ -149,7 +150,8 @@ def environment(console: Console, what: str) -> dict:
     device = jax.devices()[0]
     load_before = os.getloadavg()[0]
     console.print(
-        f"jax {jax.__version__} on {jax.default_backend()} ({device.device_kind}, {jax.device_count()} "
+        f"jax {jax.__version__} on {jax.default_backend()} ({device.device_kind}, "
+        f"{jax.device_count()} "
         f"device(s)), {os.cpu_count()} CPUs, load average {load_before:.1f}; {what}"
     )
     return {

@@ -64,7 +64,8 @@ def read_params(path: Path, template):
             )
         if stored[name].shape != leaf.shape:
             raise CheckpointError(
-                f"{path}: parameter {name} has shape {stored[name].shape}, the network expects {leaf.shape}"
+                f"{path}: parameter {name} has shape {stored[name].shape}, the network expects "
+                f"{leaf.shape}"
             )
         leaves.append(jnp.asarray(stored[name]))
     return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(template), leaves)

@@ -135,7 +135,8 @@ def _run_methods(
                 _fail(str(err))
         r = runs[-1]
         console.print(
-            f"  {method}: rmse_a {r.summary['rmse_a']:.4f}  (compile {r.compile_s:.1f} s, run {r.run_s:.1f} s)",
+            f"  {method}: rmse_a {r.summary['rmse_a']:.4f}  (compile {r.compile_s:.1f} s, run "
+            f"{r.run_s:.1f} s)",
             highlight=False,
         )
     return osse, runs
@@ -185,7 +186,8 @@ def run(
     analyses: Path | None = typer.Option(
         None,
         "--analyses",
-        help="Also write every cycle's analysis ensemble to this zarr store (sphere configs; WeatherBench 2 layout with a member dim).",
+        help="Also write every cycle's analysis ensemble to this zarr store (sphere configs; "
+        "WeatherBench 2 layout with a member dim).",
     ),
 ):
     """Run one cycled experiment (OSSE) and print its time-mean scores."""
@@ -198,8 +200,8 @@ def run(
     )
     if analyses is not None and not cfg.testbed_kind.lat_lon_stores:
         _fail(
-            f"--analyses writes lat-lon analysis stores: it needs a sphere config (testbed.kind: sphere); {config} is "
-            f"a {cfg.testbed.kind} experiment"
+            "--analyses writes lat-lon analysis stores: it needs a sphere config (testbed.kind: "
+            f"sphere); {config} is a {cfg.testbed.kind} experiment"
         )
     console = _console(as_json)
     osse, (result,) = _run_methods(cfg, [cfg.method], console, analyses=analyses)
@@ -209,7 +211,8 @@ def run(
     console.print(_table([record], f"{cfg.name} — {cfg.cycles} cycles, burn-in {cfg.burn_in}"))
     if mlrun.run_id:
         console.print(
-            f"MLflow run {mlrun.run_id} in {tracking.tracking_uri(cfg.tracking.uri)} (see `ensda ui`)",
+            f"MLflow run {mlrun.run_id} in {tracking.tracking_uri(cfg.tracking.uri)} (see `ensda "
+            "ui`)",
             highlight=False,
         )
     if analyses is not None:
@@ -267,7 +270,8 @@ def assimilate(
     background: Path = typer.Option(
         ...,
         "--background",
-        help="Background ensemble: zarr store in the ERA5 / WeatherBench 2 layout with a member dim.",
+        help="Background ensemble: zarr store in the ERA5 / WeatherBench 2 layout with a member "
+        "dim.",
     ),
     observations: Path = typer.Option(
         ...,
@@ -277,7 +281,8 @@ def assimilate(
     out: Path = typer.Option(
         ...,
         "--out",
-        help="Analysis store to write (zarr, WeatherBench 2 layout with a member dim); resumed if it exists.",
+        help="Analysis store to write (zarr, WeatherBench 2 layout with a member dim); resumed if "
+        "it exists.",
     ),
     method: str | None = typer.Option(
         None, "--method", "-m", help="Assimilation method (default: the config's)."
@@ -322,8 +327,8 @@ def assimilate(
         except (ValueError, FileNotFoundError) as err:
             _fail(str(err))
     console.print(
-        f"{summary['method']}: {summary['n_written']} analyses of {summary['n_members']} members written to "
-        f"{out} ({summary['n_skipped']} there already); obs - background RMS / sigma_o "
+        f"{summary['method']}: {summary['n_written']} analyses of {summary['n_members']} members "
+        f"written to {out} ({summary['n_skipped']} there already); obs - background RMS / sigma_o "
         f"{_maybe(summary['omb_rms'])}, obs - analysis {_maybe(summary['oma_rms'])}",
         highlight=False,
     )
@@ -345,7 +350,8 @@ def compare(
     methods: str | None = typer.Option(
         None,
         "--methods",
-        help=f"Comma-separated methods (default {','.join(COMPARE_DEFAULT)}, less those the testbed cannot run).",
+        help=f"Comma-separated methods (default {','.join(COMPARE_DEFAULT)}, less those the "
+        "testbed cannot run).",
     ),
     sets: list[str] = SetOpt,
     as_json: bool = JsonOpt,
@@ -354,7 +360,8 @@ def compare(
     use_tuned: bool = typer.Option(
         True,
         "--tuned-settings/--config-settings",
-        help="Use the settings `ensda tune` stored for this set-up (over methods.<name>; --set still wins).",
+        help="Use the settings `ensda tune` stored for this set-up (over methods.<name>; --set "
+        "still wins).",
     ),
 ):
     """Run several methods on the same truth and observations; print a table."""
@@ -423,7 +430,8 @@ def _tuned_settings(cfg, names: list[str], directory: Path, console: Console):
     found = tn.find_tuned(cfg, directory)
     if found is None or not any(m in found[1] for m in names):
         console.print(
-            f"tuned settings: none in {directory}/ for this set-up (id {tn.setup_id(cfg)}); using the config's",
+            f"tuned settings: none in {directory}/ for this set-up (id {tn.setup_id(cfg)}); using "
+            "the config's",
             highlight=False,
         )
         return None
@@ -432,8 +440,8 @@ def _tuned_settings(cfg, names: list[str], directory: Path, console: Console):
         if m in entries:
             e = entries[m]
             console.print(
-                f"tuned settings ({path}): {m} {_settings_text(e['settings'])} "
-                f"({e['objective']} {e['value']:.4f} over truth seeds {e['seeds']}, study {e['study']})",
+                f"tuned settings ({path}): {m} {_settings_text(e['settings'])} ({e['objective']} "
+                f"{e['value']:.4f} over truth seeds {e['seeds']}, study {e['study']})",
                 highlight=False,
             )
     return path, entries
@@ -448,7 +456,8 @@ def sweep(
         None,
         "--trials",
         min=1,
-        help="Trials to finish (tpe/random; default sweep.trials). The grid sampler runs its whole grid.",
+        help="Trials to finish (tpe/random; default sweep.trials). The grid sampler runs its "
+        "whole grid.",
     ),
     workers: int = WorkersOpt,
     storage: str = StorageOpt,
@@ -464,7 +473,8 @@ def sweep(
     console = _console(False)
     if cfg.sweep.sampler == "grid" and trials is not None and trials != cfg.sweep.grid_size():
         console.print(
-            f"note: the grid sampler runs the whole grid of {cfg.sweep.grid_size()} points (--trials {trials} ignored)",
+            f"note: the grid sampler runs the whole grid of {cfg.sweep.grid_size()} points "
+            f"(--trials {trials} ignored)",
             highlight=False,
         )
     _run_study(cfg, study or cfg.name, storage, trials, workers, console)
@@ -561,7 +571,8 @@ def tune(
         ...,
         "--method",
         "-m",
-        help="Method to tune (its search space: ensda.tune.SEARCH_SPACES; per testbed TESTBED_SEARCH_SPACES).",
+        help="Method to tune (its search space: ensda.tune.SEARCH_SPACES; per testbed "
+        "TESTBED_SEARCH_SPACES).",
     ),
     trials: int = typer.Option(
         30, "--trials", min=1, help="TPE trials to finish (the same command with more resumes)."
@@ -596,7 +607,8 @@ def tune(
     console = _console(False)
     name = study or f"tune:{cfg.name}:{method}:{tn.setup_id(cfg)}"
     space = ", ".join(
-        f"{k.split('.')[-1]} {v if isinstance(v, list) else f'[{v.low:g}, {v.high:g}]' + (' log' if v.log else '')}"
+        f"{k.split('.')[-1]} "
+        f"{v if isinstance(v, list) else f'[{v.low:g}, {v.high:g}]' + (' log' if v.log else '')}"
         for k, v in tcfg.sweep.params.items()
     )
     console.print(
@@ -684,7 +696,8 @@ def _best_table(study, cfg, sw, top: int = 10) -> Table:
 def report(
     target: str = typer.Argument(
         ...,
-        help="MLflow run id of a sweep or compare parent run (or of one run), or study:NAME (with --storage).",
+        help="MLflow run id of a sweep or compare parent run (or of one run), or study:NAME (with "
+        "--storage).",
     ),
     out: Path | None = typer.Option(
         None, "--out", help="Output directory (default outputs/report-<run id>/)."
@@ -799,7 +812,8 @@ def ui(
     dashboard_cmd = [
         sys.executable,
         "-c",
-        "import sys; from optuna_dashboard._cli import main; sys.argv[0] = 'optuna-dashboard'; main()",
+        "import sys; from optuna_dashboard._cli import main; sys.argv[0] = 'optuna-dashboard'; "
+        "main()",
         storage,
         "--host",
         "127.0.0.1",
@@ -914,8 +928,9 @@ def train(
         close(fig)
         mlrun.log_dict({"checkpoint": str(result.checkpoint.resolve())}, "checkpoint.json")
     console.print(
-        f"checkpoint {result.checkpoint} ({result.n_params} parameters, {result.n_train} examples): "
-        f"validation loss {result.val_loss[-1]:.4f}; data {result.data_s:.0f} s, training {result.train_s:.0f} s",
+        f"checkpoint {result.checkpoint} ({result.n_params} parameters, {result.n_train} "
+        f"examples): validation loss {result.val_loss[-1]:.4f}; data {result.data_s:.0f} s, "
+        f"training {result.train_s:.0f} s",
         highlight=False,
     )
 
@@ -924,7 +939,8 @@ def train(
 def train_emulator(
     config: Path = typer.Argument(
         ...,
-        help="Sphere experiment YAML with an 'emulator' section (its nature-run store is trained on).",
+        help="Sphere experiment YAML with an 'emulator' section (its nature-run store is trained "
+        "on).",
     ),
     sets: list[str] = SetOpt,
     eval_only: bool = typer.Option(
@@ -932,7 +948,8 @@ def train_emulator(
     ),
     as_json: bool = JsonOpt,
 ):
-    """Train the sphere forecast emulator on the config's nature run and score its held-out rollouts."""
+    """Train the sphere forecast emulator on the config's nature run and score its held-out
+    rollouts."""
     from ensda.training.emulator import train_and_evaluate
 
     cfg = _load(config, sets)

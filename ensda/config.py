@@ -84,7 +84,8 @@ class LeadTimeConfig(Strict):
         n = round(hours / hours_per_cycle)
         if abs(n * hours_per_cycle - hours) > 1e-6 * max(1.0, hours):
             raise ValueError(
-                f"lead_time.{key} ({hours:g} h) is not a whole number of cycles of {hours_per_cycle:g} h"
+                f"lead_time.{key} ({hours:g} h) is not a whole number of cycles of "
+                f"{hours_per_cycle:g} h"
             )
         return n
 
@@ -95,20 +96,22 @@ class LeadTimeConfig(Strict):
         room = cycles - burn_in - 1  # the first start is cycle burn_in + 1
         if lead > room:
             raise ValueError(
-                f"lead_time.lead_h ({self.lead_h:g} h = {lead} cycles) is longer than the run after burn-in allows "
-                f"({room} cycles: cycles {cycles} - burn_in {burn_in} - 1); shorten it, run longer, or set lead_time.enabled=false"
+                f"lead_time.lead_h ({self.lead_h:g} h = {lead} cycles) is longer than the run "
+                f"after burn-in allows ({room} cycles: cycles {cycles} - burn_in {burn_in} - 1); "
+                "shorten it, run longer, or set lead_time.enabled=false"
             )
         if self.max_lead_h is None:
             return lead, min(room, max(round(240.0 / hours_per_cycle), 2 * lead))
         top = self.cycles_of(self.max_lead_h, hours_per_cycle, "max_lead_h")
         if top < lead:
             raise ValueError(
-                f"lead_time.max_lead_h ({self.max_lead_h:g} h) is shorter than lead_time.lead_h ({self.lead_h:g} h)"
+                f"lead_time.max_lead_h ({self.max_lead_h:g} h) is shorter than lead_time.lead_h "
+                f"({self.lead_h:g} h)"
             )
         if top > room:
             raise ValueError(
-                f"lead_time.max_lead_h ({self.max_lead_h:g} h = {top} cycles) is longer than the run after burn-in allows "
-                f"({room} cycles: cycles {cycles} - burn_in {burn_in} - 1)"
+                f"lead_time.max_lead_h ({self.max_lead_h:g} h = {top} cycles) is longer than the "
+                f"run after burn-in allows ({room} cycles: cycles {cycles} - burn_in {burn_in} - 1)"
             )
         return lead, top
 
@@ -185,7 +188,8 @@ class ExperimentConfig(Strict):
         if self.train is not None:
             if self.train.seed in (self.seeds.truth, self.seeds.obs):
                 raise ValueError(
-                    f"train.seed ({self.train.seed}) must differ from seeds.truth and seeds.obs: the model must not see the evaluation truth"
+                    f"train.seed ({self.train.seed}) must differ from seeds.truth and seeds.obs: "
+                    "the model must not see the evaluation truth"
                 )
             for i, src in enumerate(self.train.sources):
                 self.testbed_kind.check_source_obs(self, src.obs, f"train.sources[{i}].obs")
@@ -221,8 +225,9 @@ class ExperimentConfig(Strict):
         self.lead_cycles()
         if lt.reference == "truth_noise" and lt.noise_std == 0 and self.perfect_model:
             raise ValueError(
-                "lead_time.noise_std must be > 0 with a perfect forecast model: the truth_noise reference "
-                "curve would be 0 at every lead (or set forecast_model.forcing for an imperfect model)"
+                "lead_time.noise_std must be > 0 with a perfect forecast model: the truth_noise "
+                "reference curve would be 0 at every lead (or set forecast_model.forcing for an "
+                "imperfect model)"
             )
         if lt.reference == "dense_reference":
             try:
@@ -231,7 +236,8 @@ class ExperimentConfig(Strict):
                 raise ValueError(f"lead_time.dense_method/dense_settings: {err}") from None
             if registry.get(lt.dense_method).ensemble and self.ensemble.size < 2:
                 raise ValueError(
-                    f"lead_time.dense_method {lt.dense_method!r} is an ensemble method: ensemble.size must be >= 2"
+                    f"lead_time.dense_method {lt.dense_method!r} is an ensemble method: "
+                    "ensemble.size must be >= 2"
                 )
 
     def _check_sweep_keys(self) -> None:
@@ -260,7 +266,8 @@ class ExperimentConfig(Strict):
                         errors.append(str(err).removeprefix("invalid config:").strip())
                 else:
                     raise ValueError(
-                        f"sweep.params.{key}: value {value!r} does not make a valid config: {errors[0]}"
+                        f"sweep.params.{key}: value {value!r} does not make a valid config: "
+                        f"{errors[0]}"
                     )
         for i, replicate in enumerate(self.sweep.replicates):
             try:
@@ -289,7 +296,8 @@ class ExperimentConfig(Strict):
         values = registry.validate_settings(method, settings)
         if registry.get(method).ensemble and self.ensemble.size < 2:
             raise ValueError(
-                f"ensemble.size must be >= 2 for the ensemble method {method!r}, got {self.ensemble.size}"
+                f"ensemble.size must be >= 2 for the ensemble method {method!r}, got "
+                f"{self.ensemble.size}"
             )
         return values
 

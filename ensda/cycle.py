@@ -306,7 +306,8 @@ def check_finite(result: CycleResult, method: str) -> None:
 
 
 def _time_means(mse, spread2, crps, n_members: int) -> dict:
-    """Time means (axis 0: cycles after burn-in) of per-cycle primitives: rmse, spread, crps, ssr."""
+    """Time means (axis 0: cycles after burn-in) of per-cycle primitives: rmse, spread, crps,
+    ssr."""
     mse, spread2 = np.asarray(mse, np.float64), np.asarray(spread2, np.float64)
     ssr = (
         metrics.spread_skill_ratio(spread2.mean(0), mse.mean(0), n_members)

@@ -80,7 +80,8 @@ def nature(
         else "; nothing to do"
     )
     console.print(
-        f"{summary['n_times']} times in {path} ({'complete' if summary['complete'] else 'incomplete'}){cost}",
+        f"{summary['n_times']} times in {path} "
+        f"({'complete' if summary['complete'] else 'incomplete'}){cost}",
         highlight=False,
     )
     if as_json:
@@ -117,7 +118,8 @@ def info(
     if "time" in d:
         t = d["time"]
         console.print(
-            f"time: {t['first']} .. {t['last']} ({t['count']} times, every {t.get('step_hours', '?')} h)",
+            f"time: {t['first']} .. {t['last']} ({t['count']} times, every "
+            f"{t.get('step_hours', '?')} h)",
             highlight=False,
         )
     if "grid" in d:

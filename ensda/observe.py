@@ -76,7 +76,8 @@ class Observations:
         return x.reshape(x.shape[:lead] + (-1,))
 
     def h(self, x: jax.Array) -> jax.Array:
-        """Observation operator H(x): ``(..., n) -> (..., p)``, or ``(..., *state_shape) -> (..., p)``."""
+        """Observation operator H(x): ``(..., n) -> (..., p)``, or
+        ``(..., *state_shape) -> (..., p)``."""
         return OPERATORS[self.operator](jnp.take(self.flat(x), self.idx, axis=-1))
 
     def at(self, k) -> Observations:

@@ -85,7 +85,8 @@ def lead_time_figure(curves, title: str = ""):
     ax.set_xlabel("lead (h)")
     ax.set_ylabel("forecast RMSE")
     ax.set_title(
-        f"{title}  lead-time loss at {float(loss.lead_h):g} h: {loss.text} ({curves.n_starts} starts)".strip()
+        f"{title}  lead-time loss at {float(loss.lead_h):g} h: {loss.text} ({curves.n_starts} "
+        "starts)".strip()
     )
     ax.legend(fontsize=7, loc="upper left")
     return fig

@@ -66,9 +66,11 @@ FAILURE = "ensda.failure"
 RUN_ID = "ensda.mlflow_run_id"
 SUMMARY = "ensda.summary"
 DEVICE = "ensda.device"
-#: the JAX device a trial ran on (``TFRT_CPU_0``, ``cuda:0``): trial user attr; MLflow tag ``ensda.device``
+#: the JAX device a trial ran on (``TFRT_CPU_0``, ``cuda:0``): trial user attr; MLflow tag
+#: ``ensda.device``
 JAX_DEVICE = "ensda.jax_device"
-#: study user attr ``ensda.worker.<index>``: {device, label, pid, host} of the last worker with that index
+#: study user attr ``ensda.worker.<index>``: {device, label, pid, host} of the last worker with that
+#: index
 WORKER = "ensda.worker"
 #: environment variable: index of the JAX device a worker computes on (set by ``worker_setups``)
 JAX_DEVICE_ENV = "ENSDA_JAX_DEVICE"
@@ -100,7 +102,8 @@ def objective_value(summary: dict, objective: str) -> float:
 
 
 def budget_of(sweep: SweepConfig, trials: int | None) -> int:
-    """Trials to finish: the whole grid for the grid sampler, else ``trials`` or ``sweep.trials``."""
+    """Trials to finish: the whole grid for the grid sampler, else ``trials`` or
+    ``sweep.trials``."""
     if sweep.sampler == "grid":
         return sweep.grid_size()
     n = trials if trials is not None else sweep.trials
@@ -177,7 +180,10 @@ def _retry_stale(study, trial) -> None:
     run_id = trial.user_attrs.get(RUN_ID)
     if run_id is not None:
         cfg = stored_config(study)
-        reason = f"worker lost: no heartbeat for {cfg.sweep.grace_period} s (trial {trial.number} retried)"
+        reason = (
+            f"worker lost: no heartbeat for {cfg.sweep.grace_period} s "
+            f"(trial {trial.number} retried)"
+        )
         tracking.set_status(cfg.tracking, run_id, "FAILED", reason)
     with _quiet():
         optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(study, trial)
@@ -214,7 +220,8 @@ def _current_form(stored: dict, study_name: str) -> dict:
         return _config_record(validate(stored))
     except ConfigError as err:
         raise SweepError(
-            f"study {study_name!r} was started with a config this version of ensda cannot read: {err}"
+            f"study {study_name!r} was started with a config this version of ensda cannot read: "
+            f"{err}"
         ) from None
 
 
@@ -440,7 +447,8 @@ def replicate_mean(results: list, run, objective: str):
 
 
 def _jax_device() -> str:
-    """The device this process computes on (JAX's default device), e.g. ``TFRT_CPU_2``, ``cuda:0``."""
+    """The device this process computes on (JAX's default device), e.g. ``TFRT_CPU_2``,
+    ``cuda:0``."""
     return str(jax.config.jax_default_device or jax.devices()[0])
 
 
@@ -539,13 +547,15 @@ def run_worker(
                 if not _taken_over(study, objective.current):
                     raise
                 print(
-                    f"ensda sweep: trial {objective.current} lost its heartbeat and was retried elsewhere",
+                    f"ensda sweep: trial {objective.current} lost its heartbeat and was retried "
+                    "elsewhere",
                     file=sys.stderr,
                 )
             n_run += 1
         elif t.running == 0:
             raise SweepError(
-                f"grid incomplete ({t.done} of {budget} points) with no trial queued: run `ensda sweep` to queue the rest"
+                f"grid incomplete ({t.done} of {budget} points) with no trial queued: run `ensda "
+                "sweep` to queue the rest"
             )
         else:
             time.sleep(POLL_S)

@@ -110,7 +110,8 @@ class SweepConfig(Strict):
             Discriminator(
                 _space_kind,
                 custom_error_type="sweep_space",
-                custom_error_message="expected a list of values, {values, when} or a range {low, high, log, step, int, when}",
+                custom_error_message="expected a list of values, {values, when} or a range {low, "
+                "high, log, step, int, when}",
             ),
         ],
     ] = Field(min_length=1)
@@ -130,7 +131,8 @@ class SweepConfig(Strict):
                 raise ValueError(f"sweep.params.{key}: empty list of values")
             if values is not None and not all(isinstance(v, SWEEP_VALUE_TYPES) for v in values):
                 raise ValueError(
-                    f"sweep.params.{key}: values must be numbers, strings, booleans or null, got {values}"
+                    f"sweep.params.{key}: values must be numbers, strings, booleans or null, got "
+                    f"{values}"
                 )
             if self.sampler == "grid" and values is None:
                 raise ValueError(
@@ -147,7 +149,8 @@ class SweepConfig(Strict):
                 missing = [v for v in as_list(wanted) if allowed is not None and v not in allowed]
                 if missing:
                     raise ValueError(
-                        f"sweep.params.{key}.when: {other} never takes {missing} (its values: {allowed})"
+                        f"sweep.params.{key}.when: {other} never takes {missing} (its values: "
+                        f"{allowed})"
                     )
         for i, replicate in enumerate(self.replicates):
             clash = sorted(set(replicate) & set(self.params))

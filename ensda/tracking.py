@@ -76,8 +76,9 @@ class Run:
     def log_cycle_metrics(
         self, result, n_members: int | None = None, channels: dict[str, int] | None = None
     ) -> None:
-        """Every cycle's RMSE, spread and CRPS of forecast and analysis as ``cycle/<name>``, step = cycle;
-        with ``channels`` (name → channel index, sphere runs) also each one's as ``cycle/<name>.<channel>``."""
+        """Every cycle's RMSE, spread and CRPS of forecast and analysis as ``cycle/<name>``,
+        step = cycle; with ``channels`` (name → channel index, sphere runs) also each one's as
+        ``cycle/<name>.<channel>``."""
         steps = np.arange(1, result.n_cycles + 1)
         n = result.n_members if n_members is None else n_members
         series = {}

@@ -23,7 +23,8 @@ class TrainSource(Strict):
     #: the method's settings for this network (validated); empty: the method's defaults
     settings: dict[str, Any] = Field(default_factory=dict)
     cycles: int = Field(5000, ge=10)
-    #: ``train.target: anchored`` only: this network's range of anchor radii (default train.anchor_radius)
+    #: ``train.target: anchored`` only: this network's range of anchor radii (default
+    #: train.anchor_radius)
     anchor_radius: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
 
     @pydantic.model_validator(mode="after")
@@ -31,7 +32,8 @@ class TrainSource(Strict):
         registry.validate_settings(self.method, self.settings)
         if self.anchor_radius is not None and self.anchor_radius[0] > self.anchor_radius[1]:
             raise ValueError(
-                f"anchor_radius: low ({self.anchor_radius[0]}) must not exceed high ({self.anchor_radius[1]})"
+                f"anchor_radius: low ({self.anchor_radius[0]}) must not exceed high "
+                f"({self.anchor_radius[1]})"
             )
         return self
 
@@ -138,15 +140,18 @@ class TrainConfig(Strict):
     def _check(self):
         if self.error_min > self.error_max:
             raise ValueError(
-                f"train.error_min ({self.error_min}) must not exceed train.error_max ({self.error_max})"
+                f"train.error_min ({self.error_min}) must not exceed train.error_max "
+                f"({self.error_max})"
             )
         if self.sigma_min >= self.sigma_max:
             raise ValueError(
-                f"train.sigma_min ({self.sigma_min}) must be below train.sigma_max ({self.sigma_max})"
+                f"train.sigma_min ({self.sigma_min}) must be below train.sigma_max "
+                f"({self.sigma_max})"
             )
         if self.density_min > self.density_max:
             raise ValueError(
-                f"train.density_min ({self.density_min}) must not exceed train.density_max ({self.density_max})"
+                f"train.density_min ({self.density_min}) must not exceed train.density_max "
+                f"({self.density_max})"
             )
         if self.perturbed_samples == 0 and not self.sources:
             raise ValueError("train: no training data (perturbed_samples is 0 and no sources)")
@@ -156,12 +161,14 @@ class TrainConfig(Strict):
                 raise ValueError(f"train.{name}: low ({low}) must not exceed high ({high})")
         if self.init is not None and (self.target != "anchored" or self.rounds < 1):
             raise ValueError(
-                "train.init needs train.target anchored and train.rounds >= 1 (it skips round 0's training)"
+                "train.init needs train.target anchored and train.rounds >= 1 (it skips round 0's "
+                "training)"
             )
         if self.target == "anchored":
             if not self.sources:
                 raise ValueError(
-                    "train.target anchored needs train.sources (the networks its LETKF runs cycle on)"
+                    "train.target anchored needs train.sources (the networks its LETKF runs cycle "
+                    "on)"
                 )
             bad = [i for i, src in enumerate(self.sources) if src.method != "letkf" or src.settings]
             if bad:
@@ -172,7 +179,8 @@ class TrainConfig(Strict):
             short = [i for i, src in enumerate(self.sources) if src.cycles <= 50 + 10]
             if short:
                 raise ValueError(
-                    f"train.target anchored: sources {short} need more than 60 cycles (50 are spin-up)"
+                    f"train.target anchored: sources {short} need more than 60 cycles (50 are "
+                    "spin-up)"
                 )
         return self
 
@@ -205,7 +213,8 @@ class EmulatorConfig(Strict):
     rollout: int = Field(1, ge=1)
     #: fine-tune this emulator checkpoint (its network and normalisation); None: from scratch
     init: str | None = None
-    #: days of the long rollouts from held-out starts (error, global-mean bias, variance ratio); 0: none
+    #: days of the long rollouts from held-out starts (error, global-mean bias, variance ratio); 0:
+    #: none
     long_days: float = Field(40.0, ge=0)
     seed: int = 0
     #: read only the first ``times`` store times (quick checks); None: all

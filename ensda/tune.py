@@ -86,7 +86,8 @@ def search_space(cfg: ExperimentConfig, method: str) -> dict[str, Any]:
     if method not in spaces or not runs_on(cfg, method):
         tunable = sorted(m for m in spaces if runs_on(cfg, m))
         raise TuneError(
-            f"no search space for method {method!r} on this testbed; tunable methods: {', '.join(tunable)}"
+            f"no search space for method {method!r} on this testbed; tunable methods: "
+            f"{', '.join(tunable)}"
         )
     params = {}
     for key, space in spaces[method].items():
@@ -124,12 +125,14 @@ def tune_config(
         raise TuneError("no tuning seeds")
     if cfg.seeds.truth in seeds:
         raise TuneError(
-            f"tuning seed {cfg.seeds.truth} is the config's own seeds.truth: tune on other seeds than the evaluation's"
+            f"tuning seed {cfg.seeds.truth} is the config's own seeds.truth: tune on other seeds "
+            "than the evaluation's"
         )
     train = getattr(cfg, "train", None)
     if train is not None and train.seed in seeds:
         raise TuneError(
-            f"tuning seed {train.seed} is train.seed (the diffusion model's training truth): pick other seeds"
+            f"tuning seed {train.seed} is train.seed (the diffusion model's training truth): pick "
+            "other seeds"
         )
     data = cfg.model_dump(exclude={"sweep"}) | {"method": method}
     data["sweep"] = {

@@ -278,12 +278,15 @@ def render(rows: list[dict], targets: list[dict], repeats: int, console: Console
         )
     console.print(table)
     console.print(
-        "x free run: cost per cycle over that of the free run (forecast + the per-cycle metrics, which "
-        "dominate it at large n); analysis ms: the method's ms/cycle minus the free run's; model ms: the "
+        "x free run: cost per cycle over that of the free run (forecast + the per-cycle metrics, "
+        "which "
+        "dominate it at large n); analysis ms: the method's ms/cycle minus the free run's; model "
+        "ms: the "
         "N-member forecast alone per cycle; analysis/model: analysis ms over model ms."
     )
     console.print(
-        "rmse_a is a sanity check only (few cycles): 'none' is the free run; the global ETKF is not "
+        "rmse_a is a sanity check only (few cycles): 'none' is the free run; the global ETKF is "
+        "not "
         "expected to track the truth with N = 40 when n >> N."
     )
     for t in targets:
@@ -343,7 +346,8 @@ def main(argv: list[str] | None = None) -> dict:
     device = jax.devices()[0]
     load_before = os.getloadavg()
     console.print(
-        f"jax {jax.__version__} on {device.platform} ({device.device_kind}), {os.cpu_count()} CPUs, "
+        f"jax {jax.__version__} on {device.platform} ({device.device_kind}), {os.cpu_count()} "
+        "CPUs, "
         f"load average {load_before[0]:.1f}"
     )
     t_start = time.perf_counter()

@@ -89,7 +89,8 @@ METHODS = ("letkf", "3dvar")
 REFERENCE = "forecast"
 OSSE_OVERRIDES = ("cycles=3", "burn_in=1", "tracking.enabled=false")
 TARGETS = (
-    # (name, row ("dycore" or a method), quantity, limit, direction): "ge" passes when value >= limit, "le" when <=
+    # (name, row ("dycore" or a method), quantity, limit, direction): "ge" passes when value >=
+    # limit, "le" when <=
     (
         "dycore (T42 L8, dt 20 min) >= 0.2 model days/s (a model year in 30 min)",
         "dycore",
@@ -105,7 +106,8 @@ TARGETS = (
 
 @jax.jit
 def _rmse(ens: jax.Array, truth: jax.Array, weights: jax.Array, std: jax.Array) -> jax.Array:
-    """Normalised aggregate RMSE of the ensemble mean (the cycler's ``mse`` metric, square-rooted)."""
+    """Normalised aggregate RMSE of the ensemble mean (the cycler's ``mse`` metric,
+    square-rooted)."""
     return jnp.sqrt(channel_metrics(ens, truth, weights, std)["mse"])
 
 
@@ -310,9 +312,12 @@ def render(
         )
     console.print(table)
     console.print(
-        "rmse_b/rmse_a: ensemble-mean RMSE against the truth of cycle 1, cos-latitude weighted, normalised "
-        "by each channel's climatological σ and averaged over channels (a sanity check: one cycle at 1 % "
-        "columns moves it little). 3D-Var analyses the first member of the same background; member days/s: "
+        "rmse_b/rmse_a: ensemble-mean RMSE against the truth of cycle 1, cos-latitude weighted, "
+        "normalised "
+        "by each channel's climatological σ and averaged over channels (a sanity check: one cycle "
+        "at 1 % "
+        "columns moves it little). 3D-Var analyses the first member of the same background; "
+        "member days/s: "
         "model days advanced per second by the N-member forecast, all members together."
     )
     print_targets(targets, console)

@@ -64,7 +64,8 @@ Usage::
 
     python experiments/bench_sphere_diffusion.py                  # the tables (make bench)
     python experiments/bench_sphere_diffusion.py --repeats 1 --json bench_sphere_diffusion.json
-    python experiments/bench_sphere_diffusion.py --members 8 --variants obs_channels --set methods.diffusion.steps=5
+    python experiments/bench_sphere_diffusion.py --members 8 --variants obs_channels --set
+    methods.diffusion.steps=5
 
 Several minutes on 2 CPU cores (the guidance row dominates).
 """
@@ -225,7 +226,8 @@ def climatology_pairs(states: jax.Array) -> Pairs:
 
 
 def write_untrained_checkpoint(cfg, path: Path, pairs: Pairs) -> None:
-    """The denoiser of ``cfg.train`` at initialisation, normalised by ``pairs``, as a checkpoint at ``path``."""
+    """The denoiser of ``cfg.train`` at initialisation, normalised by ``pairs``, as a checkpoint
+    at ``path``."""
     spec = model_spec(cfg)
     _, params, _ = nnx.split(build_network(spec, spec.graph(), cfg.train.seed), nnx.Param, ...)
     norm = Normalisation.fit(pairs, normalisation_groups(cfg))
@@ -353,7 +355,8 @@ def bench_training(
             emu_grad,
             emu_args,
             1,
-            f"{'the forecast emulator' if configured else 'an untrained emulator'}: loss_fn value_and_grad",
+            f"{'the forecast emulator' if configured else 'an untrained emulator'}: loss_fn "
+            "value_and_grad",
         ),
         ("denoiser fwd+bwd", den_grad, den_args, 1, "EDM loss value_and_grad (random networks)"),
         (
@@ -446,7 +449,8 @@ def render(
 ) -> None:
     n_obs, members = analysis[0]["n_obs"], analysis[0]["members"]
     table = Table(
-        title=f"One diffusion analysis, N = {members}, {n_obs} observations (best of up to {repeats} "
+        title=f"One diffusion analysis, N = {members}, {n_obs} observations (best of up to "
+        f"{repeats} "
         f"runs; x forecast = time / that of the N-member one-cycle forecast, {forecast_model})"
     )
     for col in (
@@ -480,9 +484,12 @@ def render(
         )
     console.print(table)
     console.print(
-        "XLA total = temp + argument + output bytes of the compiled function (memory_analysis); growth: of "
-        "the peak memory (the process's peak RSS on the CPU, the device's peak bytes in use on a GPU) over "
-        "the first run, a high-water mark: 0 when the run stayed under an earlier peak. s/call/member = "
+        "XLA total = temp + argument + output bytes of the compiled function (memory_analysis); "
+        "growth: of "
+        "the peak memory (the process's peak RSS on the CPU, the device's peak bytes in use on a "
+        "GPU) over "
+        "the first run, a high-water mark: 0 when the run stayed under an earlier peak. "
+        "s/call/member = "
         "run s / (NFE x N); guidance calls include a backward pass."
     )
 
@@ -558,7 +565,10 @@ def main(argv: list[str] | None = None) -> dict:
     note = f"forecast model: the emulator {emulator}"
     if emulator is not None and not Path(emulator).exists():
         overrides.append("testbed.forecast.emulator=null")
-        note = f"[yellow]no emulator checkpoint at {emulator}: forecast model the dycore (testbed.forecast.emulator=null)[/]"
+        note = (
+            f"[yellow]no emulator checkpoint at {emulator}: forecast model the dycore "
+            "(testbed.forecast.emulator=null)[/]"
+        )
     elif emulator is None:
         note = "forecast model: the dycore"
 

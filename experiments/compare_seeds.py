@@ -64,7 +64,8 @@ def table(records: list[dict]) -> str:
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {mean} |")
     return "\n".join(
         [
-            "crps_a / rmse_a / ssr_a (% of cycles lost: analysis error above the climatological mean's)",
+            "crps_a / rmse_a / ssr_a (% of cycles lost: analysis error above the climatological "
+            "mean's)",
             "",
             *lines,
         ]

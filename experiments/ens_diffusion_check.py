@@ -8,7 +8,8 @@ RMSE of the background mean, of the anchor's analysis mean and of ens-diffusion'
 spreads, and the std of the true standardised residual z = (t − x̄_a)/s_a against the std
 of the model's z (1: calibrated).
 
-    python experiments/ens_diffusion_check.py experiments/configs/l96_ens_diffusion.yaml [--set k=v ...]
+    python experiments/ens_diffusion_check.py experiments/configs/l96_ens_diffusion.yaml [--set k=v
+    ...]
 """
 
 from __future__ import annotations
@@ -60,11 +61,13 @@ def main() -> None:
     rmse = lambda m: float(jnp.sqrt(jnp.mean((m - truth) ** 2)))  # noqa: E731
     print(f"{args.cases} analyses of cycled-LETKF backgrounds ({args.config})")
     print(
-        f"  RMSE of the mean: background {rmse(backgrounds.mean(1)):.4f}, anchor {rmse(mean_a):.4f}, "
+        f"  RMSE of the mean: background {rmse(backgrounds.mean(1)):.4f}, anchor "
+        f"{rmse(mean_a):.4f}, "
         f"ens-diffusion {rmse(members.mean(1)):.4f}"
     )
     print(
-        f"  spread: anchor {float(spread_a.mean()):.4f}, ens-diffusion {float(members.std(1, ddof=1).mean()):.4f}"
+        f"  spread: anchor {float(spread_a.mean()):.4f}, ens-diffusion "
+        f"{float(members.std(1, ddof=1).mean()):.4f}"
     )
     z_true = (truth - mean_a) / scale
     z_model = (members - mean_a[:, None]) / scale[:, None]

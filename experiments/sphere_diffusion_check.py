@@ -31,8 +31,10 @@ cos-latitude weighted RMSE (each channel / its climatological σ_c):
 
     python experiments/sphere_diffusion_check.py analysis
     python experiments/sphere_diffusion_check.py bands --set obs.density=0.04
-    python experiments/sphere_diffusion_check.py cycles --cycles 12 --set methods.diffusion.coupling=background
-    python experiments/sphere_diffusion_check.py growth --cycles 12 --set methods.diffusion.checkpoint=CKPT
+    python experiments/sphere_diffusion_check.py cycles --cycles 12 --set
+    methods.diffusion.coupling=background
+    python experiments/sphere_diffusion_check.py growth --cycles 12 --set
+    methods.diffusion.checkpoint=CKPT
 """
 
 from __future__ import annotations
@@ -74,8 +76,10 @@ def analysis(cfg, scales):
         xa = jax.jit(assim.analyse)(xb, obs, jax.random.key(0))
         mb, ma = np.asarray(xb.mean(0)) - t, np.asarray(xa.mean(0)) - t
         print(
-            f"e {e}: rmse background {rms(mb):.3f} analysis {rms(ma):.3f}; at the observed elements "
-            f"{rms(mb, idx):.3f} -> {rms(ma, idx):.3f}; spread {rms(xb.std(0, ddof=1)):.3f} -> {rms(xa.std(0, ddof=1)):.3f}"
+            f"e {e}: rmse background {rms(mb):.3f} analysis {rms(ma):.3f}; at the observed "
+            "elements "
+            f"{rms(mb, idx):.3f} -> {rms(ma, idx):.3f}; spread {rms(xb.std(0, ddof=1)):.3f} -> "
+            f"{rms(xa.std(0, ddof=1)):.3f}"
         )
 
 
@@ -124,7 +128,8 @@ def increments(cfg):
     for name, near in (("near", dist < 600), ("far", dist > 3000)):
         m = np.tile(near, tb.channels.n)
         print(
-            f"{name}: rms increment {np.sqrt((inc[m] ** 2).mean()):.3f} σ, mean {inc[m].mean():.3f} σ"
+            f"{name}: rms increment {np.sqrt((inc[m] ** 2).mean()):.3f} σ, mean "
+            f"{inc[m].mean():.3f} σ"
         )
     by_channel = inc.reshape(tb.channels.n, -1).mean(1)
     top = np.argsort(-np.abs(by_channel))[:6]
@@ -195,7 +200,8 @@ def growth(cfg) -> dict[str, np.ndarray]:
     xb, std = first_background(cfg, osse), np.repeat(np.asarray(osse.channel_std), tb.grid.n)
     out = {"ef": [], "ea": [], "inc": [], "channel": []}
     print(
-        "per band: background error > analysis error / rms increment (standardised); largest-increment channel"
+        "per band: background error > analysis error / rms increment (standardised); "
+        "largest-increment channel"
     )
     print(f"{'cycle':>5s}" + "".join(f"{n:>21s}" for n in BAND_NAMES))
     for k, xa in enumerate(analyses):
@@ -228,7 +234,11 @@ def denoiser(cfg, sigmas):
 
     def line(label, d):
         e = np.asarray(d - z0)
-        return f"{label:>14s}: rms error observed {np.sqrt((e[observed] ** 2).mean()):.3f}, other {np.sqrt((e[~observed] ** 2).mean()):.3f}"
+        rms_observed, rms_other = (
+            np.sqrt((e[observed] ** 2).mean()),
+            np.sqrt((e[~observed] ** 2).mean()),
+        )
+        return f"{label:>14s}: rms error observed {rms_observed:.3f}, other {rms_other:.3f}"
 
     r_s = np.asarray(obs.r_std) / np.asarray(s)[np.asarray(obs.idx)]
     print(

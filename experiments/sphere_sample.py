@@ -1,4 +1,5 @@
-"""Make the small Held–Suarez sample store shipped for the tests (tests/data/sphere_t21_sample.zarr).
+"""Make the small Held–Suarez sample store shipped for the tests
+(tests/data/sphere_t21_sample.zarr).
 
 A T21 L8 Held–Suarez run (dt 30 min), spun up 200 days from rest, then 1 day written every
 6 h on the 64x32 grid and the 13 WeatherBench 2 levels: 4 times, ~2 MB. Its restart group

@@ -7,7 +7,8 @@ settings on the config's seeds:
 
     python experiments/tune_baselines.py experiments/configs/l96.yaml letkf \
         --set seeds.obs=101 --truth-seeds 100,200 --grid inflation=1.01,1.02 radius=10,20
-    python experiments/tune_baselines.py experiments/configs/l96.yaml all --eval   # methods.* of the config
+    python experiments/tune_baselines.py experiments/configs/l96.yaml all --eval   # methods.* of
+    the config
 
 ``--grid key=v1,v2,...`` values are parsed as YAML (``null`` for None); the grid is the
 Cartesian product of all ``--grid`` options, on top of ``methods.<method>`` of the config.
@@ -148,8 +149,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
         ]
     console = Console(width=max(Console().width, 140))
     console.print(
-        f"[bold]{cfg.name}[/]: obs every={cfg.obs.every} density={cfg.obs.density} N={cfg.ensemble.size} "
-        f"cycles={cfg.cycles} burn_in={cfg.burn_in} seeds={cfg.seeds.model_dump()} truth seeds={seeds}"
+        f"[bold]{cfg.name}[/]: obs every={cfg.obs.every} density={cfg.obs.density} "
+        f"N={cfg.ensemble.size} "
+        f"cycles={cfg.cycles} burn_in={cfg.burn_in} seeds={cfg.seeds.model_dump()} truth "
+        f"seeds={seeds}"
     )
 
     t0 = time.perf_counter()

@@ -228,11 +228,14 @@ def test_sharded_ensemble_equals_unsharded(trained):
         ens = osse.truth[1] + jax.random.normal(jax.random.key(0), (8, 40))
         out = {{}}
         for shard in (True, False):
-            a = experiment.build_assimilator(cfg, osse, "diffusion", {{"checkpoint": {str(path)!r}, "steps": 6, "shard": shard}})
+            settings = {{"checkpoint": {str(path)!r}, "steps": 6, "shard": shard}}
+            a = experiment.build_assimilator(cfg, osse, "diffusion", settings)
             xa = jax.jit(a.analyse)(ens, osse.obs.at(0), jax.random.key(2))
             out[shard] = xa
         print("SHARDING", out[True].sharding)
-        np.testing.assert_allclose(np.asarray(out[True]), np.asarray(out[False]), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(out[True]), np.asarray(out[False]), rtol=1e-5, atol=1e-5
+        )
         print("EQUAL")
     """)
     env = os.environ | {

@@ -86,7 +86,8 @@ def test_training_sigma_is_log_normal():
 
 
 def gaussian_net(edm, mu, cov):
-    """The exact Gaussian denoiser written as a batched network through the inverse preconditioning."""
+    """The exact Gaussian denoiser written as a batched network through the inverse
+    preconditioning."""
     D = jax.vmap(gaussian_denoiser(mu, cov))
 
     def net(z_in, c_noise):

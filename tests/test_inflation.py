@@ -68,7 +68,8 @@ def test_inflated_free_run_is_inflated_background():
 
 
 def test_full_rtps_around_etkf_restores_inflated_background_spread():
-    # wrap(): RTPS is innermost, so with α = 1 the analysis spread equals the *inflated* prior spread.
+    # wrap(): RTPS is innermost, so with α = 1 the analysis spread equals the *inflated* prior
+    # spread.
     bg, _ = ensembles(3, n_mem=10)
     obs = obs_all(6, np.random.default_rng(4).normal(size=6), r=0.5)
     assim = wrap(ETKF(), inflation=1.2, rtps=1.0)

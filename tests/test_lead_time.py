@@ -161,7 +161,7 @@ def test_reference_noise_std_and_per_cycle_keys():
     assert not np.allclose(np.asarray(a[0] - truth[5]), np.asarray(b[0] - truth[9]))
 
 
-# --------------------------------------------------------------------------- exact identities (Lorenz-96)
+# --------------------------------------------------------------------- exact identities (Lorenz-96)
 
 
 @pytest.fixture(scope="module")
@@ -250,7 +250,7 @@ def test_loss_grows_with_analysis_noise(l96):
     assert 0.0 < losses[1] < losses[2] < 30 * H
 
 
-# --------------------------------------------------------------------------- analytic: linear growth
+# -------------------------------------------------------------------------- analytic: linear growth
 
 
 A = 1.25
@@ -313,7 +313,7 @@ def test_linear_model_analytic(kappa):
         assert float(res.loss_h) == pytest.approx(3 * H, abs=2e-3)
 
 
-# --------------------------------------------------------------------------- wired into runs (config -> run_method)
+# ----------------------------------------------------------- wired into runs (config -> run_method)
 
 from ensda import config  # noqa: E402
 from ensda.experiment import make_osse, run_method  # noqa: E402
@@ -341,7 +341,8 @@ def load_run(*extra):
         (["lead_time.lead_h=-6"], "lead_time.lead_h"),  # negative lead
         (
             ["lead_time.lead_h=804", "lead_time.max_lead_h=null"],
-            "lead_time.lead_h (804 h = 134 cycles) is longer than the run after burn-in allows (129 cycles",
+            "lead_time.lead_h (804 h = 134 cycles) is longer than the run after burn-in allows "
+            "(129 cycles",
         ),
         (
             ["lead_time.max_lead_h=900"],

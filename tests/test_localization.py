@@ -13,7 +13,8 @@ from baselines.localization import gaspari_cohn
 
 
 def gc_published(r):
-    """Eq. 4.10 of Gaspari & Cohn (1999), r = |z|/c, exact rational arithmetic when r is a Fraction."""
+    """Eq. 4.10 of Gaspari & Cohn (1999), r = |z|/c, exact rational arithmetic when r is a
+    Fraction."""
     r = abs(r)
     if r <= 1:
         return (

@@ -1,4 +1,5 @@
-"""``lost_track_a``: the fraction of cycles whose analysis error exceeds the climatological mean's."""
+"""``lost_track_a``: the fraction of cycles whose analysis error exceeds the climatological
+mean's."""
 
 import numpy as np
 

@@ -147,7 +147,8 @@ def test_crps_of_gaussian_ensemble_matches_closed_form():
     ref = np.array([gaussian_crps(*c) for c in cases])
     got = np.asarray(crps_pointwise(f32(ens), f32(truth), "standard"))
     np.testing.assert_allclose(got, ref, rtol=5e-4)
-    # fair = standard − Σ|x_j − x_k| / (2N²(N−1)) ≈ standard − E|X − X'| / (2(N−1)), E|X − X'| = 2σ/√π
+    # fair = standard − Σ|x_j − x_k| / (2N²(N−1)) ≈ standard − E|X − X'| / (2(N−1)),
+    # E|X − X'| = 2σ/√π
     sigmas = np.array([sigma for _, sigma, _ in cases])
     got = np.asarray(crps_pointwise(f32(ens), f32(truth), "fair"))
     np.testing.assert_allclose(got, ref - sigmas / (math.sqrt(math.pi) * (n_mem - 1)), rtol=5e-4)

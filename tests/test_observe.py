@@ -92,7 +92,8 @@ def test_operators_applied_to_selected_sites(operator, fn):
     np.testing.assert_allclose(
         np.asarray(obs.h(jnp.asarray(ens, jnp.float32))), fn(ens[:, idx]), rtol=1e-5, atol=1e-5
     )
-    # the noise is the same draw whatever the operator: y − h(truth) equals the identity network's y − truth
+    # the noise is the same draw whatever the operator: y − h(truth) equals the identity
+    # network's y − truth
     ident = ObsNetwork(n_state=30, every=3, r_std=0.5).observe(
         jnp.asarray(truth, jnp.float32), jax.random.key(4), 2
     )

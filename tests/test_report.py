@@ -159,7 +159,8 @@ def test_sweep_report_figures_table_html_and_artifacts(stores):
     assert "crps_heatmap.png: left out: needs diffusion runs" in html
     assert "deterministic methods left out (no spread): 3dvar" in html
 
-    # rank-histogram counts stored as data by log_method_run: N + 1 ranks, one per site and cycle after burn-in
+    # rank-histogram counts stored as data by log_method_run: N + 1 ranks, one per site and cycle
+    # after burn-in
     clim = next(c for c in children if c.data.params["method"] == "climatology")
     counts = tracking.Store(stores["uri"]).load_json(clim.info.run_id, "rank_histogram.json")[
         "counts"
@@ -236,7 +237,7 @@ def test_clear_errors(stores, tmp_path):
     assert "has no child runs and no metrics" in error(empty)
 
 
-# ----------------------------------------------------------------------------- figures on built records
+# ------------------------------------------------------------------------- figures on built records
 
 
 def _records(lead_for=("diffusion", "letkf")):

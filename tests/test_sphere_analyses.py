@@ -57,7 +57,8 @@ def test_round_trip_is_exact_and_a_hand_made_north_to_south_store_reads_right(tm
     assert list(ds["level"].values) == [500, 850] and list(ds["member"].values) == [0, 1, 2]
     np.testing.assert_array_equal(ds["latitude"].values, grid.latitudes)
 
-    # by hand: (member, time, level, longitude, latitude), latitude north to south, an extra variable
+    # by hand: (member, time, level, longitude, latitude), latitude north to south, an extra
+    # variable
     lat = grid.latitudes[::-1]
     shape = (3, 2, 2, grid.n_lon, grid.n_lat)
     data = {

@@ -215,7 +215,8 @@ def test_checkpoint_round_trip_gives_identical_forecasts(trained, tmp_path):
     save_emulator(
         tmp_path / "emu", emu, {"train_times": [0, trained.n_train - 1], "summary": trained.summary}
     )
-    mesh_graphs.cache_clear()  # the graphs are rebuilt while loading, under nnx.eval_shape: must stay concrete
+    # the graphs are rebuilt while loading, under nnx.eval_shape: they must stay concrete
+    mesh_graphs.cache_clear()
     loaded = load_emulator(tmp_path / "emu")
     assert loaded.spec == emu.spec and loaded.meta["training"]["train_times"] == [0, 31]
     for f in ("mean", "std", "diff_std"):
@@ -373,9 +374,19 @@ def test_train_emulator_command_trains_scores_and_rescores_its_checkpoint(tmp_pa
     store = tmp_path / "nature.zarr"
     generate(validate(sw_experiment(store)).testbed, progress=False)
     out = tmp_path / "emu"
-    section = {"checkpoint": str(out), "steps": 6, "batch": 2, "latent": 8, "message_steps": 1,
-               "refinement": 1, "log_every": 3, "warmup": 2, "eval_fraction": 0.3, "long_days": 0,
-               "max_starts": 3}
+    section = {
+        "checkpoint": str(out),
+        "steps": 6,
+        "batch": 2,
+        "latent": 8,
+        "message_steps": 1,
+        "refinement": 1,
+        "log_every": 3,
+        "warmup": 2,
+        "eval_fraction": 0.3,
+        "long_days": 0,
+        "max_starts": 3,
+    }
     config = tmp_path / "sw.yaml"
     config.write_text(yaml.safe_dump(sw_experiment(store, emulator=section)))
     runner = CliRunner()
@@ -390,8 +401,11 @@ def test_train_emulator_command_trains_scores_and_rescores_its_checkpoint(tmp_pa
     assert again["table_48h"] == first["table_48h"]
     assert first["trained"]["n_params"] > 0 and again["trained"] is None
     emulator = load_emulator(out)  # usable as testbed.forecast.emulator of this config
-    cfg = validate(sw_experiment(store, testbed=sw_experiment(store)["testbed"]
-                                 | {"forecast": {"emulator": str(out)}}))
+    cfg = validate(
+        sw_experiment(
+            store, testbed=sw_experiment(store)["testbed"] | {"forecast": {"emulator": str(out)}}
+        )
+    )
     emulator.check_matches(SW, LatLonGrid(32, 16), cfg.testbed.cycle_hours, where=str(out))
 
 

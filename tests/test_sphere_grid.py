@@ -183,7 +183,8 @@ def test_vertical_interpolation_columns():
             np.testing.assert_allclose(
                 got[:, j, i], np.interp(x[:, j, i], knots, f[:, j, i]), rtol=1e-5, atol=1e-5
             )
-    # isothermal column: Φ = −R T ln σ at the knots → the same law everywhere, extrapolation included
+    # isothermal column: Φ = −R T ln σ at the knots → the same law everywhere, extrapolation
+    # included
     r, t = 287.0, 250.0
     phi = (-r * t * knots)[:, None, None] * np.ones((1, 3, 4))
     temp = np.full((5, 3, 4), t)

@@ -96,7 +96,7 @@ def etkf_ref(bg, obs):
     return bg.mean(0) + w.T @ (bg - bg.mean(0))
 
 
-def test_horizontal_taper_is_gaspari_cohn_of_great_circle_distance_and_vanishes_beyond_twice_the_radius():
+def test_horizontal_taper_is_gaspari_cohn_of_great_circle_distance_and_zero_beyond_2_radii():
     g = LatLonGrid(64, 32)
     radius = 700.0
     k = g.max_sites_within(2 * radius)

@@ -170,7 +170,8 @@ def test_channel_skill_table_csv_and_figure_from_channel_metrics(made):
         assert [float(r["rmse_a_over_std"]) for r in csv_rows] == [
             r["rmse_a_over_std"] for r in rows
         ]
-    # the figure: a panel per variable (one level each), RMSE / σ top, CRPS / σ bottom, a line per method
+    # the figure: a panel per variable (one level each), RMSE / σ top, CRPS / σ bottom, a line per
+    # method
     fig, note = figures.channel_skill_figure(data)
     assert note == "" and len(fig.axes) == 2 * len(CHANNELS)
     for k, channel in enumerate(CHANNELS):
@@ -256,7 +257,8 @@ def test_left_out_sphere_parts_say_why(made, tmp_path):
         observations=None,
         records=[dataclasses.replace(r, maps=None, channel_metrics=None) for r in data.records],
         notes={
-            "observed_columns.png": "left out: the parent run has no observations.zarr (a sweep's trials log their own)"
+            "observed_columns.png": "left out: the parent run has no observations.zarr (a sweep's "
+            "trials log their own)"
         },
     )
     written = report.write(bare, tmp_path / "bare")

@@ -7,8 +7,8 @@ with λ_l ∝ exp(−l(l + 1) L²/(2a²)) normalised to C_h(0) = 1 and θ the gr
 between grid points; V = exp(−|Δ ln p| / vertical_length) within a variable, 0 across;
 Σ² = scale × the cos-latitude weighted variance of the climatological samples per channel
 (per channel and latitude with ``sigma_by_latitude``); with ``b_source: nmc`` and a model
-that halves the state each cycle, Σ² = scale × (0.3 σ_clim)² (1/16 + 1/4). The cycled run uses the tiny
-shallow-water store of ``test_sphere_cycle`` and must beat the free run.
+that halves the state each cycle, Σ² = scale × (0.3 σ_clim)² (1/16 + 1/4). The cycled run uses the
+tiny shallow-water store of ``test_sphere_cycle`` and must beat the free run.
 """
 
 import dataclasses
@@ -175,7 +175,8 @@ class Halving:
 
 
 def test_nmc_sigma_is_the_std_of_two_minus_one_cycle_forecast_differences():
-    # f₂ − f₁ = ¼(x + ε) − ½(½x + ε') = ¼ε − ½ε', ε, ε' ~ N(0, (0.3 σ_clim)²): std 0.3 σ_clim √(1/16 + 1/4)
+    # f₂ − f₁ = ¼(x + ε) − ½(½x + ε') = ¼ε − ½ε', ε, ε' ~ N(0, (0.3 σ_clim)²):
+    # std 0.3 σ_clim √(1/16 + 1/4)
     ctx, clim = context()
     assim = ThreeDVar.build(
         dataclasses.replace(ctx, testbed=Halving()), b_source="nmc", scale=2.0, nmc_init_std=0.3

@@ -163,7 +163,8 @@ def test_sweep_ranges_and_samplers_are_checked():
 
 
 def test_shipped_sweep_config():
-    """The reference sweep: 4 densities × (diffusion at 5 guidance strengths + LETKF, EnKF, 3D-Var)."""
+    """The reference sweep: 4 densities × (diffusion at 5 guidance strengths + LETKF, EnKF,
+    3D-Var)."""
     cfg = config.load(CONFIG)
     assert (
         cfg.sweep.sampler == "grid"
@@ -281,7 +282,8 @@ def postgres_url() -> str:
         if os.environ.get("ENSDA_REQUIRE_POSTGRES"):
             pytest.fail("ENSDA_REQUIRE_POSTGRES is set but ENSDA_TEST_POSTGRES_URL is not")
         pytest.skip(
-            "no PostgreSQL: set ENSDA_TEST_POSTGRES_URL (e.g. postgresql+psycopg://user@127.0.0.1:5432/db; .ci/run starts one)"
+            "no PostgreSQL: set ENSDA_TEST_POSTGRES_URL (e.g. "
+            "postgresql+psycopg://user@127.0.0.1:5432/db; .ci/run starts one)"
         )
     return url
 
@@ -356,8 +358,10 @@ from ensda.sweep import open_storage
 storage = open_storage(sys.argv[1])
 study_id = storage.get_study_id_from_name("claims")
 claimed = []
-while waiting := storage.get_all_trials(study_id, deepcopy=False, states=(optuna.trial.TrialState.WAITING,)):
-    claimed += [t.number for t in waiting[:1] if storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.RUNNING)]
+WAITING, RUNNING = optuna.trial.TrialState.WAITING, optuna.trial.TrialState.RUNNING
+while waiting := storage.get_all_trials(study_id, deepcopy=False, states=(WAITING,)):
+    set_running = storage.set_trial_state_values
+    claimed += [t.number for t in waiting[:1] if set_running(t._trial_id, RUNNING)]
 print(json.dumps(claimed))
 """
 
@@ -423,7 +427,10 @@ def test_trial_value_equals_run_method_on_the_same_config(env):
     """Trials in-process; the value is recomputed by the library on the config the user
     would write by hand (YAML + the same --set values + the trial's values). The radius is
     a conditional key: set in the LETKF trial, absent from the climatology one."""
-    space = "sweep.params={obs.density: [0.5], method: [letkf, climatology], assimilator.radius: {values: [3.0], when: {method: letkf}}}"
+    space = (
+        "sweep.params={obs.density: [0.5], method: [letkf, climatology], "
+        "assimilator.radius: {values: [3.0], when: {method: letkf}}}"
+    )
     cmd = ["sweep", env["config"], *sets(env, space), "--storage", env["storage"], "--study", "one"]
     result = runner.invoke(app, cmd)
     assert result.exit_code == 0, result.output

@@ -7,7 +7,8 @@ flow-dependent part from the background ensemble itself: an LETKF analysis (the 
 mean x̄_a, members x_a,j, spread σ_a) is computed first, and the denoiser learns the
 residual the anchor leaves,
 
-    z = (t − x̄_a) / s_a,   s_a = √(σ_a² + (f u)²)   (f = ``SPREAD_FLOOR``, u: ``AnchorNormalisation``),
+    z = (t − x̄_a) / s_a,   s_a = √(σ_a² + (f u)²)
+    (f = ``SPREAD_FLOOR``, u: ``AnchorNormalisation``),
 
 conditioned per site on (``features``): the background mean and spread, the anchor's mean
 increment x̄_a − x̄_b and spread σ_a, the residual innovation y − mean_j h(x_a,j) (raw and
@@ -203,8 +204,8 @@ class AnchorNormalisation:
 def features(norm: AnchorNormalisation, s: AnchorSummary) -> jax.Array:
     """The ``N_FEATURES`` conditioning channels ``(..., n, 8)``:
 
-    [ (x̄_b − μ)/σ_c,  σ_b/u,  (x̄_a − x̄_b)/u,  σ_a/u,  m (y − h̄_a)/u,  m (y − h̄_a)/√(var h_a + r²),  m,
-      min(d/10, 1) ]
+    [ (x̄_b − μ)/σ_c,  σ_b/u,  (x̄_a − x̄_b)/u,  σ_a/u,  m (y − h̄_a)/u,
+      m (y − h̄_a)/√(var h_a + r²),  m,  min(d/10, 1) ]
 
     (the residual innovation both in state units and relative to what the anchor expects
     of it, a direct sign of an over- or under-confident anchor).
@@ -262,7 +263,8 @@ class AnchoredSpec:
 
 
 def network_fn(model: GraphNetwork, graph, condition: jax.Array):
-    """``net(z_in, c_noise) -> F`` with the conditioning ``(..., n, N_FEATURES)`` bound (the EDM ``net``)."""
+    """``net(z_in, c_noise) -> F`` with the conditioning ``(..., n, N_FEATURES)`` bound (the EDM
+    ``net``)."""
 
     def net(z_in: jax.Array, c_noise: jax.Array) -> jax.Array:
         cond = jnp.broadcast_to(condition, z_in.shape + (N_FEATURES,))

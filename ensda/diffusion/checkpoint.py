@@ -60,7 +60,8 @@ def check_testbed(path: Path, meta: dict, testbed: dict | None) -> None:
     ]
     if diff:
         raise CheckpointError(
-            f"checkpoint {path} was made for another testbed ({'; '.join(diff)}); retrain with `ensda train`"
+            f"checkpoint {path} was made for another testbed ({'; '.join(diff)}); retrain with "
+            "`ensda train`"
         )
 
 
@@ -73,7 +74,8 @@ def save_checkpoint(
     config: dict,
     summary: dict,
 ) -> None:
-    """Write ``params.npz`` and ``meta.json`` into ``path`` (atomically: temp files, then rename)."""
+    """Write ``params.npz`` and ``meta.json`` into ``path`` (atomically: temp files, then
+    rename)."""
     meta = {
         "format": FORMAT,
         "testbed": testbed,

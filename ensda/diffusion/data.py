@@ -161,7 +161,8 @@ def cycled_pairs(
     bad = ~np.isfinite(mean).all(-1)
     if bad.any():
         raise FloatingPointError(
-            f"cycled training source {assimilator.name!r} diverged at cycle {int(np.flatnonzero(bad)[0]) + 1}; "
+            f"cycled training source {assimilator.name!r} diverged at cycle "
+            f"{int(np.flatnonzero(bad)[0]) + 1}; "
             "check its settings (inflation, localisation) for this network"
         )
     return Pairs(mean, spread, np.asarray(truth[1:]))

@@ -145,7 +145,8 @@ class DiffusionDA:
             or settings["repaint_jumps"] > 0
         ):
             raise ValueError(
-                "no observation conditioning selected: set obs_channels, guidance_strength > 0 or repaint_jumps > 0"
+                "no observation conditioning selected: set obs_channels, guidance_strength > 0 or "
+                "repaint_jumps > 0"
             )
         if settings["coupling"] == "background" and settings["repaint_jumps"] > 0:
             raise ValueError(
@@ -158,8 +159,8 @@ class DiffusionDA:
         operator = getattr(network, "operator", "identity")
         if operator != "identity" and (settings["obs_channels"] or settings["repaint_jumps"] > 0):
             raise ValueError(
-                f"obs_channels and RePaint need the identity observation operator, got {operator!r}; "
-                "use obs_channels: false with guidance_strength > 0"
+                "obs_channels and RePaint need the identity observation operator, got "
+                f"{operator!r}; use obs_channels: false with guidance_strength > 0"
             )
         ck = load_checkpoint(settings["checkpoint"], testbed_record(ctx.testbed))
         if settings["obs_channels"]:
@@ -167,7 +168,8 @@ class DiffusionDA:
             if not np.allclose(trained, observed):
                 raise ValueError(
                     f"the model's observation channels were trained with r_std {trained.tolist()}, "
-                    f"the network has r_std {observed.tolist()}; retrain or use guidance (obs_channels: false)"
+                    f"the network has r_std {observed.tolist()}; retrain or use guidance "
+                    "(obs_channels: false)"
                 )
         graphdef, params = nnx.split(ck.model)
         return cls(

@@ -94,7 +94,8 @@ class EDM:
     def loss(
         self, net: Network, key: jax.Array, x0: jax.Array, weights: jax.Array | None = None
     ) -> jax.Array:
-        """EDM loss of a batch ``x0 (B, ...)``: mean over b of λ(σ_b) · mean_i w_i (D(z_b, σ_b) − x0_b)_i².
+        """EDM loss of a batch ``x0 (B, ...)``: mean over b of
+        λ(σ_b) · mean_i w_i (D(z_b, σ_b) − x0_b)_i².
 
         ``z_b = x0_b + σ_b ε_b``; ``net`` is called once on the batch:
         ``net(c_in z (B, ...), c_noise (B,))``; ``weights`` w (the shape of one sample,

@@ -21,7 +21,8 @@ the gradient of log N(y; h(x), R) by ``jax.grad`` through ``obs.h`` (any operato
 ``damping`` exponent (the paper: q = 1; q = 0: undamped). Each analysis member solves the
 reverse SDE
 
-.. math:: dx = [f(t) x - g(t)^2 S(x, t)]\, dt + g(t)\, d\bar W, \quad f = \frac{d \log \alpha_t}{dt},
+.. math:: dx = [f(t) x - g(t)^2 S(x, t)]\, dt + g(t)\, d\bar W,
+          \quad f = \frac{d \log \alpha_t}{dt},
           \quad g^2 = \frac{d \beta_t^2}{dt} - 2 f \beta_t^2,
 
 from x_1 ~ N(0, I) back to t = ``t_end`` (ε) with ``steps`` Euler–Maruyama steps of equal

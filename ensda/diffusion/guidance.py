@@ -9,7 +9,8 @@ and p(y | z) is approximated by N(y; h(D(z, σ)), C_σ) (DPS, Chung et al. 2023;
 DA, Rozet & Louppe 2023). The gradient goes through the denoiser; C_σ is held fixed in it
 (as in DPS/SDA: no second derivatives of the denoiser). The wrapper returns
 
-.. math:: D'(z, \sigma) = D(z, \sigma) + \lambda \sigma^2 \nabla_z \log N(y; h(D(z, \sigma)), C_\sigma),
+.. math:: D'(z, \sigma) = D(z, \sigma)
+          + \lambda \sigma^2 \nabla_z \log N(y; h(D(z, \sigma)), C_\sigma),
 
 λ the guidance strength, with one of two covariances:
 

@@ -89,7 +89,8 @@ class ModelSpec:
             )
         if len(self.obs_r_std) != self.n_channels:
             raise ValueError(
-                f"ModelSpec: {len(self.obs_r_std)} observation error stds for {self.n_channels} channels"
+                f"ModelSpec: {len(self.obs_r_std)} observation error stds for {self.n_channels} "
+                "channels"
             )
 
     @property
@@ -214,8 +215,9 @@ def observation_channels(scale: jax.Array, mean: jax.Array, obs) -> tuple[jax.Ar
     with an identity operator (``scale`` s: ``Normalisation.scale``)."""
     if not obs.linear:
         raise ValueError(
-            f"the observation channels need an identity observation operator, got {obs.operator!r}; "
-            "use likelihood guidance (obs_channels: false, guidance_strength > 0) for nonlinear operators"
+            "the observation channels need an identity observation operator, got "
+            f"{obs.operator!r}; use likelihood guidance (obs_channels: false, guidance_strength > "
+            "0) for nonlinear operators"
         )
     n = mean.shape[-1]
     innovation = (

@@ -72,7 +72,8 @@ def _call(denoiser: Denoiser, z: jax.Array, sigma: jax.Array, count: jax.Array):
 
 
 def churn(x: jax.Array, sigma: jax.Array, key: jax.Array, config: SamplerConfig):
-    """EDM churn: raise σ_i to σ̂ = σ_i (1 + γ_i) and add the matching noise; returns ``(x̂, σ̂)``."""
+    """EDM churn: raise σ_i to σ̂ = σ_i (1 + γ_i) and add the matching noise; returns
+    ``(x̂, σ̂)``."""
     if config.churn == 0 or config.s_noise == 0:
         return x, sigma
     gamma_max = min(config.churn / config.steps, math.sqrt(2.0) - 1.0)

@@ -1,6 +1,7 @@
 r"""Energy score of an ensemble for the multivariate state (Gneiting & Raftery 2007).
 
-.. math:: \mathrm{ES} = \frac1N\sum_j \lVert x_j - t\rVert - \frac{1}{2N^2}\sum_{j,k}\lVert x_j - x_k\rVert
+.. math:: \mathrm{ES} = \frac1N\sum_j \lVert x_j - t\rVert
+          - \frac{1}{2N^2}\sum_{j,k}\lVert x_j - x_k\rVert
 
 (standard estimator; ``estimator='fair'`` uses 1/(2N(N−1))). With area weights the norm is
 \lVert v\rVert_w = \sqrt{\sum_i w_i v_i^2 / \sum_i w_i}. Computed with ``scoringrules``.

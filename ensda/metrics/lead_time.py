@@ -74,7 +74,8 @@ def _check_starts(start_cycles, n_truth: int, max_lead_cycles: int) -> None:
         raise ValueError("start_cycles is empty")
     if s.min() < 0 or s.max() + max_lead_cycles > n_truth - 1:
         raise ValueError(
-            f"start cycles must satisfy 0 <= start and start + max_lead_cycles <= K = {n_truth - 1}; "
+            "start cycles must satisfy 0 <= start and start + max_lead_cycles <= K = "
+            f"{n_truth - 1}; "
             f"got starts in [{s.min()}, {s.max()}] with max_lead_cycles={max_lead_cycles}"
         )
 
@@ -121,7 +122,8 @@ def forecast_rmse_by_start(
     start_cycles = jnp.asarray(start_cycles, jnp.int32)
     if start_cycles.ndim != 1 or initial_states.shape[0] != start_cycles.shape[0]:
         raise ValueError(
-            f"initial_states (S, ...) and start_cycles (S,) disagree: {initial_states.shape} vs {start_cycles.shape}"
+            f"initial_states (S, ...) and start_cycles (S,) disagree: {initial_states.shape} vs "
+            f"{start_cycles.shape}"
         )
     if initial_states.shape[1:] != truth.shape[1:]:
         raise ValueError(
@@ -301,14 +303,15 @@ def analysis_start_cycles(
     starts = np.arange(burn_in + 1, n_cycles - max_lead_cycles + 1, stride)
     if starts.size == 0:
         raise ValueError(
-            f"no start cycle: {n_cycles} cycles, burn_in={burn_in}, max lead {max_lead_cycles} cycles "
-            f"(need K >= burn_in + 1 + max_lead)"
+            f"no start cycle: {n_cycles} cycles, burn_in={burn_in}, max lead {max_lead_cycles} "
+            "cycles (need K >= burn_in + 1 + max_lead)"
         )
     return starts
 
 
 def _analysis_means(analyses, truth: jax.Array) -> jax.Array:
-    """The analysis means ``(K, ...)`` of a ``CycleResult`` or an array, checked against ``truth``."""
+    """The analysis means ``(K, ...)`` of a ``CycleResult`` or an array, checked against
+    ``truth``."""
     mean_a = jnp.asarray(getattr(analyses, "mean_a", analyses))
     expected = (truth.shape[0] - 1, *truth.shape[1:])
     if mean_a.shape != expected:

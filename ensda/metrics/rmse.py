@@ -25,7 +25,8 @@ def weighted_mean(values: jax.Array, weights: jax.Array | None = None, axis=None
 def ensemble_mean_mse(
     ensemble: jax.Array, truth: jax.Array, weights: jax.Array | None = None, axis=None
 ) -> jax.Array:
-    """Area-weighted mean squared error of the ensemble mean (over ``axis`` of a member; None: all)."""
+    """Area-weighted mean squared error of the ensemble mean (over ``axis`` of a member; None:
+    all)."""
     return weighted_mean((ensemble.mean(0) - truth) ** 2, weights, axis)
 
 

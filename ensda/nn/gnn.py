@@ -82,7 +82,8 @@ def check_noise_level(
             ok = False
         if not ok:
             raise ValueError(
-                f"{network}: noise_level shape {shape} must broadcast to the batch shape {batch} of nodes"
+                f"{network}: noise_level shape {shape} must broadcast to the batch shape {batch} "
+                "of nodes"
             )
 
 
@@ -154,7 +155,8 @@ class GraphNetwork(nnx.Module):
             or graph.node_features.shape[-1] != self.n_node_features
         ):
             raise ValueError(
-                f"GraphNetwork: built for {self.n_edge_features} edge / {self.n_node_features} node features, "
+                f"GraphNetwork: built for {self.n_edge_features} edge / {self.n_node_features} "
+                "node features, "
                 f"the graph has {graph.edge_features.shape[-1]} / {graph.node_features.shape[-1]}"
             )
         check_noise_level("GraphNetwork", self.conditional, nodes, noise_level)

@@ -73,7 +73,8 @@ def grid_points(latitudes, longitudes) -> np.ndarray:
     lon = np.asarray(longitudes, np.float64)
     if lat.ndim != 1 or lon.ndim != 1 or lat.size < 1 or lon.size < 1:
         raise ValueError(
-            f"grid latitudes and longitudes must be non-empty 1-D arrays, got {lat.shape}, {lon.shape}"
+            f"grid latitudes and longitudes must be non-empty 1-D arrays, got {lat.shape}, "
+            f"{lon.shape}"
         )
     if np.any(np.abs(lat) > 90.0):
         raise ValueError("grid latitudes must lie in [-90, 90] degrees")
@@ -151,7 +152,8 @@ def containing_faces(
 
 
 def _pair_name(latitudes, longitudes, refinement: int) -> str:
-    return f"{np.size(longitudes)}x{np.size(latitudes)} grid (lon x lat) with mesh refinement {refinement}"
+    grid = f"{np.size(longitudes)}x{np.size(latitudes)} grid (lon x lat)"
+    return f"{grid} with mesh refinement {refinement}"
 
 
 def grid2mesh_graph(latitudes, longitudes, refinement: int) -> Graph:
@@ -170,9 +172,9 @@ def grid2mesh_graph(latitudes, longitudes, refinement: int) -> Graph:
     if lonely.size:
         raise ValueError(
             f"grid2mesh: {_pair_name(latitudes, longitudes, refinement)} is not supported: "
-            f"{lonely.size} of {len(nodes)} mesh nodes have no grid point within "
-            f"{RADIUS_FACTOR} x the longest mesh edge ({np.degrees(2 * np.arcsin(radius / 2)):.3f} deg); "
-            "use a finer grid or a coarser mesh"
+            f"{lonely.size} of {len(nodes)} mesh nodes have no grid point within {RADIUS_FACTOR} x "
+            f"the longest mesh edge ({np.degrees(2 * np.arcsin(radius / 2)):.3f} deg); use a finer "
+            "grid or a coarser mesh"
         )
     return _bipartite_graph(senders, receivers, points[senders], nodes[receivers], points)
 
@@ -195,7 +197,8 @@ def mesh2grid_graph(latitudes, longitudes, refinement: int) -> Graph:
 
 
 def _bipartite_graph(senders, receivers, sender_xyz, receiver_xyz, grid_xyz) -> Graph:
-    """A grid↔mesh ``Graph``: edge features from the end points' positions, node features the grid's."""
+    """A grid↔mesh ``Graph``: edge features from the end points' positions, node features the
+    grid's."""
     ef, _ = edge_features(sender_xyz, receiver_xyz)
     return Graph(
         senders=jnp.asarray(senders, jnp.int32),

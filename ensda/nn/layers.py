@@ -84,7 +84,8 @@ class FourierEmbedding(nnx.Module):
 
 
 def normalize(x: jax.Array, epsilon: float) -> jax.Array:
-    r"""LayerNorm without affine: :math:`(x - \mu) / \sqrt{\sigma^2 + \epsilon}` over the last axis."""
+    r"""LayerNorm without affine: :math:`(x - \mu) / \sqrt{\sigma^2 + \epsilon}` over the last
+    axis."""
     mean = jnp.mean(x, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
     return (x - mean) * jax.lax.rsqrt(var + epsilon)
@@ -139,7 +140,8 @@ class MLP(nnx.Module):
             raise ValueError(f"MLP: hidden_layers must be >= 0, got {hidden_layers}")
         if cond_features is not None and not layer_norm:
             raise ValueError(
-                "MLP: cond_features needs layer_norm=True (conditioning enters through the LayerNorm)"
+                "MLP: cond_features needs layer_norm=True (conditioning enters through the "
+                "LayerNorm)"
             )
         widths = [in_features] + [hidden] * hidden_layers + [out_features]
         self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in itertools.pairwise(widths)])
@@ -189,7 +191,8 @@ def sum_incoming(messages: jax.Array, receivers: jax.Array, n_receivers: int) ->
 
 
 def mean_incoming(messages: jax.Array, receivers: jax.Array, n_receivers: int) -> jax.Array:
-    r"""Mean of the messages arriving at each receiver: :math:`a_v = \frac{1}{d_v}\sum_{e: r(e) = v} m_e`.
+    r"""Mean of the messages arriving at each receiver:
+    :math:`a_v = \frac{1}{d_v}\sum_{e: r(e) = v} m_e`.
 
     :math:`d_v` is the in-degree of v; a receiver with no incoming edge gets zeros. Shapes
     as :func:`sum_incoming`.
@@ -230,7 +233,8 @@ class InteractionNetwork(nnx.Module):
     ):
         if aggregation not in AGGREGATIONS:
             raise ValueError(
-                f"InteractionNetwork: aggregation must be one of {sorted(AGGREGATIONS)}, got {aggregation!r}"
+                f"InteractionNetwork: aggregation must be one of {sorted(AGGREGATIONS)}, got "
+                f"{aggregation!r}"
             )
         self.latent = latent
         self.aggregation = aggregation

@@ -28,13 +28,15 @@ node features :math:`f^{G}` are those of ``grid2mesh``.
 
 .. math::
     e^{MM}_{sr} \leftarrow e^{MM}_{sr} + \mathrm{MLP}_k([e^{MM}_{sr}, v^M_s, v^M_r]),\quad
-    v^M_r \leftarrow v^M_r + \mathrm{MLP}_k\Big(\Big[v^M_r, \textstyle\sum_{s \to r} e^{MM}_{sr}\Big]\Big)
+    v^M_r \leftarrow v^M_r + \mathrm{MLP}_k\Big(\Big[v^M_r, \textstyle\sum_{s \to r}
+    e^{MM}_{sr}\Big]\Big)
 
 **Decoder** (mesh -> grid, one bipartite interaction network, residual) and **output**:
 
 .. math::
     e^{MG}_{mg} \leftarrow e^{MG}_{mg} + \mathrm{MLP}([e^{MG}_{mg}, v^M_m, v^G_g]),\quad
-    v^G_g \leftarrow v^G_g + \mathrm{MLP}\Big(\Big[v^G_g, \textstyle\sum_{m \to g} e^{MG}_{mg}\Big]\Big),\quad
+    v^G_g \leftarrow v^G_g + \mathrm{MLP}\Big(\Big[v^G_g, \textstyle\sum_{m \to g}
+    e^{MG}_{mg}\Big]\Big),\quad
     y_g = \mathrm{MLP}_{out}(v^G_g)
 
 The output MLP's last Linear starts at zero, so the network outputs 0 at initialisation
@@ -112,7 +114,8 @@ class SphereGraphNetwork(nnx.Module):
     ):
         if in_features < 1 or out_features < 1:
             raise ValueError(
-                f"SphereGraphNetwork: in/out features must be >= 1, got {in_features}, {out_features}"
+                f"SphereGraphNetwork: in/out features must be >= 1, got {in_features}, "
+                f"{out_features}"
             )
         if not isinstance(graphs, GridMeshGraphs):
             raise TypeError(
@@ -122,7 +125,8 @@ class SphereGraphNetwork(nnx.Module):
         missing = [k for k, n in sizes.items() if n < 1 and k != "grid node"]
         if missing:
             raise ValueError(
-                f"SphereGraphNetwork: the graphs need at least one feature for: {', '.join(missing)}"
+                "SphereGraphNetwork: the graphs need at least one feature for: "
+                f"{', '.join(missing)}"
             )
         self.in_features = in_features
         self.out_features = out_features
@@ -171,7 +175,8 @@ class SphereGraphNetwork(nnx.Module):
         sizes = _feature_sizes(graphs)
         if tuple(sizes.items()) != self.feature_sizes:
             raise ValueError(
-                f"SphereGraphNetwork: built for feature sizes {dict(self.feature_sizes)}, the graphs have {sizes}"
+                f"SphereGraphNetwork: built for feature sizes {dict(self.feature_sizes)}, the "
+                f"graphs have {sizes}"
             )
         for name in _NAMES:
             g: Graph = getattr(graphs, name)
@@ -183,13 +188,15 @@ class SphereGraphNetwork(nnx.Module):
             ):
                 raise ValueError(
                     f"SphereGraphNetwork: graphs.{name} has senders {g.senders.shape}, receivers "
-                    f"{g.receivers.shape}, edge_features {g.edge_features.shape}: need (E,), (E,), (E, Fe)"
+                    f"{g.receivers.shape}, edge_features {g.edge_features.shape}: need (E,), "
+                    "(E,), (E, Fe)"
                 )
         n_grid, n_mesh = graphs.grid2mesh.n_nodes, graphs.mesh.n_nodes
         if graphs.mesh2grid.n_nodes != n_grid:
             raise ValueError(
                 f"SphereGraphNetwork: graphs.grid2mesh has {n_grid} grid nodes, graphs.mesh2grid "
-                f"{graphs.mesh2grid.n_nodes}: the encoder and decoder must be built for the same grid"
+                f"{graphs.mesh2grid.n_nodes}: the encoder and decoder must be built for the same "
+                "grid"
             )
         # index ranges: only where the arrays are known (outside jit, or closed over)
         for name, index, bound in (
@@ -219,7 +226,8 @@ class SphereGraphNetwork(nnx.Module):
     def __call__(
         self, graphs: GridMeshGraphs, nodes: jax.Array, noise_level: jax.Array | None = None
     ) -> jax.Array:
-        """Apply the network: ``nodes (..., n_grid, in)``, ``noise_level (...)`` -> ``(..., n_grid, out)``."""
+        """Apply the network: ``nodes (..., n_grid, in)``, ``noise_level (...)`` ->
+        ``(..., n_grid, out)``."""
         self._check(graphs, nodes, noise_level)
         nodes = jnp.asarray(nodes, jnp.float32)
         g2m, mesh, m2g = graphs.grid2mesh, graphs.mesh, graphs.mesh2grid

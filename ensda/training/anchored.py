@@ -1,4 +1,5 @@
-r"""Training of the LETKF-anchored residual denoiser (``ens-diffusion``; ``train.target: anchored``).
+r"""Training of the LETKF-anchored residual denoiser (``ens-diffusion``;
+``train.target: anchored``).
 
 Data: for each ``train.sources`` network, ``train.runs`` cycled runs on their own training
 truths (seeds from ``train.seed``, never the evaluation seeds), all runs of a network in
@@ -17,8 +18,9 @@ Round 0 cycles the anchor LETKF itself. Each of ``train.rounds`` later rounds (D
 Ross et al. 2011) cycles the current ``ens-diffusion`` model on new truths, with the
 features recomputed on its own backgrounds, adds those examples (repeated up to
 ``ROUND_SHARE`` of the round-0 examples per source, so that a few hundred cycles count) and
-fine-tunes for ``train.round_steps`` steps. Each round reports its cycled analysis CRPS and spread-skill
-ratio on its training truths (``train.round_runs`` runs of ``train.round_cycles`` cycles).
+fine-tunes for ``train.round_steps`` steps. Each round reports its cycled analysis CRPS
+and spread-skill ratio on its training truths (``train.round_runs`` runs of
+``train.round_cycles`` cycles).
 
 Optimisation: ``ensda.training.increment.fit`` (AdamW, cosine schedule, EMA), the EDM loss.
 """
@@ -106,7 +108,8 @@ def _setup(cfg: ExperimentConfig, src_index: int, round_index: int):
     src = t.sources[src_index]
     cycles = src.cycles if round_index == 0 else t.round_cycles
     seed = t.seed + 1000 * round_index + 10 * (src_index + 1)
-    # the network from the source, the operator and error from the experiment's obs (the model is for those)
+    # the network from the source, the operator and error from the experiment's obs (the model is
+    # for those)
     obs_cfg = src.obs.model_dump(exclude_unset=True)
     for k in ("operator", "r_std"):
         if obs_cfg.setdefault(k, getattr(cfg.obs, k)) != getattr(cfg.obs, k):

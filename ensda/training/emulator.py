@@ -101,8 +101,8 @@ def train_and_evaluate(
         n_train = n_train_times(states.shape[0], e.eval_fraction)
         last = states.shape[0] - 1
         report(
-            f"training on cycles 0..{n_train - 1} ({label(0)} .. {label(n_train - 1)}), holding out "
-            f"{n_train}..{last} ({label(n_train)} .. {label(last)}) on {jax.default_backend()}"
+            f"training on cycles 0..{n_train - 1} ({label(0)} .. {label(n_train - 1)}), holding "
+            f"out {n_train}..{last} ({label(n_train)} .. {label(last)}) on {jax.default_backend()}"
         )
         init = None if e.init is None else load_emulator(e.init)
         result = train_emulator(
@@ -128,8 +128,8 @@ def train_and_evaluate(
         trained = result.summary | {"n_params": result.n_params, "step_s": result.step_s}
         report(
             f"{result.n_params} parameters, {result.step_s * 1e3:.1f} ms/step, loss "
-            f"{result.initial_loss:.4f} -> {result.loss[-1]:.4f} (held-out {result.val_loss[-1]:.4f}); "
-            f"checkpoint {out}"
+            f"{result.initial_loss:.4f} -> {result.loss[-1]:.4f} (held-out "
+            f"{result.val_loss[-1]:.4f}); checkpoint {out}"
         )
     held = states[n_train:]
     climatology = states[:n_train].mean(0)

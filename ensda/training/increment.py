@@ -420,7 +420,8 @@ def train_increment(
         debias=t.debias,
     )
     report(
-        f"{len(train_pairs)} training and {len(valid_pairs)} validation examples; increment std {float(norm.increment_std.mean()):.3f}"
+        f"{len(train_pairs)} training and {len(valid_pairs)} validation examples; increment std "
+        f"{float(norm.increment_std.mean()):.3f}"
     )
 
     spec = model_spec(cfg)

@@ -120,7 +120,8 @@ class Lorenz96:
 
 @partial(jax.jit, static_argnums=(0, 2))
 def trajectory(testbed: Lorenz96, x0: jax.Array, n_cycles: int) -> jax.Array:
-    """States at cycles 0..n_cycles from ``x0`` (one ``lax.scan``), shape ``(n_cycles+1, *x0.shape)``."""
+    """States at cycles 0..n_cycles from ``x0`` (one ``lax.scan``), shape
+    ``(n_cycles+1, *x0.shape)``."""
 
     def body(x, _):
         x = testbed.cycle_forecast(x)

@@ -6,7 +6,8 @@ Modules: ``grid`` (the lat–lon grid, area weights, great-circle distances), ``
 on the grid), ``dycore`` (the models and their output variables), ``store`` (the zarr
 layout), ``nature`` (resumable generation), ``testbed`` (states as ``(n_var, n_lat, n_lon)``
 arrays, their forecasts, truth and climatology from a store), ``climate`` (a store's
-climate in numbers: jets, equator-to-pole temperature, mean surface pressure). Only ``grid`` and ``config`` are imported here:
+climate in numbers: jets, equator-to-pole temperature, mean surface pressure). Only ``grid`` and
+``config`` are imported here:
 ``dinosaur`` takes seconds to import and is loaded where a model is built.
 """
 

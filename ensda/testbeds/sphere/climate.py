@@ -139,7 +139,8 @@ def format_numbers(numbers: dict) -> list[str]:
     lines = []
     if "n_times" in numbers:
         lines.append(
-            f"climatology over {numbers['n_times']} times, {numbers['first_time']} .. {numbers['last_time']}"
+            f"climatology over {numbers['n_times']} times, {numbers['first_time']} .. "
+            f"{numbers['last_time']}"
         )
     for h, j in numbers.get("jets", {}).items():
         at = f"{j['level_hpa']:g} hPa, " if j["level_hpa"] is not None else ""
@@ -150,11 +151,13 @@ def format_numbers(numbers: dict) -> list[str]:
         for h in HEMISPHERES:
             c = tt[h]
             lines.append(
-                f"  {h} zonal-mean T at {where}: {c['equator_K']:.2f} K at {c['equator_latitude']:.2f}°, "
-                f"{c['pole_K']:.2f} K at {c['pole_latitude']:.2f}° (equator − pole {c['equator_minus_pole_K']:.2f} K)"
+                f"  {h} zonal-mean T at {where}: {c['equator_K']:.2f} K at "
+                f"{c['equator_latitude']:.2f}°, {c['pole_K']:.2f} K at {c['pole_latitude']:.2f}° "
+                f"(equator − pole {c['equator_minus_pole_K']:.2f} K)"
             )
     if numbers.get("surface_pressure_global_mean_pa") is not None:
         lines.append(
-            f"  global mean surface pressure: {numbers['surface_pressure_global_mean_pa'] / 100:.2f} hPa"
+            "  global mean surface pressure: "
+            f"{numbers['surface_pressure_global_mean_pa'] / 100:.2f} hPa"
         )
     return lines

@@ -95,7 +95,8 @@ class SphereForecastConfig(Strict):
             self.resolution is not None or self.dt_minutes is not None
         ):
             raise ValueError(
-                "forecast.emulator replaces the dycore: leave forecast.resolution and dt_minutes unset"
+                "forecast.emulator replaces the dycore: leave forecast.resolution and dt_minutes "
+                "unset"
             )
         return self
 
@@ -173,7 +174,8 @@ class SphereTestbedConfig(Strict):
             )
         if self.cycle_hours % self.nature.output_hours:
             raise ValueError(
-                f"cycle_hours ({self.cycle_hours}) must be a multiple of nature.output_hours ({self.nature.output_hours})"
+                f"cycle_hours ({self.cycle_hours}) must be a multiple of nature.output_hours "
+                f"({self.nature.output_hours})"
             )
         for name, dt_min in (
             ("dt_minutes", self.dt_minutes),
@@ -185,13 +187,15 @@ class SphereTestbedConfig(Strict):
                 > 1e-9
             ):
                 raise ValueError(
-                    f"cycle_hours ({self.cycle_hours} h) must be a whole number of {name} ({dt_min}) steps"
+                    f"cycle_hours ({self.cycle_hours} h) must be a whole number of {name} "
+                    f"({dt_min}) steps"
                 )
         return self
 
 
 class SphereObsConfig(Strict):
-    """A global observation network on the analysis grid (``ensda.testbeds.sphere.observe.GlobalObsNetwork``):
+    """A global observation network on the analysis grid
+    (``ensda.testbeds.sphere.observe.GlobalObsNetwork``):
     where the observed columns are (``kind``: random, stations, swaths), the fraction of
     columns observed each cycle, which variables and levels each column observes (null: all
     of the state's) and the error std per variable (SI; variables not listed keep
@@ -223,7 +227,8 @@ class SphereObsConfig(Strict):
         bad = sorted(set(self.variables or ()) - set(testbed.state_variables))
         if bad:
             raise ValueError(
-                f"obs.variables: {bad} not in the {testbed.model} state ({list(testbed.state_variables)})"
+                f"obs.variables: {bad} not in the {testbed.model} state "
+                f"({list(testbed.state_variables)})"
             )
         bad = sorted(set(self.levels or ()) - set(testbed.state_levels))
         if bad:
@@ -241,7 +246,8 @@ def load_testbed(path, overrides: list[str] | None = None) -> SphereTestbedConfi
     section = apply_overrides(read_yaml(path), overrides or []).get("testbed") or {}
     if not isinstance(section, dict) or section.get("kind") != "sphere":
         raise ConfigError(
-            f"{path}: testbed.kind must be 'sphere' for a sphere nature run, got {section.get('kind') if isinstance(section, dict) else section!r}"
+            f"{path}: testbed.kind must be 'sphere' for a sphere nature run, got "
+            f"{section.get('kind') if isinstance(section, dict) else section!r}"
         )
     try:
         return SphereTestbedConfig.model_validate(section)

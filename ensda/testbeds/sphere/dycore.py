@@ -1,6 +1,7 @@
 r"""Spectral dynamical cores (the ``dinosaur`` package) and their output in ERA5 variables.
 
-Two models, one interface (``initial_state``, ``perturb``, ``fields``, ``from_fields``, ``steps_per``):
+Two models, one interface (``initial_state``, ``perturb``, ``fields``, ``from_fields``,
+``steps_per``):
 
 - ``HeldSuarez``: dry hydrostatic primitive equations on σ levels (vorticity, divergence,
   T', ln p_s) with the Held & Suarez (1994) forcing — Newtonian relaxation of T towards
@@ -170,7 +171,8 @@ class HeldSuarez(_Dycore):
         return self.perturb(state, key, self.init_noise_k)
 
     def perturb(self, state, key: jax.Array, amplitude_k: float):
-        """``state`` plus Gaussian noise of std ``amplitude_k`` kelvin in the grid-point temperature."""
+        """``state`` plus Gaussian noise of std ``amplitude_k`` kelvin in the grid-point
+        temperature."""
         h = self.horizontal
         noise = (
             amplitude_k
@@ -184,7 +186,8 @@ class HeldSuarez(_Dycore):
         )
 
     def fields(self, state, out: Output) -> dict[str, jax.Array]:
-        """ERA5 variables on ``out``: 3-D ones ``(level, lat, lon)``, surface ones ``(lat, lon)``, SI."""
+        """ERA5 variables on ``out``: 3-D ones ``(level, lat, lon)``, surface ones
+        ``(lat, lon)``, SI."""
         from dinosaur import primitive_equations
 
         t = self.output_truncation(out.grid)
@@ -299,7 +302,8 @@ class ShallowWater(_Dycore):
         )
 
     def fields(self, state, out: Output) -> dict[str, jax.Array]:
-        """Geopotential g·h and winds ``(1, lat, lon)`` (SI) on the single nominal level of ``out``."""
+        """Geopotential g·h and winds ``(1, lat, lon)`` (SI) on the single nominal level of
+        ``out``."""
         if len(out.levels) != 1:
             raise ValueError(f"the shallow-water model has one level, got {out.levels}")
         t = self.output_truncation(out.grid)
@@ -345,7 +349,8 @@ def interp_columns(x: jax.Array, knots: np.ndarray, f: jax.Array) -> jax.Array:
 
 
 def interp_weights(x: jax.Array, knots: np.ndarray) -> jax.Array:
-    """The matrix ``W (P, K, lat, lon)`` of ``interp_columns``: interp_columns(x, knots, f) = Σ_k W[:, k] f[k]."""
+    """The matrix ``W (P, K, lat, lon)`` of ``interp_columns``:
+    interp_columns(x, knots, f) = Σ_k W[:, k] f[k]."""
     knots = jnp.asarray(knots, x.dtype)
     k = knots.shape[0]
     hi = jnp.clip(jnp.searchsorted(knots, x), 1, k - 1)

@@ -28,8 +28,8 @@ times; the last 20 % are held out for ``evaluate``). Loss: the mean over channel
 λ_c × the cos-latitude weighted MSE of the normalised residual (x_{t+1} − x_t)/s − F, with
 per-variable / per-channel weights λ (default 1); with ``rollout`` K > 1 the mean over the
 first K cycles of the emulator's own rollout of the same error, (x̂_k − x_k)/s (``loss_fn``),
-and training can start from a trained emulator (fine-tuning). AdamW with global-norm clipping, linear
-warm-up then cosine decay of the learning rate. The training window is written into the
+and training can start from a trained emulator (fine-tuning). AdamW with global-norm clipping,
+linear warm-up then cosine decay of the learning rate. The training window is written into the
 checkpoint (``meta["training"]["train_times"]``, store time indices and dates): the
 assimilation experiments draw their truth windows from the same store, so an honest
 imperfect-model experiment puts ``testbed.truth_start`` in the held-out part.
@@ -83,7 +83,7 @@ HEADLINE = (
 )
 
 
-# ---------------------------------------------------------------------------- spec and normalisation
+# --------------------------------------------------------------------------- spec and normalisation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +185,7 @@ def _col(v: jax.Array) -> jax.Array:
     return v[:, None, None]
 
 
-# ---------------------------------------------------------------------------- pure forecast functions
+# -------------------------------------------------------------------------- pure forecast functions
 
 
 def residual(
@@ -274,8 +274,8 @@ class Emulator:
         want = (self.spec.n_channels,) + self.spec.grid.shape
         if tuple(x.shape[-3:]) != want:
             raise ValueError(
-                f"emulator states must be (..., {want[0]}, {want[1]}, {want[2]}) "
-                f"(channels {self.spec.channels.names[:2]}..., grid {self.spec.grid.name}), got {x.shape}"
+                f"emulator states must be (..., {want[0]}, {want[1]}, {want[2]}) (channels "
+                f"{self.spec.channels.names[:2]}..., grid {self.spec.grid.name}), got {x.shape}"
             )
 
     def forecast(self, x: jax.Array, n_cycles: int) -> jax.Array:
@@ -344,7 +344,8 @@ class EmulatorTrainConfig:
     def __post_init__(self):
         if self.steps < 1 or self.batch < 1 or self.log_every < 1:
             raise ValueError(
-                f"steps, batch and log_every must be >= 1, got {self.steps}, {self.batch}, {self.log_every}"
+                f"steps, batch and log_every must be >= 1, got {self.steps}, {self.batch}, "
+                f"{self.log_every}"
             )
         if not 0.0 < self.eval_fraction < 1.0:
             raise ValueError(f"eval_fraction must lie in (0, 1), got {self.eval_fraction}")
@@ -359,7 +360,8 @@ def n_train_times(n_times: int, eval_fraction: float) -> int:
     n = round(n_times * (1.0 - eval_fraction))
     if n < 2 or n_times - n < 2:
         raise ValueError(
-            f"{n_times} times with eval_fraction {eval_fraction}: need >= 2 training and >= 2 held-out times"
+            f"{n_times} times with eval_fraction {eval_fraction}: need >= 2 training and >= 2 "
+            "held-out times"
         )
     return n
 
@@ -372,8 +374,8 @@ def channel_weights(channels: Channels, weights: Sequence[tuple[str, float]]) ->
     unknown = sorted(set(given) - known)
     if unknown:
         raise ValueError(
-            f"loss_weights: {unknown} are neither variables {channels.variables + channels.surface} "
-            f"nor channels of the state"
+            f"loss_weights: {unknown} are neither variables "
+            f"{channels.variables + channels.surface} nor channels of the state"
         )
     lam = [given.get(n, given.get(channels.variable(c), 1.0)) for c, n in enumerate(names)]
     lam = np.asarray(lam, np.float32)
@@ -389,7 +391,8 @@ def loss_fn(
 
     .. math::
         L = \frac{1}{K} \sum_{k=1}^{K} \mathrm{mean}_c\, λ_c\, \mathrm{mean}_{B,\,grid}
-            \big(w ⊙ ((\hat x_k − x_k)/s)^2\big), \quad \hat x_0 = x_0,\ \hat x_k = \mathrm{step}(\hat x_{k−1}),
+            \big(w ⊙ ((\hat x_k − x_k)/s)^2\big),
+            \quad \hat x_0 = x_0,\ \hat x_k = \mathrm{step}(\hat x_{k−1}),
 
     ``area`` w the cos-latitude weights normalised to mean 1 ``(n_lat, n_lon)``. For K = 1,
     (x̂₁ − x₁)/s = F − (x₁ − x₀)/s: the one-step residual loss. K > 1 backpropagates through
@@ -412,7 +415,8 @@ class TrainedEmulator:
     steps: np.ndarray
     loss: np.ndarray  # mean training loss over each logging interval
     val_loss: np.ndarray  # loss on held-out pairs at the same steps
-    initial_loss: float  # training-batch loss at step 0 (= 1 per channel for persistence on standardised residuals)
+    #: training-batch loss at step 0 (= 1 per channel for persistence on standardised residuals)
+    initial_loss: float
     n_train: int  # states[:n_train] trained on
     n_params: int
     train_s: float
@@ -533,7 +537,8 @@ def train_emulator(
             done += n
             if not np.isfinite(loss):
                 raise FloatingPointError(
-                    f"emulator training loss became non-finite near step {done}; lower the learning rate"
+                    f"emulator training loss became non-finite near step {done}; lower the "
+                    "learning rate"
                 )
             val = float(validation(params, graphs))
             steps.append(done)
@@ -724,7 +729,8 @@ def long_rollout(
     n_cycles = int(round(days * per_day))
     if n_cycles < 1 or held.shape[0] <= n_cycles:
         raise ValueError(
-            f"long_rollout: {days} days need more than {n_cycles} held-out states, have {held.shape[0]}"
+            f"long_rollout: {days} days need more than {n_cycles} held-out states, have "
+            f"{held.shape[0]}"
         )
     starts = np.unique(np.linspace(0, held.shape[0] - 1 - n_cycles, n_starts).round().astype(int))
     traj = np.asarray(

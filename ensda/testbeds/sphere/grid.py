@@ -3,7 +3,8 @@ r"""The equiangular latitude–longitude analysis grid.
 Convention (WeatherBench 2's ``equiangular`` grids without poles, e.g. its
 ``64x32_equiangular_conservative`` ERA5 store): ``n_lat`` cell-centred latitudes
 
-.. math:: \varphi_j = -90° + (j + \tfrac12)\,\Delta,\quad \Delta = 180° / n_\text{lat},\quad j = 0..n_\text{lat}-1
+.. math:: \varphi_j = -90° + (j + \tfrac12)\,\Delta,\quad \Delta = 180° / n_\text{lat},
+          \quad j = 0..n_\text{lat}-1
 
 ascending from south to north (64×32: −87.1875° … 87.1875°, Δ = 5.625°), and ``n_lon``
 longitudes :math:`\lambda_i = i \cdot 360° / n_\text{lon}` starting at 0°.
@@ -83,7 +84,8 @@ class LatLonGrid:
         return lat, lon
 
     def distance(self, a: jax.Array, b: jax.Array) -> jax.Array:
-        """Great-circle distance in km between columns ``a`` and ``b`` (flat indices, broadcasting)."""
+        """Great-circle distance in km between columns ``a`` and ``b`` (flat indices,
+        broadcasting)."""
         lat1, lon1 = self.site_coords(jnp.asarray(a))
         lat2, lon2 = self.site_coords(jnp.asarray(b))
         return great_circle_km(lat1, lon1, lat2, lon2)

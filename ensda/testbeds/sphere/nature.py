@@ -99,10 +99,13 @@ def _attrs(cfg: SphereTestbedConfig, model, out: Output) -> dict:
         else f"shallow water (barotropic instability) {cfg.resolution}"
     )
     return {
-        "source": f"ensda nature run: dinosaur {getattr(dinosaur, '__version__', '?')} {what}, dt {cfg.dt_minutes} min",
-        "grid": f"{out.grid.name} (WeatherBench 2 convention: cell-centred latitudes, no poles, south to north)",
+        "source": f"ensda nature run: dinosaur {getattr(dinosaur, '__version__', '?')} {what}, dt "
+        f"{cfg.dt_minutes} min",
+        "grid": f"{out.grid.name} (WeatherBench 2 convention: cell-centred latitudes, no poles, "
+        "south to north)",
         "truncation": f"T{trunc}",
-        "regridding": f"triangular spectral truncation at T{trunc}, exact evaluation of the series at the grid points",
+        "regridding": f"triangular spectral truncation at T{trunc}, exact evaluation of the "
+        "series at the grid points",
         "vertical_interpolation": (
             "sigma to pressure levels linear in ln p; T, u, v constant beyond the end layers; "
             "geopotential hydrostatic above the top layer and below the surface"
@@ -131,7 +134,8 @@ def generate(
     if restart is None:
         if path.exists() and any(path.iterdir()):
             raise ValueError(
-                f"{path} exists and is not an ensda nature store (no restart group): choose another path"
+                f"{path} exists and is not an ensda nature store (no restart group): choose "
+                "another path"
             )
         path.parent.mkdir(parents=True, exist_ok=True)
         zstore.init_store(path, config)

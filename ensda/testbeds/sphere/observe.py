@@ -216,7 +216,8 @@ class GlobalObsNetwork:
         idx, y = np.asarray(obs.idx), np.asarray(obs.y, np.float32)
         if idx.ndim != 2:
             raise ValueError(
-                f"expected observations stacked over cycles (cycles, p), got idx of shape {idx.shape}"
+                "expected observations stacked over cycles (cycles, p), got idx of shape "
+                f"{idx.shape}"
             )
         ch = self.channels
         chan = idx[0] // self.grid.n

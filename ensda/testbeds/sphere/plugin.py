@@ -92,7 +92,8 @@ class SphereKind:
         return isinstance(value, SphereObsConfig) or (isinstance(value, dict) and "kind" in value)
 
     def default_obs(self, obs: dict | None) -> dict | None:
-        """The ``obs`` section is a global network: random columns unless ``obs.kind`` says otherwise."""
+        """The ``obs`` section is a global network: random columns unless ``obs.kind`` says
+        otherwise."""
         if obs is None or (isinstance(obs, dict) and "kind" not in obs):
             return {"kind": "random", **(obs or {})}
         return obs
@@ -123,7 +124,8 @@ class SphereKind:
             bad = sorted(set(t.variable_weights) - known)
             if bad:
                 raise ValueError(
-                    f"train.variable_weights: {bad} are not variables of the state ({sorted(known)})"
+                    f"train.variable_weights: {bad} are not variables of the state "
+                    f"({sorted(known)})"
                 )
             if t.target == "anchored":
                 raise ValueError(
@@ -131,10 +133,12 @@ class SphereKind:
                 )
 
     def check_source_obs(self, cfg, obs, where: str) -> None:
-        """A training source's network (``train.sources[i].obs``) is a column network of the state."""
+        """A training source's network (``train.sources[i].obs``) is a column network of the
+        state."""
         if not isinstance(obs, SphereObsConfig):
             raise ValueError(
-                f"{where}: on the sphere a source needs a column network (kind: random, stations or swaths)"
+                f"{where}: on the sphere a source needs a column network (kind: random, stations "
+                "or swaths)"
             )
         obs.check_state(cfg.testbed)
 

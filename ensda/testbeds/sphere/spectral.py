@@ -34,7 +34,8 @@ def harmonics(grid: LatLonGrid, truncation: int):
 
     if truncation + 1 > grid.n_lon // 2:
         raise ValueError(
-            f"truncation T{truncation} needs at least {2 * truncation + 2} longitudes, grid has {grid.n_lon}"
+            f"truncation T{truncation} needs at least {2 * truncation + 2} longitudes, grid has "
+            f"{grid.n_lon}"
         )
     return spherical_harmonic.Grid(
         longitude_wavenumbers=truncation + 1,
@@ -137,7 +138,8 @@ def _wind_inverse(grid: LatLonGrid, truncation: int):
     Unknowns per m: ζ and δ on the rows of m (cos, sin; one row for m = 0) for l = 0..T+1
     (structural zeros included, they get zero weight); observations: the rows of m of u
     and v at every latitude. Columns of the map are built by evaluating unit coefficients.
-    Returns (inverse ``(T + 1, 4 (T + 2), 4 n_lat)``, rows ``(T + 1, 2)``, row valid ``(T + 1, 2)``).
+    Returns (inverse ``(T + 1, 4 (T + 2), 4 n_lat)``, rows ``(T + 1, 2)``, row valid
+    ``(T + 1, 2)``).
     """
     t, nl, n_lat = truncation, truncation + 2, grid.n_lat
     h = harmonics(grid, t)

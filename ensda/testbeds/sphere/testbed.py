@@ -96,7 +96,8 @@ class SphereTestbed:
         return self.channels.n * self.grid.n
 
     def forecast(self, x: jax.Array, n_cycles: int) -> jax.Array:
-        """The states ``n_cycles`` cycles after ``x`` ``(..., n, lat, lon)`` (leading axes batched)."""
+        """The states ``n_cycles`` cycles after ``x`` ``(..., n, lat, lon)`` (leading axes
+        batched)."""
         if self.emulator is not None:
             return self.emulator.forecast(x, n_cycles)
         return _forecast(self, x, n_cycles)
@@ -189,7 +190,8 @@ class StoreReader:
                 {self.channels.variable(self.channels.names.index(n)) for n in missing}
             )
             raise ValueError(
-                f"{self.path}: the store lacks channels {missing[:5]}{' ...' if len(missing) > 5 else ''} "
+                f"{self.path}: the store lacks channels "
+                f"{missing[:5]}{' ...' if len(missing) > 5 else ''} "
                 f"(variables {variables}; it has {sorted(ds.data_vars)})"
             )
         return ds
@@ -201,7 +203,8 @@ class StoreReader:
 
     @functools.cached_property
     def regrid(self):
-        """None when the store is on the analysis grid, else conservative weights (``conservative_weights``)."""
+        """None when the store is on the analysis grid, else conservative weights
+        (``conservative_weights``)."""
         lat, lon = self.dataset["latitude"].values, self.dataset["longitude"].values
         same = lat.shape == self.grid.latitudes.shape and lon.shape == self.grid.longitudes.shape
         if (
@@ -218,7 +221,8 @@ class StoreReader:
         return conservative_weights(lat, lon, self.grid)
 
     def read(self, index) -> np.ndarray:
-        """States at store time indices ``index``: ``(len(index), [member,] n, lat, lon)`` float32."""
+        """States at store time indices ``index``: ``(len(index), [member,] n, lat, lon)``
+        float32."""
         ds = self.dataset.isel(time=index)
         if self.channels.levels:
             ds = ds.sel(level=list(self.channels.levels))
@@ -231,9 +235,9 @@ class StoreReader:
             at = np.argwhere(bad)[0]
             member = f" member {at[1]}" if states.ndim == 5 else ""
             raise ValueError(
-                f"{self.path}: non-finite values (NaN/Inf) in {self.channels.names[at[-3]]} at time "
-                f"{str(ds['time'].values[at[0]])[:19]}{member} ({int(bad.sum())} values in the "
-                f"{len(index)} times read)"
+                f"{self.path}: non-finite values (NaN/Inf) in {self.channels.names[at[-3]]} at "
+                f"time {str(ds['time'].values[at[0]])[:19]}{member} ({int(bad.sum())} values in "
+                f"the {len(index)} times read)"
             )
         return states
 
@@ -323,12 +327,14 @@ class FlatSphere:
         span, n_times = n_cycles * tb.stride, tb.dataset.sizes["time"]
         if span >= n_times:
             raise ValueError(
-                f"{tb.store} holds {n_times} times, too few for {n_cycles} cycles of {tb.hours_per_cycle} h"
+                f"{tb.store} holds {n_times} times, too few for {n_cycles} cycles of "
+                f"{tb.hours_per_cycle} h"
             )
         return int(jax.random.randint(key, (), 0, n_times - span))
 
     def truth_times(self, start: int, n_cycles: int) -> np.ndarray:
-        """Valid times (datetime64[ns]) of the truth at cycles 0..n_cycles from store time ``start``."""
+        """Valid times (datetime64[ns]) of the truth at cycles 0..n_cycles from store time
+        ``start``."""
         return self.testbed.times(start, n_cycles)
 
     def truth_and_climatology(
