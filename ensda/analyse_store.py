@@ -311,3 +311,27 @@ def assimilate(
 
 def _written_times(path) -> np.ndarray:
     return np.asarray(open_store(path)["time"].values, "datetime64[ns]")
+
+
+def run_writer(cfg, osse, method: str, path: Path):
+    """``run_method``'s ``analyses`` callback (``ensda run --analyses``): a fresh analysis store
+    at ``path`` (an older one there is replaced; anything else is refused with a
+    ``ValueError``), each chunk of cycles appended at the truth's valid times."""
+    tb = osse.testbed.testbed
+    times = osse.truth_times
+    attrs = {
+        "source": "ensda run",
+        "method": method,
+        "settings": cfg.method_settings(method),
+        "config": cfg.name,
+        "truth_store": str(tb.store),
+        "truth_start": osse.truth_start,
+        "seeds": cfg.seeds.model_dump(),
+    }
+    an.start(path, attrs)
+
+    def write(first: int, ensembles) -> None:
+        stop = first + 1 + ensembles.shape[0]
+        an.write(path, ensembles, times[first + 1 : stop], tb.channels, tb.grid)
+
+    return write

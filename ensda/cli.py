@@ -96,8 +96,9 @@ def _run_methods(
 
     A diverged method stops the command, or with ``keep_going`` is reported and skipped.
     With ``analyses`` (one method, a sphere config) every cycle's analysis ensemble is
-    written to that zarr store as the run goes (``analysis_writer``).
+    written to that zarr store as the run goes (``analyse_store.run_writer``).
     """
+    from ensda.analyse_store import run_writer
     from ensda.cycle import NonFiniteStateError
     from ensda.experiment import make_osse, run_method
 
@@ -123,7 +124,7 @@ def _run_methods(
                 bar.update(task, completed=done, description=label)
 
             try:
-                sink = None if analyses is None else analysis_writer(cfg, osse, method, analyses)
+                sink = None if analyses is None else run_writer(cfg, osse, method, analyses)
                 runs.append(run_method(cfg, osse, method, progress=advance, analyses=sink))
             except NonFiniteStateError as err:
                 if not keep_going:
@@ -228,38 +229,6 @@ def run(
                 | ({"analyses": str(analyses)} if analyses else {})
             )
         )
-
-
-def analysis_writer(cfg, osse, method: str, path: Path):
-    """``run_method``'s ``analyses`` callback: a fresh analysis store at ``path`` (an older one
-    there is replaced; anything else is refused), each chunk of cycles appended at the
-    truth's valid times."""
-    from ensda.testbeds.sphere import analyses as an
-
-    tb = osse.testbed.testbed
-    times = osse.truth_times
-    try:
-        an.start(
-            path,
-            {
-                "source": "ensda run",
-                "method": method,
-                "settings": cfg.method_settings(method),
-                "config": cfg.name,
-                "truth_store": str(tb.store),
-                "truth_start": osse.truth_start,
-                "seeds": cfg.seeds.model_dump(),
-            },
-        )
-    except ValueError as err:
-        _fail(str(err))
-
-    def write(first: int, ensembles) -> None:
-        an.write(
-            path, ensembles, times[first + 1 : first + 1 + ensembles.shape[0]], tb.channels, tb.grid
-        )
-
-    return write
 
 
 @app.command()
