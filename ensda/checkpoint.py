@@ -35,16 +35,16 @@ def write_checkpoint(path: Path, params, meta: dict) -> None:
     tmp_meta.replace(path / "meta.json")
 
 
-def read_meta(path: Path, fmt: int, missing: str) -> dict:
+def read_meta(path: Path, fmt: int | None, missing: str) -> dict:
     """``meta.json`` of the checkpoint at ``path``, checked to be there (with ``params.npz``;
-    else ``CheckpointError(missing)``), valid JSON and of format ``fmt``."""
+    else ``CheckpointError(missing)``), valid JSON and of format ``fmt`` (None: unchecked)."""
     if not (path / "meta.json").exists() or not (path / "params.npz").exists():
         raise CheckpointError(missing)
     try:
         meta = json.loads((path / "meta.json").read_text())
     except json.JSONDecodeError as err:
         raise CheckpointError(f"{path / 'meta.json'} is not valid JSON: {err}") from None
-    if meta.get("format") != fmt:
+    if fmt is not None and meta.get("format") != fmt:
         raise CheckpointError(
             f"{path}: checkpoint format {meta.get('format')!r}, this ensda reads format {fmt}"
         )

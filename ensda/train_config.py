@@ -128,6 +128,11 @@ class TrainConfig(Strict):
     #: anchored: leave out cycles whose anchor analysis error (RMSE of x̄_a, state units) exceeds
     #: this (a filter that has lost track); None: keep them
     max_anchor_rmse: float | None = Field(None, gt=0)
+    #: anchored: each kept cycle gives a second example whose background anomalies are scaled
+    #: by κ, log-uniform in [low, high], before the anchor analysis (the truth and the
+    #: background mean unchanged), so the model meets over- and under-confident backgrounds
+    #: it would otherwise see only in its own cycles; None: no such examples
+    spread_scale: tuple[Annotated[float, Field(gt=0)], Annotated[float, Field(gt=0)]] | None = None
     #: anchored: start from this checkpoint's weights and normalisation (its round-0 training is
     #: skipped; the round-0 data are remade for the rounds); None: train from scratch
     init: str | None = None
@@ -155,7 +160,9 @@ class TrainConfig(Strict):
             )
         if self.perturbed_samples == 0 and not self.sources:
             raise ValueError("train: no training data (perturbed_samples is 0 and no sources)")
-        for name in ("anchor_inflation", "anchor_rtps", "anchor_radius"):
+        for name in ("anchor_inflation", "anchor_rtps", "anchor_radius", "spread_scale"):
+            if getattr(self, name) is None:
+                continue
             low, high = getattr(self, name)
             if low > high:
                 raise ValueError(f"train.{name}: low ({low}) must not exceed high ({high})")

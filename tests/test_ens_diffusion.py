@@ -175,7 +175,7 @@ def test_sampler_scale():
 
 def test_features_against_numpy():
     rng = np.random.default_rng(0)
-    n, members = 12, 6
+    n, members = 30, 6
     bg = rng.normal(size=(members, n)).astype(np.float32)
     an = (bg * 0.5 + 0.1).astype(np.float32)
     sites = np.array([2, 7])
@@ -196,6 +196,30 @@ def test_features_against_numpy():
     nearest = np.min(d[:, sites], axis=1)
     expected_std = np.ones(n)
     expected_std[sites] = np.sqrt(np.arctan(an[:, sites]).var(0, ddof=1) + 1.0)
+    # the localised innovation consistency, with the Gaspari–Cohn taper written out
+    hb = np.arctan(bg[:, sites].astype(np.float64))
+    d2 = (np.array([1.0, -2.0]) - hb.mean(0)) ** 2
+    var = hb.var(0, ddof=1) + 1.0
+    r = d[:, sites] / anchored.CONSISTENCY_RADIUS
+    gc = np.where(
+        r <= 1,
+        -0.25 * r**5 + 0.5 * r**4 + 0.625 * r**3 - 5 / 3 * r**2 + 1,
+        np.where(
+            r < 2,
+            r**5 / 12
+            - 0.5 * r**4
+            + 0.625 * r**3
+            + 5 / 3 * r**2
+            - 5 * r
+            + 4
+            - 2 / (3 * np.maximum(r, 1e-12)),
+            0.0,
+        ),
+    )
+    near = gc.sum(1) > 0
+    g = np.ones(n)
+    g[near] = (gc @ d2)[near] / (gc @ var)[near]
+    assert not near.all() and near.any()  # both branches are exercised
     expect = np.stack(
         [
             (bg.mean(0) - 1) / 2,
@@ -206,10 +230,11 @@ def test_features_against_numpy():
             innov / expected_std,
             np.isin(np.arange(n), sites),
             np.minimum(nearest / 10, 1),
+            np.clip(0.5 * np.log(g), -3, 3),
         ],
         -1,
     )
-    np.testing.assert_allclose(f, expect, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(f, expect, rtol=1e-5, atol=1e-5)
 
 
 def test_kept_cycles_skip_spin_up_and_the_blow_up():
@@ -306,3 +331,12 @@ def test_an_ens_diffusion_checkpoint_is_refused_by_the_diffusion_loader(tmp_path
     )
     with pytest.raises(CheckpointError, match="use it with method ens-diffusion"):
         load_checkpoint(tmp_path)
+
+
+def test_an_ens_diffusion_checkpoint_of_another_format_is_refused_with_the_reason(tmp_path):
+    from ensda.checkpoint import write_checkpoint
+
+    meta = {"format": anchored.FORMAT - 1, "model": "anchored", "testbed": {}, "spec": {}}
+    write_checkpoint(tmp_path, {"w": np.zeros(1)}, meta)
+    with pytest.raises(CheckpointError, match="retrain it"):
+        anchored.load(tmp_path)

@@ -81,13 +81,15 @@ from ensda.observe import Observations
 from ensda.pytree import pytree_dataclass, static
 
 #: per-site conditioning channels (``features``) and network inputs (z_σ + those)
-N_FEATURES = 8
-FORMAT = 1
+N_FEATURES = 9
+FORMAT = 2
 MODEL_KIND = "anchored"
 #: the floor f of the residual scale s_a, as a fraction of the residual std u
 SPREAD_FLOOR = 0.05
 #: distances to the nearest observation enter the network as d / DISTANCE_SCALE, capped at 1
 DISTANCE_SCALE = 10.0
+#: Gaspari–Cohn half-width (sites) of the local background-innovation consistency ratio
+CONSISTENCY_RADIUS = 5.0
 
 
 # ---------------------------------------------------------------------------- the anchor
@@ -144,15 +146,32 @@ class AnchorSummary:
     innovation_std: jax.Array  # √(var_j h(x_a,j) + r²) at observed sites, 1 elsewhere
     mask: jax.Array  # 1 at observed sites
     distance: jax.Array  # to the nearest observed site
+    consistency: jax.Array  # local Σ w d_b² / Σ w (var h_b + r²), 1 where no observation is near
 
 
 def summarise(
     background: jax.Array, analysis: jax.Array, obs: Observations, distance: jax.Array
 ) -> AnchorSummary:
     """The ``AnchorSummary`` of one cycle: background and anchor ensembles ``(N, n)``, the
-    observations and the ``(n, n)`` distances between sites."""
+    observations and the ``(n, n)`` distances between sites.
+
+    ``consistency`` is the innovation check of adaptive inflation (Desroziers et al. 2005;
+    Miyoshi 2011), localised: with background innovations d_k = y_k − mean_j h_k(x_b,j),
+
+        g_i = Σ_k w_ik d_k² / Σ_k w_ik (var_j h_k(x_b,j) + r_k²),
+        w_ik = GC(dist(i, site_k), ``CONSISTENCY_RADIUS``),
+
+    whose expectation is 1 where the background spread matches its error (> 1: an
+    over-confident background), 1 where no observation lies within the taper.
+    """
     n = background.shape[-1]
     sites = obs.sites
+    hb = obs.h(background)
+    w = gaspari_cohn(distance[:, sites], CONSISTENCY_RADIUS)  # (n, p)
+    d2 = jnp.square(obs.y - hb.mean(0))
+    expected = hb.var(0, ddof=1) + jnp.square(obs.r_std)
+    denom = w @ expected
+    consistency = jnp.where(denom > 0, (w @ d2) / jnp.where(denom > 0, denom, 1.0), 1.0)
     hx = obs.h(analysis)
     innovation = jnp.zeros((n,), background.dtype).at[sites].set(obs.y - hx.mean(0))
     std = jnp.ones((n,), background.dtype).at[sites].set(jnp.sqrt(hx.var(0, ddof=1) + obs.r_std**2))
@@ -167,6 +186,7 @@ def summarise(
         std,
         mask,
         nearest,
+        consistency,
     )
 
 
@@ -205,10 +225,12 @@ def features(norm: AnchorNormalisation, s: AnchorSummary) -> jax.Array:
     """The ``N_FEATURES`` conditioning channels ``(..., n, 8)``:
 
     [ (x̄_b − μ)/σ_c,  σ_b/u,  (x̄_a − x̄_b)/u,  σ_a/u,  m (y − h̄_a)/u,
-      m (y − h̄_a)/√(var h_a + r²),  m,  min(d/10, 1) ]
+      m (y − h̄_a)/√(var h_a + r²),  m,  min(d/10, 1),  ½ log g (clipped to ±3) ]
 
     (the residual innovation both in state units and relative to what the anchor expects
-    of it, a direct sign of an over- or under-confident anchor).
+    of it, and the local innovation consistency g of the background (``summarise``): signs
+    of an over- or under-confident background and anchor, from which the model learns an
+    adaptive spread).
     """
     u = norm.residual_std
     return jnp.stack(
@@ -221,6 +243,7 @@ def features(norm: AnchorNormalisation, s: AnchorSummary) -> jax.Array:
             s.innovation * s.mask / s.innovation_std,
             s.mask,
             jnp.minimum(s.distance / DISTANCE_SCALE, 1.0),
+            jnp.clip(0.5 * jnp.log(s.consistency), -3.0, 3.0),
         ],
         axis=-1,
     )
@@ -318,7 +341,7 @@ def load(path, testbed: dict | None = None) -> AnchoredCheckpoint:
     path = Path(path)
     meta = read_meta(
         path,
-        FORMAT,
+        None,
         (
             f"no ens-diffusion checkpoint at {path} (expected meta.json and params.npz); "
             "train one with `ensda train CONFIG` (train.target: anchored)"
@@ -328,6 +351,11 @@ def load(path, testbed: dict | None = None) -> AnchoredCheckpoint:
         raise CheckpointError(
             f"{path} holds a {meta.get('model', 'diffusion')!r} model, not an ens-diffusion "
             "(LETKF-anchored) one; train it with train.target: anchored"
+        )
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path}: ens-diffusion checkpoint format {meta.get('format')!r}, this ensda reads "
+            f"format {FORMAT} (its network has other inputs); retrain it with `ensda train`"
         )
     check_testbed(path, meta, testbed)
     spec = AnchoredSpec.from_dict(meta["spec"])

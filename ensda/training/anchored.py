@@ -12,7 +12,11 @@ random-25 % ones had lost track (error > 1.5), the residuals z had std 1.9–2.5
 where it kept track, and the model learnt to widen every analysis ×1.6 (experiments/README).
 ``train.max_anchor_rmse`` leaves out the cycles in which the anchor has lost track (round 0
 only: in the later rounds those states are what the model must learn to leave). Every cycle gives
-one example: the ``AnchorSummary`` (features) and the truth (target z = (t − x̄_a)/s_a).
+one example: the ``AnchorSummary`` (features) and the truth (target z = (t − x̄_a)/s_a);
+with ``train.spread_scale`` a second one, the anchor analysis of the same background with
+its anomalies scaled by a random κ (an over- or under-confident background with the same
+error), so the model learns to read the innovation consistency as the need for more or less
+spread, which its own cycles demand.
 
 Round 0 cycles the anchor LETKF itself. Each of ``train.rounds`` later rounds (DAgger,
 Ross et al. 2011) cycles the current ``ens-diffusion`` model on new truths, with the
@@ -163,6 +167,8 @@ def cycled_examples(
     (``method`` None) or with ``method`` on their anchors; diverged runs are left out."""
     model, truths, obs, x0, anchors, distance, keys = _setup(cfg, src_index, round_index)
 
+    scale_range = cfg.train.spread_scale
+
     def step(anchor, xf, y, key):
         if method is None:
             xa = anchor.analyse(xf, y, key)
@@ -171,10 +177,22 @@ def cycled_examples(
             xf, y, key
         )
 
+    def rescaled(anchor, xf, y, key):
+        """The summary of the anchor analysis of ``xf`` with its anomalies scaled by κ."""
+        lo, hi = np.log(scale_range[0]), np.log(scale_range[1])
+        kappa = jnp.exp(jax.random.uniform(jax.random.fold_in(key, 7), (), minval=lo, maxval=hi))
+        xs = xf.mean(0) + kappa * (xf - xf.mean(0))
+        return summarise(xs, anchor.analyse(xs, y, jax.random.fold_in(key, 8)), y, distance)
+
     def one(anchor, truth, obs, x0, key):
         def body(x, inputs):
             k, y, t = inputs
-            xa, summary = step(anchor, model.cycle_forecast(x), y, jax.random.fold_in(key, k))
+            xf, kk = model.cycle_forecast(x), jax.random.fold_in(key, k)
+            xa, summary = step(anchor, xf, y, kk)
+            if scale_range is not None:
+                summary = jax.tree.map(
+                    lambda a, b: jnp.stack([a, b]), summary, rescaled(anchor, xf, y, kk)
+                )
             w = jnp.ones_like(t)
             score = (
                 metrics.ensemble_mean_mse(xa, t, w),
@@ -187,6 +205,10 @@ def cycled_examples(
         return jax.lax.scan(body, x0, (ks, obs, truth[1:]))[1]
 
     summary, (mse, spread2, crps) = jax.jit(jax.vmap(one))(anchors, truths, obs, x0, keys)
+    rescaled_summary = None
+    if scale_range is not None:  # (R, K, 2, n): the cycle's own summary and the rescaled one
+        rescaled_summary = jax.tree.map(lambda a: a[:, :, 1], summary)
+        summary = jax.tree.map(lambda a: a[:, :, 0], summary)
     keep = kept_cycles(
         np.isfinite(np.asarray(summary.spread_a)).all(-1) & np.isfinite(np.asarray(crps))
     )
@@ -213,9 +235,19 @@ def cycled_examples(
         int(score_keep[:, -1].sum()),
         keep.shape[0],
     )
-    return Examples(
-        jax.tree.map(lambda a: np.asarray(a)[keep], summary), np.asarray(truths[:, 1:])[keep]
-    ), score
+    truth = np.asarray(truths[:, 1:])
+    examples = Examples(jax.tree.map(lambda a: np.asarray(a)[keep], summary), truth[keep])
+    if rescaled_summary is not None:
+        finite = np.isfinite(np.asarray(rescaled_summary.spread_a)).all(-1) & keep
+        examples = Examples.concat(
+            [
+                examples,
+                Examples(
+                    jax.tree.map(lambda a: np.asarray(a)[finite], rescaled_summary), truth[finite]
+                ),
+            ]
+        )
+    return examples, score
 
 
 def kept_cycles(finite: np.ndarray) -> np.ndarray:
