@@ -288,6 +288,33 @@ def test_training_writes_a_checkpoint_the_method_loads(tmp_path):
     assert np.isfinite(run.summary["crps_a"]) and run.summary["nfe"] == 39
 
 
+def test_rescaled_backgrounds_double_the_examples_with_the_same_truth_and_mean():
+    from ensda.training.anchored import cycled_examples
+
+    cfg = validate(
+        {
+            "obs": {"every": 4},
+            "ensemble": {"size": 8},
+            "train": TINY | {"spread_scale": [0.5, 1.5], "max_anchor_rmse": 1.5},
+        }
+    )
+    ex, _ = cycled_examples(cfg, 0, 0, None)
+    half = len(ex) // 2
+    assert len(ex) == 2 * half and half > 0
+    own, scaled = ex.take(np.arange(half)), ex.take(np.arange(half, 2 * half))
+    np.testing.assert_array_equal(own.truth, scaled.truth)
+    np.testing.assert_allclose(own.summary.mean_b, scaled.summary.mean_b, atol=1e-5)
+    kappa = np.asarray(scaled.summary.spread_b) / np.asarray(own.summary.spread_b)
+    assert np.allclose(kappa, kappa[:, :1], rtol=1e-4)  # one κ per example, all sites
+    assert 0.5 - 1e-4 <= kappa.min() and kappa.max() <= 1.5 + 1e-4
+    assert kappa.max() - kappa.min() > 0.5  # drawn, not fixed
+    # an over-confident background (κ < 1) shows in the consistency ratio g
+    g_own = np.asarray(own.summary.consistency).mean(1)
+    g_scaled = np.asarray(scaled.summary.consistency).mean(1)
+    low = kappa[:, 0] < 0.7
+    assert (g_scaled[low] > g_own[low]).mean() > 0.9
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
