@@ -222,7 +222,7 @@ class AnchorNormalisation:
 
 
 def features(norm: AnchorNormalisation, s: AnchorSummary) -> jax.Array:
-    """The ``N_FEATURES`` conditioning channels ``(..., n, 8)``:
+    """The ``N_FEATURES`` conditioning channels ``(..., n, 9)``:
 
     [ (x̄_b − μ)/σ_c,  σ_b/u,  (x̄_a − x̄_b)/u,  σ_a/u,  m (y − h̄_a)/u,
       m (y − h̄_a)/√(var h_a + r²),  m,  min(d/10, 1),  ½ log g (clipped to ±3) ]

@@ -89,8 +89,13 @@ class Examples:
             np.concatenate([p.truth for p in parts]),
         )
 
+    @staticmethod
+    def of(summary: AnchorSummary, truth, where) -> Examples:
+        """The examples of the cycles selected by ``where`` (a mask or indices)."""
+        return Examples(jax.tree.map(lambda a: np.asarray(a)[where], summary), truth[where])
+
     def take(self, idx) -> Examples:
-        return Examples(jax.tree.map(lambda a: a[idx], self.summary), self.truth[idx])
+        return Examples.of(self.summary, self.truth, idx)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,26 +194,19 @@ def cycled_examples(
             k, y, t = inputs
             xf, kk = model.cycle_forecast(x), jax.random.fold_in(key, k)
             xa, summary = step(anchor, xf, y, kk)
-            if scale_range is not None:
-                summary = jax.tree.map(
-                    lambda a, b: jnp.stack([a, b]), summary, rescaled(anchor, xf, y, kk)
-                )
+            extra = None if scale_range is None else rescaled(anchor, xf, y, kk)
             w = jnp.ones_like(t)
             score = (
                 metrics.ensemble_mean_mse(xa, t, w),
                 metrics.squared_spread(xa, w),
                 metrics.crps(xa, t, w, estimator="fair"),
             )
-            return xa, (summary, score)
+            return xa, (summary, extra, score)
 
         ks = 1 + jnp.arange(truth.shape[0] - 1)
         return jax.lax.scan(body, x0, (ks, obs, truth[1:]))[1]
 
-    summary, (mse, spread2, crps) = jax.jit(jax.vmap(one))(anchors, truths, obs, x0, keys)
-    rescaled_summary = None
-    if scale_range is not None:  # (R, K, 2, n): the cycle's own summary and the rescaled one
-        rescaled_summary = jax.tree.map(lambda a: a[:, :, 1], summary)
-        summary = jax.tree.map(lambda a: a[:, :, 0], summary)
+    summary, extra, (mse, spread2, crps) = jax.jit(jax.vmap(one))(anchors, truths, obs, x0, keys)
     keep = kept_cycles(
         np.isfinite(np.asarray(summary.spread_a)).all(-1) & np.isfinite(np.asarray(crps))
     )
@@ -236,17 +234,10 @@ def cycled_examples(
         keep.shape[0],
     )
     truth = np.asarray(truths[:, 1:])
-    examples = Examples(jax.tree.map(lambda a: np.asarray(a)[keep], summary), truth[keep])
-    if rescaled_summary is not None:
-        finite = np.isfinite(np.asarray(rescaled_summary.spread_a)).all(-1) & keep
-        examples = Examples.concat(
-            [
-                examples,
-                Examples(
-                    jax.tree.map(lambda a: np.asarray(a)[finite], rescaled_summary), truth[finite]
-                ),
-            ]
-        )
+    examples = Examples.of(summary, truth, keep)
+    if extra is not None:  # the rescaled backgrounds of the same kept cycles
+        finite = np.isfinite(np.asarray(extra.spread_a)).all(-1) & keep
+        examples = Examples.concat([examples, Examples.of(extra, truth, finite)])
     return examples, score
 
 
