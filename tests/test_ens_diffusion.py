@@ -288,6 +288,46 @@ def test_training_writes_a_checkpoint_the_method_loads(tmp_path):
     assert np.isfinite(run.summary["crps_a"]) and run.summary["nfe"] == 39
 
 
+def test_self_cycled_rounds_cycle_with_the_configured_coupling_and_spread(tmp_path, monkeypatch):
+    """A DAgger round cycles the model as the experiment will run it (``methods.ens-diffusion``),
+    not with the method's defaults (affine coupling, model spread)."""
+    from ensda.training import anchored as training
+
+    seen = []
+    real = training.cycled_examples
+
+    class Seen(Exception):
+        pass
+
+    def spy(cfg, src_index, round_index, method):
+        if method is not None:  # the round's method is all this test needs; stop there
+            seen.append((round_index, method.coupling, method.spread))
+            raise Seen
+        return real(cfg, src_index, round_index, method)
+
+    monkeypatch.setattr(training, "cycled_examples", spy)
+    cfg = validate(
+        {
+            "obs": {"every": 4},
+            "ensemble": {"size": 8},
+            "methods": {"ens-diffusion": {"coupling": "ecc", "spread": "global"}},
+            "train": TINY
+            | {
+                "checkpoint": str(tmp_path / "ck"),
+                "rounds": 1,
+                "round_runs": 1,
+                "round_cycles": 110,
+                "steps": 5,
+                "round_steps": 5,
+                "round_sampler_steps": 2,
+            },
+        }
+    )
+    with pytest.raises(Seen):
+        train_anchored(cfg)
+    assert seen == [(1, "ecc", "global")]
+
+
 def test_rescaled_backgrounds_double_the_examples_with_the_same_truth_and_mean():
     from ensda.training.anchored import cycled_examples
 

@@ -257,6 +257,14 @@ def _arrays(norm: AnchorNormalisation, ex: Examples) -> tuple[jax.Array, jax.Arr
     return features(norm, s), target(norm, s, jnp.asarray(ex.truth))
 
 
+def _cycling_settings(cfg: ExperimentConfig) -> dict:
+    """How the self-cycled rounds relate members to the anchor: the experiment's own
+    ``methods.ens-diffusion`` ``coupling`` and ``spread``, so the rounds meet the backgrounds
+    that the evaluated method makes (the method's defaults where the config names none)."""
+    settings = cfg.methods.get(AnchoredDiffusionDA.name, {})
+    return {k: settings[k] for k in ("coupling", "spread") if k in settings}
+
+
 def train_anchored(
     cfg: ExperimentConfig,
     progress: Callable[[int, float, float], None] | None = None,
@@ -369,6 +377,7 @@ def train_anchored(
                 edm=spec.edm,
                 sampler=t.round_sampler,
                 steps=t.round_sampler_steps,
+                **_cycling_settings(cfg),
             )
 
     summary = {
