@@ -17,34 +17,15 @@ from flax import nnx
 from ensda.checkpoint import CheckpointError, read_meta, read_params, write_checkpoint
 from ensda.diffusion.data import Normalisation
 from ensda.diffusion.model import ModelSpec, build_network
-from ensda.testbeds.sphere.testbed import FlatSphere, channels_of
 
 FORMAT = 1
-#: testbed fields a checkpoint must match
-TESTBED_FIELDS = ("kind", "n", "forcing", "dt", "steps_per_cycle")
 
 
 def testbed_record(testbed) -> dict:
-    """The fields of a testbed (config or object) that a checkpoint is specific to: on the
-    sphere (a ``SphereTestbedConfig`` or a ``FlatSphere``) the grid, the channels and the
-    cycle length."""
-    if isinstance(testbed, FlatSphere):
-        tb = testbed.testbed
-        return {
-            "kind": "sphere",
-            "grid": [tb.grid.n_lon, tb.grid.n_lat],
-            "channels": list(tb.channels.names),
-            "cycle_hours": tb.hours_per_cycle,
-        }
-    if getattr(testbed, "kind", None) == "sphere":
-        return {
-            "kind": "sphere",
-            "grid": [testbed.grid.n_lon, testbed.grid.n_lat],
-            "channels": list(channels_of(testbed).names),
-            "cycle_hours": testbed.cycle_hours,
-        }
-    get = lambda k: getattr(testbed, k, "lorenz96" if k == "kind" else None)
-    return {k: get(k) for k in TESTBED_FIELDS}
+    """The fields of a testbed (its config section or its model) that a checkpoint is specific
+    to: each testbed says which (``checkpoint_record``), e.g. n, forcing, dt and steps per cycle
+    on Lorenz-96, the grid, the channels and the cycle length on the sphere."""
+    return testbed.checkpoint_record()
 
 
 def check_testbed(path: Path, meta: dict, testbed: dict | None) -> None:

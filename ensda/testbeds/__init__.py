@@ -6,6 +6,8 @@ checks across sections that only it can make, its models (nature run and forecas
 observation networks, the truth and climatology of an OSSE and its per-channel metrics
 scales. The experiment layer asks the kind of the config (``get(cfg.testbed.kind)``)
 instead of branching on it, so a new testbed is a package here and one line in ``KINDS``.
+Its ``testbed:`` config and its model each say what a trained model is specific to
+(``checkpoint_record()``, a plain dict kept in checkpoints and compared on load).
 """
 
 from __future__ import annotations

@@ -21,6 +21,19 @@ class TestbedConfig(Strict):
     #: attractor samples (independent of the truth) for climatology, B, initial ensembles
     climatology_samples: int = Field(5000, ge=100)
 
+    def checkpoint_record(self) -> dict:
+        """What a trained model is specific to (``ensda.diffusion.checkpoint``)."""
+        return checkpoint_record(self)
+
+
+#: the Lorenz-96 settings a trained model is specific to
+CHECKPOINT_FIELDS = ("n", "forcing", "dt", "steps_per_cycle")
+
+
+def checkpoint_record(testbed) -> dict:
+    """The record of a Lorenz-96 testbed (its config or its model) that a checkpoint keeps."""
+    return {"kind": "lorenz96"} | {k: getattr(testbed, k) for k in CHECKPOINT_FIELDS}
+
 
 class ObsConfig(Strict):
     every: int = Field(1, ge=1)

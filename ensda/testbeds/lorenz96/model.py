@@ -17,6 +17,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from ensda.testbeds.lorenz96.config import checkpoint_record
+
 HOURS_PER_TIME_UNIT = 6.0 / 0.05  # 0.05 model time units = 6 h
 
 
@@ -86,6 +88,10 @@ class Lorenz96:
     @property
     def hours_per_cycle(self) -> float:
         return self.steps_per_cycle * self.dt * HOURS_PER_TIME_UNIT
+
+    def checkpoint_record(self) -> dict:
+        """What a trained model is specific to (``ensda.diffusion.checkpoint``)."""
+        return checkpoint_record(self)
 
     def step(self, x: jax.Array) -> jax.Array:
         """One RK4 model step of length ``dt``."""

@@ -101,6 +101,16 @@ class SphereForecastConfig(Strict):
         return self
 
 
+def checkpoint_record(grid, channel_names, cycle_hours) -> dict:
+    """The record of a sphere testbed (its config or its model) that a checkpoint keeps."""
+    return {
+        "kind": "sphere",
+        "grid": [grid.n_lon, grid.n_lat],
+        "channels": list(channel_names),
+        "cycle_hours": cycle_hours,
+    }
+
+
 class SphereTestbedConfig(Strict):
     kind: Literal["sphere"] = "sphere"
     model: Literal["held_suarez", "shallow_water"] = "held_suarez"
@@ -138,6 +148,11 @@ class SphereTestbedConfig(Strict):
         """Names of the state's channels in state order (as ``testbed.Channels.names``)."""
         variables, surface = MODEL_VARIABLES[self.model]
         return tuple(f"{v}_{lv}" for v in variables for lv in self.state_levels) + surface
+
+    def checkpoint_record(self) -> dict:
+        """What a trained model is specific to (``ensda.diffusion.checkpoint``): the grid, the
+        channels and the cycle length."""
+        return checkpoint_record(self.grid, self.channel_names, self.cycle_hours)
 
     @property
     def headline(self) -> tuple[str, ...]:

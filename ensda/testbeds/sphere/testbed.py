@@ -46,7 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ensda.testbeds.sphere.channels import SURFACE_HPA, Channels  # noqa: F401  (re-exported)
-from ensda.testbeds.sphere.config import MODEL_VARIABLES
+from ensda.testbeds.sphere.config import MODEL_VARIABLES, checkpoint_record
 from ensda.testbeds.sphere.dycore import (
     Output,
     _Dycore,
@@ -307,6 +307,11 @@ class FlatSphere:
     @property
     def hours_per_cycle(self) -> float:
         return float(self.testbed.hours_per_cycle)
+
+    def checkpoint_record(self) -> dict:
+        """As ``SphereTestbedConfig.checkpoint_record``, of the model."""
+        tb = self.testbed
+        return checkpoint_record(tb.grid, tb.channels.names, tb.hours_per_cycle)
 
     def unflatten(self, x: jax.Array) -> jax.Array:
         """``(..., n_state)`` → ``(..., n_var, n_lat, n_lon)``."""
