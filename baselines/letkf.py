@@ -19,11 +19,11 @@ How it is computed (the mathematics above is unchanged; see docs in the helpers)
   (``transform.local_update``): with k local slots < N the eigen-decomposition is k × k.
   Sites are processed in batches (``lax.map``) to bound memory at large n.
 
-**On the sphere** (a ``GlobalObsNetwork``: states of ``n_var`` channels on the lat–lon
-columns) ``build`` returns a ``ColumnLETKF``: the same R-localised ETKF per grid point,
-with the taper the product of a horizontal Gaspari–Cohn of the great-circle distance in
-km (``radius``) and a vertical one of |ln p − ln p_obs| (``vertical_radius``; channels
-of one level share it, surface pressure counts as 1000 hPa):
+**On the sphere** (a network of ``layout`` ``columns``, ``GlobalObsNetwork``: states of
+``n_var`` channels on the lat–lon columns) ``build`` returns a ``ColumnLETKF``: the same
+R-localised ETKF per grid point, with the taper the product of a horizontal Gaspari–Cohn of
+the great-circle distance in km (``radius``) and a vertical one of |ln p − ln p_obs|
+(``vertical_radius``; channels of one level share it, surface pressure counts as 1000 hPa):
 
     r⁻¹_{(i,l),(j,c)} = ρ_h(d(i, j) / c_h) ρ_v(|ln p_l − ln p_c| / c_v) / r²_{jc}.
 
@@ -42,7 +42,7 @@ channels, level by level. Columns are ``vmap``ped in memory-bounded batches.
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated, ClassVar
+from typing import TYPE_CHECKING, Annotated, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -54,7 +54,9 @@ from baselines.transform import anomalies, local_update, observed_anomalies, wei
 from ensda.assimilator import register
 from ensda.observe import Observations
 from ensda.pytree import pytree_dataclass, static
-from ensda.testbeds.sphere.observe import GlobalObsNetwork
+
+if TYPE_CHECKING:
+    from ensda.testbeds.sphere.observe import GlobalObsNetwork
 
 #: float32 elements of working memory per batch of sites (bounds memory at large n)
 _BATCH_ELEMENTS = 1 << 22
@@ -110,7 +112,7 @@ class LETKF:
 
     @classmethod
     def build(cls, ctx, radius: float = 4.0, vertical_radius: float | None = None):
-        if isinstance(ctx.network, GlobalObsNetwork):
+        if ctx.network.layout == "columns":
             return ColumnLETKF.build(ctx.network, radius, vertical_radius)
         if vertical_radius is not None:
             raise ValueError("vertical_radius applies to the sphere testbed only")
@@ -183,8 +185,8 @@ def column_taper(
 @pytree_dataclass
 class ColumnLETKF:
     """The LETKF on the sphere's lat–lon columns (see the module docstring); built by
-    ``LETKF.build`` for a ``GlobalObsNetwork``. States flat ``(N, n_var·n_lat·n_lon)`` or
-    ``(N, n_var, n_lat, n_lon)``."""
+    ``LETKF.build`` for a network of ``layout`` ``columns`` (a ``GlobalObsNetwork``). States
+    flat ``(N, n_var·n_lat·n_lon)`` or ``(N, n_var, n_lat, n_lon)``."""
 
     grid: object = static(None, setting=False)  # LatLonGrid
     radius: float = static(1000.0, setting=False)

@@ -12,15 +12,14 @@ B = ``scale`` · B₀ with B₀ the climatological covariance (from attractor sa
 NMC-style covariance of differences between 2-cycle and 1-cycle forecasts valid at the
 same time (Parrish & Derber 1992). Deterministic: one member (or all members moved alike).
 
-**On the sphere** (a ``GlobalObsNetwork``) ``build`` returns a ``SphereThreeDVar``
-(``baselines.threedvar_sphere``): B = Σ C Σ is an operator (per-channel standard
-deviations, isotropic spherical-harmonic horizontal correlation of ``length_km``,
-exponential correlation in ln p of ``vertical_length`` between the levels of a variable,
-or with ``balance`` the climatological correlation of all channels of a column) and the
-analysis is the ``cg`` solve above with U = B^{1/2} applied matrix-free. ``length_km``,
-``vertical_length``, ``sigma_by_latitude`` and ``balance`` are settings of the sphere only;
-``solver: exact`` is refused there.
-"""
+**On the sphere** (a network of ``layout`` ``columns``, ``GlobalObsNetwork``) ``build``
+returns a ``SphereThreeDVar`` (``baselines.threedvar_sphere``): B = Σ C Σ is an operator
+(per-channel standard deviations, isotropic spherical-harmonic horizontal correlation of
+``length_km``, exponential correlation in ln p of ``vertical_length`` between the levels of
+a variable, or with ``balance`` the climatological correlation of all channels of a column)
+and the analysis is the ``cg`` solve above with U = B^{1/2} applied matrix-free.
+``length_km``, ``vertical_length``, ``sigma_by_latitude`` and ``balance`` are settings of
+the sphere only; ``solver: exact`` is refused there."""
 
 from __future__ import annotations
 
@@ -40,7 +39,6 @@ from baselines.variational import (
 from ensda.assimilator import register
 from ensda.observe import Observations
 from ensda.pytree import pytree_dataclass, static
-from ensda.testbeds.sphere.observe import GlobalObsNetwork
 
 #: above this state size ``solver='auto'`` picks conjugate gradients
 EXACT_MAX_N = 1000
@@ -85,7 +83,7 @@ class ThreeDVar:
         sigma_by_latitude=False,
         balance=False,
     ):
-        if isinstance(ctx.network, GlobalObsNetwork):
+        if ctx.network.layout == "columns":
             if solver == "exact":
                 raise ValueError(
                     "solver 'exact' needs a dense B; on the sphere B is an operator: use 'cg' (or "

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -88,6 +89,10 @@ class Observations:
 @dataclasses.dataclass(frozen=True)
 class ObsNetwork:
     """Where and how a state of ``n_state`` sites is observed. See the module docstring."""
+
+    #: how states and observations are laid out, for the methods that localise: ``sites`` (one
+    #: value per site, the grid's ``distance``), or ``columns`` (channels × lat–lon columns)
+    layout: ClassVar[str] = "sites"
 
     n_state: int
     every: int = 1

@@ -7,6 +7,7 @@ are ``ensda.observe.Observations`` with ``site`` (the column) and ``state_shape`
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -50,6 +51,8 @@ class GlobalObsNetwork:
       Ω₀ + atan2(cos i sin u, cos u) − 2π t / (sidereal day), u = u₀ + 2π t / period. The
       swaths move every cycle as the Earth turns under the orbits.
     """
+
+    layout: ClassVar[str] = "columns"  # as ``ensda.observe.ObsNetwork.layout``
 
     grid: LatLonGrid
     channels: Channels
