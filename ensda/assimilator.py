@@ -103,7 +103,7 @@ def settings_model(cls) -> type[pydantic.BaseModel]:
     }
     return pydantic.create_model(
         f"{cls.__name__}Settings",
-        __config__=pydantic.ConfigDict(extra="forbid", strict=False),
+        __config__=pydantic.ConfigDict(extra="forbid", strict=False, allow_inf_nan=False),
         **fields,
     )
 

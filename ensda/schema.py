@@ -56,7 +56,11 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     path = [p for p in key.strip().split(".")]
     if not all(path):
         raise ConfigError(f"--set has an empty key part in {item!r}")
-    return path, yaml.safe_load(raw) if raw.strip() else None
+    try:
+        return path, yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        where = getattr(err, "problem", None) or "unparsable"
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({where})") from None
 
 
 def set_value(data: dict, key: str, value: Any) -> dict:
@@ -101,6 +105,8 @@ def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give a config file (e.g. {path}/<name>.yaml)")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:

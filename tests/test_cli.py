@@ -117,6 +117,9 @@ def test_compare_parent_and_children(store, request):
         (["--set", "cycles=ten"], "cycles"),
         (["--set", "assimilator.inflation=0.5", "--method", "etkf"], "inflation"),
         (["--set", "assimilator.radius=4", "--method", "etkf"], "radius"),
+        (["--set", "obs={every: [2"], "not valid YAML"),
+        (["--set", "methods.letkf.radius=.inf", "--method", "letkf"], "finite number"),
+        (["--set", "assimilator.inflation=.nan", "--method", "etkf"], "finite number"),
     ],
 )
 def test_bad_input_names_the_field(args, needle, request):
@@ -144,10 +147,12 @@ def test_divergence_reports_cycle_and_stage(request):
     assert "non-finite state" in result.output and "by the forecast at cycle" in result.output
 
 
-def test_missing_config_file():
+def test_missing_config_file(tmp_path):
     result = runner.invoke(app, ["run", "no/such/config.yaml", "--no-track"])
     assert result.exit_code == 2
     assert "not found" in result.output
+    result = runner.invoke(app, ["run", str(tmp_path), "--no-track"])
+    assert result.exit_code == 2 and "is a directory" in result.output
 
 
 def test_compare_reports_a_diverged_method_and_goes_on(store, request):
