@@ -171,12 +171,12 @@ def study_parent(study: str, storage: str) -> str:
     except sweep.SweepError as err:
         raise ReportError(str(err)) from None
     except KeyError:
-        raise ReportError(f"no study {study!r} in {storage}") from None
+        raise ReportError(f"no study {study!r} in {sweep.redact(storage)}") from None
     parent = attrs.get(sweep.STUDY_PARENT)
     if parent is None:
         raise ReportError(
-            f"study {study!r} in {storage} has no MLflow parent run (tracking was off, or not an "
-            "`ensda sweep` study)"
+            f"study {study!r} in {sweep.redact(storage)} has no MLflow parent run (tracking was "
+            "off, or not an `ensda sweep` study)"
         )
     return parent
 

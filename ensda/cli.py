@@ -48,7 +48,11 @@ TrackOpt = typer.Option(
 StorageOpt = typer.Option(
     "sqlite:///optuna.db",
     "--storage",
-    help="Optuna storage (SQLAlchemy URL; PostgreSQL for several machines).",
+    envvar="ENSDA_STORAGE",
+    show_envvar=True,
+    help="Optuna storage (SQLAlchemy URL; PostgreSQL for several machines). A URL with a "
+    "password belongs in $ENSDA_STORAGE, not on the command line; it is shown and stored "
+    "with the password masked.",
 )
 WorkersOpt = typer.Option(
     1,
@@ -480,7 +484,7 @@ def _run_study(cfg, name: str, storage: str, trials: int | None, workers: int, c
         _fail(str(err))
     before = sw.study_tally(study_obj, cfg.sweep)
     console.print(
-        f"sweep {name!r} in {storage}: {before.done} of {budget} trials done, "
+        f"sweep {name!r} in {sw.redact(storage)}: {before.done} of {budget} trials done, "
         f"{workers} worker{'s' if workers > 1 else ''}",
         highlight=False,
     )
@@ -561,6 +565,7 @@ def tune(
     sets: list[str] = SetOpt,
 ):
     """Tune a method's settings with TPE on other seeds; store the best for `ensda compare`."""
+    from ensda import sweep as sw
     from ensda import tune as tn
     from ensda.config import ConfigError
 
@@ -592,7 +597,7 @@ def tune(
         "trials": trials,
         "seeds": seed_list,
         "study": name,
-        "storage": storage,
+        "storage": sw.redact(storage),
         "trial": study_obj.best_trial.number,
     }
     path = tn.write_tuned(cfg, method, best, record, tuned_dir)
@@ -754,6 +759,7 @@ def ui(
     storage: str = StorageOpt,
 ):
     """Start the MLflow UI (and with --optuna optuna-dashboard) on 127.0.0.1; Ctrl-C stops them."""
+    from ensda import sweep as sw
     from ensda.tracking import tracking_uri
 
     store = tracking_uri(uri)
@@ -790,7 +796,8 @@ def ui(
         str(optuna_port),
     ]
     console.print(
-        f"optuna-dashboard for {storage} on http://127.0.0.1:{optuna_port}", highlight=False
+        f"optuna-dashboard for {sw.redact(storage)} on http://127.0.0.1:{optuna_port}",
+        highlight=False,
     )
     raise typer.Exit(_serve_together([mlflow_cmd, dashboard_cmd], console))
 

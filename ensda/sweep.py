@@ -27,9 +27,10 @@ Bookkeeping (all state lives in the storage, so any number of workers and launch
 Trials are MLflow child runs of the parent run (tags ``optuna.study`` and
 ``optuna.trial_number``; the trial's user attr ``ensda.mlflow_run_id`` points back).
 
-Workers: ``ensda sweep-worker --storage URL --study NAME`` (``worker_main``; ``start_workers``
-pins each to one GPU with ``CUDA_VISIBLE_DEVICES``, or to one CPU device and a share of
-the cores).
+Workers: ``ensda sweep-worker --study NAME`` with the storage URL in ``$ENSDA_STORAGE``
+(never in argv, which ``ps`` shows; ``worker_main``; ``start_workers`` pins each to one GPU
+with ``CUDA_VISIBLE_DEVICES``, or to one CPU device and a share of the cores). Messages,
+logs and tuned files show the URL with its password masked (``redact``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ import jax
 import numpy as np
 import optuna
 from optuna.trial import TrialState
+from sqlalchemy.engine import make_url
 
 from ensda import tracking
 from ensda.config import ConfigError, ExperimentConfig, SweepConfig, flatten, validate
@@ -117,6 +119,19 @@ def budget_of(sweep: SweepConfig, trials: int | None) -> int:
 # ----------------------------------------------------------------------------- storage, study
 
 
+#: the environment variable that carries the storage URL to workers (and may carry the
+#: user's, so that a password is never on a command line: ``ps`` shows argv to everyone)
+STORAGE_ENV = "ENSDA_STORAGE"
+
+
+def redact(url: str) -> str:
+    """``url`` with its password replaced by ``***``, for messages, logs and files."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: show no part that could be a secret
+        return url if "@" not in url else "<storage URL>"
+
+
 def open_storage(url: str, sweep: SweepConfig | None = None):
     """RDB storage; with ``sweep``, heartbeats and the stale-trial retry are on."""
     import sqlalchemy.exc
@@ -133,7 +148,9 @@ def open_storage(url: str, sweep: SweepConfig | None = None):
                     heartbeat_stale_trial_callback=_retry_stale,
                 )
     except (sqlalchemy.exc.SQLAlchemyError, ImportError, ValueError) as err:
-        raise SweepError(f"cannot open the Optuna storage {url!r}: {_first_line(err)}") from None
+        raise SweepError(
+            f"cannot open the Optuna storage {redact(url)!r}: {_first_line(err)}"
+        ) from None
     _serialise_sqlite(storage.engine)
     return storage
 
@@ -247,7 +264,7 @@ def prepare(cfg: ExperimentConfig, storage_url: str, study_name: str, trials: in
         )
     except Exception as err:  # the storage is opened lazily: an unreachable server fails here
         raise SweepError(
-            f"cannot open study {study_name!r} in {storage_url!r}: {_first_line(err)}"
+            f"cannot open study {study_name!r} in {redact(storage_url)!r}: {_first_line(err)}"
         ) from None
     record = _config_record(cfg)
     stored = study.user_attrs.get(STUDY_CONFIG)
@@ -255,7 +272,7 @@ def prepare(cfg: ExperimentConfig, storage_url: str, study_name: str, trials: in
         study.set_user_attr(STUDY_CONFIG, record)
     elif diff := _config_differences(_current_form(stored, study_name), record):
         raise SweepError(
-            f"study {study_name!r} in {storage_url} was started with another config "
+            f"study {study_name!r} in {redact(storage_url)} was started with another config "
             f"(differs in {', '.join(diff[:8])}{', ...' if len(diff) > 8 else ''}); "
             "run the same config to resume it, or pass --study NEW for a new sweep"
         )
@@ -511,7 +528,7 @@ def run_worker(
         base = stored_config(study)
     except KeyError:
         raise SweepError(
-            f"no sweep {study_name!r} in {storage_url}: start it with `ensda sweep`"
+            f"no sweep {study_name!r} in {redact(storage_url)}: start it with `ensda sweep`"
         ) from None
     study = optuna.load_study(
         study_name=study_name,
@@ -656,8 +673,6 @@ def start_workers(storage_url: str, study_name: str, k: int) -> list[subprocess.
             "-m",
             "ensda.cli",
             "sweep-worker",
-            "--storage",
-            storage_url,
             "--study",
             study_name,
             "--index",
@@ -667,7 +682,8 @@ def start_workers(storage_url: str, study_name: str, k: int) -> list[subprocess.
         ]
         if cpus is not None:
             cmd += ["--cpus", ",".join(map(str, cpus))]
-        procs.append(subprocess.Popen(cmd, env=os.environ | env, stdout=subprocess.DEVNULL))
+        env = os.environ | env | {STORAGE_ENV: storage_url}  # not in argv (see STORAGE_ENV)
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL))
     return procs
 
 

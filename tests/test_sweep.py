@@ -271,6 +271,27 @@ def test_sweep_command_errors_before_any_trial(env, tmp_path):
     assert result.exit_code == 2 and "--trials" in result.output
 
 
+def test_a_storage_password_is_masked_and_kept_off_worker_command_lines(env, monkeypatch):
+    """The password of a storage URL never reaches messages or argv (``ps`` shows argv):
+    workers get the URL in ``$ENSDA_STORAGE``, errors show it masked."""
+    url = "postgresql+psycopg://ensda:s3cret@127.0.0.1:1/optuna"
+    assert sweep.redact(url) == "postgresql+psycopg://ensda:***@127.0.0.1:1/optuna"
+    assert sweep.redact("sqlite:///optuna.db") == "sqlite:///optuna.db"
+    started = []
+    monkeypatch.setattr(
+        sweep.subprocess, "Popen", lambda cmd, env, stdout: started.append((cmd, env))
+    )
+    sweep.start_workers(url, "study", 2)
+    assert len(started) == 2
+    for cmd, worker_env in started:
+        assert not any("s3cret" in part for part in cmd) and "--storage" not in cmd
+        assert worker_env[sweep.STORAGE_ENV] == url
+    # a refused connection: the error names the storage without its password
+    result = runner.invoke(app, ["sweep", env["config"], *sets(env)], env={"ENSDA_STORAGE": url})
+    assert result.exit_code == 2 and "ensda:***@127.0.0.1" in result.output, result.output
+    assert "s3cret" not in result.output
+
+
 # ----------------------------------------------------------------------------- sweeps
 
 
