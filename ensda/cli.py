@@ -532,6 +532,12 @@ def _run_study(cfg, name: str, storage: str, trials: int | None, workers: int, c
             f"sweep incomplete: {t.done} of {budget} trials done; run the same command to resume",
             code=1,
         )
+    if errors := sw.final_errors(study_obj.get_trials(deepcopy=False)):
+        _fail(
+            f"{len(errors)} trial(s) failed for a reason other than divergence (the table above; "
+            "the reasons are in Optuna's user attr ensda.failure and MLflow's tag ensda.failure)",
+            code=1,
+        )
     return study_obj
 
 
@@ -655,7 +661,7 @@ def _best_table(study, cfg, sw, top: int = 10) -> Table:
             *cells,
         )
     for t in failed[:top]:
-        reason = t.user_attrs.get(sw.FAILURE, "worker lost (no heartbeat)")
+        reason = t.user_attrs.get(sw.FAILURE, sw.STALE_REASON)
         table.add_row(
             str(t.number),
             *[str(t.params.get(k)) for k in cfg.sweep.params],

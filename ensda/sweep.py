@@ -17,12 +17,18 @@ Bookkeeping (all state lives in the storage, so any number of workers and launch
   is pruned without running, and so is a queued duplicate of a point another trial holds.
 - *tpe / random*: a trial whose number ranks beyond the budget among the live trials is
   pruned without running.
-- *done* = COMPLETE + FAIL trials that no retry replaced. A diverged run
-  (``NonFiniteStateError``) or values that make no valid config give a FAIL trial with the
-  reason in user attr ``ensda.failure``; it is not retried (same seeds, same failure).
-- *heartbeats*: a RUNNING trial whose worker died (kill -9, lost machine) has no heartbeat
-  for ``sweep.grace_period`` s; the next worker or launch fails it, marks its MLflow run
-  FAILED and queues a retry with the same values (``RetryHeartbeatStaleTrialCallback``).
+- *done* = COMPLETE + FAIL trials that no retry replaced. Every failure is final and keeps
+  its reason (user attr ``ensda.failure``, kind ``ensda.failure_kind``; MLflow tag
+  ``ensda.failure``; the results table): ``diverged`` (``NonFiniteStateError``: same seeds,
+  same failure), ``config`` (the values make no valid config) and ``error`` (any other
+  exception: its type and message, e.g. a missing checkpoint). The sweep then ends with
+  exit status 1 and its MLflow parent run FAILED unless every failure is a divergence.
+- *retried*: a trial whose worker died (kill -9, lost machine) has no heartbeat for
+  ``sweep.grace_period`` s; the next worker or launch fails it, marks its MLflow run FAILED
+  and queues a retry with the same values (``RetryHeartbeatStaleTrialCallback``, at most
+  ``MAX_RETRY`` times). An interrupted trial (Ctrl-C, or SIGTERM, which a worker turns into
+  the same ``KeyboardInterrupt``) is marked ``ensda.interrupted``, its MLflow run KILLED, and
+  the next launch queues it again (``requeue_interrupted``).
 
 Trials are MLflow child runs of the parent run (tags ``optuna.study`` and
 ``optuna.trial_number``; the trial's user attr ``ensda.mlflow_run_id`` points back).
@@ -41,9 +47,11 @@ import json
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -65,6 +73,14 @@ STUDY_CONFIG = "ensda.config"
 STUDY_TRIALS = "ensda.trials"
 STUDY_PARENT = "ensda.mlflow_parent_run_id"
 FAILURE = "ensda.failure"
+#: why a trial failed: ``config`` (its values make no valid config), ``diverged`` (non-finite
+#: state), ``error`` (anything else: a missing checkpoint, out of memory, an MLflow failure);
+#: all final. An interrupted trial (Ctrl-C, SIGTERM) is marked ``INTERRUPTED`` instead and
+#: runs again on resume, as a trial whose worker died does (heartbeat)
+FAILURE_KIND = "ensda.failure_kind"
+INTERRUPTED = "ensda.interrupted"
+#: user attr of a trial queued to rerun an interrupted one: the interrupted trial's number
+RETRY_OF = "ensda.retry_of"
 RUN_ID = "ensda.mlflow_run_id"
 SUMMARY = "ensda.summary"
 DEVICE = "ensda.device"
@@ -79,6 +95,8 @@ JAX_DEVICE_ENV = "ENSDA_JAX_DEVICE"
 #: a trial whose worker died is retried at most this many times
 MAX_RETRY = 3
 POLL_S = 1.0
+#: the reason shown for a failed trial without one: only a stale heartbeat fails a trial so
+STALE_REASON = "worker lost: no heartbeat, retries used up"
 
 
 class SweepError(RuntimeError):
@@ -185,7 +203,8 @@ def _serialise_sqlite(engine) -> None:
 
 def _first_line(err: Exception) -> str:
     """An error without SQLAlchemy's trailing "(Background on this error ...)" lines."""
-    return str(err).strip().splitlines()[0]
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else "(no message)"
 
 
 def stored_config(study) -> ExperimentConfig:
@@ -292,6 +311,7 @@ def prepare(cfg: ExperimentConfig, storage_url: str, study_name: str, trials: in
         tracking.set_status(cfg.tracking, parent_id, "RUNNING")
     with _quiet():
         optuna.storages.fail_stale_trials(study)
+    requeue_interrupted(study)
     if cfg.sweep.sampler == "grid":
         trials_now = study.get_trials(deepcopy=False)
         held = {_point(_params_of(t)) for t in live_trials(trials_now)}
@@ -303,8 +323,10 @@ def prepare(cfg: ExperimentConfig, storage_url: str, study_name: str, trials: in
 
 def finish(study, cfg: ExperimentConfig, budget: int) -> Tally:
     """Close the launch: the MLflow parent run is FINISHED (with the best value) when the
-    budget is done, KILLED otherwise (the next launch reopens it)."""
+    budget is done, FAILED when it is done but a trial failed for a reason other than
+    divergence (``final_errors``), KILLED otherwise (the next launch reopens it)."""
     t = study_tally(study, cfg.sweep)
+    errors = final_errors(study.get_trials(deepcopy=False))
     parent = tracking.attach_run(cfg.tracking, study.user_attrs.get(STUDY_PARENT))
     complete = t.done >= budget
     if parent.run_id is not None:
@@ -312,12 +334,19 @@ def finish(study, cfg: ExperimentConfig, budget: int) -> Tally:
         if t.complete:
             parent.log_metrics({"best_" + cfg.sweep.objective: study.best_value})
             parent.set_tags({"optuna.best_trial": study.best_trial.number})
-    reason = (
-        None
-        if complete
-        else f"incomplete: {t.done} of {budget} trials done; run the same command to resume"
-    )
-    tracking.set_status(cfg.tracking, parent.run_id, "FINISHED" if complete else "KILLED", reason)
+    if not complete:
+        status, reason = (
+            "KILLED",
+            (f"incomplete: {t.done} of {budget} trials done; run the same command to resume"),
+        )
+    elif errors:
+        status = "FAILED"
+        reason = f"{len(errors)} trial(s) failed: " + "; ".join(
+            f"{e.number}: {e.user_attrs.get(FAILURE, STALE_REASON)}" for e in errors[:5]
+        )
+    else:
+        status, reason = "FINISHED", None
+    tracking.set_status(cfg.tracking, parent.run_id, status, reason)
     return t
 
 
@@ -351,12 +380,39 @@ def _superseded(trials) -> set[int]:
 
 
 def live_trials(trials) -> list:
-    """Trials that count: not pruned, not a failure that a retry replaced."""
+    """Trials that count: not pruned, not a failure that a retry replaced, not interrupted
+    (the next launch queues the interrupted ones again, ``requeue_interrupted``)."""
     gone = _superseded(trials)
     return [
         t
         for t in trials
-        if t.state != TrialState.PRUNED and not (t.state == TrialState.FAIL and t.number in gone)
+        if t.state != TrialState.PRUNED
+        and not (t.state == TrialState.FAIL and (t.number in gone or INTERRUPTED in t.user_attrs))
+    ]
+
+
+def requeue_interrupted(study) -> int:
+    """Queue a rerun (same values, user attr ``ensda.retry_of``) of every interrupted trial
+    that has none yet; returns how many were queued."""
+    trials = study.get_trials(deepcopy=False)
+    rerun = {t.user_attrs.get(RETRY_OF) for t in trials}
+    todo = [
+        t
+        for t in trials
+        if t.state == TrialState.FAIL and INTERRUPTED in t.user_attrs and t.number not in rerun
+    ]
+    for t in todo:
+        study.enqueue_trial(_params_of(t), user_attrs={RETRY_OF: t.number})
+    return len(todo)
+
+
+def final_errors(trials) -> list:
+    """The counting trials that failed for a reason other than divergence (a config error,
+    an exception, a lost worker out of retries): the sweep ends non-zero when there are any."""
+    return [
+        t
+        for t in live_trials(trials)
+        if t.state == TrialState.FAIL and t.user_attrs.get(FAILURE_KIND) != "diverged"
     ]
 
 
@@ -407,18 +463,30 @@ def run_trial(
 ) -> float:
     """Run the base config with ``values`` set; log an MLflow child run; return the objective.
 
-    Raises ``TrialFailure`` (reason in the trial's user attr ``ensda.failure``) if the values
-    make no valid config, the run diverges or the objective is not finite.
+    Raises ``TrialFailure`` (reason in the trial's user attr ``ensda.failure``, its kind in
+    ``ensda.failure_kind``) if the values make no valid config, the run diverges, the
+    objective is not finite or anything else fails (the exception's type and message).
     """
 
-    def failed(reason: str):
+    def failed(reason: str, kind: str):
         trial.set_user_attr(FAILURE, reason)
+        trial.set_user_attr(FAILURE_KIND, kind)
         return TrialFailure(reason)
 
     try:
         cfgs = base.trial_configs(values)
     except ConfigError as err:
-        raise failed(str(err)) from None
+        raise failed(str(err), "config") from None
+    try:
+        return _run_and_log(base, cfgs, trial, study_name, parent_id, failed)
+    except TrialFailure:
+        raise
+    except Exception as err:  # any other reason, recorded as it is (the MLflow run: FAILED)
+        raise failed(f"{type(err).__name__}: {_first_line(err)}", "error") from None
+
+
+def _run_and_log(base, cfgs, trial, study_name: str, parent_id, failed) -> float:
+    """``run_trial``'s runs and MLflow child run; ``failed(reason, kind)`` makes the error."""
     cfg = cfgs[0]
     objective = base.sweep.objective
     parent = tracking.attach_run(cfg.tracking, parent_id)
@@ -436,14 +504,17 @@ def run_trial(
             results = [run_method(c, o, c.method) for c, o in zip(cfgs, osses)]
         except NonFiniteStateError as err:
             run.fail(str(err))
-            raise failed(str(err)) from None
+            raise failed(str(err), "diverged") from None
+        except Exception as err:
+            run.fail(f"{type(err).__name__}: {_first_line(err)}")
+            raise
         result = results[0] if len(results) == 1 else replicate_mean(results, run, objective)
         value = objective_value(result.summary, objective)
         trial.set_user_attr(SUMMARY, {k: v for k, v in result.summary.items() if math.isfinite(v)})
         tracking.log_result(run, cfg, result, osses[0])
         if not math.isfinite(value):
             run.fail(f"objective {objective} is {value} for method {cfg.method}")
-            raise failed(f"objective {objective} is {value} for method {cfg.method}")
+            raise failed(f"objective {objective} is {value} for method {cfg.method}", "error")
         run.log_metrics({"objective": value})
     return value
 
@@ -494,7 +565,13 @@ def _objective(study, base: ExperimentConfig, budget: int, device: str):
         values = suggest(trial, base.sweep)
         trial.set_user_attr(DEVICE, device)
         trial.set_user_attr(JAX_DEVICE, _jax_device())
-        return run_trial(base, values, trial, study.study_name, study.user_attrs.get(STUDY_PARENT))
+        try:
+            return run_trial(
+                base, values, trial, study.study_name, study.user_attrs.get(STUDY_PARENT)
+            )
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (``_sigterm_interrupts``): runs again
+            trial.set_user_attr(INTERRUPTED, True)
+            raise
 
     objective.current = None
     return objective
@@ -506,7 +583,26 @@ def _taken_over(study, number: int | None) -> bool:
     if number is None:
         return False
     trial = study.get_trials(deepcopy=False)[number]
-    return trial.state == TrialState.FAIL and FAILURE not in trial.user_attrs
+    attrs = trial.user_attrs
+    return trial.state == TrialState.FAIL and FAILURE not in attrs and INTERRUPTED not in attrs
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """SIGTERM raises ``KeyboardInterrupt`` here (main thread only), so a terminated worker
+    marks its trial interrupted, as Ctrl-C does, and the trial runs again on resume."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_worker(
@@ -545,6 +641,11 @@ def run_worker(
             "host": socket.gethostname(),
         },
     )
+    with _sigterm_interrupts():
+        return _take_trials(study, base, budget, device, report)
+
+
+def _take_trials(study, base: ExperimentConfig, budget: int, device: str, report) -> int:
     grid = base.sweep.sampler == "grid"
     objective = _objective(study, base, budget, device)
     n_run = 0

@@ -145,13 +145,18 @@ def tracked_run(
     tags: dict[str, Any] | None = None,
     parent: Run | None = None,
 ) -> Iterator[Run | NullRun]:
-    """Open an MLflow run (a child of ``parent`` if given); FAILED if the body raises."""
+    """Open an MLflow run (a child of ``parent`` if given); FAILED if the body raises, KILLED
+    if it is interrupted (Ctrl-C)."""
     if not tracking.enabled:
         yield NullRun()
         return
     run = start_run(tracking, run_name, params, tags, parent)
     try:
         yield run
+    except KeyboardInterrupt:
+        run.client.set_tag(run.run_id, "ensda.failure", "interrupted")
+        run.client.set_terminated(run.run_id, status="KILLED")
+        raise
     except BaseException:
         run.client.set_terminated(run.run_id, status="FAILED")
         raise

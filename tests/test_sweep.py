@@ -570,6 +570,78 @@ def test_diverging_trial_fails_and_the_sweep_goes_on(env):
     assert len(load_study(env, "diverge").get_trials()) == 2
 
 
+def test_a_trial_that_raises_is_final_with_its_reason_and_the_sweep_exits_non_zero(env):
+    """A trial whose run raises (here: ens-diffusion with no checkpoint) is FAIL with the
+    exception's type and message in Optuna, MLflow and the table, is not rerun, and the sweep
+    exits 1 with its parent run FAILED (a divergence alone leaves it 0, test above)."""
+    missing = "methods.ens-diffusion.checkpoint=no/such/checkpoint"
+    grid = "sweep.params={method: [ens-diffusion, etkf]}"
+    cmd = ["sweep", env["config"], *sets(env, grid, missing), "--storage", env["storage"]]
+    cmd += ["--study", "raises"]
+    result = runner.invoke(app, cmd)
+    assert result.exit_code == 1, result.output
+    assert "failed for a reason other than divergence" in result.output
+    trials = {t.params["method"]: t for t in load_study(env, "raises").get_trials()}
+    bad = trials["ens-diffusion"]
+    assert bad.state == TrialState.FAIL and bad.user_attrs[sweep.FAILURE_KIND] == "error"
+    reason = bad.user_attrs[sweep.FAILURE]
+    assert reason.startswith("ValueError: ") and "no ens-diffusion checkpoint at no/such" in reason
+    assert "ValueError" in result.output  # the table shows the reason, not a guess
+    assert trials["etkf"].state == TrialState.COMPLETE
+    parent, runs = children(load_study(env, "raises").user_attrs[sweep.STUDY_PARENT])
+    assert parent.info.status == "FAILED" and "checkpoint" in parent.data.tags["ensda.failure"]
+    failed_run = MlflowClient().get_run(bad.user_attrs[sweep.RUN_ID])
+    assert failed_run.info.status == "FAILED"
+    assert failed_run.data.tags["ensda.failure"] == reason
+    # final: the same command reruns nothing and still exits 1
+    assert runner.invoke(app, cmd).exit_code == 1
+    assert len(load_study(env, "raises").get_trials()) == 2
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "ctrl-c"])
+def test_an_interrupted_trial_runs_again_on_resume(env, sig):
+    """SIGTERM and Ctrl-C (SIGINT) on a worker mid-trial behave the same: the trial is marked
+    interrupted (its MLflow run KILLED), and the next launch reruns the same point at once
+    (no wait for a heartbeat) and completes the grid, every point COMPLETE once."""
+    name = f"interrupted-{sig.name}"
+    cfg = config.load(env["config"], [*SHORT, f"tracking.experiment={env['experiment']}", GRID])
+    study, _ = sweep.prepare(cfg, env["storage"], name)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "ensda.cli", "sweep-worker", "--study", name],
+        env=os.environ | {sweep.STORAGE_ENV: env["storage"]},
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            running = [
+                t
+                for t in load_study(env, name).get_trials()
+                if t.state == TrialState.RUNNING and sweep.RUN_ID in t.user_attrs
+            ]
+            if running or time.monotonic() > deadline or worker.poll() is not None:
+                break
+            time.sleep(0.2)
+        assert running, "the worker never started a trial"
+        worker.send_signal(sig)
+        worker.wait(timeout=60)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    stopped = load_study(env, name).get_trials()[running[0].number]
+    assert stopped.state == TrialState.FAIL and stopped.user_attrs.get(sweep.INTERRUPTED)
+    assert MlflowClient().get_run(stopped.user_attrs[sweep.RUN_ID]).info.status == "KILLED"
+
+    cmd = ["sweep", env["config"], *sets(env, GRID), "--study", name]
+    result = runner.invoke(app, [*cmd, "--storage", env["storage"]])
+    assert result.exit_code == 0, result.output
+    study = load_study(env, name)
+    assert completed_points(study) == GRID_POINTS
+    reruns = [t for t in study.get_trials() if t.user_attrs.get(sweep.RETRY_OF) == stopped.number]
+    assert len(reruns) == 1 and reruns[0].state == TrialState.COMPLETE
+    assert reruns[0].params == stopped.params
+
+
 def test_random_sampler_runs_the_trial_budget_and_resumes_to_a_larger_one(env):
     space = "sweep.params={assimilator.inflation: {low: 1.0, high: 1.1}}"
     cmd = [
