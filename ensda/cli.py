@@ -881,13 +881,14 @@ def train(
             transient=False,
         ) as bar,
     ):
-        task = bar.add_task("train", total=cfg.train.steps, info="making data")
+        total = cfg.train.total_steps
+        task = bar.add_task("train", total=total, info="making data")
 
         def progress(step, loss, val):
             bar.update(task, completed=step, info=f"loss {loss:.4f}  val {val:.4f}")
             if not console.is_terminal:  # logs: one line per logging interval
                 console.print(
-                    f"step {step}/{cfg.train.steps}: loss {loss:.4f}, validation {val:.4f}",
+                    f"step {step}/{total}: loss {loss:.4f}, validation {val:.4f}",
                     highlight=False,
                 )
 

@@ -141,6 +141,12 @@ class TrainConfig(Strict):
     round_sampler: Literal["heun", "dpm2s"] = "heun"
     round_sampler_steps: int = Field(20, ge=1)
 
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps of the whole training: round 0 (none from ``init``) and the rounds."""
+        first = 0 if self.init is not None else self.steps
+        return first + (self.rounds * self.round_steps if self.target == "anchored" else 0)
+
     @pydantic.model_validator(mode="after")
     def _check(self):
         if self.error_min > self.error_max:
