@@ -167,7 +167,9 @@ def study_parent(study: str, storage: str) -> str:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        attrs = optuna.load_study(study_name=study, storage=sweep.open_storage(storage)).user_attrs
+        attrs = optuna.load_study(
+            study_name=study, storage=sweep.open_storage(storage, create=False)
+        ).user_attrs
     except sweep.SweepError as err:
         raise ReportError(str(err)) from None
     except KeyError:

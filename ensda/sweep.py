@@ -59,6 +59,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 import optuna
+import sqlalchemy.exc
 from optuna.trial import TrialState
 from sqlalchemy.engine import make_url
 
@@ -150,9 +151,23 @@ def redact(url: str) -> str:
         return url if "@" not in url else "<storage URL>"
 
 
-def open_storage(url: str, sweep: SweepConfig | None = None):
-    """RDB storage; with ``sweep``, heartbeats and the stale-trial retry are on."""
-    import sqlalchemy.exc
+def _require_sqlite_file(url: str) -> None:
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return  # open_storage names the bad URL
+    path = parsed.database
+    if parsed.drivername.startswith("sqlite") and path not in (None, "", ":memory:"):
+        if not os.path.exists(path):
+            raise SweepError(f"no Optuna storage at {path} ({redact(url)}); is --storage right?")
+
+
+def open_storage(url: str, sweep: SweepConfig | None = None, create: bool = True):
+    """RDB storage; with ``sweep``, heartbeats and the stale-trial retry are on. With
+    ``create=False`` (a reader, a joining worker) a SQLite file that does not exist is an
+    error instead of a new empty database."""
+    if not create:
+        _require_sqlite_file(url)
 
     try:
         with _quiet():
@@ -620,7 +635,9 @@ def run_worker(
     """
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
-        study = optuna.load_study(study_name=study_name, storage=open_storage(storage_url))
+        study = optuna.load_study(
+            study_name=study_name, storage=open_storage(storage_url, create=False)
+        )
         base = stored_config(study)
     except KeyError:
         raise SweepError(

@@ -230,6 +230,9 @@ def test_clear_errors(stores, tmp_path):
         stores["sweep_id"], "--uri", "http://127.0.0.1:9"
     )
     assert "no study 'nope'" in error("study:nope", "--storage", stores["storage"])
+    missing = tmp_path / "no-such-optuna.db"  # a wrong --storage makes no empty database
+    assert "no Optuna storage at" in error("study:nope", "--storage", f"sqlite:///{missing}")
+    assert not missing.exists()
     client = MlflowClient(tracking_uri=stores["uri"])
     empty = client.create_run(
         client.get_experiment_by_name("report-test").experiment_id, run_name="empty"
