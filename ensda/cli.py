@@ -25,14 +25,29 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ensda import __version__
 from ensda.data_cli import app as data_app
 
 app = typer.Typer(
-    add_completion=False,
     no_args_is_help=True,
     help="Ensemble data assimilation with diffusion models and classic baselines.",
 )
 app.add_typer(data_app, name="data")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"ensda {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version."
+    ),
+):
+    """Ensemble data assimilation with diffusion models and classic baselines."""
 
 TABLE_KEYS = ("rmse_a", "spread_a", "ssr_a", "crps_a", "rmse_f")
 

@@ -1,15 +1,15 @@
-"""Figures of one cycled run (matplotlib, headless): error and spread over cycles, rank histogram,
-forecast RMSE against lead with the lead-time loss marked."""
+"""Figures of one cycled run (matplotlib): error and spread over cycles, rank histogram,
+forecast RMSE against lead with the lead-time loss marked.
+
+The backend is left to matplotlib (Agg on a machine without a display), so importing ensda
+in a notebook keeps the notebook's backend."""
 
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from ensda.cycle import CycleResult, rank_histogram_counts  # noqa: E402
+from ensda.cycle import CycleResult, rank_histogram_counts
 
 
 def error_spread_figure(result: CycleResult, burn_in: int, title: str = ""):

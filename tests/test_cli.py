@@ -200,3 +200,14 @@ def test_compare_default_methods_leave_out_what_the_testbed_cannot_run():
     assert [m for m in COMPARE_DEFAULT if not experiment.runs_on(sphere, m)] == ["oi"]
     assert all(experiment.runs_on(l96, m) for m in COMPARE_DEFAULT + ("diffusion",))
     assert experiment.runs_on(sphere, "diffusion")  # the sphere denoiser (issue 7)
+
+
+def test_version_is_the_package_version(request):
+    import tomllib
+
+    pyproject = tomllib.loads((request.config.rootpath / "pyproject.toml").read_text())
+    result = runner.invoke(app, ["--version"])
+    assert (
+        result.exit_code == 0
+        and result.output.strip() == f"ensda {pyproject['project']['version']}"
+    )
