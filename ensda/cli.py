@@ -50,6 +50,15 @@ def main(
     """Ensemble data assimilation with diffusion models and classic baselines."""
 
 TABLE_KEYS = ("rmse_a", "spread_a", "ssr_a", "crps_a", "rmse_f")
+#: scores that a single-member (deterministic) method has none of: shown as "–"
+ENSEMBLE_KEYS = ("spread_a", "ssr_a")
+
+
+def _score_cell(scores: dict, key: str) -> str:
+    """``scores[key]`` for a table: "–" for an ensemble score of one member, "-" if absent."""
+    if key in ENSEMBLE_KEYS and scores.get("n_members") == 1:
+        return "–"
+    return f"{scores[key]:.4f}" if key in scores else "-"
 
 SetOpt = typer.Option(
     [], "--set", help="Override a config value, e.g. --set obs.density=0.25 (repeatable)."
@@ -185,7 +194,7 @@ def _table(records: list[dict], title: str) -> Table:
                 *[""] * (len(TABLE_KEYS) + lead + 1),
             )
             continue
-        cells = [f"{r[k]:.4f}" for k in TABLE_KEYS] + (
+        cells = [_score_cell(r, k) for k in TABLE_KEYS] + (
             [r.get("lead_time_loss", "-")] if lead else []
         )
         if r["rmse_a"] == best and len(records) > 1:
@@ -668,7 +677,7 @@ def _best_table(study, cfg, sw, top: int = 10) -> Table:
         table.add_column(key, justify="right")
     for t in complete[:top]:
         summary = t.user_attrs.get(sw.SUMMARY, {})
-        cells = [f"{summary[k]:.4f}" if k in summary else "-" for k in shown]
+        cells = [_score_cell(summary, k) for k in shown]
         table.add_row(
             str(t.number),
             *[str(t.params.get(k)) for k in cfg.sweep.params],

@@ -211,3 +211,11 @@ def test_version_is_the_package_version(request):
         result.exit_code == 0
         and result.output.strip() == f"ensda {pyproject['project']['version']}"
     )
+
+
+def test_a_deterministic_method_has_no_spread_in_the_table():
+    from ensda.cli import _score_cell
+
+    assert _score_cell({"ssr_a": 0.0, "n_members": 1}, "ssr_a") == "–"
+    assert _score_cell({"ssr_a": 1.04, "n_members": 20}, "ssr_a") == "1.0400"
+    assert _score_cell({"rmse_a": 0.5, "n_members": 1}, "rmse_a") == "0.5000"
