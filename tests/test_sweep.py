@@ -89,6 +89,23 @@ def completed_points(study) -> list[tuple]:
 GRID_POINTS = sorted((d, m) for d in (0.5, 1.0) for m in ("etkf", "3dvar"))
 
 
+def wait_for_a_running_trial(env, name, worker) -> list:
+    """The study's running trials once one has its MLflow run open (the worker is inside
+    run_method); fails if none does within 120 s or the worker exits first."""
+    deadline = time.monotonic() + 120
+    while True:
+        running = [
+            t
+            for t in load_study(env, name).get_trials()
+            if t.state == TrialState.RUNNING and sweep.RUN_ID in t.user_attrs
+        ]
+        if running or time.monotonic() > deadline or worker.poll() is not None:
+            break
+        time.sleep(0.2)
+    assert running, "the worker never started a trial"
+    return running
+
+
 # ----------------------------------------------------------------------------- validation
 
 
@@ -504,17 +521,7 @@ def test_resume_after_kill_9_mid_trial(env):
         ]
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:  # a trial with its MLflow run open: the worker is inside run_method
-            running = [
-                t
-                for t in load_study(env, name).get_trials()
-                if t.state == TrialState.RUNNING and sweep.RUN_ID in t.user_attrs
-            ]
-            if running or time.monotonic() > deadline or worker.poll() is not None:
-                break
-            time.sleep(0.2)
-        assert running, "the worker never started a trial"
+        running = wait_for_a_running_trial(env, name, worker)
         os.kill(worker.pid, signal.SIGKILL)
         worker.wait()
     finally:
@@ -611,17 +618,7 @@ def test_an_interrupted_trial_runs_again_on_resume(env, sig):
         env=os.environ | {sweep.STORAGE_ENV: env["storage"]},
     )
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            running = [
-                t
-                for t in load_study(env, name).get_trials()
-                if t.state == TrialState.RUNNING and sweep.RUN_ID in t.user_attrs
-            ]
-            if running or time.monotonic() > deadline or worker.poll() is not None:
-                break
-            time.sleep(0.2)
-        assert running, "the worker never started a trial"
+        running = wait_for_a_running_trial(env, name, worker)
         worker.send_signal(sig)
         worker.wait(timeout=60)
     finally:
