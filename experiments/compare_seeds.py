@@ -53,7 +53,8 @@ def table(records: list[dict]) -> str:
                 x = res[0]
                 values.append((x["crps_a"], x["rmse_a"], x["ssr_a"]))
                 lost = f" ({100 * x['lost_track_a']:.0f} %)" if "lost_track_a" in x else ""
-                cells.append(f"{x['crps_a']:.3f} / {x['rmse_a']:.3f} / {x['ssr_a']:.2f}{lost}")
+                ssr = "–" if x.get("n_members") == 1 else f"{x['ssr_a']:.2f}"  # one member
+                cells.append(f"{x['crps_a']:.3f} / {x['rmse_a']:.3f} / {ssr}{lost}")
             else:
                 cells.append(
                     f"diverged at cycle {res[0]['diverged_at_cycle']}"
@@ -61,6 +62,10 @@ def table(records: list[dict]) -> str:
                     else "–"
                 )
         mean = " / ".join(f"{v:.3f}" for v in np.mean(values, axis=0)) if values else "–"
+        if values and all(
+            x.get("n_members") == 1 for r in records for x in r["results"] if x["label"] == m
+        ):
+            mean = mean.rsplit(" / ", 1)[0] + " / –"
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {mean} |")
     return "\n".join(
         [
