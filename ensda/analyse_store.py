@@ -254,7 +254,7 @@ def assimilate(
             f"(testbed.nature.store = {cfg.testbed.nature.store}), which does not exist ({err})"
         ) from None
 
-    done = an.n_written(out)
+    done = an.recover(out)  # a store a killed run left torn: back to its committed times
     if done:
         written = _written_times(out)
         if written.size > bg_times.size or (written != bg_times[: written.size]).any():

@@ -49,6 +49,7 @@ def main(
 ):
     """Ensemble data assimilation with diffusion models and classic baselines."""
 
+
 TABLE_KEYS = ("rmse_a", "spread_a", "ssr_a", "crps_a", "rmse_f")
 #: scores that a single-member (deterministic) method has none of: shown as "–"
 ENSEMBLE_KEYS = ("spread_a", "ssr_a")
@@ -59,6 +60,7 @@ def _score_cell(scores: dict, key: str) -> str:
     if key in ENSEMBLE_KEYS and scores.get("n_members") == 1:
         return "–"
     return f"{scores[key]:.4f}" if key in scores else "-"
+
 
 SetOpt = typer.Option(
     [], "--set", help="Override a config value, e.g. --set obs.density=0.25 (repeatable)."

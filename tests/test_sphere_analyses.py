@@ -100,6 +100,42 @@ def test_round_trip_is_exact_and_a_hand_made_north_to_south_store_reads_right(tm
 # ----------------------------------------------------------------------------- ensda run --analyses
 
 
+def test_a_write_killed_mid_append_leaves_the_committed_times(tmp_path):
+    """A writer killed while appending leaves arrays of different lengths (here: the time
+    slice written to some arrays only, as xarray appends them one by one) and no commit
+    record for it; the store then reads as the committed times and the next write goes on."""
+    import zarr
+
+    from ensda.testbeds.sphere import store as zstore
+
+    ch, grid = Channels(VARS3D[:2], (500,), ()), LatLonGrid(8, 4)
+    x = np.random.default_rng(2).normal(size=(4, 2, ch.n * grid.n)).astype(np.float32)
+    times = T0 + np.arange(4) * SIX_H
+    path = tmp_path / "an.zarr"
+    an.start(path, {"method": "test"})
+    an.write(path, x[:2], times[:2], ch, grid)
+    # the kill: time 2 reaches the time and geopotential arrays, not temperature, no commit
+    root = zarr.open_group(str(path), mode="a")
+    for name in ("time", "geopotential"):
+        arr = root[name]
+        arr.resize((3,) + arr.shape[1:])
+    assert root["temperature"].shape[0] == 2 and an.n_written(path) == 2
+    back = an.read(path)
+    np.testing.assert_array_equal(back.times, times[:2])
+    np.testing.assert_array_equal(back.states, x[:2])
+    assert {zarr.open_group(str(path))[n].shape[0] for n in ("time", "temperature")} == {2}
+    an.write(path, x[2:], times[2:], ch, grid)  # the resumed writer goes on
+    assert an.n_written(path) == 4 and zstore.n_times(path) == 4
+    np.testing.assert_array_equal(an.read(path).states, x)
+    # killed during the very first write: nothing committed, nothing kept
+    first = tmp_path / "first.zarr"
+    an.start(first, {})
+    an.write(first, x[:1], times[:1], ch, grid)
+    zarr.open_group(str(first), mode="a").attrs[an.COMMITTED] = 0  # the commit never came
+    an.write(first, x[:2], times[:2], ch, grid)
+    np.testing.assert_array_equal(an.read(first).states, x[:2])
+
+
 def test_run_writes_every_cycles_analysis_ensemble(sw_store, tmp_path, monkeypatch):  # noqa: F811
     from ensda import experiment
 

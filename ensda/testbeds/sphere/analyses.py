@@ -41,6 +41,9 @@ from ensda.testbeds.sphere.testbed import Channels, StoreReader
 
 #: the attribute that marks a store as written here (and says by what)
 ATTR = "ensda_analyses"
+#: the commit record: the number of times whose every array was written, set after each
+#: append; anything beyond it (a writer killed mid-append) is cut off on the next open
+COMMITTED = "ensda_committed_times"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +61,40 @@ class Ensembles:
 
 
 def n_written(path: str | Path) -> int:
-    """Number of times in the store (0 when it does not exist or holds no data yet)."""
-    return zstore.n_times(path) if Path(path, "zarr.json").exists() else 0
+    """Number of committed times in the store (0 when it does not exist or holds no data yet);
+    a store from before the commit record counts the times it holds."""
+    import zarr
+
+    if not Path(path, "zarr.json").exists():
+        return 0
+    committed = zarr.open_group(str(path), mode="r").attrs.get(COMMITTED)
+    return zstore.n_times(path) if committed is None else int(committed)
+
+
+def recover(path: str | Path) -> int:
+    """Cut the store back to its committed times (``COMMITTED``): the arrays a writer killed
+    mid-append left longer (or half-created) are truncated, so the store opens and every
+    array has the same times. Returns the committed count."""
+    import zarr
+
+    if not Path(path, "zarr.json").exists():
+        return 0
+    root = zarr.open_group(str(path), mode="a")
+    committed = root.attrs.get(COMMITTED)
+    if committed is None:
+        return zstore.n_times(path)
+    if committed == 0:  # nothing committed: drop whatever the first write had begun
+        for name in list(root.array_keys()):
+            del root[name]
+    else:
+        zstore.truncate(path, int(committed))
+    return int(committed)
+
+
+def _commit(path: str | Path, n: int) -> None:
+    import zarr
+
+    zarr.open_group(str(path), mode="a").attrs[COMMITTED] = int(n)
 
 
 def is_analysis_store(path: str | Path) -> bool:
@@ -83,7 +118,9 @@ def start(path: str | Path, info: dict) -> None:
                 f"{path} exists and is not an analysis store written by ensda: not overwriting it"
             )
         shutil.rmtree(path)
-    zarr.open_group(str(path), mode="w").attrs[ATTR] = json.dumps(info, default=str)
+    zarr.open_group(str(path), mode="w").attrs.update(
+        {ATTR: json.dumps(info, default=str), COMMITTED: 0}
+    )
 
 
 def write(
@@ -97,7 +134,9 @@ def write(
 ) -> None:
     """Append ensembles ``states`` — flat ``(time, member, n_state)`` or ``(time, member, n, lat,
     lon)`` — valid at ``times`` to the store (created on the first call; ``info`` is stored as
-    the ``ensda_analyses`` attribute when it is created). Times must come after those written."""
+    the ``ensda_analyses`` attribute when it is created). Times must come after those written.
+    The new times count once every array holds them (``COMMITTED``, set last): a writer killed
+    at any moment leaves the previous times, which the next write or read recovers to."""
     states = np.asarray(states, np.float32)
     times = np.asarray(times, "datetime64[ns]")
     shape = (channels.n,) + grid.shape
@@ -108,7 +147,7 @@ def write(
             f"expected ensembles (time={times.shape[0]}, member, {channels.n * grid.n}) or "
             f"(time, member, {', '.join(map(str, shape))}), got {states.shape}"
         )
-    done = n_written(path)
+    done = recover(path)
     if done:
         last = zstore.open_store(path)["time"].values[-1]
         if not (times > last).all() or (np.diff(times) <= np.timedelta64(0)).any():
@@ -119,10 +158,11 @@ def write(
     import zarr
 
     if not Path(path, "zarr.json").exists():
-        zarr.open_group(str(path), mode="w")
+        zarr.open_group(str(path), mode="w").attrs[COMMITTED] = 0
     # xarray replaces the group's attributes at each write: pass on those there (``start``'s)
     attrs = dict(zarr.open_group(str(path), mode="r").attrs)
     attrs.setdefault(ATTR, json.dumps(info or {}, default=str))
+    attrs[COMMITTED] = done  # the new times are not committed until every array holds them
     ds = zstore.to_dataset(
         channels.unstack(states),
         times,
@@ -133,13 +173,16 @@ def write(
         members=np.arange(states.shape[1]),
     )
     zstore.append(path, ds, time_chunk)
+    _commit(path, done + times.shape[0])
 
 
 def read(
     path: str | Path, channels: Channels | None = None, grid: LatLonGrid | None = None, index=None
 ) -> Ensembles:
     """The ensembles of a store (its times ``index``; None: all) as flat states on ``grid``
-    in ``channels`` (None: the store's own variables, levels and equiangular grid)."""
+    in ``channels`` (None: the store's own variables, levels and equiangular grid); a store
+    that a killed writer left torn is first cut back to its committed times (``recover``)."""
+    recover(path)
     if channels is None or grid is None:
         ds = zstore.open_store(path)
         channels = Channels.of_dataset(ds) if channels is None else channels
