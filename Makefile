@@ -25,7 +25,8 @@ $(STAMP): pyproject.toml
 QUICKSTART := experiments/configs/quickstart.yaml
 quickstart: venv
 	@mkdir -p outputs
-	@if grep -qs '"model": "anchored"' checkpoints/quickstart/meta.json; then echo "checkpoints/quickstart exists: training skipped"; \
+	@if $(BIN)/python -c "from ensda.diffusion.anchored import load; load('checkpoints/quickstart')" 2>/dev/null; \
+	then echo "checkpoints/quickstart loads: training skipped"; \
 	else $(BIN)/ensda train $(QUICKSTART); fi
 	$(BIN)/ensda sweep $(QUICKSTART) --workers 2
 	$(BIN)/ensda report study:quickstart --out outputs/quickstart
