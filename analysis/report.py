@@ -236,7 +236,8 @@ def _has_summary(run: tracking.StoredRun) -> bool:
 def _record(store: tracking.Store, run: tracking.StoredRun, with_maps: bool = True) -> RunRecord:
     p = run.params
     method = p.get("method") or run.tags.get("ensda.method") or run.name
-    guidance = _number(p.get("settings.guidance_strength")) if method == "diffusion" else None
+    # any guided method (diffusion, ens-diffusion) logs its λ as a setting
+    guidance = _number(p.get("settings.guidance_strength"))
     trial = run.tags.get("optuna.trial_number")
     artifacts = store.artifacts(run.run_id) if _has_summary(run) else set()
     lead = store.load_json(run.run_id, "lead_time.json") if "lead_time.json" in artifacts else None

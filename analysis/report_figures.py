@@ -148,7 +148,7 @@ def crps_heatmap_figure(data):
         found = (
             f"{len(strengths)} guidance strength(s) × {len(densities)} density(ies)"
             if runs
-            else "no diffusion runs"
+            else "no guided (diffusion, ens-diffusion) runs"
         )
         return (
             None,
@@ -181,7 +181,7 @@ def crps_heatmap_figure(data):
     ax.set_yticks(range(len(strengths)), [f"{g:g}" for g in strengths])
     ax.set_xlabel("observed fraction of sites")
     ax.set_ylabel("guidance strength λ")
-    ax.set_title("diffusion: analysis CRPS")
+    ax.set_title(f"{', '.join(sorted({r.method for r in runs}))}: analysis CRPS")
     fig.colorbar(image, ax=ax, label="CRPS")
     missing = int(np.isnan(grid).sum())
     return fig, (f"{missing} cell(s) without a finished run (grey)" if missing else "")
