@@ -74,21 +74,21 @@ def n_written(path: str | Path) -> int:
 def recover(path: str | Path) -> int:
     """Cut the store back to its committed times (``COMMITTED``): the arrays a writer killed
     mid-append left longer (or half-created) are truncated, so the store opens and every
-    array has the same times. Returns the committed count."""
+    array has the same times. Returns the committed count. A consistent store is only read
+    (it may be read-only)."""
     import zarr
 
-    if not Path(path, "zarr.json").exists():
-        return 0
-    root = zarr.open_group(str(path), mode="a")
-    committed = root.attrs.get(COMMITTED)
-    if committed is None:
-        return zstore.n_times(path)
-    if committed == 0:  # nothing committed: drop whatever the first write had begun
-        for name in list(root.array_keys()):
-            del root[name]
-    else:
-        zstore.truncate(path, int(committed))
-    return int(committed)
+    committed = n_written(path)
+    root = zarr.open_group(str(path), mode="r") if Path(path, "zarr.json").exists() else None
+    if root is None or COMMITTED not in root.attrs:
+        return committed
+    if committed == 0 and list(root.array_keys()):  # drop whatever a first write had begun
+        writable = zarr.open_group(str(path), mode="a")
+        for name in list(writable.array_keys()):
+            del writable[name]
+    elif any(zstore.n_times_of(root[n]) > committed for n in root.array_keys()):
+        zstore.truncate(path, committed)
+    return committed
 
 
 def _commit(path: str | Path, n: int) -> None:

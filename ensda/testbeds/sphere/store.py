@@ -125,6 +125,11 @@ def append(path: str | Path, ds, time_chunk: int) -> None:
         ds.to_zarr(str(path), append_dim="time", consolidated=False)
 
 
+def n_times_of(arr) -> int:
+    """Length along time of a zarr array (0 for one without a time dim)."""
+    return arr.shape[0] if _dims(arr)[:1] == ("time",) else 0
+
+
 def truncate(path: str | Path, n: int) -> None:
     """Cut every time-dependent array of the store to its first ``n`` times."""
     import zarr
@@ -132,7 +137,7 @@ def truncate(path: str | Path, n: int) -> None:
     root = zarr.open_group(str(path), mode="a")
     for name in root.array_keys():
         arr = root[name]
-        if _dims(arr)[:1] == ("time",) and arr.shape[0] > n:
+        if n_times_of(arr) > n:
             arr.resize((n,) + arr.shape[1:])
 
 
