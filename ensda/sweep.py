@@ -222,6 +222,11 @@ def _first_line(err: Exception) -> str:
     return lines[0] if lines else "(no message)"
 
 
+def _reason(err: Exception) -> str:
+    """A failure's reason as recorded: the exception's type and first line."""
+    return f"{type(err).__name__}: {_first_line(err)}"
+
+
 def stored_config(study) -> ExperimentConfig:
     return validate(study.user_attrs[STUDY_CONFIG])
 
@@ -350,10 +355,8 @@ def finish(study, cfg: ExperimentConfig, budget: int) -> Tally:
             parent.log_metrics({"best_" + cfg.sweep.objective: study.best_value})
             parent.set_tags({"optuna.best_trial": study.best_trial.number})
     if not complete:
-        status, reason = (
-            "KILLED",
-            (f"incomplete: {t.done} of {budget} trials done; run the same command to resume"),
-        )
+        status = "KILLED"
+        reason = f"incomplete: {t.done} of {budget} trials done; run the same command to resume"
     elif errors:
         status = "FAILED"
         reason = f"{len(errors)} trial(s) failed: " + "; ".join(
@@ -497,7 +500,7 @@ def run_trial(
     except TrialFailure:
         raise
     except Exception as err:  # any other reason, recorded as it is (the MLflow run: FAILED)
-        raise failed(f"{type(err).__name__}: {_first_line(err)}", "error") from None
+        raise failed(_reason(err), "error") from None
 
 
 def _run_and_log(base, cfgs, trial, study_name: str, parent_id, failed) -> float:
@@ -521,7 +524,7 @@ def _run_and_log(base, cfgs, trial, study_name: str, parent_id, failed) -> float
             run.fail(str(err))
             raise failed(str(err), "diverged") from None
         except Exception as err:
-            run.fail(f"{type(err).__name__}: {_first_line(err)}")
+            run.fail(_reason(err))
             raise
         result = results[0] if len(results) == 1 else replicate_mean(results, run, objective)
         value = objective_value(result.summary, objective)
