@@ -28,10 +28,7 @@ from rich.table import Table
 from ensda import __version__
 from ensda.data_cli import app as data_app
 
-app = typer.Typer(
-    no_args_is_help=True,
-    help="Ensemble data assimilation with diffusion models and classic baselines.",
-)
+app = typer.Typer(no_args_is_help=True)  # its help: the docstring of ``main``
 app.add_typer(data_app, name="data")
 
 
