@@ -337,7 +337,7 @@ def _maybe(value) -> str:
 
 
 #: ``ensda compare``'s methods when ``--methods`` is not given
-COMPARE_DEFAULT = ("letkf", "etkf", "enkf", "3dvar", "oi", "climatology")
+COMPARE_DEFAULT = ("letkf", "etkf", "enkf", "ensrf", "3dvar", "oi", "climatology")
 
 
 @app.command()

@@ -188,7 +188,7 @@ def runs_on(cfg: ExperimentConfig, method: str) -> bool:
 def build_assimilator(cfg: ExperimentConfig, osse: OSSE, method: str, settings: dict | None = None):
     if not runs_on(cfg, method):
         raise ValueError(
-            f"{cfg.testbed_kind.unsupported[method]}; use letkf, etkf, enkf or 3dvar "
+            f"{cfg.testbed_kind.unsupported[method]}; use letkf, etkf, enkf, ensrf or 3dvar "
             "(or the references none, control, climatology)"
         )
     ctx = registry.SetupContext(

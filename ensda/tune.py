@@ -41,7 +41,16 @@ from ensda.experiment import runs_on
 #: Categorical values may include None (a setting left unset).
 SEARCH_SPACES: dict[str, dict[str, SweepRange | list]] = {
     "etkf": {"inflation": SweepRange(low=1.0, high=1.1), "rtps": SweepRange(low=0.0, high=0.9)},
-    "enkf": {"inflation": SweepRange(low=1.0, high=1.15), "rtps": SweepRange(low=0.0, high=0.9)},
+    "enkf": {
+        "inflation": SweepRange(low=1.0, high=1.15),
+        "rtps": SweepRange(low=0.0, high=0.9),
+        "radius": SweepRange(low=1.0, high=20.0, log=True),
+    },
+    "ensrf": {
+        "inflation": SweepRange(low=1.0, high=1.1),
+        "rtps": SweepRange(low=0.0, high=0.9),
+        "radius": SweepRange(low=1.0, high=20.0, log=True),
+    },
     "letkf": {
         "inflation": SweepRange(low=1.0, high=1.1),
         "rtps": SweepRange(low=0.0, high=0.9),
@@ -58,11 +67,14 @@ SEARCH_SPACES: dict[str, dict[str, SweepRange | list]] = {
 #: climatology only.
 TESTBED_SEARCH_SPACES: dict[str, dict[str, dict[str, SweepRange | list]]] = {
     "sphere": {
-        "letkf": {
-            "inflation": SweepRange(low=1.0, high=1.3),
-            "rtps": SweepRange(low=0.0, high=0.95),
-            "radius": SweepRange(low=500.0, high=8000.0, log=True),
-            "vertical_radius": SweepRange(low=0.2, high=4.0, log=True),
+        **{
+            m: {
+                "inflation": SweepRange(low=1.0, high=1.3),
+                "rtps": SweepRange(low=0.0, high=0.95),
+                "radius": SweepRange(low=500.0, high=8000.0, log=True),
+                "vertical_radius": SweepRange(low=0.2, high=4.0, log=True),
+            }
+            for m in ("letkf", "enkf", "ensrf")
         },
         "3dvar": {
             "scale": SweepRange(low=0.01, high=2.0, log=True),

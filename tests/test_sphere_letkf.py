@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference import gc_ref
+from reference import gc_ref, haversine_km
 
 from baselines.letkf import LETKF, ColumnLETKF, column_taper
 from baselines.localization import log_pressure_taper
@@ -24,22 +24,6 @@ from ensda.testbeds.sphere.testbed import Channels
 GRID = LatLonGrid(16, 8)
 CH = Channels(levels=(250, 850))  # z, t, u, v at 2 levels + surface pressure = 9 channels
 SCALE = np.repeat([300.0, 300.0, 2.0, 2.0, 5.0, 5.0, 5.0, 5.0, 200.0], GRID.n)
-
-
-def haversine_km(a, b, grid):
-    lat = (
-        np.deg2rad(grid.latitudes)[np.asarray(a) // grid.n_lon],
-        np.deg2rad(grid.latitudes)[np.asarray(b) // grid.n_lon],
-    )
-    lon = (
-        np.deg2rad(grid.longitudes)[np.asarray(a) % grid.n_lon],
-        np.deg2rad(grid.longitudes)[np.asarray(b) % grid.n_lon],
-    )
-    h = (
-        np.sin((lat[1] - lat[0]) / 2) ** 2
-        + np.cos(lat[0]) * np.cos(lat[1]) * np.sin((lon[1] - lon[0]) / 2) ** 2
-    )
-    return 2 * EARTH_RADIUS_KM * np.arcsin(np.sqrt(h))
 
 
 def problem(seed, n_members=8, density=0.1, cycle=0):

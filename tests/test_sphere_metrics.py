@@ -131,12 +131,18 @@ def test_normalised_aggregate_is_the_numpy_formula(setup):
     assert runs["letkf"].summary["rmse_a"] < 0.75 * runs["none"].summary["rmse_a"]
 
 
-def test_stochastic_enkf_and_etkf_cycle_on_the_sphere(setup):
+def test_stochastic_enkf_ensrf_and_etkf_cycle_on_the_sphere(setup):
     from ensda.experiment import run_method
 
     cfg, osse, runs = setup
     free = runs["none"].summary["rmse_a"]
-    for method, settings in (("enkf", {"inflation": 1.1}), ("etkf", {"inflation": 1.1})):
+    local = {"inflation": 1.05, "radius": 1500.0}  # the LETKF's settings here
+    for method, settings in (
+        ("enkf", {"inflation": 1.1}),
+        ("etkf", {"inflation": 1.1}),
+        ("enkf", local),
+        ("ensrf", local),
+    ):
         run = run_method(cfg, osse, method, settings)
         assert np.isfinite(np.asarray(run.result.final_ensemble)).all()
         assert np.isfinite([v for v in run.summary.values() if isinstance(v, float)]).all()
@@ -151,7 +157,7 @@ def test_methods_without_a_sphere_version_fail_at_build_naming_the_reason(setup)
     assert cfg.testbed_kind.unsupported
     for method in cfg.testbed_kind.unsupported:
         with pytest.raises(
-            ValueError, match=f"^{method} .*sphere.*; use letkf, etkf, enkf or 3dvar"
+            ValueError, match=f"^{method} .*sphere.*; use letkf, etkf, enkf, ensrf or 3dvar"
         ):
             build_assimilator(cfg, osse, method, {})
 
