@@ -611,7 +611,12 @@ def test_an_interrupted_trial_runs_again_on_resume(env, sig):
     interrupted (its MLflow run KILLED), and the next launch reruns the same point at once
     (no wait for a heartbeat) and completes the grid, every point COMPLETE once."""
     name = f"interrupted-{sig.name}"
-    cfg = config.load(env["config"], [*SHORT, f"tracking.experiment={env['experiment']}", GRID])
+    # long enough (a few seconds of cycling) that the signal lands mid-trial: with 150 cycles
+    # a loaded machine let the trial finish first (COMPLETE before the signal took effect)
+    long = "cycles=3000"
+    cfg = config.load(
+        env["config"], [*SHORT, f"tracking.experiment={env['experiment']}", GRID, long]
+    )
     study, _ = sweep.prepare(cfg, env["storage"], name)
     worker = subprocess.Popen(
         [sys.executable, "-m", "ensda.cli", "sweep-worker", "--study", name],
@@ -629,7 +634,7 @@ def test_an_interrupted_trial_runs_again_on_resume(env, sig):
     assert stopped.state == TrialState.FAIL and stopped.user_attrs.get(sweep.INTERRUPTED)
     assert MlflowClient().get_run(stopped.user_attrs[sweep.RUN_ID]).info.status == "KILLED"
 
-    cmd = ["sweep", env["config"], *sets(env, GRID), "--study", name]
+    cmd = ["sweep", env["config"], *sets(env, GRID, long), "--study", name]
     result = runner.invoke(app, [*cmd, "--storage", env["storage"]])
     assert result.exit_code == 0, result.output
     study = load_study(env, name)

@@ -195,3 +195,42 @@ def test_oi_is_blue_with_climatological_b_and_optional_gc_schur_product(radius):
         # beyond 2c of every observation the state is untouched
         far = [6, 7, 8, 9]  # distance ≥ 4 from sites 1 and 2
         np.testing.assert_allclose(got[0, far], xb[far], atol=1e-5)
+
+
+class _LinearModel:
+    """A linear forecast model x ↦ M x (the NMC statistics then have a closed form)."""
+
+    def __init__(self, m):
+        self.m = jnp.asarray(m, jnp.float32)
+
+    def cycle_forecast(self, x):
+        return x @ self.m.T
+
+
+def test_nmc_covariance_is_the_two_minus_one_cycle_forecast_difference_covariance():
+    """With samples on a trajectory of a linear model, s_{t+1} = M s_t, the NMC difference
+    M²(s_t + ε) − M(s_{t+1} + ε') = M² ε − M ε' has covariance σ²(M² M²ᵀ + M Mᵀ) exactly
+    (ε, ε' ~ N(0, σ² I) independent). A 1-cycle/1-cycle pair (σ²·2MMᵀ) or a shared ε
+    (σ²(M² − M)(M² − M)ᵀ) differs from it by many standard errors."""
+    from baselines.variational import nmc_covariance
+
+    n, pairs, sigma = 6, 4000, 0.5
+    rng = np.random.default_rng(4)
+    m = 0.7 * np.eye(n) + 0.4 * np.roll(np.eye(n), 1, 1) - 0.2 * np.roll(np.eye(n), -1, 1)
+    m /= np.abs(
+        np.linalg.eigvals(m)
+    ).max()  # spectral radius 1: the trajectory neither blows up nor dies
+    s = np.empty((pairs + 2, n))
+    s[0] = rng.normal(size=n)
+    for t in range(pairs + 1):
+        s[t + 1] = m @ s[t]
+    b = np.asarray(
+        nmc_covariance(_LinearModel(m), jnp.asarray(s, jnp.float32), jax.random.key(0), sigma),
+        np.float64,
+    )
+    m2 = m @ m
+    ref = sigma**2 * (m2 @ m2.T + m @ m.T)
+    # standard error of a sample covariance of `pairs` Gaussian draws
+    se = np.sqrt((ref**2 + np.outer(np.diag(ref), np.diag(ref))) / pairs)
+    assert np.abs(b - ref).max() / se.max() < 5.0
+    assert np.abs(b - ref).max() < 0.1 * np.abs(ref).max()
