@@ -195,7 +195,9 @@ def write_tuned(
         "# Tuned method settings for one set-up (testbed, forecast model, observation network,\n"
         "# ensemble), written by `ensda tune`; `ensda compare` uses them. See ensda/tune.py.\n"
     )
-    path.write_text(header + yaml.safe_dump(data, sort_keys=False))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(header + yaml.safe_dump(data, sort_keys=False))
+    tmp.replace(path)  # atomic: a reader sees the old file or the new one, never half of one
     return path
 
 
