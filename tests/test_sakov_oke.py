@@ -60,9 +60,9 @@ def test_climatology_rmse_is_the_climatological_std(osse_and_cfg):
 def test_localisation_does_the_work_at_n_10():
     """N = 10 < 40 variables: the global ETKF's 9-dimensional analysis space cannot hold the
     error and it diverges (measured 3.9 at inflation 1.1); the LETKF at radius 4 tracks
-    (measured 0.239; Bocquet 2011 via DAPPER: 0.22 at N = 7, loc_rad 4). The bound fails
-    a filter without inflation (0.85), or with the radius 4 times too small (1: 0.35) or too
-    large (16: 0.41)."""
+    (measured 0.239; Bocquet 2011 via DAPPER: 0.22 at N = 7, loc_rad 4, which is radius
+    7.3 here: experiments/README.md). The bound fails a filter without inflation (0.85), or
+    with the radius 4 times too small (1: 0.35) or too large (16: 0.41)."""
     cfg = config.load(CONFIG, ["ensemble.size=10", "cycles=3000", "burn_in=500"])
     osse = make_osse(cfg)
     rmse = lambda method, **s: run_method(cfg, osse, method, s).summary["rmse_a"]  # noqa: E731
