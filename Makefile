@@ -41,12 +41,14 @@ test: venv
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# Benchmarks: ETKF/LETKF throughput on Lorenz-96, then the sphere testbed (dycore speed, one
+# Benchmarks: ETKF/LETKF throughput on Lorenz-96, the same side by side with DAPPER (its
+# columns SKIP unless `pip install -e '.[bench]'`), then the sphere testbed (dycore speed, one
 # LETKF/3D-Var cycle at N = 32), then diffusion DA on the sphere (one analysis at N = 32,
 # denoiser training throughput); the sphere ones print a SKIP line without the nature-run
 # store data/sphere/nature.zarr.
 bench: venv
 	$(BIN)/python experiments/bench_baselines.py
+	$(BIN)/python experiments/bench_dapper.py
 	$(BIN)/python experiments/bench_sphere.py
 	$(BIN)/python experiments/bench_sphere_diffusion.py
 
