@@ -7,9 +7,12 @@ r⁻¹_{ij} = ρ(d(i, j) / c) / r_j², symmetric square root (``baselines.transf
 How it is computed (the mathematics above is unchanged; see docs in the helpers):
 
 - **Neighbourhoods from the grid, once.** ρ is zero beyond 2c, so only observations at the
-  ``grid.max_sites_within(2c)`` sites nearest to i can carry weight. Those site lists and
-  their tapers depend on the grid alone; ``build`` computes them once (in blocks of sites,
-  memory O(n k)), and trailing slots whose taper is zero at every site are dropped.
+  ``grid.max_sites_within(2c)`` sites nearest to i can carry weight; on a network whose sites
+  are fixed (``every``, ``sites``) only the observed ones among them (every 4th site: a
+  quarter of the slots, so k × k local problems instead of N × N). Those site lists and
+  their tapers depend on the grid and the network; ``build`` computes them once (in blocks
+  of sites, memory O(n k)), and trailing slots whose taper is zero at every site are
+  dropped.
 - **Observations merged per site, each cycle.** Observations at the same site share their
   column of Y (H acts site-wise), so Σ_j ρ r⁻¹_j y_j y_jᵀ and Σ_j ρ r⁻¹_j y_j d_j only need,
   per site, Σ r⁻¹_j and Σ r⁻¹_j d_j: two scatter-adds, O(p + n), whatever the network
@@ -62,29 +65,37 @@ if TYPE_CHECKING:
 _BATCH_ELEMENTS = 1 << 22
 
 
-@partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _nearest_sites(grid, n_sites: int, k: int, rows: int) -> tuple[jax.Array, jax.Array]:
-    """The ``k`` sites nearest to each site (ascending distance): indices and distances."""
-    sites = jnp.arange(n_sites)
+@partial(jax.jit, static_argnums=(0, 1, 3, 4))
+def _nearest_sites(
+    grid, n_sites: int, candidates: jax.Array, k: int, rows: int
+) -> tuple[jax.Array, jax.Array]:
+    """The ``k`` of ``candidates`` (site indices) nearest to each site (ascending distance):
+    their site indices and distances."""
 
     def one(i):
-        neg_d, near = jax.lax.top_k(-grid.distance(i, sites), k)
-        return near.astype(jnp.int32), -neg_d
+        neg_d, near = jax.lax.top_k(-grid.distance(i, candidates), k)
+        return candidates[near].astype(jnp.int32), -neg_d
 
-    return jax.lax.map(one, sites, batch_size=rows)
+    return jax.lax.map(one, jnp.arange(n_sites), batch_size=rows)
 
 
-def local_neighbourhoods(grid, n_sites: int, radius: float) -> tuple[jax.Array, jax.Array]:
+def local_neighbourhoods(
+    grid, n_sites: int, radius: float, observed: tuple[int, ...] | None = None
+) -> tuple[jax.Array, jax.Array]:
     """For each site, the sites whose observations can reach it, ``(n, k)`` int32, and their
     Gaspari–Cohn taper ``(n, k)``, nearest first.
 
-    k = ``grid.max_sites_within(2 * radius)`` (capped at n), less the trailing slots whose
-    taper is zero at every site when the values are concrete (outside a trace). Cost
-    O(n²) distance evaluations in blocks of sites (memory O(n k)): done once per build.
+    Candidates are the ``observed`` sites when the network fixes them (``every``, ``sites``:
+    no other site ever carries weight), else every site. k = the number of candidates within
+    2 · radius at most (``grid.max_sites_within``, capped by the candidates), less the
+    trailing slots whose taper is zero at every site when the values are concrete (outside
+    a trace). Cost O(n · candidates) distance evaluations in blocks of sites (memory
+    O(n k)): done once per build.
     """
-    k = min(n_sites, grid.max_sites_within(2.0 * radius))
-    rows = max(1, min(n_sites, _BATCH_ELEMENTS // n_sites))
-    near, dist = _nearest_sites(grid, n_sites, k, rows)
+    candidates = jnp.arange(n_sites) if observed is None else jnp.asarray(observed, jnp.int32)
+    k = min(candidates.shape[0], grid.max_sites_within(2.0 * radius))
+    rows = max(1, min(n_sites, _BATCH_ELEMENTS // candidates.shape[0]))
+    near, dist = _nearest_sites(grid, n_sites, candidates, k, rows)
     taper = gaspari_cohn(dist, radius)
     try:
         used = np.flatnonzero(np.asarray(taper > 0).any(axis=0))
@@ -116,7 +127,9 @@ class LETKF:
             return ColumnLETKF.build(ctx.network, radius, vertical_radius)
         if vertical_radius is not None:
             raise ValueError("vertical_radius applies to the sphere testbed only")
-        near, taper = local_neighbourhoods(ctx.testbed.grid, ctx.network.n_state, radius)
+        near, taper = local_neighbourhoods(
+            ctx.testbed.grid, ctx.network.n_state, radius, ctx.network.fixed_sites
+        )
         return cls(grid=ctx.testbed.grid, radius=radius, neighbours=near, taper=taper)
 
     def _neighbourhoods(self, n_sites: int) -> tuple[jax.Array, jax.Array]:

@@ -135,6 +135,16 @@ class ObsNetwork:
         return len(range(0, self.n_state, self.every))
 
     @property
+    def fixed_sites(self) -> tuple[int, ...] | None:
+        """The observed sites when they follow from the network alone (``sites`` or
+        ``every``), the same every cycle; None for random networks (drawn from a key)."""
+        if self.sites is not None:
+            return tuple(self.sites)
+        if self.density is None:
+            return tuple(range(0, self.n_state, self.every))
+        return None
+
+    @property
     def fraction(self) -> float:
         """Fraction of sites observed per cycle."""
         return self.n_obs / self.n_state

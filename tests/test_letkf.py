@@ -140,3 +140,29 @@ def test_built_letkf_equals_brute_force_and_checks_radius():
 
     with pytest.raises(ValueError, match="radius"):
         validate_settings("letkf", {"radius": 0.0})
+
+
+@pytest.mark.parametrize("network", [{"every": 4}, {"sites": (1, 2, 9, 17, 30)}])
+def test_fixed_networks_keep_only_observed_sites_in_the_neighbourhoods(network):
+    """On a network whose sites are fixed only observed sites can carry weight: the built
+    neighbourhoods hold those alone (k × k local problems instead of N × N) and the analysis
+    is the brute-force LETKF's, as with every site in the neighbourhoods."""
+    from types import SimpleNamespace
+
+    from ensda.observe import ObsNetwork
+    from ensda.testbeds import Lorenz96
+
+    n, radius = 40, 5.0
+    net = ObsNetwork(n_state=n, **network)
+    ctx = SimpleNamespace(testbed=Lorenz96(n=n), network=net)
+    assim = LETKF.build(ctx, radius=radius)
+    observed = set(net.fixed_sites)
+    assert set(np.asarray(assim.neighbours).ravel()) <= observed
+    assert assim.neighbours.shape[1] <= len(observed) < 2 * 2 * radius + 1
+    bg, obs = problem(6, n, 12, list(net.fixed_sites))
+    got = analyse(assim, bg, obs)
+    np.testing.assert_allclose(got, letkf_ref(bg, obs, radius), rtol=1e-4, atol=2e-4)
+    every_site = analyse(LETKF(grid=RingGrid(n), radius=radius), bg, obs)
+    np.testing.assert_allclose(got, every_site, rtol=1e-4, atol=2e-4)
+    # a random network is drawn from a key: every site stays a candidate
+    assert ObsNetwork(n_state=n, density=0.25).fixed_sites is None
