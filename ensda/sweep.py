@@ -587,7 +587,7 @@ def _objective(study, base: ExperimentConfig, budget: int, device: str):
             return run_trial(
                 base, values, trial, study.study_name, study.user_attrs.get(STUDY_PARENT)
             )
-        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (``_sigterm_interrupts``): runs again
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (``_signals_interrupt``): runs again
             trial.set_user_attr(INTERRUPTED, True)
             raise
 
@@ -606,9 +606,11 @@ def _taken_over(study, number: int | None) -> bool:
 
 
 @contextlib.contextmanager
-def _sigterm_interrupts():
-    """SIGTERM raises ``KeyboardInterrupt`` here (main thread only), so a terminated worker
-    marks its trial interrupted, as Ctrl-C does, and the trial runs again on resume."""
+def _signals_interrupt():
+    """SIGTERM and SIGINT raise ``KeyboardInterrupt`` here (main thread only), so a terminated
+    worker marks its trial interrupted, as Ctrl-C does, and the trial runs again on resume.
+    SIGINT is set too because a process started as a background job inherits it ignored
+    (Python then installs no Ctrl-C handler), and ``kill -INT`` must still interrupt it."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -616,11 +618,12 @@ def _sigterm_interrupts():
     def interrupt(signum, frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def run_worker(
@@ -661,7 +664,7 @@ def run_worker(
             "host": socket.gethostname(),
         },
     )
-    with _sigterm_interrupts():
+    with _signals_interrupt():
         return _take_trials(study, base, budget, device, report)
 
 
