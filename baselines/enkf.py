@@ -69,8 +69,7 @@ class StochasticEnKF:
             lam, v = ensemble_space_eigh(y_anom, rinv)
             coeffs = ((innovations * rinv) @ y_anom.T) @ v / lam @ v.T  # rows d_jᵀR⁻¹Yᵀ M⁻¹
             return (x + coeffs @ x_anom).reshape(background.shape)
-        n_elements = x.shape[1]
-        c_xy = self.taper.between(jnp.arange(n_elements), obs) * (x_anom.T @ y_anom)
+        c_xy = self.taper.between(obs) * (x_anom.T @ y_anom)
         c_yy = self.taper.among(obs) * (y_anom.T @ y_anom) + (n_members - 1) * jnp.diag(
             obs.r_std**2
         )  # (N−1)(ρ∘HPHᵀ + R)

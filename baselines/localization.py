@@ -77,9 +77,9 @@ class ObsTaper:
         site_of = jnp.arange(network.n_state, dtype=jnp.int32)
         return cls(ctx.testbed.grid, radius, None, site_of, None)
 
-    def between(self, elements: jax.Array, obs) -> jax.Array:
-        """ρ between the state elements ``elements`` (flat indices, ``(m,)``) and every
-        observation: ``(m, p)``."""
+    def between(self, obs) -> jax.Array:
+        """ρ between every state element and every observation: ``(n, p)``."""
+        elements = jnp.arange(self.site_of.shape[0])
         return self._taper(elements[:, None], obs.idx[None, :], obs.sites[None, :])
 
     def among(self, obs) -> jax.Array:

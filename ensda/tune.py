@@ -46,15 +46,13 @@ SEARCH_SPACES: dict[str, dict[str, SweepRange | list]] = {
         "rtps": SweepRange(low=0.0, high=0.9),
         "radius": SweepRange(low=1.0, high=20.0, log=True),
     },
-    "ensrf": {
-        "inflation": SweepRange(low=1.0, high=1.1),
-        "rtps": SweepRange(low=0.0, high=0.9),
-        "radius": SweepRange(low=1.0, high=20.0, log=True),
-    },
-    "letkf": {
-        "inflation": SweepRange(low=1.0, high=1.1),
-        "rtps": SweepRange(low=0.0, high=0.9),
-        "radius": SweepRange(low=1.0, high=20.0, log=True),
+    **{
+        m: {
+            "inflation": SweepRange(low=1.0, high=1.1),
+            "rtps": SweepRange(low=0.0, high=0.9),
+            "radius": SweepRange(low=1.0, high=20.0, log=True),
+        }
+        for m in ("letkf", "ensrf")
     },
     "3dvar": {
         "b_source": ["climatology", "nmc"],
